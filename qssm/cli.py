@@ -1,0 +1,102 @@
+"""The ``qssm`` command line."""
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from .data import DataError
+from .io import CheckpointError
+from .recipe import RecipeError, load_recipe
+from .runs import RunError, eval_run, open_run, train_float
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+USER_ERRORS = (RecipeError, RunError, CheckpointError, DataError)
+
+
+def _out(args, recipe) -> Path:
+    return Path(args.out) if args.out else Path("runs") / recipe.name
+
+
+def cmd_train(args) -> dict:
+    recipe = load_recipe(args.recipe)
+    out = open_run(_out(args, recipe), recipe, args.force)
+    metrics = train_float(recipe, out, progress=not args.quiet)
+    print(f"float test accuracy {100 * metrics['float']['accuracy']:.2f} % → {out}/report.md")
+    return metrics
+
+
+def cmd_eval(args) -> dict:
+    result = eval_run(Path(args.run_dir))
+    print(
+        f"{result['recipe']}: float test accuracy {100 * result['float']['accuracy']:.2f} % "
+        f"(stored: {100 * result['stored']['float']:.2f} %)"
+    )
+    return result
+
+
+def cmd_recipes(args) -> dict:
+    found = {}
+    for path in sorted(RECIPES.rglob("*.yaml")):
+        try:
+            r = load_recipe(path)
+            found[str(path.relative_to(RECIPES.parent))] = f"{r.model.family} on {r.data.name}"
+        except RecipeError as err:
+            found[str(path.relative_to(RECIPES.parent))] = f"INVALID: {err}"
+    for name, what in found.items():
+        print(f"{name:45s} {what}")
+    return found
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qssm",
+        description="Quantize small sequence models (S4D, minGRU, mGRADE) per component and map "
+        "them to switched-capacitor in-memory computing. One recipe file drives a run; "
+        "every stage writes its artifacts into a run dir (default runs/<recipe name>).",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the result dictionary as JSON on stdout"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="float training of the recipe's model",
+        description="Seeded float training with evaluation every epoch and a cosine "
+        "schedule. An interrupted run resumes from its last epoch when run again.",
+    )
+    t.add_argument("--recipe", required=True, help="recipe YAML (see `qssm recipes`)")
+    t.add_argument("--out", help="run dir (default runs/<recipe name>)")
+    t.add_argument("--force", action="store_true", help="overwrite a finished run dir")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="re-evaluate a finished run from its saved files")
+    e.add_argument("run_dir")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("recipes", help="list the shipped recipes")
+    r.set_defaults(func=cmd_recipes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:  # with --json, stdout carries only the JSON; messages go to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            result = args.func(args)
+    except USER_ERRORS as err:
+        print(f"qssm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qssm: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

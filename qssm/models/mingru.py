@@ -1,0 +1,87 @@
+"""minGRU (Feng et al. 2024) and its hardware variant (MINIMALIST, Billaudelle et al. 2025).
+
+    z_t = σ(W_z x_t + b_z),   h̃_t = W_h x_t + b_h,   h_t = (1 - z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t
+
+``"parallel"`` mode evaluates the recurrence for all t at once with a log-space scan (Heinsen
+2023): h_t = exp(a*_t) · Σ_{k≤t} b_k exp(-a*_k) with a*_t = Σ_{k≤t} log(1 - z_k) and b_k = z_k h̃_k.
+Since b_k takes both signs, its positive and negative parts are scanned separately.
+``"recurrent"`` mode is the step form.
+
+The hardware variant uses a hard-sigmoid gate and emits binary outputs through a comparator
+(Heaviside forward, straight-through hard-tanh-window gradient); the state itself stays analog.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_FLOOR = -1e4  # stands in for log(0): exp(LOG_FLOOR) == 0 and gradients stay finite
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(x / 4 + 0.5, 0.0, 1.0)
+
+
+class Heaviside(torch.autograd.Function):
+    """Comparator: 1 where x > 0, else 0; gradient passed through where |x| < 1."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() < 1).to(grad.dtype)
+
+
+def _log_pos(v: torch.Tensor) -> torch.Tensor:
+    """log(v) where v > 0, LOG_FLOOR elsewhere (finite gradients everywhere)."""
+    return torch.where(v > 0, torch.log(v.clamp_min(1e-30)), torch.full_like(v, LOG_FLOOR))
+
+
+def log_scan(log_a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t, h_0 = 0, given log a (B, L, H) and b (B, L, H) → h (B, L, H)."""
+    a_star = torch.cumsum(log_a, dim=1)  # (B, L, H)
+    pos = torch.logcumsumexp(_log_pos(b) - a_star, dim=1)
+    neg = torch.logcumsumexp(_log_pos(-b) - a_star, dim=1)
+    return torch.exp(a_star + pos) - torch.exp(a_star + neg)
+
+
+class MinGRU(nn.Module):
+    def __init__(self, d_in: int, d_hidden: int, hardware: bool = False):
+        super().__init__()
+        self.hardware = hardware
+        self.Wz = nn.Linear(d_in, d_hidden)
+        self.Wh = nn.Linear(d_in, d_hidden)
+        nn.init.normal_(self.Wz.weight, std=1 / math.sqrt(d_in))
+        nn.init.normal_(self.Wh.weight, std=1 / math.sqrt(d_in))
+
+    def gate(self, pre: torch.Tensor) -> torch.Tensor:
+        return hard_sigmoid(pre) if self.hardware else torch.sigmoid(pre)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return Heaviside.apply(h) if self.hardware else h
+
+    def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
+        """x (B, L, d_in) → (B, L, d_hidden)."""
+        pre_z, cand = self.Wz(x), self.Wh(x)  # (B, L, D)
+        if mode == "parallel":
+            if self.hardware:
+                z = self.gate(pre_z)
+                log_keep = torch.log((1 - z).clamp_min(1e-6))
+            else:  # log(1 - σ(p)) = -softplus(p), exact and stable
+                z, log_keep = torch.sigmoid(pre_z), -F.softplus(pre_z)
+            return self.output(log_scan(log_keep, z * cand))
+        if mode != "recurrent":
+            raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
+        z = self.gate(pre_z)
+        h = torch.zeros_like(cand[:, 0])
+        hs = []
+        for t in range(x.shape[1]):
+            h = (1 - z[:, t]) * h + z[:, t] * cand[:, t]
+            hs.append(h)
+        return self.output(torch.stack(hs, 1))

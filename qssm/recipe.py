@@ -1,0 +1,157 @@
+"""Recipe schema (pydantic) and loader.
+
+A recipe is one YAML file that drives a whole run.  Validation errors are reported as one line
+that names the key path, the bad value and what is allowed, e.g.
+``recipes/x.yaml: model.s4d.d_state: Input should be a valid integer, got 'abc'``.
+"""
+
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .data import DATASETS
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message says which key and how to fix it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataConfig(Section):
+    name: str = "smnist5k"
+    root: str | None = None
+    download: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; choose one of {', '.join(sorted(DATASETS))}")
+        return v
+
+
+class _ModelBase(Section):
+    d_model: int = Field(16, ge=1)
+    n_layers: int = Field(1, ge=1)
+    pool: Literal["mean", "last"] = "mean"
+
+
+class S4DModel(_ModelBase):
+    family: Literal["s4d", "s4d_real"]
+    d_state: int = Field(64, ge=2)
+    init: Literal["lin", "inv"] = "lin"
+    dt_min: float = Field(1e-3, gt=0)
+    dt_max: float = Field(1e-1, gt=0)
+
+
+class MinGRUModel(_ModelBase):
+    family: Literal["mingru", "mingru_hw"]
+    mlp_ratio: int = Field(2, ge=1)
+
+
+class MGradeModel(_ModelBase):
+    family: Literal["mgrade"]
+    max_delay: int = Field(64, ge=1)
+    n_taps: int = Field(4, ge=1)
+    sigma: float = Field(0.5, gt=0)
+    mlp_ratio: int = Field(2, ge=1)
+
+
+ModelConfig = Annotated[S4DModel | MinGRUModel | MGradeModel, Field(discriminator="family")]
+
+
+class FloatConfig(Section):
+    """Float pre-training, or ``checkpoint:`` a finished run dir whose model is reused."""
+
+    checkpoint: str | None = None
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    ssm_lr: float = Field(1e-3, gt=0)  # SSM parameters (A, dt, B) and delays: lower lr, no decay
+    weight_decay: float = Field(1e-2, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(256, ge=1)
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    float: FloatConfig = Field(default_factory=FloatConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def model_dict(self) -> dict:
+        return self.model.model_dump()
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names valid at the parent of ``loc`` (for 'unknown key' messages)."""
+    cls: Any = Recipe
+    for part in loc[:-1]:
+        if get_origin(cls) is Annotated:
+            cls = get_args(cls)[0]
+        if get_origin(cls) in (Union, UnionType):  # discriminated union: the loc names the tag
+            cls = next(
+                c for c in get_args(cls) if part in get_args(c.model_fields["family"].annotation)
+            )
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
+            cls = cls.model_fields[part].annotation
+        else:
+            return []
+    if get_origin(cls) is Annotated:
+        cls = get_args(cls)[0]
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return list(cls.model_fields)
+    return []
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    path = ".".join(str(p) for p in e["loc"]) or "<top>"
+    if e["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(e["loc"]))
+        msg = f"unknown key {e['loc'][-1]!r}; allowed keys here: {allowed}"
+    else:
+        msg = f"{e['msg']}, got {e['input']!r}" if "input" in e else e["msg"]
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {path}: {msg}{more}"
+
+
+def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{source}: a recipe must be a YAML mapping of sections, got {type(data).__name__}"
+        )
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_one_line(err, source)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file; `qssm recipes` lists the shipped ones")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    return parse_recipe(data, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe (every default filled in) as YAML."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

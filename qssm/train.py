@@ -1,0 +1,166 @@
+"""Seeded training with evaluation every epoch, a cosine schedule, and resume from a checkpoint."""
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import Split
+from .io import load_model_files, read_json, save_tensors, write_json
+
+# Parameters of the dynamics (SSM A, dt, B; mGRADE delays) train with their own lr and no decay.
+DYNAMICS = ("log_dt", "log_A_real", "A_imag", "ssm.B", "conv.delay")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW with three groups: dynamics (ssm_lr, no decay), matrices (lr, decay), rest (lr)."""
+    groups = {"dynamics": [], "decay": [], "plain": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if any(k in name for k in DYNAMICS):
+            groups["dynamics"].append(p)
+        else:
+            groups["decay" if p.ndim >= 2 else "plain"].append(p)
+    spec = {
+        "dynamics": (cfg.ssm_lr, 0.0),
+        "decay": (cfg.lr, cfg.weight_decay),
+        "plain": (cfg.lr, 0.0),
+    }
+    return torch.optim.AdamW(
+        [
+            {"params": ps, "lr": spec[k][0], "base_lr": spec[k][0], "weight_decay": spec[k][1]}
+            for k, ps in groups.items()
+            if ps
+        ]
+    )
+
+
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    return 0.5 * (1 + math.cos(math.pi * step / max(total, 1))) if schedule == "cosine" else 1.0
+
+
+@torch.no_grad()
+def predict(
+    model, split: Split, batch_size: int, mode: str = "parallel"
+) -> tuple[torch.Tensor, float]:
+    """(predicted labels (N,), mean cross-entropy)."""
+    model.eval()
+    preds, loss = [], 0.0
+    for i in range(0, len(split.y), batch_size):
+        logits = model(split.x[i : i + batch_size], mode)
+        loss += F.cross_entropy(logits, split.y[i : i + batch_size], reduction="sum").item()
+        preds.append(logits.argmax(-1))
+    return torch.cat(preds), loss / len(split.y)
+
+
+def evaluate(model, split: Split, batch_size: int, mode: str = "parallel") -> dict:
+    pred, loss = predict(model, split, batch_size, mode)
+    return {"accuracy": (pred == split.y).float().mean().item(), "loss": loss}
+
+
+def _save_state(path: Path, model, opt, epoch: int, history: list) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    for idx, st in opt_state["state"].items():
+        tensors.update({f"opt.{idx}.{k}": v for k, v in st.items()})
+    save_tensors(path.with_suffix(".safetensors"), tensors)
+    groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
+    write_json(
+        path.with_suffix(".json"),
+        {
+            "format": "qssm-model",
+            "version": 1,
+            "epoch": epoch,
+            "history": history,
+            "param_groups": groups,
+        },
+    )
+
+
+def _load_state(path: Path, model, opt) -> tuple[int, list]:
+    header, tensors = load_model_files(path.parent, path.stem)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": header["param_groups"]})
+    return header["epoch"], header["history"]
+
+
+def fit(
+    model,
+    train: Split,
+    test: Split,
+    cfg,
+    *,
+    seed: int,
+    mode: str = "parallel",
+    state_path: Path | None = None,
+    eval_batch: int = 256,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``cfg.epochs`` epochs; after each one evaluate on ``test`` and (if ``state_path``)
+    save a resumable checkpoint.  An existing checkpoint at ``state_path`` is resumed from."""
+    opt = make_optimizer(model, cfg)
+    start, history = 0, []
+    if state_path is not None and state_path.with_suffix(".json").exists():
+        start, history = _load_state(state_path, model, opt)
+        tqdm.write(f"{desc}: resuming after epoch {start} from {state_path.with_suffix('.json')}")
+    n = len(train.y)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    for epoch in range(start, cfg.epochs):
+        seed_everything(seed * 1009 + epoch)  # same batches whether or not the run was resumed
+        order = torch.randperm(n)
+        model.train()
+        t0 = time.perf_counter()
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not progress,
+        )
+        for i in bar:
+            factor = lr_factor(epoch * steps_per_epoch + i, total, cfg.schedule)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            loss = F.cross_entropy(model(train.x[idx], mode), train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds = time.perf_counter() - t0
+        result = evaluate(model, test, eval_batch, mode)
+        history.append(
+            {"epoch": epoch + 1, "seconds": seconds, "train_loss": loss.item(), **result}
+        )
+        if progress:
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}/{cfg.epochs}: test accuracy "
+                f"{result['accuracy']:.4f}, loss {result['loss']:.4f}, {seconds:.1f} s"
+            )
+        if state_path is not None:
+            _save_state(state_path, model, opt, epoch + 1, history)
+    return history
+
+
+def read_history(state_path: Path) -> list[dict]:
+    return read_json(state_path.with_suffix(".json"))["history"]

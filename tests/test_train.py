@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from qssm import train
+from qssm.data import load_dataset
+from qssm.models.backbone import Classifier
+from qssm.recipe import FloatConfig
+
+MODEL = dict(
+    family="s4d",
+    d_model=8,
+    n_layers=1,
+    pool="mean",
+    d_state=8,
+    init="lin",
+    dt_min=1e-3,
+    dt_max=1e-1,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("sdigits", seed=0, limit_train=256, limit_test=128)
+
+
+def _model(data):
+    torch.manual_seed(0)
+    return Classifier(MODEL, data.d_input, data.n_classes)
+
+
+def test_training_is_deterministic_and_resumes_exactly(digits, tmp_path, monkeypatch):
+    cfg = FloatConfig(epochs=2, batch_size=32, lr=0.01)
+    full = _model(digits)
+    train.fit(full, digits.train, digits.test, cfg, seed=3, progress=False)
+
+    again = _model(digits)
+    train.fit(again, digits.train, digits.test, cfg, seed=3, progress=False)
+    for a, b in zip(full.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    real_evaluate, calls = train.evaluate, []
+
+    def crash_on_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", crash_on_second_epoch)
+    state = tmp_path / "train_state"
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(
+            _model(digits), digits.train, digits.test, cfg, seed=3, state_path=state, progress=False
+        )
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    resumed = _model(digits)
+    history = train.fit(
+        resumed, digits.train, digits.test, cfg, seed=3, state_path=state, progress=False
+    )
+    assert [h["epoch"] for h in history] == [1, 2]
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_learns_something():
+    digits = load_dataset("sdigits", seed=0)
+    torch.manual_seed(0)
+    cfg = {**MODEL, "d_model": 16, "d_state": 16, "dt_min": 0.01, "dt_max": 0.5}
+    model = Classifier(cfg, digits.d_input, digits.n_classes)
+    before = train.evaluate(model, digits.test, 256)["accuracy"]
+    train.fit(
+        model,
+        digits.train,
+        digits.test,
+        FloatConfig(epochs=4, batch_size=32, ssm_lr=0.01),
+        seed=0,
+        progress=False,
+    )
+    after = train.evaluate(model, digits.test, 256)["accuracy"]
+    assert after > max(before + 0.2, 0.4)
+
+
+def test_cosine_schedule():
+    assert train.lr_factor(0, 10, "cosine") == 1.0
+    assert abs(train.lr_factor(5, 10, "cosine") - 0.5) < 1e-12
+    assert train.lr_factor(10, 10, "cosine") < 1e-12
+    assert train.lr_factor(7, 10, "constant") == 1.0
