@@ -5,14 +5,23 @@ that names the key path, the bad value and what is allowed, e.g.
 ``recipes/x.yaml: model.s4d.d_state: Input should be a valid integer, got 'abc'``.
 """
 
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .data import DATASETS
+from .quant.roles import ALL_ROLES, grid
 
 
 class RecipeError(ValueError):
@@ -67,10 +76,7 @@ class MGradeModel(_ModelBase):
 ModelConfig = Annotated[S4DModel | MinGRUModel | MGradeModel, Field(discriminator="family")]
 
 
-class FloatConfig(Section):
-    """Float pre-training, or ``checkpoint:`` a finished run dir whose model is reused."""
-
-    checkpoint: str | None = None
+class TrainConfig(Section):
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-2, gt=0)
@@ -78,6 +84,99 @@ class FloatConfig(Section):
     weight_decay: float = Field(1e-2, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = Field(1.0, gt=0)
+
+
+class FloatConfig(TrainConfig):
+    """Float pre-training, or ``checkpoint:`` a finished run dir whose model is reused."""
+
+    checkpoint: str | None = None
+
+
+class QATConfig(TrainConfig):
+    """Quantization-aware training in recurrent mode (the state re-quantized every step)."""
+
+    epochs: int = Field(2, ge=0)
+    lr: float = Field(2e-3, gt=0)
+    ssm_lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class PTQConfig(Section):
+    calibration_batches: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class _SpecFields(Section):
+    bits: int | None = Field(None, ge=1, le=32)
+    levels: int | None = Field(None, ge=2)
+    signed: bool | None = None  # None: signed, except unsigned roles (gru.gate)
+    symmetric: bool = True
+    granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
+    observer: Literal["minmax", "percentile", "mse"] = "percentile"
+    percentile: float = Field(99.99, gt=50, le=100)
+    scale: Literal["static", "learned"] = "learned"
+    narrow_range: bool = False
+    complex: Literal["cartesian", "polar"] = "cartesian"
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.bits is not None and self.levels is not None:
+            raise ValueError("give either bits or levels, not both")
+        if self.symmetric is False and self.signed is True:
+            raise ValueError(
+                "an asymmetric quantizer is unsigned with a zero point; drop `signed` or set "
+                "symmetric: true"
+            )
+        if self.levels is not None:
+            try:
+                grid(None, self.levels, False)
+            except ValueError as err:
+                raise ValueError(str(err)) from None
+        if self.bits == 1 and (self.signed or self.narrow_range):
+            raise ValueError("1-bit grids are unsigned {0, 1}: set signed: false, or use levels: 3")
+        return self
+
+
+class QuantSpec(_SpecFields):
+    """The quantizer of every site no target overrides."""
+
+    @model_validator(mode="after")
+    def _has_grid(self):
+        if self.bits is None and self.levels is None:
+            self.bits = 8
+        return self
+
+
+class QuantTarget(_SpecFields):
+    """Overrides for the sites of ``roles`` (optionally only in modules matching ``modules``)."""
+
+    roles: list[str] = Field(min_length=1)
+    modules: str | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, v: list[str]) -> list[str]:
+        for role in v:
+            if role not in ALL_ROLES:
+                raise ValueError(f"unknown role {role!r}; roles are: {', '.join(ALL_ROLES)}")
+        return v
+
+    @field_validator("modules")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v.removeprefix("re:"))
+            except re.error as err:
+                raise ValueError(f"bad module pattern {v!r}: {err}") from None
+        return v
+
+
+class QuantConfig(Section):
+    parameterization: Literal["continuous", "discrete_cartesian", "discrete_polar"] = "continuous"
+    default: QuantSpec = Field(default_factory=QuantSpec)
+    targets: list[QuantTarget] = Field(default_factory=list)
 
 
 class EvalConfig(Section):
@@ -91,6 +190,9 @@ class Recipe(Section):
     model: ModelConfig
     float: FloatConfig = Field(default_factory=FloatConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    quant: QuantConfig | None = None
+    ptq: PTQConfig = Field(default_factory=PTQConfig)
+    qat: QATConfig = Field(default_factory=QATConfig)
 
     def model_dict(self) -> dict:
         return self.model.model_dump()

@@ -152,11 +152,10 @@ def fit(
         history.append(
             {"epoch": epoch + 1, "seconds": seconds, "train_loss": loss.item(), **result}
         )
-        if progress:
-            tqdm.write(
-                f"{desc} epoch {epoch + 1}/{cfg.epochs}: test accuracy "
-                f"{result['accuracy']:.4f}, loss {result['loss']:.4f}, {seconds:.1f} s"
-            )
+        tqdm.write(
+            f"{desc} epoch {epoch + 1}/{cfg.epochs}: test accuracy "
+            f"{result['accuracy']:.4f}, loss {result['loss']:.4f}, {seconds:.1f} s"
+        )
         if state_path is not None:
             _save_state(state_path, model, opt, epoch + 1, history)
     return history

@@ -4,12 +4,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mgrade import MGradeLayer
+from ..quant.quantizers import Site
+from .mgrade import MLP, MGradeLayer
 from .mingru import MinGRU
+from .quantizable import QLinear, Quantizable, act_site
 from .s4d import S4D
 
 
-class S4DBlock(nn.Module):
+class S4DBlock(Quantizable, nn.Module):
     """S4D → GELU → Linear(H → 2H) → GLU, with a residual."""
 
     def __init__(
@@ -17,13 +19,18 @@ class S4DBlock(nn.Module):
     ):
         super().__init__()
         self.ssm = S4D(d_model, d_state, real=real, init=init, dt_min=dt_min, dt_max=dt_max)
-        self.linear = nn.Linear(d_model, 2 * d_model)
+        self.linear = QLinear(d_model, 2 * d_model)
+
+    def sites(self) -> dict[str, Site]:
+        H = self.linear.in_features
+        return {k: act_site("act.output", H) for k in ("gelu", "block")}
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
-        return x + F.glu(self.linear(F.gelu(self.ssm(x, mode))), dim=-1)
+        h = self.q("gelu", F.gelu(self.ssm(x, mode)))
+        return self.q("block", x + F.glu(self.linear(h), dim=-1))
 
 
-class MinGRUBlock(nn.Module):
+class MinGRUBlock(Quantizable, nn.Module):
     """Standard: x + minGRU(LN x), then x + MLP(LN x).  Hardware: binary minGRU output, no skip."""
 
     def __init__(self, d_model: int, hardware: bool, mlp_ratio: int):
@@ -32,16 +39,19 @@ class MinGRUBlock(nn.Module):
         self.gru = MinGRU(d_model, d_model, hardware=hardware)
         if not hardware:
             self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-            hidden = mlp_ratio * d_model
-            self.mlp = nn.Sequential(
-                nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model)
-            )
+            self.mlp = MLP(d_model, mlp_ratio)
+
+    def sites(self) -> dict[str, Site]:
+        if self.hardware:
+            return {}
+        H = self.norm1.normalized_shape[0]
+        return {k: act_site("act.output", H) for k in ("norm1", "mid", "norm2", "block")}
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         if self.hardware:
             return self.gru(x, mode)
-        x = x + self.gru(self.norm1(x), mode)
-        return x + self.mlp(self.norm2(x))
+        x = self.q("mid", x + self.gru(self.q("norm1", self.norm1(x)), mode))
+        return self.q("block", x + self.mlp(self.q("norm2", self.norm2(x))))
 
 
 FAMILIES = ("s4d", "s4d_real", "mingru", "mingru_hw", "mgrade")
@@ -59,24 +69,32 @@ def make_block(family: str, d_model: int, cfg: dict) -> nn.Module:
     raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-class Classifier(nn.Module):
+class Classifier(Quantizable, nn.Module):
     def __init__(self, config: dict, d_input: int, n_classes: int):
         """``config``: the recipe's ``model`` section as a dict (family, d_model, …)."""
         super().__init__()
         self.config = dict(config)
         self.d_input, self.n_classes = d_input, n_classes
         d_model = config["d_model"]
-        self.encoder = nn.Linear(d_input, d_model)
+        self.encoder = QLinear(d_input, d_model, "encoder.weight", "encoder.bias")
         self.blocks = nn.ModuleList(
             make_block(config["family"], d_model, config) for _ in range(config["n_layers"])
         )
         self.pool = config["pool"]
-        self.decoder = nn.Linear(d_model, n_classes)
+        self.decoder = QLinear(d_model, n_classes, "decoder.weight", "decoder.bias")
+
+    def sites(self) -> dict[str, Site]:
+        H = self.encoder.out_features
+        return {
+            "input": act_site("act.input", self.d_input),
+            "encoder": act_site("act.output", H),
+            "pool": act_site("act.output", H, ndim=2),
+        }
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         """x (B, L, d_input) → logits (B, n_classes)."""
-        h = self.encoder(x)  # (B, L, H)
+        h = self.q("encoder", self.encoder(self.q("input", x)))  # (B, L, H)
         for block in self.blocks:
             h = block(h, mode)
         h = h.mean(1) if self.pool == "mean" else h[:, -1]
-        return self.decoder(h)
+        return self.decoder(self.q("pool", h))

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quant.quantizers import Site
+from .quantizable import QLinear, Quantizable, act_site
+
 LOG_FLOOR = -1e4  # stands in for log(0): exp(LOG_FLOOR) == 0 and gradients stay finite
 
 
@@ -51,25 +54,37 @@ def log_scan(log_a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.exp(a_star + pos) - torch.exp(a_star + neg)
 
 
-class MinGRU(nn.Module):
+class MinGRU(Quantizable, nn.Module):
     def __init__(self, d_in: int, d_hidden: int, hardware: bool = False):
         super().__init__()
         self.hardware = hardware
-        self.Wz = nn.Linear(d_in, d_hidden)
-        self.Wh = nn.Linear(d_in, d_hidden)
+        self.Wz = QLinear(d_in, d_hidden, "gru.Wz", "gru.bz")
+        self.Wh = QLinear(d_in, d_hidden, "gru.Wh", "gru.bh")
         nn.init.normal_(self.Wz.weight, std=1 / math.sqrt(d_in))
         nn.init.normal_(self.Wh.weight, std=1 / math.sqrt(d_in))
+
+    def sites(self) -> dict[str, Site]:
+        H = self.Wz.out_features
+        sites = {k: act_site(f"gru.{k}", H) for k in ("gate", "cand")}
+        sites["state"] = Site("gru.state", (1, H), 1)  # (B, H)
+        if not self.hardware:  # the hardware variant's outputs are already binary
+            sites["output"] = act_site("gru.output", H)
+        return sites
 
     def gate(self, pre: torch.Tensor) -> torch.Tensor:
         return hard_sigmoid(pre) if self.hardware else torch.sigmoid(pre)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
-        return Heaviside.apply(h) if self.hardware else h
+        return Heaviside.apply(h) if self.hardware else self.q("output", h)
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         """x (B, L, d_in) → (B, L, d_hidden)."""
-        pre_z, cand = self.Wz(x), self.Wh(x)  # (B, L, D)
+        pre_z, cand = self.Wz(x), self.q("cand", self.Wh(x))  # (B, L, D)
         if mode == "parallel":
+            if self._modules.get("qz"):
+                raise ValueError(
+                    "a quantized minGRU runs in recurrent mode (its state is quantized per step)"
+                )
             if self.hardware:
                 z = self.gate(pre_z)
                 log_keep = torch.log((1 - z).clamp_min(1e-6))
@@ -78,10 +93,13 @@ class MinGRU(nn.Module):
             return self.output(log_scan(log_keep, z * cand))
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
-        z = self.gate(pre_z)
+        z = self.q("gate", self.gate(pre_z))
+        step = self.stepper("state")  # re-quantized every step
         h = torch.zeros_like(cand[:, 0])
         hs = []
         for t in range(x.shape[1]):
-            h = (1 - z[:, t]) * h + z[:, t] * cand[:, t]
+            h = step((1 - z[:, t]) * h + z[:, t] * cand[:, t])
             hs.append(h)
-        return self.output(torch.stack(hs, 1))
+        hs = torch.stack(hs, 1)  # (B, L, H)
+        self.observe("state", hs.flatten(0, 1))
+        return self.output(hs)

@@ -15,8 +15,11 @@ import math
 import torch
 from torch import nn
 
+from ..quant.quantizers import Site
+from .quantizable import Quantizable, act_site
 
-class S4D(nn.Module):
+
+class S4D(Quantizable, nn.Module):
     def __init__(
         self,
         d_model: int,
@@ -30,6 +33,7 @@ class S4D(nn.Module):
         H = d_model
         n = d_state if real else d_state // 2  # number of stored modes
         self.real = real
+        self.parameterization = "continuous"
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)  # (H,)
         if real:  # S4D-Real: A_n = -(n + 1)
@@ -50,6 +54,37 @@ class S4D(nn.Module):
             self.C = nn.Parameter(torch.view_as_real(C))  # (H, n, 2)
         self.D = nn.Parameter(torch.randn(H))
 
+    def sites(self) -> dict[str, Site]:
+        H = self.D.shape[0]
+        param = (H, 1) if self.real else (H, 1, 1)  # (H, n) or real/imag pairs (H, n, 2)
+        state = (1, H, 1) if self.real else (1, H, 1, 1)  # (B, H, n) or (B, H, n, 2)
+        sites = {k: Site(f"ssm.{k}", param, 0) for k in ("A", "B", "C")}
+        sites.update(
+            D=Site("ssm.D", (H,), 0),
+            state=Site("ssm.state", state, 1),
+            output=act_site("ssm.output", H),
+        )
+        if self.parameterization == "continuous":
+            sites["dt"] = Site("ssm.dt", (H,), 0)
+        return sites
+
+    def make_discrete(self, polar: bool) -> None:
+        """Train Ā and B̄ directly (``discrete_cartesian`` / ``discrete_polar``), starting from the
+        current ZOH discretization; A and dt then no longer take part."""
+        with torch.no_grad():
+            A_bar, B_bar, _ = self.discretize()
+        if polar:
+            if self.real:
+                raise ValueError(
+                    "discrete_polar needs complex S4D; use discrete_cartesian for s4d_real"
+                )
+            self.A_bar_logmag = nn.Parameter(A_bar.abs().log())
+            self.A_bar_phase = nn.Parameter(A_bar.angle())
+        else:
+            self.A_bar = nn.Parameter(A_bar if self.real else torch.view_as_real(A_bar))
+        self.B_bar = nn.Parameter(B_bar if self.real else torch.view_as_real(B_bar))
+        self.parameterization = "discrete_polar" if polar else "discrete_cartesian"
+
     def A(self) -> torch.Tensor:
         """Continuous A, (H, n), complex or real."""
         A_real = -torch.exp(self.log_A_real)
@@ -57,14 +92,21 @@ class S4D(nn.Module):
 
     def dtA(self) -> torch.Tensor:
         """dt·A, (H, n)."""
-        return self.A() * torch.exp(self.log_dt).unsqueeze(-1)
+        return self.A() * self.q("dt", torch.exp(self.log_dt)).unsqueeze(-1)
+
+    def _complex(self, p: torch.Tensor) -> torch.Tensor:
+        return p if self.real else torch.view_as_complex(p)
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ZOH: (Ā, B̄, C), each (H, n)."""
+        """(Ā, B̄, C), each (H, n): ZOH of the continuous parameters, or the trained discrete ones."""
+        C = self._complex(self.C)
+        if self.parameterization == "discrete_cartesian":
+            return self._complex(self.A_bar), self._complex(self.B_bar), C
+        if self.parameterization == "discrete_polar":
+            A_bar = torch.polar(self.A_bar_logmag.exp(), self.A_bar_phase)
+            return A_bar, self._complex(self.B_bar), C
         A_bar = torch.exp(self.dtA())
-        B = self.B if self.real else torch.view_as_complex(self.B)
-        C = self.C if self.real else torch.view_as_complex(self.C)
-        return A_bar, (A_bar - 1) / self.A() * B, C
+        return A_bar, (A_bar - 1) / self.A() * self._complex(self.B), C
 
     def readout(self, x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """y from state: x (..., H, n) → (..., H) without the D term."""
@@ -81,6 +123,10 @@ class S4D(nn.Module):
     def forward(self, u: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         """u (B, L, H) → y (B, L, H)."""
         if mode == "parallel":
+            if self._modules.get("qz"):
+                raise ValueError(
+                    "a quantized S4D runs in recurrent mode (its state is quantized per step)"
+                )
             L = u.shape[1]
             K = self.kernel(L)  # (H, L)
             u_f = torch.fft.rfft(u.transpose(1, 2), n=2 * L)  # (B, H, L+1)
@@ -89,9 +135,18 @@ class S4D(nn.Module):
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
         A_bar, B_bar, C = self.discretize()
+        A_bar = self.q("A", A_bar, unit_disk=True)  # |Ā| < 1 stays true after quantization
+        B_bar, C, D = self.q("B", B_bar), self.q("C", C), self.q("D", self.D)
+        step = self.stepper("state", complex_state=not self.real)  # re-quantized every step
         x = torch.zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype, device=u.device)  # (B, H, n)
-        ys = []
+        collect = self.calibrating("state")
+        ys, xs = [], []
         for t in range(u.shape[1]):
-            x = A_bar * x + B_bar * u[:, t, :, None]
+            x = step(A_bar * x + B_bar * u[:, t, :, None])
             ys.append(self.readout(x, C))
-        return torch.stack(ys, 1) + u * self.D
+            if collect:
+                xs.append(x)
+        if collect:
+            traj = torch.cat(xs)  # (L·B, H, n)
+            self.observe("state", traj if self.real else torch.view_as_real(traj))
+        return self.q("output", torch.stack(ys, 1) + u * D)

@@ -1,0 +1,191 @@
+"""One quantizer per tensor site, built on Brevitas.
+
+Each site holds a Brevitas ``QuantIdentity`` whose injector-defined quantizer is chosen from the
+recipe's spec (bits, signed, symmetric, per-tensor/per-channel, observer, narrow range).  Brevitas
+owns the scales and zero points: they are collected by ``brevitas.graph.calibrate.calibration_mode``
+(PTQ) and are learnable parameters afterwards (QAT; frozen when ``scale: static``).
+
+Inside a recurrence the state is re-quantized at every step.  Calling Brevitas 784 times per
+sequence costs milliseconds per call, so :meth:`SiteQuantizer.stepper` reads the quantizer's
+(scale, zero point, integer range) once per sequence and applies the same arithmetic as Brevitas'
+``IntQuant`` (round with a straight-through gradient, clamp without one) in plain torch ops.
+``tests/quant/test_quantizers.py`` checks that both give identical values and gradients.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from brevitas.inject.enum import ScalingImplType, ScalingPerOutputType, StatsOp
+from brevitas.nn import QuantIdentity
+from brevitas.quant import Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Uint8ActPerTensorFloat
+from brevitas.quant import Uint8ActPerTensorFloatMSE
+from brevitas.quant.shifted_scaled_int import (
+    ShiftedUint8ActPerTensorFloat,
+    ShiftedUint8ActPerTensorFloatMSE,
+)
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Site:
+    """A quantizable tensor of a module: its role, and where its channels are.
+
+    ``shape`` is the per-channel broadcast shape (1 everywhere but the channel axis ``axis``)."""
+
+    role: str
+    shape: tuple[int, ...]
+    axis: int
+
+
+def _base_quantizer(symmetric: bool, signed: bool, observer: str):
+    if not symmetric:
+        return (
+            ShiftedUint8ActPerTensorFloatMSE if observer == "mse" else ShiftedUint8ActPerTensorFloat
+        )
+    if observer == "mse":
+        return Int8ActPerTensorFloatMSE if signed else Uint8ActPerTensorFloatMSE
+    return Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
+
+
+def brevitas_quantizer(spec, site: Site, signed: bool):
+    """An injector-defined Brevitas activation quantizer for ``spec`` at ``site``."""
+    q = _base_quantizer(spec.symmetric, signed, spec.observer)
+    kw = dict(bit_width=spec.bit_width, narrow_range=spec.narrow, collect_stats_steps=30)
+    if spec.observer == "minmax":
+        kw["scaling_stats_op"] = StatsOp.MAX if spec.symmetric else StatsOp.MIN_MAX
+        if not spec.symmetric:
+            kw["low_percentile_q"] = 0.0  # zero point from the minimum
+    elif spec.observer == "percentile":
+        kw["high_percentile_q"] = spec.percentile
+    if spec.granularity == "per_channel":
+        axis = site.axis % len(site.shape)
+        perm = (axis, *[i for i in range(len(site.shape)) if i != axis])
+        kw.update(
+            scaling_per_output_type=ScalingPerOutputType.CHANNEL,
+            per_channel_broadcastable_shape=site.shape,
+            scaling_stats_permute_dims=perm,
+        )
+    return q.let(**kw)
+
+
+def const_quantizer(bit_width: int, signed: bool, threshold: float):
+    """Fixed-grid quantizer: values up to ``threshold`` (used for polar magnitude and phase)."""
+    base = Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
+    return base.let(
+        bit_width=bit_width,
+        narrow_range=signed,
+        scaling_impl_type=ScalingImplType.CONST,
+        scaling_init=threshold,
+    )
+
+
+class _RoundSte(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def int_range(bit_width: int, signed: bool, narrow: bool) -> tuple[int, int]:
+    """(min code, max code) as in Brevitas' ``min_int`` / ``max_int``."""
+    if signed:
+        return -(2 ** (bit_width - 1)) + int(narrow), 2 ** (bit_width - 1) - 1
+    return 0, 2**bit_width - 1 - int(narrow)
+
+
+def fake_quant(x, scale, zero_point, qmin: int, qmax: int):
+    """Brevitas IntQuant arithmetic: (clamp(round_ste(x / s + z), qmin, qmax) - z) · s."""
+    codes = torch.clamp(_RoundSte.apply(x / scale + zero_point), qmin, qmax)
+    return (codes - zero_point) * scale
+
+
+class SiteQuantizer(nn.Module):
+    """Quantizer of one site.  ``forward`` runs Brevitas; ``stepper`` gives the per-step form."""
+
+    def __init__(self, spec, site: Site, signed: bool):
+        super().__init__()
+        self.site, self.spec, self.signed = site, spec, signed
+        self.quant = QuantIdentity(
+            act_quant=brevitas_quantizer(spec, site, signed), return_quant_tensor=True
+        )
+
+    @property
+    def calibrating(self) -> bool:
+        """True inside ``calibration_mode`` (Brevitas then passes values through and collects stats)."""
+        return not self.quant.act_quant.is_quant_enabled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.quant(x)
+        return out.value if hasattr(out, "value") else out
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(scale, zero point, min code, max code); scale and zero point broadcast like the site."""
+        probe = self.quant(torch.zeros(self.site.shape, dtype=self.dtype))
+        qmin, qmax = int_range(self.spec.bit_width, self.signed, self.spec.narrow)
+        return probe.scale, probe.zero_point, qmin, qmax
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.parameters()), torch.zeros(())).dtype
+
+    def stepper(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Per-step quantizer for a recurrence: identity while calibrating, else fake_quant."""
+        if self.calibrating:
+            return lambda x: x
+        scale, zero_point, qmin, qmax = self.qparams()
+        return lambda x: fake_quant(x, scale, zero_point, qmin, qmax)
+
+
+class PolarQuantizer(nn.Module):
+    """Complex tensors as magnitude and phase.  With ``unit_disk`` the magnitude grid is fixed to
+    k / 2^b, k < 2^b, so every quantized value lies strictly inside the unit circle."""
+
+    def __init__(self, spec, site: Site, unit_disk: bool):
+        super().__init__()
+        self.magnitude = (
+            QuantIdentity(
+                act_quant=const_quantizer(spec.bit_width, False, 1 - 2.0**-spec.bit_width),
+                return_quant_tensor=False,
+            )
+            if unit_disk
+            else SiteQuantizer(spec, site, signed=False)
+        )
+        self.phase = QuantIdentity(
+            act_quant=const_quantizer(spec.bit_width, True, math.pi), return_quant_tensor=False
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.polar(self.magnitude(z.abs()), self.phase(z.angle()))
+
+
+class _TruncSte(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.trunc(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def quantize_complex(
+    quantizer: nn.Module, z: torch.Tensor, unit_disk: bool = False
+) -> torch.Tensor:
+    """Quantize a real or complex tensor; complex ones cartesian (real and imaginary part on one
+    grid) unless ``quantizer`` is polar.  With ``unit_disk`` (the state matrix Ā) values that
+    rounding pushed onto or outside the unit circle are re-rounded toward zero on each part, which
+    never increases the modulus: |Ā_q| ≤ |Ā| < 1."""
+    if isinstance(quantizer, PolarQuantizer):
+        return quantizer(z)
+    parts = torch.view_as_real(z) if z.is_complex() else z
+    q = quantizer(parts)
+    if unit_disk and not quantizer.calibrating:
+        scale = quantizer.qparams()[0]
+        modulus = q.norm(dim=-1, keepdim=True) if z.is_complex() else q.abs()
+        q = torch.where(modulus >= 1, _TruncSte.apply(parts / scale) * scale, q)
+    return torch.view_as_complex(q.contiguous()) if z.is_complex() else q

@@ -1,0 +1,133 @@
+"""Roles: the names recipes use for quantizable tensors, and how a recipe's ``quant`` section
+resolves to one quantizer spec per site (``default`` first, then ``targets`` in order, later
+entries overriding earlier ones)."""
+
+import math
+import re
+from dataclasses import dataclass
+
+ROLES = {
+    "all": (
+        "encoder.weight",
+        "encoder.bias",
+        "decoder.weight",
+        "decoder.bias",
+        "linear.weight",
+        "linear.bias",
+        "act.input",
+        "act.output",
+    ),
+    "s4d": ("ssm.A", "ssm.B", "ssm.C", "ssm.D", "ssm.dt", "ssm.state", "ssm.output"),
+    "mingru": (
+        "gru.Wz",
+        "gru.Wh",
+        "gru.bz",
+        "gru.bh",
+        "gru.gate",
+        "gru.cand",
+        "gru.state",
+        "gru.output",
+    ),
+    "mgrade": ("conv.weight", "conv.delay"),
+}
+ALL_ROLES = tuple(r for group in ROLES.values() for r in group)
+UNSIGNED_ROLES = ("gru.gate",)  # z_t ∈ [0, 1]: an unsigned grid unless the recipe says otherwise
+SPEC_FIELDS = (
+    "bits",
+    "levels",
+    "signed",
+    "symmetric",
+    "granularity",
+    "observer",
+    "percentile",
+    "scale",
+    "narrow_range",
+    "complex",
+    "enabled",
+)
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """The quantizer of one site after merging the recipe's default and targets."""
+
+    bit_width: int
+    narrow: bool
+    levels: int
+    signed: bool
+    symmetric: bool
+    granularity: str
+    observer: str
+    percentile: float
+    scale: str
+    complex: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def grid(bits: int | None, levels: int | None, narrow_range: bool) -> tuple[int, bool, int]:
+    """(bit width, narrow range, number of levels).  ``levels`` must be a Brevitas integer grid:
+    2^b (b bits) or 2^b - 1 (b bits, narrow range: 3 = ternary, 7, 15, …)."""
+    if levels is None:
+        return bits, narrow_range, 2**bits - int(narrow_range)
+    b = math.ceil(math.log2(levels))
+    if levels == 2**b:
+        return b, False, levels
+    if levels == 2**b - 1:
+        return b, True, levels
+    raise ValueError(
+        f"levels={levels} is not an integer grid Brevitas can represent; use 2^b or 2^b - 1 "
+        "levels (2, 3, 4, 7, 8, 15, 16, …)"
+    )
+
+
+def target_matches(target, role: str, module: str) -> bool:
+    if role not in target.roles:
+        return False
+    if target.modules is None:
+        return True
+    return re.fullmatch(target.modules.removeprefix("re:"), module) is not None
+
+
+def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], ResolvedSpec | None]:
+    """Spec per (module name, role) site; ``None`` where the site stays float.
+
+    Raises ValueError naming ``quant.targets[i]`` when a target matches no site of this model."""
+    merged = {site: quant.default.model_dump(exclude_unset=False) for site in sites}
+    for i, target in enumerate(quant.targets):
+        hits = [s for s in sites if target_matches(target, s[1], s[0])]
+        if not hits:
+            present = sorted({r for _, r in sites})
+            where = f" in modules matching {target.modules!r}" if target.modules else ""
+            raise ValueError(
+                f"quant.targets[{i}]: roles {list(target.roles)}{where} match nothing in this model; "
+                f"its roles are: {', '.join(present)}"
+            )
+        override = target.model_dump(exclude_unset=True, exclude={"roles", "modules"})
+        if "bits" in override:  # a grid given one way replaces one given the other way
+            override.setdefault("levels", None)
+        if "levels" in override:
+            override.setdefault("bits", None)
+        for s in hits:
+            merged[s].update(override)
+    out = {}
+    for (module, role), spec in merged.items():
+        if not spec["enabled"]:
+            out[(module, role)] = None
+            continue
+        bit_width, narrow, levels = grid(spec["bits"], spec["levels"], spec["narrow_range"])
+        signed = spec["signed"] if spec["signed"] is not None else role not in UNSIGNED_ROLES
+        out[(module, role)] = ResolvedSpec(
+            bit_width=bit_width,
+            narrow=narrow,
+            levels=levels,
+            signed=signed and spec["symmetric"],
+            symmetric=spec["symmetric"],
+            granularity=spec["granularity"],
+            observer=spec["observer"],
+            percentile=spec["percentile"],
+            scale=spec["scale"],
+            complex=spec["complex"],
+        )
+    return out
