@@ -42,3 +42,64 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Non
     for heading, text in sections:
         body += [f"## {heading}", "", text, ""]
     atomic_write(path, "\n".join(body))
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f} %"
+
+
+def plot_footprint(fp: dict, path: Path) -> None:
+    """Stored bits per role, quantized against float32."""
+    roles = [r for r, e in fp["per_role"].items() if e["elements"]]
+    quant = [fp["per_role"][r]["bits_stored"] / 8192 for r in roles]
+    flt = [fp["per_role"][r]["elements"] * 32 / 8192 for r in roles]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(roles) + 1.2))
+    y = range(len(roles))
+    ax.barh([i + 0.2 for i in y], flt, height=0.4, label="float32", color="#bbb")
+    ax.barh([i - 0.2 for i in y], quant, height=0.4, label="quantized", color="#2a7")
+    ax.set_yticks(list(y), roles)
+    ax.invert_yaxis()
+    ax.set(xlabel="KiB", title=f"footprint: {fp['reduction']:.1f}× smaller than float32")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="x")
+    save_figure(fig, path)
+
+
+def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
+    f = metrics["float"]
+    rows = [["float", _pct(f["accuracy"]), f.get("epochs", "—"),
+             f"{f['seconds_per_epoch']:.1f} s/epoch" if f.get("seconds_per_epoch") else "—"]]
+    for stage in ("ptq", "qat"):
+        if stage in metrics:
+            m = metrics[stage]
+            rows.append([stage.upper(), _pct(m["accuracy"]), m.get("epochs", "—"),
+                         f"{m['seconds']:.0f} s"])
+    summary = (f"{recipe.model.family} on {data.name} ({data.seq_len} steps), "
+               f"{f['params']} float parameters\n\n"
+               + table(["stage", "test accuracy", "epochs", "time"], rows))
+    sections = [("Accuracy", summary)]
+    histories = {k: metrics[k]["history"] for k in ("float", "qat")
+                 if metrics.get(k, {}).get("history")}
+    if histories:
+        plot_curves(histories, out / "training.png")
+        sections.append(("Training", "![training curves](training.png)"))
+    if "footprint" in metrics:
+        fp = metrics["footprint"]
+        kib = lambda b: f"{b / 8192:.2f}"  # noqa: E731
+        totals = table(
+            ["", "bits", "KiB"],
+            [["parameters", fp["param_bits"], kib(fp["param_bits"])],
+             ["state (per sample)", fp["state_bits"], kib(fp["state_bits"])],
+             ["delay buffer (per sample)", fp["buffer_bits"], kib(fp["buffer_bits"])],
+             ["total", fp["total_bits"], kib(fp["total_bits"])],
+             ["float32", fp["float32_bits"], kib(fp["float32_bits"])]],
+        )
+        per_role = table(
+            ["role", "bits", "elements", "bits stored"],
+            [[r, "/".join(map(str, e["bits"])), e["elements"], e["bits_stored"]]
+             for r, e in fp["per_role"].items()],
+        )
+        plot_footprint(fp, out / "footprint.png")
+        sections.append(("Footprint", f"{fp['reduction']:.2f}× smaller than float32\n\n{totals}\n\n"
+                         f"{per_role}\n\n![footprint per role](footprint.png)"))
+    write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)

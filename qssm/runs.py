@@ -1,7 +1,8 @@
-"""Run directories and the float training stage.
+"""Run directories and the stages that fill them: float training, PTQ, QAT, evaluation.
 
 A run dir holds ``recipe.yaml`` (resolved), ``model.safetensors`` + ``model.json``, ``report.md``
-with plots, and ``metrics.json``, which is written last: a run without it is unfinished.
+with plots, and ``metrics.json``, which is written last: a run without it is unfinished, and
+running the same command again resumes it (a finished float stage is kept in ``float.*``).
 """
 
 import time
@@ -20,9 +21,15 @@ from .io import (
     write_json,
 )
 from .models.backbone import Classifier
-from .recipe import Recipe, dump_recipe, load_recipe
-from .report import plot_curves, table, write_report
+from .quant.calibrate import calibrate
+from .quant.footprint import footprint
+from .quant.wrap import wrap
+from .recipe import QuantConfig, Recipe, RecipeError, dump_recipe, load_recipe
+from .report import write_run_report
 from .train import evaluate, fit, seed_everything
+
+STAGE_FILES = ("metrics.json", "train_state.json", "train_state.safetensors", "qat_state.json",
+               "qat_state.safetensors", "float.json", "float.safetensors")
 
 
 class RunError(ValueError):
@@ -35,8 +42,7 @@ def open_run(out: Path, recipe: Recipe, force: bool) -> Path:
     A finished run (``metrics.json``) is never touched without ``force``; an unfinished run of the
     same recipe is resumed; an unfinished run of another recipe needs ``force``."""
     text = dump_recipe(recipe)
-    finished = (out / "metrics.json").exists()
-    if finished and not force:
+    if (out / "metrics.json").exists() and not force:
         raise RunError(f"{out} holds a finished run; pass --force to overwrite it, or --out DIR")
     old = out / "recipe.yaml"
     if old.exists() and not force and old.read_text() != text:
@@ -45,7 +51,7 @@ def open_run(out: Path, recipe: Recipe, force: bool) -> Path:
             "pass --force to start over, or --out DIR"
         )
     if force:
-        for name in ("metrics.json", "train_state.json", "train_state.safetensors"):
+        for name in STAGE_FILES:
             (out / name).unlink(missing_ok=True)
     atomic_write(out / "recipe.yaml", text)
     return out
@@ -56,108 +62,139 @@ def load_data(recipe: Recipe) -> Dataset:
     return load_dataset(d.name, seed=recipe.seed, root=d.root, download=d.download, **d.options)
 
 
-def build_model(recipe: Recipe, data: Dataset) -> Classifier:
-    seed_everything(recipe.seed)
-    return Classifier(recipe.model_dict(), data.d_input, data.n_classes)
-
-
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_run_model(run_dir: Path) -> tuple[Classifier, dict]:
-    """Rebuild the float model of a finished run from its files alone (nothing unpickled)."""
-    header, tensors = load_model_files(run_dir)
+def build_model(header: dict, quant: dict | None = None) -> Classifier:
+    """A model from its description; quantized (sites attached) when ``quant`` is given."""
+    model = Classifier(header["model"], header["d_input"], header["n_classes"])
+    if quant is not None:
+        wrap(model, QuantConfig.model_validate(quant))
+    return model
+
+
+def load_run_model(run_dir: Path, stem: str = "model") -> tuple[Classifier, dict]:
+    """Rebuild a run's model (float or quantized) from its files alone (nothing unpickled)."""
+    header, tensors = load_model_files(run_dir, stem)
+    source = str(run_dir / f"{stem}.safetensors")
     try:
-        model = Classifier(header["model"], header["d_input"], header["n_classes"])
+        model = build_model(header, header.get("quant"))
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{run_dir / 'model.json'}: bad model description ({err})") from None
-    load_state(model, tensors, str(run_dir / "model.safetensors"))
+        raise CheckpointError(f"{run_dir / f'{stem}.json'}: bad model description ({err})") from None
+    if header.get("quant") is None:
+        load_state(model, tensors, source)
+    else:  # Brevitas restores the calibrated scales through its own state-dict hooks
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as err:
+            raise CheckpointError(f"{source}: tensors do not match the described model ({err})") from None
+    model.eval()
     return model, header
 
 
-def train_float(recipe: Recipe, out: Path, progress: bool = True) -> dict:
-    """Float pre-training (or reuse of ``float.checkpoint``) → model files, report, metrics."""
-    data = load_data(recipe)
-    model = build_model(recipe, data)
-    cfg = recipe.float
-    if cfg.checkpoint:
-        model, header = load_run_model(Path(cfg.checkpoint))
-        if header["model"] != recipe.model_dict():
+def _header(recipe: Recipe, data: Dataset, stage: str, **extra) -> dict:
+    return {"model": recipe.model_dict(), "d_input": data.d_input, "n_classes": data.n_classes,
+            "stage": stage, **extra}
+
+
+def float_stage(recipe: Recipe, data: Dataset, out: Path, source: str | None, stem: str,
+                progress: bool) -> tuple[Classifier, dict]:
+    """The float model: reused from ``source`` (a finished run dir), resumed from ``out/<stem>``,
+    or trained now.  Returns (model, float metrics)."""
+    source = source or recipe.float.checkpoint
+    if source:
+        model, header = load_run_model(Path(source), "float" if (Path(source) / "float.json").exists()
+                                       else "model")
+        if header.get("quant") is not None or header["model"] != recipe.model_dict():
             raise RunError(
-                f"float.checkpoint {cfg.checkpoint} holds a different model than this recipe's "
-                "`model` section; make them equal or drop float.checkpoint"
+                f"{source} does not hold a float model of this recipe's `model` section; "
+                "point --from / float.checkpoint at a float run of the same model"
             )
-        history = []
-    else:
-        t0 = time.perf_counter()
-        history = fit(
-            model,
-            data.train,
-            data.test,
-            cfg,
-            seed=recipe.seed,
-            state_path=out / "train_state",
-            eval_batch=recipe.eval.batch_size,
-            desc="float",
-            progress=progress,
-        )
-        print(f"float training: {time.perf_counter() - t0:.1f} s")
-    result = evaluate(model, data.test, recipe.eval.batch_size)
-    meta = {
-        "model": recipe.model_dict(),
-        "d_input": data.d_input,
-        "n_classes": data.n_classes,
-        "stage": "float",
-    }
-    save_model(out, model, meta)
+        stored = read_json(Path(source) / "metrics.json").get("float", {})
+        result = evaluate(model, data.test, recipe.eval.batch_size)
+        return model, {**result, "source": str(source), "params": n_params(model),
+                       "history": stored.get("history", []),
+                       "seconds_per_epoch": stored.get("seconds_per_epoch")}
+    if (out / f"{stem}.json").exists() and stem == "float":  # finished in an earlier, interrupted run
+        model, header = load_run_model(out, stem)
+        return model, header["metrics"]
+    seed_everything(recipe.seed)
+    model = Classifier(recipe.model_dict(), data.d_input, data.n_classes)
+    history = fit(model, data.train, data.test, recipe.float, seed=recipe.seed,
+                  state_path=out / "train_state", eval_batch=recipe.eval.batch_size, desc="float",
+                  progress=progress)
     seconds = [h["seconds"] for h in history]
-    metrics = {
-        "recipe": recipe.name,
-        "float": {
-            **result,
-            "epochs": len(history),
-            "params": n_params(model),
-            "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
-            "history": history,
-        },
-    }
-    write_float_report(out, recipe, data, metrics)
-    write_json(out / "metrics.json", metrics)
-    for name in ("train_state.json", "train_state.safetensors"):
+    metrics = {**evaluate(model, data.test, recipe.eval.batch_size), "params": n_params(model),
+               "epochs": len(history), "history": history,
+               "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
+    save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
+    return model, metrics
+
+
+def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
+    write_run_report(out, recipe, data, metrics)
+    write_json(out / "metrics.json", metrics)  # last: the run is finished
+    for name in ("train_state.json", "train_state.safetensors", "qat_state.json",
+                 "qat_state.safetensors"):
         (out / name).unlink(missing_ok=True)
     return metrics
 
 
-def write_float_report(out: Path, recipe: Recipe, data: Dataset, metrics: dict) -> None:
-    f = metrics["float"]
-    summary = table(
-        ["dataset", "family", "parameters", "test accuracy", "epochs", "s / epoch"],
-        [
-            [
-                data.name,
-                recipe.model.family,
-                f["params"],
-                f"{100 * f['accuracy']:.2f} %",
-                f["epochs"],
-                f"{f['seconds_per_epoch']:.1f}" if f["seconds_per_epoch"] else "—",
-            ]
-        ],
-    )
-    sections = [("Summary", summary)]
-    if f["history"]:
-        plot_curves({"float": f["history"]}, out / "training.png")
-        sections.append(("Training", "![training curves](training.png)"))
-    write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)
+def train_run(recipe: Recipe, out: Path, progress: bool = True) -> dict:
+    """``qssm train``: float training only."""
+    data = load_data(recipe)
+    model, float_metrics = float_stage(recipe, data, out, None, "model", progress)
+    if recipe.float.checkpoint:
+        save_model(out, model, _header(recipe, data, "float", metrics=float_metrics))
+    return _finish(out, {"recipe": recipe.name, "float": float_metrics}, recipe, data)
+
+
+def quantize_run(recipe: Recipe, out: Path, source: str | None = None, progress: bool = True) -> dict:
+    """``qssm quantize``: float model → PTQ calibration + evaluation → QAT + evaluation."""
+    if recipe.quant is None:
+        raise RecipeError(
+            f"recipe {recipe.name!r} has no `quant` section; add one (see recipes/ptq_8.yaml) "
+            "or run `qssm train` for float training only"
+        )
+    data = load_data(recipe)
+    model, float_metrics = float_stage(recipe, data, out, source, "float", progress)
+    float_params = n_params(model)
+    seed_everything(recipe.seed)
+    try:
+        table = wrap(model, recipe.quant)
+    except ValueError as err:
+        raise RecipeError(f"{out / 'recipe.yaml'}: {err}") from None
+    metrics = {"recipe": recipe.name, "float": float_metrics}
+    t0 = time.perf_counter()
+    calibrate(model, data.train, recipe.ptq.calibration_batches, recipe.ptq.batch_size,
+              seed=recipe.seed, progress=progress)
+    metrics["ptq"] = {**evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
+                      "seconds": time.perf_counter() - t0}
+    print(f"PTQ test accuracy {100 * metrics['ptq']['accuracy']:.2f} %")
+    if recipe.qat.epochs > 0:
+        t0 = time.perf_counter()
+        history = fit(model, data.train, data.test, recipe.qat, seed=recipe.seed, mode="recurrent",
+                      state_path=out / "qat_state", eval_batch=recipe.eval.batch_size, desc="QAT",
+                      progress=progress)
+        metrics["qat"] = {**evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
+                          "epochs": len(history), "history": history,
+                          "seconds": time.perf_counter() - t0}
+        print(f"QAT test accuracy {100 * metrics['qat']['accuracy']:.2f} %")
+    metrics["footprint"] = footprint(model, table, float_params)
+    quant = recipe.quant.model_dump(mode="json")
+    save_model(out, model, _header(recipe, data, "qat" if "qat" in metrics else "ptq",
+                                   quant=quant, sites=table))
+    return _finish(out, metrics, recipe, data)
 
 
 def eval_run(run_dir: Path) -> dict:
     """Re-evaluate a finished run from its saved files alone."""
     recipe = load_recipe(run_dir / "recipe.yaml")
-    model, _ = load_run_model(run_dir)
     stored = read_json(run_dir / "metrics.json")
-    return {
-        "recipe": recipe.name,
-        "float": evaluate(model, load_data(recipe).test, recipe.eval.batch_size),
-        "stored": {"float": stored.get("float", {}).get("accuracy")},
-    }
+    model, header = load_run_model(run_dir)
+    stage = header["stage"]
+    mode = "parallel" if header.get("quant") is None else "recurrent"
+    result = evaluate(model, load_data(recipe).test, recipe.eval.batch_size, mode)
+    return {"recipe": recipe.name, "stage": stage, **result,
+            "stored_accuracy": stored.get(stage, {}).get("accuracy")}

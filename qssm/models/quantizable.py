@@ -27,16 +27,23 @@ class Quantizable:
         quantizer = self._quantizer(site)
         return x if quantizer is None else quantize_complex(quantizer, x, unit_disk)
 
-    def stepper(self, site: str, complex_state: bool = False):
-        """Per-step quantizer for a recurrence (identity when the site is float or calibrating);
-        a complex state is quantized as real/imaginary pairs."""
+    def stepper(self, site: str, complex_state: bool = False, flat: int = 1):
+        """Per-step quantizer for a recurrence (identity when the site is float or calibrating).
+        A complex state is quantized as real/imaginary pairs; the ``flat`` trailing state axes
+        are seen by the quantizer as one axis."""
         quantizer = self._quantizer(site)
         if quantizer is None:
             return lambda x: x
         step = quantizer.stepper()
-        if complex_state:
-            return lambda x: torch.view_as_complex(step(torch.view_as_real(x)))
-        return step
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            parts = torch.view_as_real(x) if complex_state else x
+            lead = parts.shape[: parts.ndim - flat - int(complex_state)]
+            q = step(parts.reshape(*lead, -1, *parts.shape[parts.ndim - int(complex_state) :]))
+            q = q.reshape(parts.shape)
+            return torch.view_as_complex(q) if complex_state else q
+
+        return apply
 
     def calibrating(self, site: str) -> bool:
         quantizer = self._quantizer(site)

@@ -55,15 +55,14 @@ class S4D(Quantizable, nn.Module):
         self.D = nn.Parameter(torch.randn(H))
 
     def sites(self) -> dict[str, Site]:
-        H = self.D.shape[0]
+        H, n = self.C.shape[:2]
         param = (H, 1) if self.real else (H, 1, 1)  # (H, n) or real/imag pairs (H, n, 2)
-        state = (1, H, 1) if self.real else (1, H, 1, 1)  # (B, H, n) or (B, H, n, 2)
         sites = {k: Site(f"ssm.{k}", param, 0) for k in ("A", "B", "C")}
-        sites.update(
-            D=Site("ssm.D", (H,), 0),
-            state=Site("ssm.state", state, 1),
-            output=act_site("ssm.output", H),
-        )
+        # the state is quantized as (B, H·n[, 2]): "per channel" means one scale per state
+        # element, which folds exactly into B̄ and C (x' = x / s keeps Ā diagonal)
+        state = (1, H * n) if self.real else (1, H * n, 1)
+        sites.update(D=Site("ssm.D", (H,), 0), state=Site("ssm.state", state, 1),
+                     output=act_site("ssm.output", H))
         if self.parameterization == "continuous":
             sites["dt"] = Site("ssm.dt", (H,), 0)
         return sites
@@ -137,7 +136,7 @@ class S4D(Quantizable, nn.Module):
         A_bar, B_bar, C = self.discretize()
         A_bar = self.q("A", A_bar, unit_disk=True)  # |Ā| < 1 stays true after quantization
         B_bar, C, D = self.q("B", B_bar), self.q("C", C), self.q("D", self.D)
-        step = self.stepper("state", complex_state=not self.real)  # re-quantized every step
+        step = self.stepper("state", complex_state=not self.real, flat=2)  # every step
         x = torch.zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype, device=u.device)  # (B, H, n)
         collect = self.calibrating("state")
         ys, xs = [], []
@@ -147,6 +146,6 @@ class S4D(Quantizable, nn.Module):
             if collect:
                 xs.append(x)
         if collect:
-            traj = torch.cat(xs)  # (L·B, H, n)
+            traj = torch.cat(xs).flatten(1, 2)  # (L·B, H·n)
             self.observe("state", traj if self.real else torch.view_as_real(traj))
         return self.q("output", torch.stack(ys, 1) + u * D)

@@ -12,12 +12,11 @@ sequence costs milliseconds per call, so :meth:`SiteQuantizer.stepper` reads the
 ``tests/quant/test_quantizers.py`` checks that both give identical values and gradients.
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from brevitas.inject.enum import ScalingImplType, ScalingPerOutputType, StatsOp
+from brevitas.inject.enum import ScalingPerOutputType, StatsOp
 from brevitas.nn import QuantIdentity
 from brevitas.quant import Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Uint8ActPerTensorFloat
 from brevitas.quant import Uint8ActPerTensorFloatMSE
@@ -117,7 +116,7 @@ class SiteQuantizer(nn.Module):
     @property
     def calibrating(self) -> bool:
         """True inside ``calibration_mode`` (Brevitas then passes values through and collects stats)."""
-        return not self.quant.act_quant.is_quant_enabled
+        return any(getattr(m, "observer_only", False) for m in self.quant.act_quant.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.quant(x)
@@ -142,25 +141,36 @@ class SiteQuantizer(nn.Module):
 
 
 class PolarQuantizer(nn.Module):
-    """Complex tensors as magnitude and phase.  With ``unit_disk`` the magnitude grid is fixed to
-    k / 2^b, k < 2^b, so every quantized value lies strictly inside the unit circle."""
+    """Complex tensors as magnitude and phase, each on its own calibrated grid.
+
+    With ``unit_disk`` (the state matrix Ā, whose slow modes have |Ā| within 1e-3 of 1) the
+    quantity on the grid is the retention deficit 1 - |Ā| (unsigned, smallest code 1), so the slow
+    modes are resolved to a fraction of the fastest mode's deficit rather than to 1 / 2^b, and
+    |Ā_q| = 1 - d_q < 1 always.  A real Ā (S4D-Real) is quantized the same way, without phase;
+    1 - Ā is exactly the charge-sharing ratio z of a switched-capacitor cell."""
 
     def __init__(self, spec, site: Site, unit_disk: bool):
         super().__init__()
-        self.magnitude = (
-            QuantIdentity(
-                act_quant=const_quantizer(spec.bit_width, False, 1 - 2.0**-spec.bit_width),
-                return_quant_tensor=False,
-            )
-            if unit_disk
-            else SiteQuantizer(spec, site, signed=False)
-        )
-        self.phase = QuantIdentity(
-            act_quant=const_quantizer(spec.bit_width, True, math.pi), return_quant_tensor=False
-        )
+        self.unit_disk = unit_disk
+        self.magnitude = SiteQuantizer(spec.replace(symmetric=True), site, signed=False)
+        self.phase = SiteQuantizer(spec.replace(symmetric=True, observer="minmax"), site, signed=True)
+
+    @property
+    def calibrating(self) -> bool:
+        return self.magnitude.calibrating
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.polar(self.magnitude(z.abs()), self.phase(z.angle()))
+        r = z.abs()
+        if self.unit_disk:
+            d = self.magnitude(1 - r)
+            if not self.calibrating:
+                d = torch.maximum(d, self.magnitude.qparams()[0])  # code ≥ 1: strictly inside
+            r = 1 - d
+        else:
+            r = self.magnitude(r)
+        if not z.is_complex():
+            return r * torch.sign(z) if not self.unit_disk else r
+        return torch.polar(r, self.phase(z.angle()))
 
 
 class _TruncSte(torch.autograd.Function):

@@ -2,6 +2,7 @@
 resolves to one quantizer spec per site (``default`` first, then ``targets`` in order, later
 entries overriding earlier ones)."""
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -31,7 +32,10 @@ ROLES = {
     "mgrade": ("conv.weight", "conv.delay"),
 }
 ALL_ROLES = tuple(r for group in ROLES.values() for r in group)
-UNSIGNED_ROLES = ("gru.gate",)  # z_t ∈ [0, 1]: an unsigned grid unless the recipe says otherwise
+UNSIGNED_ROLES = ("gru.gate",)
+# dt is an intermediate of the continuous parameterization (Ā and B̄ are what is stored), and a
+# linear grid over dt ∈ [1e-3, 1e-1] destroys the slow modes: quantized only when a target names it
+EXPLICIT_ROLES = ("ssm.dt",)  # z_t ∈ [0, 1]: an unsigned grid unless the recipe says otherwise
 SPEC_FIELDS = (
     "bits",
     "levels",
@@ -65,6 +69,9 @@ class ResolvedSpec:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def replace(self, **changes) -> "ResolvedSpec":
+        return dataclasses.replace(self, **changes)
+
 
 def grid(bits: int | None, levels: int | None, narrow_range: bool) -> tuple[int, bool, int]:
     """(bit width, narrow range, number of levels).  ``levels`` must be a Brevitas integer grid:
@@ -94,7 +101,10 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
     """Spec per (module name, role) site; ``None`` where the site stays float.
 
     Raises ValueError naming ``quant.targets[i]`` when a target matches no site of this model."""
-    merged = {site: quant.default.model_dump(exclude_unset=False) for site in sites}
+    merged = {site: quant.default.model_dump() for site in sites}
+    for site in sites:
+        if site[1] in EXPLICIT_ROLES:
+            merged[site]["enabled"] = False
     for i, target in enumerate(quant.targets):
         hits = [s for s in sites if target_matches(target, s[1], s[0])]
         if not hits:
@@ -111,6 +121,8 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
             override.setdefault("bits", None)
         for s in hits:
             merged[s].update(override)
+            if s[1] in EXPLICIT_ROLES and "enabled" not in override:
+                merged[s]["enabled"] = True
     out = {}
     for (module, role), spec in merged.items():
         if not spec["enabled"]:
