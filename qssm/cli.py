@@ -31,7 +31,9 @@ def cmd_quantize(args) -> dict:
     recipe = load_recipe(args.recipe)
     out = open_run(_out(args, recipe), recipe, args.force)
     m = quantize_run(recipe, out, args.from_run, progress=not args.quiet)
-    stages = ", ".join(f"{k} {100 * m[k]['accuracy']:.2f} %" for k in ("float", "ptq", "qat") if k in m)
+    stages = ", ".join(
+        f"{k} {100 * m[k]['accuracy']:.2f} %" for k in ("float", "ptq", "qat") if k in m
+    )
     print(f"{stages}; footprint {m['footprint']['reduction']:.2f}× smaller → {out}/report.md")
     return m
 
@@ -83,14 +85,20 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser(
-        "quantize", help="float pre-training, PTQ and QAT of the recipe's model, with a report",
+        "quantize",
+        help="float pre-training, PTQ and QAT of the recipe's model, with a report",
         description="Float pre-training (or --from a finished float run), post-training "
         "quantization (Brevitas calibration) and evaluation, then quantization-aware training in "
         "recurrent mode with the state quantized every step. Writes model files, report.md with "
-        "accuracy, per-role bits and footprint, and metrics.json.")
+        "accuracy, per-role bits and footprint, and metrics.json.",
+    )
     q.add_argument("--recipe", required=True, help="recipe YAML with a `quant` section")
-    q.add_argument("--from", dest="from_run", metavar="RUN_DIR",
-                   help="reuse the float model of a finished run instead of training one")
+    q.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_DIR",
+        help="reuse the float model of a finished run instead of training one",
+    )
     q.add_argument("--out", help="run dir (default runs/<recipe name>)")
     q.add_argument("--force", action="store_true", help="overwrite a finished run dir")
     q.add_argument("--quiet", action="store_true", help="no progress bars")

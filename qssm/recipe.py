@@ -106,13 +106,35 @@ class PTQConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-class _SpecFields(Section):
-    bits: int | None = Field(None, ge=1, le=32)
-    levels: int | None = Field(None, ge=2)
+def _check_spec(spec):
+    """Contradictions within one quantizer spec (default or target)."""
+    if spec.bits is not None and spec.levels is not None:
+        raise ValueError("give either bits or levels, not both")
+    if spec.symmetric is False and spec.signed is True:
+        raise ValueError(
+            "an asymmetric quantizer is unsigned with a zero point; drop `signed` or set "
+            "symmetric: true"
+        )
+    if spec.levels is not None:
+        grid(None, spec.levels, False)
+    if spec.bits == 1 and (spec.signed or spec.narrow_range):
+        raise ValueError("1-bit grids are unsigned {0, 1}: set signed: false, or use levels: 3")
+    return spec
+
+
+Bits = Annotated[int, Field(ge=1, le=32)]
+Observer = Literal["minmax", "percentile", "mse"]
+
+
+class QuantSpec(Section):
+    """The quantizer of every site that no target overrides."""
+
+    bits: Bits | None = None  # 8 when neither bits nor levels is given
+    levels: int | None = Field(None, ge=2)  # 2^b or 2^b - 1 (3 = ternary)
     signed: bool | None = None  # None: signed, except unsigned roles (gru.gate)
     symmetric: bool = True
     granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
-    observer: Literal["minmax", "percentile", "mse"] = "percentile"
+    observer: Observer = "percentile"
     percentile: float = Field(99.99, gt=50, le=100)
     scale: Literal["static", "learned"] = "learned"
     narrow_range: bool = False
@@ -121,38 +143,33 @@ class _SpecFields(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.bits is not None and self.levels is not None:
-            raise ValueError("give either bits or levels, not both")
-        if self.symmetric is False and self.signed is True:
-            raise ValueError(
-                "an asymmetric quantizer is unsigned with a zero point; drop `signed` or set "
-                "symmetric: true"
-            )
-        if self.levels is not None:
-            try:
-                grid(None, self.levels, False)
-            except ValueError as err:
-                raise ValueError(str(err)) from None
-        if self.bits == 1 and (self.signed or self.narrow_range):
-            raise ValueError("1-bit grids are unsigned {0, 1}: set signed: false, or use levels: 3")
-        return self
-
-
-class QuantSpec(_SpecFields):
-    """The quantizer of every site no target overrides."""
-
-    @model_validator(mode="after")
-    def _has_grid(self):
+        _check_spec(self)
         if self.bits is None and self.levels is None:
             self.bits = 8
         return self
 
 
-class QuantTarget(_SpecFields):
-    """Overrides for the sites of ``roles`` (optionally only in modules matching ``modules``)."""
+class QuantTarget(Section):
+    """Overrides for the sites of ``roles`` (optionally only in modules matching ``modules``);
+    a field left out (null) keeps the value from ``default`` and earlier targets."""
 
     roles: list[str] = Field(min_length=1)
     modules: str | None = None
+    bits: Bits | None = None
+    levels: int | None = Field(None, ge=2)
+    signed: bool | None = None
+    symmetric: bool | None = None
+    granularity: Literal["per_tensor", "per_channel"] | None = None
+    observer: Observer | None = None
+    percentile: float | None = Field(None, gt=50, le=100)
+    scale: Literal["static", "learned"] | None = None
+    narrow_range: bool | None = None
+    complex: Literal["cartesian", "polar"] | None = None
+    enabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        return _check_spec(self)
 
     @field_validator("roles")
     @classmethod

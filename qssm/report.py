@@ -67,19 +67,29 @@ def plot_footprint(fp: dict, path: Path) -> None:
 
 def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
     f = metrics["float"]
-    rows = [["float", _pct(f["accuracy"]), f.get("epochs", "—"),
-             f"{f['seconds_per_epoch']:.1f} s/epoch" if f.get("seconds_per_epoch") else "—"]]
+    rows = [
+        [
+            "float",
+            _pct(f["accuracy"]),
+            f.get("epochs", "—"),
+            f"{f['seconds_per_epoch']:.1f} s/epoch" if f.get("seconds_per_epoch") else "—",
+        ]
+    ]
     for stage in ("ptq", "qat"):
         if stage in metrics:
             m = metrics[stage]
-            rows.append([stage.upper(), _pct(m["accuracy"]), m.get("epochs", "—"),
-                         f"{m['seconds']:.0f} s"])
-    summary = (f"{recipe.model.family} on {data.name} ({data.seq_len} steps), "
-               f"{f['params']} float parameters\n\n"
-               + table(["stage", "test accuracy", "epochs", "time"], rows))
+            rows.append(
+                [stage.upper(), _pct(m["accuracy"]), m.get("epochs", "—"), f"{m['seconds']:.0f} s"]
+            )
+    summary = (
+        f"{recipe.model.family} on {data.name} ({data.seq_len} steps), "
+        f"{f['params']} float parameters\n\n"
+        + table(["stage", "test accuracy", "epochs", "time"], rows)
+    )
     sections = [("Accuracy", summary)]
-    histories = {k: metrics[k]["history"] for k in ("float", "qat")
-                 if metrics.get(k, {}).get("history")}
+    histories = {
+        k: metrics[k]["history"] for k in ("float", "qat") if metrics.get(k, {}).get("history")
+    }
     if histories:
         plot_curves(histories, out / "training.png")
         sections.append(("Training", "![training curves](training.png)"))
@@ -88,18 +98,27 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
         kib = lambda b: f"{b / 8192:.2f}"  # noqa: E731
         totals = table(
             ["", "bits", "KiB"],
-            [["parameters", fp["param_bits"], kib(fp["param_bits"])],
-             ["state (per sample)", fp["state_bits"], kib(fp["state_bits"])],
-             ["delay buffer (per sample)", fp["buffer_bits"], kib(fp["buffer_bits"])],
-             ["total", fp["total_bits"], kib(fp["total_bits"])],
-             ["float32", fp["float32_bits"], kib(fp["float32_bits"])]],
+            [
+                ["parameters", fp["param_bits"], kib(fp["param_bits"])],
+                ["state (per sample)", fp["state_bits"], kib(fp["state_bits"])],
+                ["delay buffer (per sample)", fp["buffer_bits"], kib(fp["buffer_bits"])],
+                ["total", fp["total_bits"], kib(fp["total_bits"])],
+                ["float32", fp["float32_bits"], kib(fp["float32_bits"])],
+            ],
         )
         per_role = table(
             ["role", "bits", "elements", "bits stored"],
-            [[r, "/".join(map(str, e["bits"])), e["elements"], e["bits_stored"]]
-             for r, e in fp["per_role"].items()],
+            [
+                [r, "/".join(map(str, e["bits"])), e["elements"], e["bits_stored"]]
+                for r, e in fp["per_role"].items()
+            ],
         )
         plot_footprint(fp, out / "footprint.png")
-        sections.append(("Footprint", f"{fp['reduction']:.2f}× smaller than float32\n\n{totals}\n\n"
-                         f"{per_role}\n\n![footprint per role](footprint.png)"))
+        sections.append(
+            (
+                "Footprint",
+                f"{fp['reduction']:.2f}× smaller than float32\n\n{totals}\n\n"
+                f"{per_role}\n\n![footprint per role](footprint.png)",
+            )
+        )
     write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)

@@ -28,8 +28,15 @@ from .recipe import QuantConfig, Recipe, RecipeError, dump_recipe, load_recipe
 from .report import write_run_report
 from .train import evaluate, fit, seed_everything
 
-STAGE_FILES = ("metrics.json", "train_state.json", "train_state.safetensors", "qat_state.json",
-               "qat_state.safetensors", "float.json", "float.safetensors")
+STAGE_FILES = (
+    "metrics.json",
+    "train_state.json",
+    "train_state.safetensors",
+    "qat_state.json",
+    "qat_state.safetensors",
+    "float.json",
+    "float.safetensors",
+)
 
 
 class RunError(ValueError):
@@ -81,31 +88,42 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[Classifier, dict
     try:
         model = build_model(header, header.get("quant"))
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{run_dir / f'{stem}.json'}: bad model description ({err})") from None
+        raise CheckpointError(
+            f"{run_dir / f'{stem}.json'}: bad model description ({err})"
+        ) from None
     if header.get("quant") is None:
         load_state(model, tensors, source)
     else:  # Brevitas restores the calibrated scales through its own state-dict hooks
         try:
             model.load_state_dict(tensors)
         except RuntimeError as err:
-            raise CheckpointError(f"{source}: tensors do not match the described model ({err})") from None
+            raise CheckpointError(
+                f"{source}: tensors do not match the described model ({err})"
+            ) from None
     model.eval()
     return model, header
 
 
 def _header(recipe: Recipe, data: Dataset, stage: str, **extra) -> dict:
-    return {"model": recipe.model_dict(), "d_input": data.d_input, "n_classes": data.n_classes,
-            "stage": stage, **extra}
+    return {
+        "model": recipe.model_dict(),
+        "d_input": data.d_input,
+        "n_classes": data.n_classes,
+        "stage": stage,
+        **extra,
+    }
 
 
-def float_stage(recipe: Recipe, data: Dataset, out: Path, source: str | None, stem: str,
-                progress: bool) -> tuple[Classifier, dict]:
+def float_stage(
+    recipe: Recipe, data: Dataset, out: Path, source: str | None, stem: str, progress: bool
+) -> tuple[Classifier, dict]:
     """The float model: reused from ``source`` (a finished run dir), resumed from ``out/<stem>``,
     or trained now.  Returns (model, float metrics)."""
     source = source or recipe.float.checkpoint
     if source:
-        model, header = load_run_model(Path(source), "float" if (Path(source) / "float.json").exists()
-                                       else "model")
+        model, header = load_run_model(
+            Path(source), "float" if (Path(source) / "float.json").exists() else "model"
+        )
         if header.get("quant") is not None or header["model"] != recipe.model_dict():
             raise RunError(
                 f"{source} does not hold a float model of this recipe's `model` section; "
@@ -113,21 +131,39 @@ def float_stage(recipe: Recipe, data: Dataset, out: Path, source: str | None, st
             )
         stored = read_json(Path(source) / "metrics.json").get("float", {})
         result = evaluate(model, data.test, recipe.eval.batch_size)
-        return model, {**result, "source": str(source), "params": n_params(model),
-                       "history": stored.get("history", []),
-                       "seconds_per_epoch": stored.get("seconds_per_epoch")}
-    if (out / f"{stem}.json").exists() and stem == "float":  # finished in an earlier, interrupted run
+        return model, {
+            **result,
+            "source": str(source),
+            "params": n_params(model),
+            "history": stored.get("history", []),
+            "seconds_per_epoch": stored.get("seconds_per_epoch"),
+        }
+    if (
+        out / f"{stem}.json"
+    ).exists() and stem == "float":  # finished in an earlier, interrupted run
         model, header = load_run_model(out, stem)
         return model, header["metrics"]
     seed_everything(recipe.seed)
     model = Classifier(recipe.model_dict(), data.d_input, data.n_classes)
-    history = fit(model, data.train, data.test, recipe.float, seed=recipe.seed,
-                  state_path=out / "train_state", eval_batch=recipe.eval.batch_size, desc="float",
-                  progress=progress)
+    history = fit(
+        model,
+        data.train,
+        data.test,
+        recipe.float,
+        seed=recipe.seed,
+        state_path=out / "train_state",
+        eval_batch=recipe.eval.batch_size,
+        desc="float",
+        progress=progress,
+    )
     seconds = [h["seconds"] for h in history]
-    metrics = {**evaluate(model, data.test, recipe.eval.batch_size), "params": n_params(model),
-               "epochs": len(history), "history": history,
-               "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
+    metrics = {
+        **evaluate(model, data.test, recipe.eval.batch_size),
+        "params": n_params(model),
+        "epochs": len(history),
+        "history": history,
+        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+    }
     save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
     return model, metrics
 
@@ -135,8 +171,12 @@ def float_stage(recipe: Recipe, data: Dataset, out: Path, source: str | None, st
 def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
     write_run_report(out, recipe, data, metrics)
     write_json(out / "metrics.json", metrics)  # last: the run is finished
-    for name in ("train_state.json", "train_state.safetensors", "qat_state.json",
-                 "qat_state.safetensors"):
+    for name in (
+        "train_state.json",
+        "train_state.safetensors",
+        "qat_state.json",
+        "qat_state.safetensors",
+    ):
         (out / name).unlink(missing_ok=True)
     return metrics
 
@@ -150,7 +190,9 @@ def train_run(recipe: Recipe, out: Path, progress: bool = True) -> dict:
     return _finish(out, {"recipe": recipe.name, "float": float_metrics}, recipe, data)
 
 
-def quantize_run(recipe: Recipe, out: Path, source: str | None = None, progress: bool = True) -> dict:
+def quantize_run(
+    recipe: Recipe, out: Path, source: str | None = None, progress: bool = True
+) -> dict:
     """``qssm quantize``: float model → PTQ calibration + evaluation → QAT + evaluation."""
     if recipe.quant is None:
         raise RecipeError(
@@ -167,24 +209,47 @@ def quantize_run(recipe: Recipe, out: Path, source: str | None = None, progress:
         raise RecipeError(f"{out / 'recipe.yaml'}: {err}") from None
     metrics = {"recipe": recipe.name, "float": float_metrics}
     t0 = time.perf_counter()
-    calibrate(model, data.train, recipe.ptq.calibration_batches, recipe.ptq.batch_size,
-              seed=recipe.seed, progress=progress)
-    metrics["ptq"] = {**evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
-                      "seconds": time.perf_counter() - t0}
+    calibrate(
+        model,
+        data.train,
+        recipe.ptq.calibration_batches,
+        recipe.ptq.batch_size,
+        seed=recipe.seed,
+        progress=progress,
+    )
+    metrics["ptq"] = {
+        **evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
+        "seconds": time.perf_counter() - t0,
+    }
     print(f"PTQ test accuracy {100 * metrics['ptq']['accuracy']:.2f} %")
     if recipe.qat.epochs > 0:
         t0 = time.perf_counter()
-        history = fit(model, data.train, data.test, recipe.qat, seed=recipe.seed, mode="recurrent",
-                      state_path=out / "qat_state", eval_batch=recipe.eval.batch_size, desc="QAT",
-                      progress=progress)
-        metrics["qat"] = {**evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
-                          "epochs": len(history), "history": history,
-                          "seconds": time.perf_counter() - t0}
+        history = fit(
+            model,
+            data.train,
+            data.test,
+            recipe.qat,
+            seed=recipe.seed,
+            mode="recurrent",
+            state_path=out / "qat_state",
+            eval_batch=recipe.eval.batch_size,
+            desc="QAT",
+            progress=progress,
+        )
+        metrics["qat"] = {
+            **evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
+            "epochs": len(history),
+            "history": history,
+            "seconds": time.perf_counter() - t0,
+        }
         print(f"QAT test accuracy {100 * metrics['qat']['accuracy']:.2f} %")
     metrics["footprint"] = footprint(model, table, float_params)
     quant = recipe.quant.model_dump(mode="json")
-    save_model(out, model, _header(recipe, data, "qat" if "qat" in metrics else "ptq",
-                                   quant=quant, sites=table))
+    save_model(
+        out,
+        model,
+        _header(recipe, data, "qat" if "qat" in metrics else "ptq", quant=quant, sites=table),
+    )
     return _finish(out, metrics, recipe, data)
 
 
@@ -196,5 +261,9 @@ def eval_run(run_dir: Path) -> dict:
     stage = header["stage"]
     mode = "parallel" if header.get("quant") is None else "recurrent"
     result = evaluate(model, load_data(recipe).test, recipe.eval.batch_size, mode)
-    return {"recipe": recipe.name, "stage": stage, **result,
-            "stored_accuracy": stored.get(stage, {}).get("accuracy")}
+    return {
+        "recipe": recipe.name,
+        "stage": stage,
+        **result,
+        "stored_accuracy": stored.get(stage, {}).get("accuracy"),
+    }

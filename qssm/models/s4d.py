@@ -61,8 +61,11 @@ class S4D(Quantizable, nn.Module):
         # the state is quantized as (B, H·n[, 2]): "per channel" means one scale per state
         # element, which folds exactly into B̄ and C (x' = x / s keeps Ā diagonal)
         state = (1, H * n) if self.real else (1, H * n, 1)
-        sites.update(D=Site("ssm.D", (H,), 0), state=Site("ssm.state", state, 1),
-                     output=act_site("ssm.output", H))
+        sites.update(
+            D=Site("ssm.D", (H,), 0),
+            state=Site("ssm.state", state, 1),
+            output=act_site("ssm.output", H),
+        )
         if self.parameterization == "continuous":
             sites["dt"] = Site("ssm.dt", (H,), 0)
         return sites

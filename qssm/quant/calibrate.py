@@ -17,8 +17,12 @@ def calibrate(model, split: Split, batches: int, batch_size: int, seed: int, pro
     idx = torch.randperm(len(split.y), generator=g)[: batches * batch_size]
     model.train()  # Brevitas collects statistics in training mode
     with calibration_mode(model):
-        for i in tqdm(range(0, len(idx), batch_size), desc="PTQ calibration", leave=False,
-                      disable=not progress):
+        for i in tqdm(
+            range(0, len(idx), batch_size),
+            desc="PTQ calibration",
+            leave=False,
+            disable=not progress,
+        ):
             model(split.x[idx[i : i + batch_size]], "recurrent")
     model.eval()
     freeze_static_scales(model)

@@ -18,8 +18,12 @@ from dataclasses import dataclass
 import torch
 from brevitas.inject.enum import ScalingPerOutputType, StatsOp
 from brevitas.nn import QuantIdentity
-from brevitas.quant import Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Uint8ActPerTensorFloat
-from brevitas.quant import Uint8ActPerTensorFloatMSE
+from brevitas.quant import (
+    Int8ActPerTensorFloat,
+    Int8ActPerTensorFloatMSE,
+    Uint8ActPerTensorFloat,
+    Uint8ActPerTensorFloatMSE,
+)
 from brevitas.quant.shifted_scaled_int import (
     ShiftedUint8ActPerTensorFloat,
     ShiftedUint8ActPerTensorFloatMSE,
@@ -153,7 +157,9 @@ class PolarQuantizer(nn.Module):
         super().__init__()
         self.unit_disk = unit_disk
         self.magnitude = SiteQuantizer(spec.replace(symmetric=True), site, signed=False)
-        self.phase = SiteQuantizer(spec.replace(symmetric=True, observer="minmax"), site, signed=True)
+        self.phase = SiteQuantizer(
+            spec.replace(symmetric=True, observer="minmax"), site, signed=True
+        )
 
     @property
     def calibrating(self) -> bool:

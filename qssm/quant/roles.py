@@ -114,7 +114,7 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
                 f"quant.targets[{i}]: roles {list(target.roles)}{where} match nothing in this model; "
                 f"its roles are: {', '.join(present)}"
             )
-        override = target.model_dump(exclude_unset=True, exclude={"roles", "modules"})
+        override = target.model_dump(exclude_none=True, exclude={"roles", "modules"})
         if "bits" in override:  # a grid given one way replaces one given the other way
             override.setdefault("levels", None)
         if "levels" in override:

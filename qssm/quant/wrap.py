@@ -53,7 +53,9 @@ def wrap(model: nn.Module, quant) -> dict[str, dict]:
 
 
 def make_quantizer(module: nn.Module, site_name: str, site, spec: ResolvedSpec) -> nn.Module:
-    polar_ok = isinstance(module, S4D) and (site_name == "A" or not module.real and site_name in "BC")
+    polar_ok = isinstance(module, S4D) and (
+        site_name == "A" or not module.real and site_name in "BC"
+    )
     if polar_ok and spec.complex == "polar":
         flat = site if module.real else Site(site.role, site.shape[:-1], site.axis)  # no re/im axis
         return PolarQuantizer(spec, flat, unit_disk=site_name == "A")

@@ -1,0 +1,70 @@
+"""Each model family through PTQ + QAT on a tiny slice of sdigits, saved, reloaded, re-evaluated."""
+
+import pytest
+import torch
+
+from qssm.recipe import parse_recipe
+from qssm.runs import eval_run, load_run_model, open_run, quantize_run
+from qssm.train import predict
+
+MODELS = {
+    "s4d": {"family": "s4d", "d_model": 8, "d_state": 8, "dt_min": 0.01, "dt_max": 0.5},
+    "s4d_real": {"family": "s4d_real", "d_model": 8, "d_state": 8, "dt_min": 0.01, "dt_max": 0.5},
+    "mingru_hw": {"family": "mingru_hw", "d_model": 8},
+    "mgrade": {"family": "mgrade", "d_model": 8, "n_layers": 1, "max_delay": 8, "n_taps": 2},
+}
+QUANT = {
+    "s4d": {
+        "default": {"bits": 4, "granularity": "per_channel", "complex": "polar"},
+        "targets": [{"roles": ["ssm.A", "ssm.state"], "bits": 8}],
+    },
+    "s4d_real": {"parameterization": "discrete_cartesian", "default": {"bits": 6}},
+    "mingru_hw": {
+        "default": {"bits": 2, "observer": "mse"},
+        "targets": [
+            {"roles": ["gru.bz", "gru.bh", "gru.gate"], "bits": 6},
+            {"roles": ["gru.state"], "enabled": False},
+        ],
+    },
+    "mgrade": {"default": {"bits": 8}},
+}
+
+
+def recipe(family):
+    return parse_recipe(
+        {
+            "name": f"tiny_{family}",
+            "seed": 0,
+            "data": {"name": "sdigits", "options": {"limit_train": 128, "limit_test": 64}},
+            "model": MODELS[family],
+            "float": {"epochs": 1, "batch_size": 32},
+            "quant": QUANT[family],
+            "ptq": {"calibration_batches": 2, "batch_size": 32},
+            "qat": {"epochs": 1, "batch_size": 32},
+            "eval": {"batch_size": 32},
+        }
+    )
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_quantize_save_reload_same_predictions(family, tmp_path):
+    r = recipe(family)
+    out = open_run(tmp_path / "run", r, force=False)
+    metrics = quantize_run(r, out, progress=False)
+    for key in ("float", "ptq", "qat", "footprint"):
+        assert key in metrics
+    assert 0 <= metrics["qat"]["accuracy"] <= 1
+    fp = metrics["footprint"]
+    assert fp["total_bits"] == fp["param_bits"] + fp["state_bits"] + fp["buffer_bits"]
+    assert fp["reduction"] > 1
+    assert (out / "report.md").read_text().count("footprint.png") == 1
+
+    again = eval_run(out)
+    assert again["accuracy"] == metrics["qat"]["accuracy"]
+    model, _ = load_run_model(out)
+    from qssm.runs import load_data
+
+    x = load_data(r).test
+    first, _ = predict(model, x, 32, "recurrent")
+    second, _ = predict(load_run_model(out)[0], x, 32, "recurrent")
+    assert torch.equal(first, second)
