@@ -9,7 +9,7 @@ from pathlib import Path
 from .data import DataError
 from .io import CheckpointError
 from .recipe import RecipeError, load_recipe
-from .runs import RunError, eval_run, open_run, quantize_run, train_run
+from .runs import RunError, check_quant, eval_run, open_run, quantize_run, train_run
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 USER_ERRORS = (RecipeError, RunError, CheckpointError, DataError)
@@ -29,6 +29,7 @@ def cmd_train(args) -> dict:
 
 def cmd_quantize(args) -> dict:
     recipe = load_recipe(args.recipe)
+    check_quant(recipe, args.recipe)
     out = open_run(_out(args, recipe), recipe, args.force)
     m = quantize_run(recipe, out, args.from_run, progress=not args.quiet)
     stages = ", ".join(

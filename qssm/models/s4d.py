@@ -100,7 +100,7 @@ class S4D(Quantizable, nn.Module):
         return p if self.real else torch.view_as_complex(p)
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Ā, B̄, C), each (H, n): ZOH of the continuous parameters, or the trained discrete ones."""
+        """(Ā, B̄, C), each (H, n): ZOH of the continuous parameters, or the discrete ones."""
         C = self._complex(self.C)
         if self.parameterization == "discrete_cartesian":
             return self._complex(self.A_bar), self._complex(self.B_bar), C

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from brevitas.core.stats import NegativeMinOrZero
 from brevitas.inject.enum import ScalingPerOutputType, StatsOp
 from brevitas.nn import QuantIdentity
 from brevitas.quant import (
@@ -59,7 +60,7 @@ def brevitas_quantizer(spec, site: Site, signed: bool):
     if spec.observer == "minmax":
         kw["scaling_stats_op"] = StatsOp.MAX if spec.symmetric else StatsOp.MIN_MAX
         if not spec.symmetric:
-            kw["low_percentile_q"] = 0.0  # zero point from the minimum
+            kw["zero_point_stats_impl"] = NegativeMinOrZero  # zero point from the minimum
     elif spec.observer == "percentile":
         kw["high_percentile_q"] = spec.percentile
     if spec.granularity == "per_channel":
@@ -71,17 +72,6 @@ def brevitas_quantizer(spec, site: Site, signed: bool):
             scaling_stats_permute_dims=perm,
         )
     return q.let(**kw)
-
-
-def const_quantizer(bit_width: int, signed: bool, threshold: float):
-    """Fixed-grid quantizer: values up to ``threshold`` (used for polar magnitude and phase)."""
-    base = Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
-    return base.let(
-        bit_width=bit_width,
-        narrow_range=signed,
-        scaling_impl_type=ScalingImplType.CONST,
-        scaling_init=threshold,
-    )
 
 
 class _RoundSte(torch.autograd.Function):
@@ -119,7 +109,7 @@ class SiteQuantizer(nn.Module):
 
     @property
     def calibrating(self) -> bool:
-        """True inside ``calibration_mode`` (Brevitas then passes values through and collects stats)."""
+        """True inside ``calibration_mode`` (Brevitas passes values through, collects stats)."""
         return any(getattr(m, "observer_only", False) for m in self.quant.act_quant.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,8 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
             present = sorted({r for _, r in sites})
             where = f" in modules matching {target.modules!r}" if target.modules else ""
             raise ValueError(
-                f"quant.targets[{i}]: roles {list(target.roles)}{where} match nothing in this model; "
-                f"its roles are: {', '.join(present)}"
+                f"quant.targets[{i}]: roles {list(target.roles)}{where} match nothing in this "
+                f"model; its roles are: {', '.join(present)}"
             )
         override = target.model_dump(exclude_none=True, exclude={"roles", "modules"})
         if "bits" in override:  # a grid given one way replaces one given the other way

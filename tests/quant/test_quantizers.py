@@ -1,0 +1,142 @@
+"""The site quantizers against independent expectations and against Brevitas itself."""
+
+import pytest
+import torch
+from brevitas.graph.calibrate import calibration_mode
+
+from qssm.quant.quantizers import PolarQuantizer, Site, SiteQuantizer, quantize_complex
+from qssm.quant.roles import ResolvedSpec, grid
+
+
+def spec(
+    bits=8,
+    levels=None,
+    signed=True,
+    symmetric=True,
+    granularity="per_tensor",
+    observer="minmax",
+    scale="learned",
+):
+    bit_width, narrow, n_levels = grid(bits if levels is None else None, levels, False)
+    return ResolvedSpec(
+        bit_width=bit_width,
+        narrow=narrow,
+        levels=n_levels,
+        signed=signed,
+        symmetric=symmetric,
+        granularity=granularity,
+        observer=observer,
+        percentile=99.99,
+        scale=scale,
+        complex="cartesian",
+    )
+
+
+def calibrated(q, *xs):
+    q.train()
+    with calibration_mode(q):
+        for x in xs:
+            q(x)
+    return q
+
+
+SITE = Site("ssm.state", (1, 6, 1), 1)  # (B, 6, 4) tensors, channels on axis 1
+
+
+@pytest.mark.parametrize(
+    "signed,symmetric,granularity",
+    [
+        (True, True, "per_tensor"),
+        (True, True, "per_channel"),
+        (False, True, "per_tensor"),
+        (False, False, "per_channel"),
+    ],
+)
+def test_per_step_form_equals_brevitas_values_and_gradients(signed, symmetric, granularity):
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, 4) * torch.linspace(0.2, 2, 6)[None, :, None]
+    q = calibrated(
+        SiteQuantizer(
+            spec(4, signed=signed, symmetric=symmetric, granularity=granularity), SITE, signed
+        ),
+        x,
+    )
+    x_test = (torch.randn(5, 6, 4) * 1.5).requires_grad_()
+    ref = q(x_test)
+    ref.pow(2).sum().backward()
+    grads_ref = [x_test.grad.clone()] + [p.grad.clone() for p in q.parameters()]
+    x_test.grad = None
+    q.zero_grad()
+    fast = q.stepper()(x_test)
+    fast.pow(2).sum().backward()
+    grads_fast = [x_test.grad.clone()] + [p.grad.clone() for p in q.parameters()]
+    assert torch.equal(ref, fast)
+    for a, b in zip(grads_ref, grads_fast, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_minmax_calibration_matches_hand_computed_scale():
+    x = torch.tensor([[-3.0, 0.5, 1.0, 2.0]])
+    q = calibrated(SiteQuantizer(spec(8), Site("act.output", (1, 4), 1), True), x)
+    scale = q.qparams()[0]
+    assert torch.isclose(scale, torch.tensor(3.0 / 128))  # Brevitas: threshold / 2^(b-1)
+    q.eval()
+    torch.testing.assert_close(q(x), torch.round(x / scale) * scale)
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+def test_two_bits_give_at_most_four_values_per_scale_group(granularity):
+    torch.manual_seed(1)
+    w = torch.randn(6, 10)
+    q = calibrated(
+        SiteQuantizer(spec(2, granularity=granularity), Site("linear.weight", (6, 1), 0), True), w
+    )
+    out = q(w)
+    groups = [out] if granularity == "per_tensor" else list(out)
+    for g in groups:
+        assert g.unique().numel() <= 4
+    assert out.unique().numel() > 4 or granularity == "per_tensor"
+
+
+def test_three_levels_is_ternary():
+    w = torch.randn(4, 8)
+    q = calibrated(SiteQuantizer(spec(levels=3), Site("linear.weight", (4, 1), 0), True), w)
+    values = q(w).unique()
+    s = q.qparams()[0]
+    assert set((values / s).round().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def _slow_modes(n=64):
+    """Ā with |Ā| within 1e-4 … 0.2 of the unit circle, at every angle."""
+    r = 1 - torch.logspace(-4, -0.7, n)
+    return torch.polar(r, torch.linspace(-3.1, 3.1, n)).reshape(8, n // 8)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+@pytest.mark.parametrize("mode", ["cartesian", "polar"])
+def test_quantized_state_matrix_stays_inside_unit_circle(bits, mode):
+    A = _slow_modes()
+    site = Site("ssm.A", (8, 1) if mode == "polar" else (8, 1, 1), 0)
+    s = spec(bits, granularity="per_channel")
+    q = PolarQuantizer(s, site, unit_disk=True) if mode == "polar" else SiteQuantizer(s, site, True)
+    q.train()
+    with calibration_mode(q):
+        quantize_complex(q, A, unit_disk=True)
+    A_q = quantize_complex(q, A, unit_disk=True)
+    assert A_q.abs().max() < 1
+    if bits >= 4:  # still a quantization of A, not a collapse toward 0
+        assert (A_q - A).abs().max() < 2 * 3.1416 / 2**bits + 0.05
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_real_state_matrix_on_deficit_grid(bits):
+    A = 1 - torch.logspace(-4, -1, 32).reshape(4, 8)
+    q = PolarQuantizer(spec(bits, granularity="per_channel"), Site("ssm.A", (4, 1), 0), True)
+    q.train()
+    with calibration_mode(q):
+        q(A)
+    A_q = q(A)
+    assert (A_q < 1).all() and (A_q > 0).all()
+    deficit = (1 - A_q) / q.magnitude.qparams()[0]
+    assert (deficit - deficit.round()).abs().max() < 0.05  # 1 - Ā on an integer grid (float32)
+    assert deficit.round().min() >= 1

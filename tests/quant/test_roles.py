@@ -1,0 +1,163 @@
+import pytest
+import torch
+
+from qssm.models.backbone import Classifier
+from qssm.quant.footprint import footprint
+from qssm.quant.wrap import wrap
+from qssm.recipe import QuantConfig, RecipeError, parse_recipe
+
+S4D = dict(
+    family="s4d",
+    d_model=4,
+    n_layers=2,
+    pool="mean",
+    d_state=6,
+    init="lin",
+    dt_min=1e-3,
+    dt_max=1e-1,
+)
+
+
+def table_for(quant: dict, model=S4D):
+    return wrap(Classifier(model, 1, 3), QuantConfig.model_validate(quant))
+
+
+def test_default_then_targets_in_order_and_module_patterns():
+    t = table_for(
+        {
+            "default": {"bits": 4},
+            "targets": [
+                {"roles": ["ssm.A", "ssm.state"], "bits": 8},
+                {"roles": ["ssm.state"], "modules": r"re:blocks\.1\..*", "bits": 6},
+                {"roles": ["linear.weight"], "levels": 3},
+            ],
+        }
+    )
+    assert t["blocks.0.ssm:A"]["bit_width"] == 8 and t["blocks.1.ssm:A"]["bit_width"] == 8
+    assert t["blocks.0.ssm:state"]["bit_width"] == 8
+    assert t["blocks.1.ssm:state"]["bit_width"] == 6  # the later, narrower target wins
+    assert t["blocks.0.ssm:B"]["bit_width"] == 4
+    assert t["blocks.0.linear:weight"]["levels"] == 3 and t["blocks.0.linear:weight"]["narrow"]
+    assert "blocks.0.ssm:dt" not in t  # dt is quantized only when a target names it
+    assert t["blocks.0.ssm:state"]["signed"] and t["blocks.0.ssm:state"]["role"] == "ssm.state"
+
+
+def test_gate_is_unsigned_by_default():
+    t = table_for(
+        {"default": {"bits": 6}},
+        dict(family="mingru", d_model=4, n_layers=1, pool="mean", mlp_ratio=2),
+    )
+    assert not t["blocks.0.gru:gate"]["signed"] and t["blocks.0.gru:cand"]["signed"]
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        (
+            [{"roles": ["gru.gate"], "bits": 4}],
+            r"quant.targets\[0\]: roles \['gru.gate'\] match nothing",
+        ),
+        (
+            [{"roles": ["ssm.A"], "modules": r"re:blocks\.7\..*", "bits": 4}],
+            r"in modules matching 're:blocks\\\\.7\\\\..\*' match nothing",
+        ),
+    ],
+)
+def test_targets_matching_nothing_are_errors(targets, message):
+    with pytest.raises(ValueError, match=message):
+        table_for({"targets": targets})
+
+
+@pytest.mark.parametrize(
+    "quant, message",
+    [
+        (
+            {"targets": [{"roles": ["ssm.Q"], "bits": 4}]},
+            r"quant.targets.0.roles: .*unknown role 'ssm.Q'",
+        ),
+        (
+            {"default": {"bits": 0}},
+            r"quant.default.bits: Input should be greater than or equal to 1",
+        ),
+        (
+            {"default": {"bits": 33}},
+            r"quant.default.bits: Input should be less than or equal to 32",
+        ),
+        (
+            {"default": {"levels": 1}},
+            r"quant.default.levels: Input should be greater than or equal to 2",
+        ),
+        ({"default": {"levels": 5}}, r"levels=5 is not an integer grid"),
+        ({"default": {"bits": 4, "levels": 3}}, r"give either bits or levels"),
+        (
+            {"targets": [{"roles": ["ssm.A"], "symmetric": False, "signed": True}]},
+            r"asymmetric quantizer is unsigned",
+        ),
+        ({"default": {"bits": 1, "signed": True}}, r"1-bit grids are unsigned"),
+        (
+            {"default": {"observer": "max"}},
+            r"quant.default.observer: Input should be 'minmax', 'percentile' or 'mse'",
+        ),
+        ({"targets": [{"roles": ["ssm.A"], "modules": "re:("}]}, r"bad module pattern"),
+        ({"parameterization": "discrete"}, r"quant.parameterization: Input should be 'continuous'"),
+    ],
+)
+def test_recipe_errors_name_the_key(quant, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe({"name": "t", "model": {"family": "s4d"}, "quant": quant}, "r.yaml")
+
+
+def test_footprint_hand_computed():
+    """H=4, n=3 complex modes, 1 layer: Ā, state at 8 bits, everything else at 4."""
+    model = Classifier({**S4D, "n_layers": 1}, 1, 3)
+    float_params = sum(p.numel() for p in model.parameters())
+    t = wrap(
+        model,
+        QuantConfig.model_validate(
+            {"default": {"bits": 4}, "targets": [{"roles": ["ssm.A", "ssm.state"], "bits": 8}]}
+        ),
+    )
+    fp = footprint(model, t, float_params)
+    H, n = 4, 3
+    params = (
+        4 * (1 * H + H)  # encoder weight + bias
+        + 8 * (H * n * 2)  # Ā as real/imag pairs
+        + 4 * (2 * H * n * 2)  # B̄, C
+        + 4 * H  # D
+        + 4 * (H * 2 * H + 2 * H)  # GLU linear
+        + 4 * (H * 3 + 3)  # decoder
+    )
+    assert fp["param_bits"] == params
+    assert fp["state_bits"] == 8 * H * n * 2
+    assert fp["buffer_bits"] == 0
+    assert fp["float32_bits"] == 32 * (float_params + H * n * 2)
+    assert fp["reduction"] == pytest.approx(fp["float32_bits"] / (params + 8 * H * n * 2))
+    assert fp["per_role"]["ssm.A"] == {
+        "elements": H * n * 2,
+        "bits_stored": 8 * H * n * 2,
+        "bits": [8],
+    }
+
+
+def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():
+    cfg = dict(
+        family="mgrade",
+        d_model=4,
+        n_layers=1,
+        pool="mean",
+        max_delay=16,
+        n_taps=3,
+        sigma=0.5,
+        mlp_ratio=2,
+    )
+    model = Classifier(cfg, 1, 3)
+    with torch.no_grad():
+        model.blocks[0].conv.delay.copy_(torch.tensor([[0.2, 4.6, 9.4]] * 4))
+    t = wrap(model, QuantConfig.model_validate({"default": {"bits": 8}}))
+    conv = model.blocks[0].conv
+    assert conv.integer_delays and conv.taps()[0].tolist() == [0, 5, 9]
+    k = conv.kernel()
+    assert (k != 0).sum(-1).max() <= 3 and k[:, 10:].abs().sum() == 0
+    fp = footprint(model, t, sum(p.numel() for p in model.parameters()))
+    assert fp["buffer_bits"] == 4 * 10 * 8  # H × (largest delay + 1) × 8-bit inputs
+    assert fp["per_role"]["conv.delay"]["bits"] == [4]  # log2(16)
