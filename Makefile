@@ -5,15 +5,14 @@ BIN := $(VENV)/bin
 
 $(BIN)/qssm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	touch $@
 
 .PHONY: install demo test test-all lint
 install: $(BIN)/qssm
 
-demo: install  ## the main job on the embedded default data
-	$(BIN)/qssm train --recipe recipes/fp32_s4d_smnist5k.yaml
+demo: install  ## the main job on the embedded default data: float, PTQ, QAT, report
+	$(BIN)/qssm quantize --recipe recipes/hetero_4_8.yaml --force
 
 test: install  ## lint + the default test suite (slow tests excluded)
 	$(BIN)/ruff check .

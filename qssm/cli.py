@@ -9,7 +9,16 @@ from pathlib import Path
 from .data import DataError
 from .io import CheckpointError
 from .recipe import RecipeError, load_recipe
-from .runs import RunError, check_quant, eval_run, open_run, quantize_run, train_run
+from .runs import (
+    RunError,
+    check_quant,
+    eval_run,
+    float_source,
+    load_data,
+    open_run,
+    quantize_run,
+    train_run,
+)
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 USER_ERRORS = (RecipeError, RunError, CheckpointError, DataError)
@@ -21,8 +30,12 @@ def _out(args, recipe) -> Path:
 
 def cmd_train(args) -> dict:
     recipe = load_recipe(args.recipe)
+    source = recipe.float.checkpoint
+    if source:
+        float_source(recipe, source)
+    data = load_data(recipe)  # every input is checked before the run dir is touched
     out = open_run(_out(args, recipe), recipe, args.force)
-    metrics = train_run(recipe, out, progress=not args.quiet)
+    metrics = train_run(recipe, data, out, progress=not args.quiet)
     print(f"float test accuracy {100 * metrics['float']['accuracy']:.2f} % → {out}/report.md")
     return metrics
 
@@ -30,8 +43,12 @@ def cmd_train(args) -> dict:
 def cmd_quantize(args) -> dict:
     recipe = load_recipe(args.recipe)
     check_quant(recipe, args.recipe)
+    source = args.from_run or recipe.float.checkpoint
+    if source:
+        float_source(recipe, source)
+    data = load_data(recipe)  # every input is checked before the run dir is touched
     out = open_run(_out(args, recipe), recipe, args.force)
-    m = quantize_run(recipe, out, args.from_run, progress=not args.quiet)
+    m = quantize_run(recipe, data, out, args.from_run, progress=not args.quiet)
     stages = ", ".join(
         f"{k} {100 * m[k]['accuracy']:.2f} %" for k in ("float", "ptq", "qat") if k in m
     )
@@ -40,12 +57,12 @@ def cmd_quantize(args) -> dict:
 
 
 def cmd_eval(args) -> dict:
-    result = eval_run(Path(args.run_dir))
+    r = eval_run(Path(args.run_dir))
     print(
-        f"{result['recipe']}: float test accuracy {100 * result['float']['accuracy']:.2f} % "
-        f"(stored: {100 * result['stored']['float']:.2f} %)"
+        f"{r['recipe']} ({r['stage']}): test accuracy {100 * r['accuracy']:.2f} % "
+        f"(stored: {100 * r['stored_accuracy']:.2f} %)"
     )
-    return result
+    return r
 
 
 def cmd_recipes(args) -> dict:

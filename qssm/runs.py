@@ -114,6 +114,21 @@ def _header(recipe: Recipe, data: Dataset, stage: str, **extra) -> dict:
     }
 
 
+def float_source(recipe: Recipe, source: str) -> tuple[Path, str]:
+    """(run dir, file stem) of the float model in a finished run, checked against the recipe."""
+    run = Path(source)
+    stem = "float" if (run / "float.json").exists() else "model"
+    if not (run / "metrics.json").exists():
+        raise RunError(f"{run} is not a finished run (no metrics.json); finish it or pick another")
+    header, _ = load_model_files(run, stem)
+    if header.get("quant") is not None or header.get("model") != recipe.model_dict():
+        raise RunError(
+            f"{run} does not hold a float model of this recipe's `model` section; "
+            "point --from / float.checkpoint at a float run of the same model"
+        )
+    return run, stem
+
+
 def float_stage(
     recipe: Recipe, data: Dataset, out: Path, source: str | None, stem: str, progress: bool
 ) -> tuple[Classifier, dict]:
@@ -121,14 +136,7 @@ def float_stage(
     or trained now.  Returns (model, float metrics)."""
     source = source or recipe.float.checkpoint
     if source:
-        model, header = load_run_model(
-            Path(source), "float" if (Path(source) / "float.json").exists() else "model"
-        )
-        if header.get("quant") is not None or header["model"] != recipe.model_dict():
-            raise RunError(
-                f"{source} does not hold a float model of this recipe's `model` section; "
-                "point --from / float.checkpoint at a float run of the same model"
-            )
+        model, _ = load_run_model(*float_source(recipe, source))
         stored = read_json(Path(source) / "metrics.json").get("float", {})
         result = evaluate(model, data.test, recipe.eval.batch_size)
         return model, {
@@ -138,9 +146,7 @@ def float_stage(
             "history": stored.get("history", []),
             "seconds_per_epoch": stored.get("seconds_per_epoch"),
         }
-    if (
-        out / f"{stem}.json"
-    ).exists() and stem == "float":  # finished in an earlier, interrupted run
+    if stem == "float" and (out / "float.json").exists():  # done before an interruption
         model, header = load_run_model(out, stem)
         return model, header["metrics"]
     seed_everything(recipe.seed)
@@ -181,25 +187,33 @@ def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
     return metrics
 
 
-def train_run(recipe: Recipe, out: Path, progress: bool = True) -> dict:
+def train_run(recipe: Recipe, data: Dataset, out: Path, progress: bool = True) -> dict:
     """``qssm train``: float training only."""
-    data = load_data(recipe)
     model, float_metrics = float_stage(recipe, data, out, None, "model", progress)
     if recipe.float.checkpoint:
         save_model(out, model, _header(recipe, data, "float", metrics=float_metrics))
     return _finish(out, {"recipe": recipe.name, "float": float_metrics}, recipe, data)
 
 
-def quantize_run(
-    recipe: Recipe, out: Path, source: str | None = None, progress: bool = True
-) -> dict:
-    """``qssm quantize``: float model → PTQ calibration + evaluation → QAT + evaluation."""
+def check_quant(recipe: Recipe, source: str = "recipe") -> None:
+    """Resolve the recipe's ``quant`` section against its model before any work is done: unknown
+    combinations and targets that match nothing fail here, naming the recipe key."""
     if recipe.quant is None:
         raise RecipeError(
-            f"recipe {recipe.name!r} has no `quant` section; add one (see recipes/ptq_8.yaml) "
+            f"{source}: no `quant` section; add one (see recipes/ptq_8.yaml) "
             "or run `qssm train` for float training only"
         )
-    data = load_data(recipe)
+    try:
+        wrap(Classifier(recipe.model_dict(), 1, 2), recipe.quant)
+    except ValueError as err:
+        raise RecipeError(f"{source}: {err}") from None
+
+
+def quantize_run(
+    recipe: Recipe, data: Dataset, out: Path, source: str | None = None, progress: bool = True
+) -> dict:
+    """``qssm quantize``: float model → PTQ calibration + evaluation → QAT + evaluation.
+    The caller has checked the recipe (``check_quant``) and the source (``float_source``)."""
     model, float_metrics = float_stage(recipe, data, out, source, "float", progress)
     float_params = n_params(model)
     seed_everything(recipe.seed)

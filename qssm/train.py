@@ -14,7 +14,7 @@ from .data import Split
 from .io import load_model_files, read_json, save_tensors, write_json
 
 # Parameters of the dynamics (SSM A, dt, B; mGRADE delays) train with their own lr and no decay.
-DYNAMICS = ("log_dt", "log_A_real", "A_imag", "ssm.B", "conv.delay")
+DYNAMICS = ("log_dt", "log_A_real", "A_imag", "ssm.B", "A_bar", "B_bar", "conv.delay")
 
 
 def seed_everything(seed: int) -> None:

@@ -43,7 +43,8 @@ def test_train_eval_and_refusals(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--json", "eval", str(run)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["float"]["accuracy"] == metrics["float"]["accuracy"]
+    assert out["stage"] == "float" and out["accuracy"] == metrics["float"]["accuracy"]
+    assert out["stored_accuracy"] == metrics["float"]["accuracy"]
 
     before = _snapshot(run)
     assert main(["train", "--recipe", _recipe(tmp_path, TINY), "--out", str(run)]) == 2
@@ -82,3 +83,38 @@ def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
 def test_recipes_lists_shipped(capsys):
     assert main(["recipes"]) == 0
     assert "fp32_s4d_smnist5k.yaml" in capsys.readouterr().out
+
+
+def test_quantize_refuses_bad_input_before_touching_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                _recipe(tmp_path, {**TINY, "float": {"epochs": 1}}),
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    before = _snapshot(run)
+    cases = [
+        ({"quant": {"targets": [{"roles": ["gru.gate"], "bits": 4}]}}, "match nothing"),
+        ({"quant": {"default": {"bits": 99}}}, "quant.default.bits"),
+        ({"data": {"name": "sdigits", "options": {"colour": 1}}, "quant": {}}, "colour"),
+        ({}, "no `quant` section"),
+    ]
+    for change, message in cases:
+        path = _recipe(tmp_path, {**TINY, **change}, "q.yaml")
+        assert main(["quantize", "--recipe", path, "--out", str(run), "--force"]) == 2
+        assert message in capsys.readouterr().err
+    other = {**TINY, "model": {"family": "mingru", "d_model": 8}, "quant": {}}
+    path = _recipe(tmp_path, other, "other.yaml")
+    assert (
+        main(["quantize", "--recipe", path, "--from", str(run), "--out", str(run), "--force"]) == 2
+    )
+    assert "does not hold a float model of this recipe" in capsys.readouterr().err
+    assert _snapshot(run) == before

@@ -44,6 +44,8 @@ def _stored(model: nn.Module, table: dict):
             H = m.norm.normalized_shape[0]
             depth = int(m.conv.taps().max()) + 1 if m.conv.integer_delays else m.conv.max_delay
             yield "conv.buffer", H * depth, _bits(table, name, "norm"), "buffer"
+        if name.endswith("qz"):  # scales and zero points of the quantizers, float32
+            yield "quantizer scales", sum(p.numel() for p in m.parameters()), FLOAT, "param"
 
 
 def footprint(model: nn.Module, table: dict, float_params: int) -> dict:
@@ -51,13 +53,16 @@ def footprint(model: nn.Module, table: dict, float_params: int) -> dict:
     per_role: dict[str, dict] = {}
     totals = {"param": 0, "state": 0, "buffer": 0}
     float_extra = 0  # float32 state and buffer of the unquantized model
+    for m in model.modules():
+        if isinstance(m, MGradeLayer):  # the float model keeps the whole window
+            float_extra += FLOAT * m.norm.normalized_shape[0] * m.conv.max_delay
     for role, n, bits, kind in _stored(model, table):
         entry = per_role.setdefault(role, {"elements": 0, "bits_stored": 0, "bits": set()})
         entry["elements"] += n
         entry["bits_stored"] += n * bits
         entry["bits"].add(bits)
         totals[kind] += n * bits
-        if kind != "param":
+        if kind == "state":
             float_extra += n * FLOAT
     for entry in per_role.values():
         entry["bits"] = sorted(entry["bits"])

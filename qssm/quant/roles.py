@@ -32,10 +32,10 @@ ROLES = {
     "mgrade": ("conv.weight", "conv.delay"),
 }
 ALL_ROLES = tuple(r for group in ROLES.values() for r in group)
-UNSIGNED_ROLES = ("gru.gate",)
+UNSIGNED_ROLES = ("gru.gate",)  # z_t ∈ [0, 1]: an unsigned grid unless the recipe says otherwise
 # dt is an intermediate of the continuous parameterization (Ā and B̄ are what is stored), and a
 # linear grid over dt ∈ [1e-3, 1e-1] destroys the slow modes: quantized only when a target names it
-EXPLICIT_ROLES = ("ssm.dt",)  # z_t ∈ [0, 1]: an unsigned grid unless the recipe says otherwise
+EXPLICIT_ROLES = ("ssm.dt",)
 SPEC_FIELDS = (
     "bits",
     "levels",
@@ -129,7 +129,10 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
             out[(module, role)] = None
             continue
         bit_width, narrow, levels = grid(spec["bits"], spec["levels"], spec["narrow_range"])
-        signed = spec["signed"] if spec["signed"] is not None else role not in UNSIGNED_ROLES
+        if spec["signed"] is not None:
+            signed = spec["signed"]
+        else:  # 1-bit grids are {0, 1}
+            signed = role not in UNSIGNED_ROLES and bit_width > 1
         out[(module, role)] = ResolvedSpec(
             bit_width=bit_width,
             narrow=narrow,

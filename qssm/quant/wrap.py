@@ -1,5 +1,7 @@
 """Attach a quantizer to every site of a model, as a recipe's ``quant`` section asks."""
 
+import math
+
 from torch import nn
 
 from ..models.mgrade import DelayConv
@@ -42,9 +44,14 @@ def wrap(model: nn.Module, quant) -> dict[str, dict]:
         if spec is None:
             continue
         module = modules[name]
-        table[f"{name}:{site_name}"] = {"role": _role(site_name, site), **spec.as_dict()}
+        if site is not None and len(site.shape) == 1:  # biases, D, dt: a scale per element
+            spec = spec.replace(granularity="per_tensor")  # would not quantize at all
         if site is None:  # conv.delay: learned delays become integer taps of a delay line
             module.integer_delays = True
+            bits = math.ceil(math.log2(module.max_delay))
+            spec = spec.replace(bit_width=bits, levels=module.max_delay, narrow=False, signed=False)
+        table[f"{name}:{site_name}"] = {"role": _role(site_name, site), **spec.as_dict()}
+        if site is None:
             continue
         if "qz" not in module._modules:
             module.qz = nn.ModuleDict()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qssm.recipe import parse_recipe
-from qssm.runs import eval_run, load_run_model, open_run, quantize_run
+from qssm.runs import eval_run, load_data, load_run_model, open_run, quantize_run
 from qssm.train import predict
 
 MODELS = {
@@ -50,7 +50,7 @@ def recipe(family):
 def test_quantize_save_reload_same_predictions(family, tmp_path):
     r = recipe(family)
     out = open_run(tmp_path / "run", r, force=False)
-    metrics = quantize_run(r, out, progress=False)
+    metrics = quantize_run(r, load_data(r), out, progress=False)
     for key in ("float", "ptq", "qat", "footprint"):
         assert key in metrics
     assert 0 <= metrics["qat"]["accuracy"] <= 1
@@ -62,8 +62,6 @@ def test_quantize_save_reload_same_predictions(family, tmp_path):
     again = eval_run(out)
     assert again["accuracy"] == metrics["qat"]["accuracy"]
     model, _ = load_run_model(out)
-    from qssm.runs import load_data
-
     x = load_data(r).test
     first, _ = predict(model, x, 32, "recurrent")
     second, _ = predict(load_run_model(out)[0], x, 32, "recurrent")

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from brevitas.graph.calibrate import calibration_mode
 
 from qssm.models.backbone import Classifier
 from qssm.quant.footprint import footprint
@@ -117,6 +118,9 @@ def test_footprint_hand_computed():
             {"default": {"bits": 4}, "targets": [{"roles": ["ssm.A", "ssm.state"], "bits": 8}]}
         ),
     )
+    model.train()
+    with calibration_mode(model):
+        model(torch.randn(2, 5, 1), "recurrent")
     fp = footprint(model, t, float_params)
     H, n = 4, 3
     params = (
@@ -126,6 +130,7 @@ def test_footprint_hand_computed():
         + 4 * H  # D
         + 4 * (H * 2 * H + 2 * H)  # GLU linear
         + 4 * (H * 3 + 3)  # decoder
+        + 32 * 17  # one float32 scale per quantized site (per tensor): 17 sites
     )
     assert fp["param_bits"] == params
     assert fp["state_bits"] == 8 * H * n * 2
