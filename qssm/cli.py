@@ -7,21 +7,27 @@ import sys
 from pathlib import Path
 
 from .data import DataError
-from .io import CheckpointError
+from .io import CheckpointError, write_json
 from .recipe import RecipeError, load_recipe
 from .runs import (
     RunError,
     check_quant,
     eval_run,
     float_source,
+    float_stage,
     load_data,
     open_run,
     quantize_run,
     train_run,
 )
+from .sweep import check_points, compare, read_csv, sweep
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 USER_ERRORS = (RecipeError, RunError, CheckpointError, DataError)
+
+
+class Regression(Exception):
+    """A sweep that moved away from its golden table (exit status 1)."""
 
 
 def _out(args, recipe) -> Path:
@@ -54,6 +60,38 @@ def cmd_quantize(args) -> dict:
     )
     print(f"{stages}; footprint {m['footprint']['reduction']:.2f}× smaller → {out}/report.md")
     return m
+
+
+def cmd_sweep(args) -> dict:
+    recipe = load_recipe(args.recipe)
+    check_quant(recipe, args.recipe)
+    if recipe.sweep is None:
+        raise RecipeError(f"{args.recipe}: no `sweep` section; see recipes/sweeps/ for examples")
+    check_points(recipe, args.recipe)
+    golden = read_csv(Path(args.check)) if args.check else None
+    source = args.from_run or recipe.float.checkpoint
+    if source:
+        float_source(recipe, source)
+    data = load_data(recipe)
+    out = open_run(_out(args, recipe), recipe, args.force)
+    model, float_metrics = float_stage(recipe, data, out, source, "float", not args.quiet)
+    rows = sweep(recipe, out, args.workers, args.executor, args.address, not args.quiet)
+    result = {
+        "recipe": recipe.name,
+        "float": float_metrics,
+        "points": len(rows),
+        "results": str(out / "results.csv"),
+    }
+    write_json(out / "metrics.json", result)
+    print(f"{len(rows)} points → {out}/results.csv, {out}/report.md")
+    if golden is not None:
+        problems = compare(rows, golden, recipe.sweep.tolerance)
+        result["check"] = {"golden": args.check, "problems": problems}
+        if problems:
+            print(f"REGRESSION against {args.check}:", *problems, sep="\n  ")
+            raise Regression(result)
+        print(f"matches {args.check} (accuracy within ±{recipe.sweep.tolerance}, footprints equal)")
+    return result
 
 
 def cmd_eval(args) -> dict:
@@ -126,6 +164,30 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser(
+        "sweep",
+        help="bit-accuracy tables: per-role sensitivity, uniform bits, Pareto front",
+        description="Runs the grid of the recipe's `sweep` section on one float model and writes "
+        "results.csv, report.md and plots into the run dir. An interrupted sweep resumes without "
+        "recomputing finished points. With --check GOLDEN.csv it exits 1 when an accuracy moved "
+        "by more than sweep.tolerance or a footprint changed, printing the differences.",
+    )
+    s.add_argument("--recipe", required=True, help="recipe YAML with `quant` and `sweep` sections")
+    s.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="reuse a finished float run")
+    s.add_argument("--out", help="run dir (default runs/<recipe name>)")
+    s.add_argument("--force", action="store_true", help="overwrite a finished sweep")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--workers", type=int, default=1, help="points in parallel processes")
+    s.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: run points as Ray tasks (pip install 'qssm[ray]')",
+    )
+    s.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    s.add_argument("--check", metavar="GOLDEN_CSV", help="compare with a golden results table")
+    s.set_defaults(func=cmd_sweep)
+
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.set_defaults(func=cmd_recipes)
     return p
@@ -139,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"qssm: error: {err}", file=sys.stderr)
         return 2
+    except Regression as err:
+        if args.json:
+            print(json.dumps(err.args[0], indent=2))
+        return 1
     except KeyboardInterrupt:
         print("qssm: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -200,6 +200,32 @@ class EvalConfig(Section):
     batch_size: int = Field(256, ge=1)
 
 
+class ParetoGroup(Section):
+    """Roles that move together in the Pareto sweep, and the bit-widths they take."""
+
+    roles: list[str] = Field(min_length=1)
+    bits: list[Bits] = Field(min_length=1)
+
+    _known = field_validator("roles")(QuantTarget._known_roles.__func__)
+
+
+class SweepConfig(Section):
+    """Bit-accuracy tables (``qssm sweep``): (a) each role alone at each of ``bits`` with every
+    other site at ``base_bits``; (b) every site at each of ``uniform_bits``; (c) every
+    combination of the ``pareto`` groups' bits.  Each point runs the ``stages`` for each seed."""
+
+    roles: list[str] = Field(default_factory=list)
+    bits: list[Bits] = Field(default_factory=lambda: [2, 3, 4, 6, 8])
+    base_bits: Bits = 8
+    uniform_bits: list[Bits] = Field(default_factory=list)
+    pareto: list[ParetoGroup] = Field(default_factory=list)
+    stages: list[Literal["ptq", "qat"]] = Field(default_factory=lambda: ["ptq"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    tolerance: float = Field(0.02, ge=0, le=1)  # accuracy tolerance of `--check` against a golden
+
+    _known = field_validator("roles")(QuantTarget._known_roles.__func__)
+
+
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -210,6 +236,7 @@ class Recipe(Section):
     quant: QuantConfig | None = None
     ptq: PTQConfig = Field(default_factory=PTQConfig)
     qat: QATConfig = Field(default_factory=QATConfig)
+    sweep: SweepConfig | None = None
 
     def model_dict(self) -> dict:
         return self.model.model_dump()

@@ -122,3 +122,102 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
             )
         )
     write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)
+
+
+def _mean_by(rows: list[dict], key) -> dict:
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(float(r["accuracy"]))
+    return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(bits, accuracy) points not beaten by a smaller-or-equal, more accurate one."""
+    front, best = [], -1.0
+    for bits, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((bits, acc))
+            best = acc
+    return front
+
+
+def write_sweep_report(out: Path, recipe, rows: list[dict]) -> None:
+    sections = []
+    for stage in recipe.sweep.stages:
+        per_role = [r for r in rows if r["table"] == "per_role" and r["stage"] == stage]
+        if per_role:
+            acc = _mean_by(per_role, lambda r: (r["config"], int(r["bits"])))
+            roles = list(dict.fromkeys(r["config"] for r in per_role))
+            bits = sorted({int(r["bits"]) for r in per_role})
+            body = table(
+                ["role"] + [f"{b} bits" for b in bits],
+                [[role] + [_pct(acc.get((role, b))) for b in bits] for role in roles],
+            )
+            fig, ax = plt.subplots(figsize=(1.1 * len(bits) + 2.5, 0.4 * len(roles) + 1.2))
+            grid = [[100 * acc.get((role, b), float("nan")) for b in bits] for role in roles]
+            im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+            ax.set_xticks(range(len(bits)), [str(b) for b in bits])
+            ax.set_yticks(range(len(roles)), roles)
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w", fontsize=8)
+            ax.set(
+                xlabel="bits of this role",
+                title=f"{stage.upper()} accuracy (%), other roles at {recipe.sweep.base_bits} bits",
+            )
+            fig.colorbar(im, ax=ax)
+            save_figure(fig, out / f"per_role_{stage}.png")
+            sections.append(
+                (
+                    f"Per-role sensitivity ({stage.upper()})",
+                    f"{body}\n\n![per-role](per_role_{stage}.png)",
+                )
+            )
+    uniform = [r for r in rows if r["table"] == "uniform"]
+    if uniform:
+        acc = _mean_by(uniform, lambda r: (r["stage"], int(r["bits"])))
+        bits = sorted({int(r["bits"]) for r in uniform})
+        stages = recipe.sweep.stages
+        body = table(
+            ["bits"] + [s.upper() for s in stages],
+            [[b] + [_pct(acc.get((s, b))) for s in stages] for b in bits],
+        )
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for s in stages:
+            ax.plot(
+                bits, [100 * acc.get((s, b), float("nan")) for b in bits], "o-", label=s.upper()
+            )
+        ax.set(xlabel="bits (every site)", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        save_figure(fig, out / "uniform.png")
+        sections.append(("Uniform bit-width", f"{body}\n\n![uniform](uniform.png)"))
+    pareto = [r for r in rows if r["table"] in ("pareto", "uniform", "per_role")]
+    if any(r["table"] == "pareto" for r in rows):
+        pts = [(int(r["total_bits"]) / 8192, float(r["accuracy"])) for r in pareto]
+        front = pareto_front(pts)
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], s=12, alpha=0.5, label="configs")
+        ax.plot([p[0] for p in front], [100 * p[1] for p in front], "r.-", label="Pareto front")
+        ax.set(xlabel="footprint (KiB: parameters + state)", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        save_figure(fig, out / "pareto.png")
+        rows_p = sorted(
+            (r for r in rows if r["table"] == "pareto"), key=lambda r: int(r["total_bits"])
+        )
+        body = table(
+            ["config", "stage", "KiB", "reduction", "accuracy"],
+            [
+                [
+                    r["config"],
+                    r["stage"],
+                    f"{int(r['total_bits']) / 8192:.2f}",
+                    f"{float(r['reduction']):.2f}×",
+                    _pct(float(r["accuracy"])),
+                ]
+                for r in rows_p
+            ],
+        )
+        sections.append(("Accuracy–footprint Pareto front", f"{body}\n\n![pareto](pareto.png)"))
+    write_report(out / "report.md", f"qssm sweep `{recipe.name}`", sections)

@@ -139,13 +139,16 @@ def float_stage(
         model, _ = load_run_model(*float_source(recipe, source))
         stored = read_json(Path(source) / "metrics.json").get("float", {})
         result = evaluate(model, data.test, recipe.eval.batch_size)
-        return model, {
+        metrics = {
             **result,
             "source": str(source),
             "params": n_params(model),
             "history": stored.get("history", []),
             "seconds_per_epoch": stored.get("seconds_per_epoch"),
         }
+        if stem == "float":  # the run dir keeps its own copy: it stands alone
+            save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
+        return model, metrics
     if stem == "float" and (out / "float.json").exists():  # done before an interruption
         model, header = load_run_model(out, stem)
         return model, header["metrics"]

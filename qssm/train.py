@@ -133,7 +133,7 @@ def fit(
             range(steps_per_epoch),
             desc=f"{desc} {epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=not progress,
+            disable=None if progress else True,
         )
         for i in bar:
             factor = lr_factor(epoch * steps_per_epoch + i, total, cfg.schedule)

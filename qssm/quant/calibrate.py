@@ -21,7 +21,7 @@ def calibrate(model, split: Split, batches: int, batch_size: int, seed: int, pro
             range(0, len(idx), batch_size),
             desc="PTQ calibration",
             leave=False,
-            disable=not progress,
+            disable=None if progress else True,
         ):
             model(split.x[idx[i : i + batch_size]], "recurrent")
     model.eval()

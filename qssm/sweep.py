@@ -1,0 +1,249 @@
+"""Bit-accuracy tables: a grid of quantization configurations evaluated on one float model.
+
+Each point is a quantization config derived from the recipe's ``quant`` section, run through
+PTQ (and QAT), and stored as ``points/<id>.json`` — written atomically, so an interrupted sweep
+resumes without recomputing finished points.  Points run in this process, in ``--workers``
+processes, or as Ray tasks; the results do not depend on where they ran.
+"""
+
+import copy
+import csv
+import io
+import itertools
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .io import atomic_write, read_json, write_json
+from .models.backbone import Classifier
+from .quant.calibrate import calibrate
+from .quant.footprint import footprint
+from .quant.wrap import wrap
+from .recipe import QuantConfig, Recipe, RecipeError, parse_recipe
+from .report import write_sweep_report
+from .runs import load_data, load_run_model
+from .train import evaluate, fit, seed_everything
+
+COLUMNS = [
+    "id",
+    "table",
+    "config",
+    "bits",
+    "stage",
+    "seed",
+    "accuracy",
+    "param_bits",
+    "state_bits",
+    "buffer_bits",
+    "total_bits",
+    "reduction",
+]
+FOOTPRINT_COLUMNS = ["param_bits", "state_bits", "buffer_bits", "total_bits"]
+
+
+def _with_bits(quant: dict, bits: int) -> dict:
+    """``quant`` with every site at ``bits`` (targets keep their other settings)."""
+    quant = copy.deepcopy(quant)
+    quant["default"].update(bits=bits, levels=None)
+    for t in quant["targets"]:
+        if t.get("bits") is not None or t.get("levels") is not None:
+            t.update(bits=bits, levels=None)
+    return quant
+
+
+def points(recipe: Recipe) -> list[dict]:
+    """Every point of the sweep: id, table, quant config, stage, seed."""
+    sw, base = recipe.sweep, recipe.quant.model_dump(mode="json")
+    configs = []  # (table, config label, bits label, quant)
+    for role in sw.roles:
+        for b in sw.bits:
+            q = _with_bits(base, sw.base_bits)
+            q["targets"].append({"roles": [role], "bits": b})
+            configs.append(("per_role", role, b, q))
+    for b in sw.uniform_bits:
+        configs.append(("uniform", "all", b, _with_bits(base, b)))
+    for combo in itertools.product(*[g.bits for g in sw.pareto]):
+        q = _with_bits(base, sw.base_bits)
+        label = []
+        for group, b in zip(sw.pareto, combo, strict=True):
+            q["targets"].append({"roles": list(group.roles), "bits": b})
+            label.append(f"{'+'.join(group.roles)}={b}")
+        if combo:
+            configs.append(("pareto", ";".join(label), "/".join(map(str, combo)), q))
+    out = []
+    for (table, config, bits, quant), stage, seed in itertools.product(
+        configs, sw.stages, sw.seeds
+    ):
+        name = f"{table}-{bits}" if table == "pareto" else f"{table}-{config}-{bits}"
+        pid = f"{name}-{stage}-s{seed}".replace("/", "_")
+        out.append(
+            {
+                "id": pid,
+                "table": table,
+                "config": config,
+                "bits": bits,
+                "stage": stage,
+                "seed": seed,
+                "quant": quant,
+            }
+        )
+    return out
+
+
+def check_points(recipe: Recipe, source: str = "recipe") -> None:
+    """Every quantization config of the recipe's sweep must fit its model."""
+    model = Classifier(recipe.model_dict(), 1, 2)
+    for p in points(recipe):
+        try:
+            wrap(copy.deepcopy(model), QuantConfig.model_validate(p["quant"]))
+        except ValueError as err:
+            raise RecipeError(f"{source}: sweep point {p['id']}: {err}") from None
+
+
+def run_point(sweep_dir: str, point: dict) -> dict:
+    """Quantize the sweep's float model as ``point`` says; the result row (also on disk)."""
+    sweep_dir = Path(sweep_dir)
+    done = sweep_dir / "points" / f"{point['id']}.json"
+    if done.exists():
+        return read_json(done)
+    recipe = parse_recipe(read_json(sweep_dir / "recipe.json"))
+    data = load_data(recipe)
+    model, _ = load_run_model(sweep_dir, "float")
+    float_params = sum(p.numel() for p in model.parameters())
+    seed_everything(point["seed"])
+    table = wrap(model, QuantConfig.model_validate(point["quant"]))
+    calibrate(
+        model,
+        data.train,
+        recipe.ptq.calibration_batches,
+        recipe.ptq.batch_size,
+        seed=point["seed"],
+        progress=False,
+    )
+    if point["stage"] == "qat":
+        fit(
+            model,
+            data.train,
+            data.test,
+            recipe.qat,
+            seed=point["seed"],
+            mode="recurrent",
+            eval_batch=recipe.eval.batch_size,
+            desc=f"QAT {point['id']}",
+            progress=False,
+        )
+    accuracy = evaluate(model, data.test, recipe.eval.batch_size, "recurrent")["accuracy"]
+    fp = footprint(model, table, float_params)
+    row = {
+        **{k: point[k] for k in ("id", "table", "config", "bits", "stage", "seed")},
+        "accuracy": round(accuracy, 6),
+        **{k: fp[k] for k in FOOTPRINT_COLUMNS},
+        "reduction": round(fp["reduction"], 4),
+    }
+    write_json(done, row)
+    return row
+
+
+def run_points(
+    sweep_dir: Path,
+    todo: list[dict],
+    workers: int,
+    executor: str,
+    address: str | None,
+    progress: bool,
+) -> list[dict]:
+    bar = tqdm(total=len(todo), desc="sweep", disable=None if progress else True)
+    rows = []
+    if executor == "ray":
+        rows = _run_ray(sweep_dir, todo, address, bar)
+    elif workers > 1:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            for row in pool.map(run_point, [str(sweep_dir)] * len(todo), todo):
+                rows.append(row)
+                bar.update()
+    else:
+        for p in todo:
+            rows.append(run_point(str(sweep_dir), p))
+            bar.update()
+    bar.close()
+    return rows
+
+
+def _run_ray(sweep_dir: Path, todo: list[dict], address: str | None, bar) -> list[dict]:
+    try:
+        import ray  # noqa: PLC0415 (optional extra)
+    except ImportError:
+        raise RuntimeError("the Ray executor needs Ray: pip install 'qssm[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1)(run_point)
+        pending = [task.remote(str(sweep_dir), p) for p in todo]
+        rows = []
+        while pending:
+            ready, pending = ray.wait(pending)
+            rows += ray.get(ready)
+            bar.update(len(ready))
+        return rows
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in sorted(rows, key=lambda r: r["id"]):
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def compare(rows: list[dict], golden: list[dict], tolerance: float) -> list[str]:
+    """Readable differences between a sweep and a golden table; empty when within tolerance."""
+    new, old = {r["id"]: r for r in rows}, {r["id"]: r for r in golden}
+    problems = [
+        f"missing point {i} (in the golden table, not in this sweep)"
+        for i in old.keys() - new.keys()
+    ]
+    problems += [f"extra point {i} (not in the golden table)" for i in new.keys() - old.keys()]
+    for i in sorted(new.keys() & old.keys()):
+        a, b = float(new[i]["accuracy"]), float(old[i]["accuracy"])
+        if abs(a - b) > tolerance:
+            problems.append(
+                f"{i}: accuracy {a:.4f}, golden {b:.4f} (moved {a - b:+.4f}, "
+                f"tolerance ±{tolerance})"
+            )
+        for k in FOOTPRINT_COLUMNS:
+            if int(float(new[i][k])) != int(float(old[i][k])):
+                problems.append(f"{i}: {k} {new[i][k]}, golden {old[i][k]} (must not change)")
+    return sorted(problems)
+
+
+def sweep(
+    recipe: Recipe,
+    sweep_dir: Path,
+    workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run (or resume) every point; write results.csv and the tables and plots."""
+    write_json(sweep_dir / "recipe.json", recipe.model_dump(mode="json"))
+    todo = points(recipe)
+    rows = run_points(sweep_dir, todo, workers, executor, address, progress)
+    atomic_write(sweep_dir / "results.csv", to_csv(rows))
+    write_sweep_report(sweep_dir, recipe, rows)
+    return rows

@@ -1,0 +1,67 @@
+"""The golden bit-accuracy table: regenerate the sdigits sweep and compare (CI regression)."""
+
+from pathlib import Path
+
+import pytest
+
+from qssm.cli import main
+from qssm.recipe import load_recipe
+from qssm.sweep import compare, points, read_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "sweeps" / "sdigits_s4d.yaml"
+GOLDEN = ROOT / "tests" / "golden" / "sdigits_s4d.csv"
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    assert main(["sweep", "--recipe", str(RECIPE), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_golden_table_reproduces(sweep_dir):
+    """Accuracies within the recipe's tolerance, footprints exactly equal (docs/sweeps.md says
+    how to regenerate the golden table on purpose)."""
+    rows = read_csv(sweep_dir / "results.csv")
+    problems = compare(rows, read_csv(GOLDEN), load_recipe(RECIPE).sweep.tolerance)
+    assert not problems, "\n".join(problems)
+    for name in ("report.md", "per_role_ptq.png", "uniform.png", "pareto.png", "metrics.json"):
+        assert (sweep_dir / name).exists()
+
+
+def test_check_flag_and_resume(sweep_dir, tmp_path, capsys):
+    args = ["sweep", "--recipe", str(RECIPE), "--out", str(sweep_dir), "--quiet", "--force"]
+    # --force on a finished sweep keeps finished points: nothing is recomputed
+    stamps = {p: p.stat().st_mtime_ns for p in (sweep_dir / "points").iterdir()}
+    assert main([*args, "--check", str(GOLDEN)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (sweep_dir / "points").iterdir()} == stamps
+    # a golden table whose accuracy and footprint differ: exit 1 and a readable diff
+    lines = GOLDEN.read_text().splitlines()
+    header, first = lines[0].split(","), lines[1].split(",")
+    first[header.index("accuracy")] = "0.0"
+    first[header.index("total_bits")] = "1"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    capsys.readouterr()
+    assert main([*args, "--check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "REGRESSION" in out
+        and "accuracy" in out
+        and "total_bits" in out
+        and "must not change" in out
+    )
+
+
+def test_points_cover_the_three_tables():
+    recipe = load_recipe(RECIPE)
+    ids = [p["id"] for p in points(recipe)]
+    assert len(ids) == len(set(ids))
+    sw = recipe.sweep
+    n_pareto = 1
+    for g in sw.pareto:
+        n_pareto *= len(g.bits)
+    assert len(ids) == (len(sw.roles) * len(sw.bits) + len(sw.uniform_bits) + n_pareto) * len(
+        sw.stages
+    ) * len(sw.seeds)
