@@ -44,8 +44,11 @@ def _stored(model: nn.Module, table: dict):
             H = m.norm.normalized_shape[0]
             depth = int(m.conv.taps().max()) + 1 if m.conv.integer_delays else m.conv.max_delay
             yield "conv.buffer", H * depth, _bits(table, name, "norm"), "buffer"
-        if name.endswith("qz"):  # scales and zero points of the quantizers, float32
-            yield "quantizer scales", sum(p.numel() for p in m.parameters()), FLOAT, "param"
+        qz = m._modules.get("qz")
+        if qz is not None:  # scales and zero points of the quantizers, float32; a diagonal
+            folded = ("state",) if isinstance(m, S4D) else ()  # SSM's state scales fold into
+            n = sum(p.numel() for s, q in qz.items() if s not in folded for p in q.parameters())
+            yield "quantizer scales", n, FLOAT, "param"  # B̄ and C (x' = x / s): free
 
 
 def footprint(model: nn.Module, table: dict, float_params: int) -> dict:
