@@ -20,6 +20,7 @@ from .runs import (
     quantize_run,
     train_run,
 )
+from .search import search
 from .sweep import check_points, compare, read_csv, sweep
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -92,6 +93,37 @@ def cmd_sweep(args) -> dict:
             raise Regression(result)
         print(f"matches {args.check} (accuracy within ±{recipe.sweep.tolerance}, footprints equal)")
     return result
+
+
+def cmd_search(args) -> dict:
+    recipe = load_recipe(args.recipe)
+    check_quant(recipe, args.recipe)
+    source = args.from_run or recipe.float.checkpoint
+    if source:
+        float_source(recipe, source)
+    data = load_data(recipe)
+    out = open_run(_out(args, recipe), recipe, args.force)
+    float_stage(recipe, data, out, source, "float", not args.quiet)
+    try:
+        chosen, record = search(
+            recipe,
+            out,
+            args.budget_kib,
+            args.budget_reduction,
+            args.bits,
+            args.workers,
+            not args.quiet,
+        )
+    except ValueError as err:
+        raise RunError(f"search: {err}") from None
+    bits = ", ".join(f"{r} {b}" for r, b in sorted(record["chosen_bits"].items()))
+    print(f"chosen bits: {bits}")
+    m = quantize_run(chosen, data, out, progress=not args.quiet, extra={"search": record})
+    print(
+        f"QAT {100 * m['qat']['accuracy']:.2f} % at {m['footprint']['total_bits'] / 8192:.2f} KiB "
+        f"({m['footprint']['reduction']:.2f}× smaller than float32) → {out}/report.md"
+    )
+    return m
 
 
 def cmd_eval(args) -> dict:
@@ -187,6 +219,39 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     s.add_argument("--check", metavar="GOLDEN_CSV", help="compare with a golden results table")
     s.set_defaults(func=cmd_sweep)
+
+    h = sub.add_parser(
+        "search",
+        help="choose bits per role under a memory budget, then QAT",
+        description="Measures each stored role's PTQ sensitivity at every candidate bit-width, "
+        "allocates bits greedily (least accuracy lost per bit saved) until parameters + state "
+        "fit the budget, then runs PTQ and QAT of the chosen configuration like `qssm quantize`. "
+        "The report lists the chosen bits per role, the footprint and the accuracy.",
+    )
+    h.add_argument("--recipe", required=True, help="recipe YAML with a `quant` section")
+    budget = h.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-kib", type=float, help="parameters + state budget in KiB")
+    budget.add_argument(
+        "--budget-reduction",
+        type=float,
+        metavar="R",
+        help="budget as float32 footprint / R (e.g. 8)",
+    )
+    h.add_argument(
+        "--bits",
+        type=int,
+        nargs="+",
+        default=[2, 3, 4, 6, 8],
+        help="candidate bit-widths (default 2 3 4 6 8)",
+    )
+    h.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="reuse a finished float run")
+    h.add_argument("--out", help="run dir (default runs/<recipe name>)")
+    h.add_argument("--force", action="store_true", help="overwrite a finished run dir")
+    h.add_argument(
+        "--workers", type=int, default=1, help="sensitivity points in parallel processes"
+    )
+    h.add_argument("--quiet", action="store_true", help="no progress bars")
+    h.set_defaults(func=cmd_search)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.set_defaults(func=cmd_recipes)

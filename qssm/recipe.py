@@ -87,9 +87,13 @@ class TrainConfig(Section):
 
 
 class FloatConfig(TrainConfig):
-    """Float pre-training, or ``checkpoint:`` a finished run dir whose model is reused."""
+    """Float pre-training, or ``checkpoint:`` a finished run dir whose model is reused.
+
+    ``mode``: ``parallel`` (S4D's FFT convolution, minGRU's log-space scan) or ``recurrent``
+    (the step loop; on a CPU it is the faster one for minGRU and mGRADE of small width)."""
 
     checkpoint: str | None = None
+    mode: Literal["parallel", "recurrent"] = "parallel"
 
 
 class QATConfig(TrainConfig):

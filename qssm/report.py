@@ -121,6 +121,17 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
                 f"{per_role}\n\n![footprint per role](footprint.png)",
             )
         )
+    if "search" in metrics:
+        s = metrics["search"]
+        drop = s["accuracy_drop"]
+        rows = [[r, b, _pct(drop.get(f"{r}@{b}"))] for r, b in sorted(s["chosen_bits"].items())]
+        budget, f32 = s["budget_bits"] / 8192, s["float32_bits"] / 8192
+        text = (
+            f"Budget {budget:.2f} KiB (float32: {f32:.2f} KiB); greedy allocation on per-role "
+            f"PTQ sensitivity (every role at the highest width: {_pct(s['base_accuracy'])}).\n\n"
+            + table(["role", "bits", "PTQ accuracy lost alone"], rows)
+        )
+        sections.append(("Bit allocation", text))
     write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)
 
 

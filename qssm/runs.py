@@ -160,6 +160,7 @@ def float_stage(
         data.test,
         recipe.float,
         seed=recipe.seed,
+        mode=recipe.float.mode,
         state_path=out / "train_state",
         eval_batch=recipe.eval.batch_size,
         desc="float",
@@ -213,7 +214,12 @@ def check_quant(recipe: Recipe, source: str = "recipe") -> None:
 
 
 def quantize_run(
-    recipe: Recipe, data: Dataset, out: Path, source: str | None = None, progress: bool = True
+    recipe: Recipe,
+    data: Dataset,
+    out: Path,
+    source: str | None = None,
+    progress: bool = True,
+    extra: dict | None = None,
 ) -> dict:
     """``qssm quantize``: float model → PTQ calibration + evaluation → QAT + evaluation.
     The caller has checked the recipe (``check_quant``) and the source (``float_source``)."""
@@ -221,7 +227,7 @@ def quantize_run(
     float_params = n_params(model)
     seed_everything(recipe.seed)
     table = wrap(model, recipe.quant)
-    metrics = {"recipe": recipe.name, "float": float_metrics}
+    metrics = {"recipe": recipe.name, "float": float_metrics, **(extra or {})}
     t0 = time.perf_counter()
     calibrate(
         model,

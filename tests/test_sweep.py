@@ -65,3 +65,31 @@ def test_points_cover_the_three_tables():
     assert len(ids) == (len(sw.roles) * len(sw.bits) + len(sw.uniform_bits) + n_pareto) * len(
         sw.stages
     ) * len(sw.seeds)
+
+
+def test_ray_and_process_executors_match_the_local_table(sweep_dir, tmp_path):
+    """A small slice of the sweep through a local Ray instance and through 2 worker processes
+    gives the same rows as the local executor."""
+    ray = pytest.importorskip("ray")
+    from qssm.sweep import points, run_points
+
+    recipe = load_recipe(RECIPE)
+    chosen = [p for p in points(recipe) if p["table"] == "uniform"][:3]
+    local = {r["id"]: r for r in read_csv(sweep_dir / "results.csv")}
+    for executor, workers in (("ray", 1), ("local", 2)):
+        run = tmp_path / executor
+        (run / "points").mkdir(parents=True)
+        for name in ("float.json", "float.safetensors", "recipe.json"):
+            (run / name).write_bytes((sweep_dir / name).read_bytes())
+        if executor == "ray":
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            rows = run_points(run, chosen, workers, executor, None, progress=False)
+        finally:
+            if executor == "ray":
+                ray.shutdown()
+        assert len(rows) == len(chosen)
+        for row in rows:
+            expect = local[row["id"]]
+            assert float(row["accuracy"]) == float(expect["accuracy"]), (executor, row["id"])
+            assert int(row["total_bits"]) == int(expect["total_bits"])

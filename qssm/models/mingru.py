@@ -97,8 +97,9 @@ class MinGRU(Quantizable, nn.Module):
         step = self.stepper("state")  # re-quantized every step
         h = torch.zeros_like(cand[:, 0])
         hs = []
-        for t in range(x.shape[1]):
-            h = step((1 - z[:, t]) * h + z[:, t] * cand[:, t])
+        keep, write = (1 - z).unbind(1), (z * cand).unbind(1)  # one backward op each
+        for keep_t, write_t in zip(keep, write, strict=True):
+            h = step(keep_t * h + write_t)
             hs.append(h)
         hs = torch.stack(hs, 1)  # (B, L, H)
         self.observe("state", hs.flatten(0, 1))

@@ -143,8 +143,8 @@ class S4D(Quantizable, nn.Module):
         x = torch.zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype, device=u.device)  # (B, H, n)
         collect = self.calibrating("state")
         ys, xs = [], []
-        for t in range(u.shape[1]):
-            x = step(A_bar * x + B_bar * u[:, t, :, None])
+        for u_t in u.unbind(1):  # unbind: one backward op, not one full-size scatter per step
+            x = step(A_bar * x + B_bar * u_t[..., None])
             ys.append(self.readout(x, C))
             if collect:
                 xs.append(x)
