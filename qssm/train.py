@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Split
-from .io import load_model_files, read_json, save_tensors, write_json
+from .io import load_model_files, save_tensors, write_json
 
 # Parameters of the dynamics (SSM A, dt, B; mGRADE delays) train with their own lr and no decay.
 DYNAMICS = ("log_dt", "log_A_real", "A_imag", "ssm.B", "A_bar", "B_bar", "conv.delay")
@@ -159,7 +159,3 @@ def fit(
         if state_path is not None:
             _save_state(state_path, model, opt, epoch + 1, history)
     return history
-
-
-def read_history(state_path: Path) -> list[dict]:
-    return read_json(state_path.with_suffix(".json"))["history"]

@@ -16,16 +16,6 @@ from .mingru import MinGRU
 from .quantizable import QLinear, Quantizable, act_site
 
 
-class RoundSte(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
 class DelayConv(Quantizable, nn.Module):
     """With ``integer_delays`` (role ``conv.delay`` quantized) the kernel is an exact delay line:
     each tap sits at its rounded delay (σ → 0), and the delays no longer move."""

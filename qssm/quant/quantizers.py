@@ -74,14 +74,10 @@ def brevitas_quantizer(spec, site: Site, signed: bool):
     return q.let(**kw)
 
 
-class _RoundSte(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
+def ste(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` forward, identity gradient (straight-through estimator); exact in floating
+    point, since x + (fn(x) - x) is representable whenever fn rounds to an integer."""
+    return x + (fn(x) - x).detach()
 
 
 def int_range(bit_width: int, signed: bool, narrow: bool) -> tuple[int, int]:
@@ -93,7 +89,7 @@ def int_range(bit_width: int, signed: bool, narrow: bool) -> tuple[int, int]:
 
 def fake_quant(x, scale, zero_point, qmin: int, qmax: int):
     """Brevitas IntQuant arithmetic: (clamp(round_ste(x / s + z), qmin, qmax) - z) · s."""
-    codes = torch.clamp(_RoundSte.apply(x / scale + zero_point), qmin, qmax)
+    codes = torch.clamp(ste(torch.round, x / scale + zero_point), qmin, qmax)
     return (codes - zero_point) * scale
 
 
@@ -164,19 +160,9 @@ class PolarQuantizer(nn.Module):
             r = 1 - d
         else:
             r = self.magnitude(r)
-        if not z.is_complex():
-            return r * torch.sign(z) if not self.unit_disk else r
+        if not z.is_complex():  # S4D-Real's Ā
+            return r * torch.sign(z)
         return torch.polar(r, self.phase(z.angle()))
-
-
-class _TruncSte(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.trunc(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
 
 
 def quantize_complex(
@@ -193,5 +179,5 @@ def quantize_complex(
     if unit_disk and not quantizer.calibrating:
         scale = quantizer.qparams()[0]
         modulus = q.norm(dim=-1, keepdim=True) if z.is_complex() else q.abs()
-        q = torch.where(modulus >= 1, _TruncSte.apply(parts / scale) * scale, q)
+        q = torch.where(modulus >= 1, ste(torch.trunc, parts / scale) * scale, q)
     return torch.view_as_complex(q.contiguous()) if z.is_complex() else q

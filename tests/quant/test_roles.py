@@ -167,3 +167,31 @@ def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():
     fp = footprint(model, t, sum(p.numel() for p in model.parameters()))
     assert fp["buffer_bits"] == 4 * 10 * 8  # H × (largest delay + 1) × 8-bit inputs
     assert fp["per_role"]["conv.delay"]["bits"] == [4]  # log2(16)
+
+
+def test_role_at_two_bits_has_at_most_four_values_per_scale_group():
+    model = Classifier({**S4D, "n_layers": 1}, 1, 3)
+    wrap(
+        model,
+        QuantConfig.model_validate(
+            {
+                "default": {"bits": 8},
+                "targets": [
+                    {"roles": ["linear.weight"], "bits": 2, "granularity": "per_channel"},
+                    {"roles": ["ssm.C"], "bits": 2},
+                ],
+            }
+        ),
+    )
+    model.train()
+    with calibration_mode(model):
+        model(torch.randn(2, 5, 1), "recurrent")
+    model.eval()
+    linear = model.blocks[0].linear
+    w = linear.q("weight", linear.weight)
+    assert all(row.unique().numel() <= 4 for row in w)  # one scale per output channel
+    assert w.unique().numel() > 4  # …and the channels do use different scales
+    ssm = model.blocks[0].ssm
+    C = torch.view_as_real(ssm.q("C", torch.view_as_complex(ssm.C)))
+    assert C.unique().numel() <= 4  # per tensor: real and imaginary parts on one 2-bit grid
+    assert not torch.equal(w, linear.weight)
