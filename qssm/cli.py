@@ -35,27 +35,32 @@ def _out(args, recipe) -> Path:
     return Path(args.out) if args.out else Path("runs") / recipe.name
 
 
-def cmd_train(args) -> dict:
+def _prepare(args, quant: bool = True, check=None):
+    """Load and check every input — recipe, quant section against the model, ``check(recipe)``,
+    the float source, the data — and only then open the run dir, so bad input touches nothing.
+    Returns (recipe, data, run dir, float source or None)."""
     recipe = load_recipe(args.recipe)
-    source = recipe.float.checkpoint
+    if quant:
+        check_quant(recipe, args.recipe)
+    if check is not None:
+        check(recipe)
+    source = getattr(args, "from_run", None) or recipe.float.checkpoint
     if source:
         float_source(recipe, source)
-    data = load_data(recipe)  # every input is checked before the run dir is touched
-    out = open_run(_out(args, recipe), recipe, args.force)
+    data = load_data(recipe)
+    return recipe, data, open_run(_out(args, recipe), recipe, args.force), source
+
+
+def cmd_train(args) -> dict:
+    recipe, data, out, _ = _prepare(args, quant=False)
     metrics = train_run(recipe, data, out, progress=not args.quiet)
     print(f"float test accuracy {100 * metrics['float']['accuracy']:.2f} % → {out}/report.md")
     return metrics
 
 
 def cmd_quantize(args) -> dict:
-    recipe = load_recipe(args.recipe)
-    check_quant(recipe, args.recipe)
-    source = args.from_run or recipe.float.checkpoint
-    if source:
-        float_source(recipe, source)
-    data = load_data(recipe)  # every input is checked before the run dir is touched
-    out = open_run(_out(args, recipe), recipe, args.force)
-    m = quantize_run(recipe, data, out, args.from_run, progress=not args.quiet)
+    recipe, data, out, source = _prepare(args)
+    m = quantize_run(recipe, data, out, source, progress=not args.quiet)
     stages = ", ".join(
         f"{k} {100 * m[k]['accuracy']:.2f} %" for k in ("float", "ptq", "qat") if k in m
     )
@@ -63,18 +68,19 @@ def cmd_quantize(args) -> dict:
     return m
 
 
+def _check_sweep(args):
+    def check(recipe):
+        if recipe.sweep is None:
+            raise RecipeError(f"{args.recipe}: no `sweep` section; see recipes/sweeps/")
+        check_points(recipe, args.recipe)
+        if args.check and not Path(args.check).is_file():
+            raise RunError(f"--check {args.check}: no such golden table")
+
+    return check
+
+
 def cmd_sweep(args) -> dict:
-    recipe = load_recipe(args.recipe)
-    check_quant(recipe, args.recipe)
-    if recipe.sweep is None:
-        raise RecipeError(f"{args.recipe}: no `sweep` section; see recipes/sweeps/ for examples")
-    check_points(recipe, args.recipe)
-    golden = read_csv(Path(args.check)) if args.check else None
-    source = args.from_run or recipe.float.checkpoint
-    if source:
-        float_source(recipe, source)
-    data = load_data(recipe)
-    out = open_run(_out(args, recipe), recipe, args.force)
+    recipe, data, out, source = _prepare(args, check=_check_sweep(args))
     model, float_metrics = float_stage(recipe, data, out, source, "float", not args.quiet)
     rows = sweep(recipe, out, args.workers, args.executor, args.address, not args.quiet)
     result = {
@@ -85,8 +91,8 @@ def cmd_sweep(args) -> dict:
     }
     write_json(out / "metrics.json", result)
     print(f"{len(rows)} points → {out}/results.csv, {out}/report.md")
-    if golden is not None:
-        problems = compare(rows, golden, recipe.sweep.tolerance)
+    if args.check:
+        problems = compare(rows, read_csv(Path(args.check)), recipe.sweep.tolerance)
         result["check"] = {"golden": args.check, "problems": problems}
         if problems:
             print(f"REGRESSION against {args.check}:", *problems, sep="\n  ")
@@ -96,13 +102,7 @@ def cmd_sweep(args) -> dict:
 
 
 def cmd_search(args) -> dict:
-    recipe = load_recipe(args.recipe)
-    check_quant(recipe, args.recipe)
-    source = args.from_run or recipe.float.checkpoint
-    if source:
-        float_source(recipe, source)
-    data = load_data(recipe)
-    out = open_run(_out(args, recipe), recipe, args.force)
+    recipe, data, out, source = _prepare(args)
     float_stage(recipe, data, out, source, "float", not args.quiet)
     try:
         chosen, record = search(
