@@ -8,7 +8,7 @@ $(BIN)/qssm: pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test test-all lint
+.PHONY: install demo test test-all bench
 install: $(BIN)/qssm
 
 demo: install  ## the main job on the embedded default data: float, PTQ, QAT, report
@@ -20,3 +20,6 @@ test: install  ## lint + the default test suite (slow tests excluded)
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ''
+
+bench: install  ## speed and memory figures (bench/run.py), one process at a time
+	$(BIN)/python bench/run.py

@@ -3,6 +3,8 @@
 import pytest
 import torch
 from brevitas.graph.calibrate import calibration_mode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qssm.quant.quantizers import PolarQuantizer, Site, SiteQuantizer, quantize_complex
 from qssm.quant.roles import ResolvedSpec, grid
@@ -140,3 +142,22 @@ def test_real_state_matrix_on_deficit_grid(bits):
     deficit = (1 - A_q) / q.magnitude.qparams()[0]
     assert (deficit - deficit.round()).abs().max() < 0.05  # 1 - Ā on an integer grid (float32)
     assert deficit.round().min() >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.integers(2, 10),
+    mode=st.sampled_from(["cartesian", "polar"]),
+    log_deficit=st.lists(st.floats(-6, -0.01), min_size=4, max_size=4),
+    phase=st.lists(st.floats(-3.14, 3.14), min_size=4, max_size=4),
+)
+def test_any_stable_state_matrix_stays_stable(bits, mode, log_deficit, phase):
+    """Property: whatever Ā inside the unit circle and whatever the bit-width, |Ā_q| < 1."""
+    A = torch.polar(1 - torch.tensor(log_deficit).exp(), torch.tensor(phase)).reshape(2, 2)
+    site = Site("ssm.A", (2, 1) if mode == "polar" else (2, 1, 1), 0)
+    s = spec(bits, granularity="per_channel")
+    q = PolarQuantizer(s, site, unit_disk=True) if mode == "polar" else SiteQuantizer(s, site, True)
+    q.train()
+    with calibration_mode(q):
+        quantize_complex(q, A, unit_disk=True)
+    assert quantize_complex(q, A, unit_disk=True).abs().max() < 1
