@@ -8,8 +8,10 @@ processes, or as Ray tasks; the results do not depend on where they ran.
 
 import copy
 import csv
+import hashlib
 import io
 import itertools
+import json
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -103,13 +105,25 @@ def check_points(recipe: Recipe, source: str = "recipe") -> None:
             raise RecipeError(f"{source}: sweep point {p['id']}: {err}") from None
 
 
+def point_key(sweep_dir: Path, recipe_json: dict, point: dict) -> str:
+    """Fingerprint of everything a point's result depends on: its quant config, stage and seed,
+    the data / model / calibration / QAT / eval settings, and the float model's bytes."""
+    settings = {k: recipe_json[k] for k in ("seed", "data", "model", "ptq", "qat", "eval")}
+    text = json.dumps([settings, point["quant"], point["stage"], point["seed"]], sort_keys=True)
+    digest = hashlib.sha256(text.encode())
+    digest.update((sweep_dir / "float.safetensors").read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run_point(sweep_dir: str, point: dict) -> dict:
     """Quantize the sweep's float model as ``point`` says; the result row (also on disk)."""
     sweep_dir = Path(sweep_dir)
     done = sweep_dir / "points" / f"{point['id']}.json"
-    if done.exists():
+    recipe_json = read_json(sweep_dir / "recipe.json")
+    key = point_key(sweep_dir, recipe_json, point)
+    if done.exists() and read_json(done).get("key") == key:  # same config, same float model
         return read_json(done)
-    recipe = parse_recipe(read_json(sweep_dir / "recipe.json"))
+    recipe = parse_recipe(recipe_json)
     data = load_data(recipe)
     model, _ = load_run_model(sweep_dir, "float")
     float_params = sum(p.numel() for p in model.parameters())
@@ -138,6 +152,7 @@ def run_point(sweep_dir: str, point: dict) -> dict:
     accuracy = evaluate(model, data.test, recipe.eval.batch_size, "recurrent")["accuracy"]
     fp = footprint(model, table, float_params)
     row = {
+        "key": key,
         **{k: point[k] for k in ("id", "table", "config", "bits", "stage", "seed")},
         "accuracy": round(accuracy, 6),
         **{k: fp[k] for k in FOOTPRINT_COLUMNS},
@@ -199,7 +214,7 @@ def _run_ray(sweep_dir: Path, todo: list[dict], address: str | None, bar) -> lis
 
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for row in sorted(rows, key=lambda r: r["id"]):
         w.writerow(row)
