@@ -2,12 +2,13 @@
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 from .data import DataError
-from .io import CheckpointError, write_json
+from .io import CheckpointError, read_json, write_json
 from .recipe import RecipeError, load_recipe
 from .runs import (
     RunError,
@@ -44,10 +45,10 @@ def _prepare(args, quant: bool = True, check=None):
         check_quant(recipe, args.recipe)
     if check is not None:
         check(recipe)
+    data = load_data(recipe)
     source = getattr(args, "from_run", None) or recipe.float.checkpoint
     if source:
-        float_source(recipe, source)
-    data = load_data(recipe)
+        float_source(recipe, source, data)
     return recipe, data, open_run(_out(args, recipe), recipe, args.force), source
 
 
@@ -75,6 +76,32 @@ def _check_sweep(args):
         check_points(recipe, args.recipe)
         if args.check and not Path(args.check).is_file():
             raise RunError(f"--check {args.check}: no such golden table")
+        if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
+
+    return check
+
+
+def _search_record(args) -> dict:
+    return {
+        "budget_kib": args.budget_kib,
+        "budget_reduction": args.budget_reduction,
+        "bits": sorted(set(args.bits)),
+    }
+
+
+def _check_search(args):
+    def check(recipe):
+        if any(b < 1 or b > 32 for b in args.bits) or len(set(args.bits)) < 2:
+            raise RunError("--bits: give at least two bit-widths in 1..32")
+        if (args.budget_kib or args.budget_reduction or 0) <= 0:
+            raise RunError("the budget must be positive")
+        old = _out(args, recipe) / "search.json"
+        if old.exists() and not args.force and read_json(old) != _search_record(args):
+            raise RunError(
+                f"{old.parent} holds a search with another budget or --bits; pass "
+                "--force to start over, or --out DIR"
+            )
 
     return check
 
@@ -102,7 +129,8 @@ def cmd_sweep(args) -> dict:
 
 
 def cmd_search(args) -> dict:
-    recipe, data, out, source = _prepare(args)
+    recipe, data, out, source = _prepare(args, check=_check_search(args))
+    write_json(out / "search.json", _search_record(args))
     float_stage(recipe, data, out, source, "float", not args.quiet)
     try:
         chosen, record = search(
@@ -119,8 +147,10 @@ def cmd_search(args) -> dict:
     bits = ", ".join(f"{r} {b}" for r, b in sorted(record["chosen_bits"].items()))
     print(f"chosen bits: {bits}")
     m = quantize_run(chosen, data, out, progress=not args.quiet, extra={"search": record})
+    stage = "qat" if "qat" in m else "ptq"
     print(
-        f"QAT {100 * m['qat']['accuracy']:.2f} % at {m['footprint']['total_bits'] / 8192:.2f} KiB "
+        f"{stage.upper()} {100 * m[stage]['accuracy']:.2f} % at "
+        f"{m['footprint']['total_bits'] / 8192:.2f} KiB "
         f"({m['footprint']['reduction']:.2f}× smaller than float32) → {out}/report.md"
     )
     return m

@@ -114,8 +114,9 @@ def _header(recipe: Recipe, data: Dataset, stage: str, **extra) -> dict:
     }
 
 
-def float_source(recipe: Recipe, source: str) -> tuple[Path, str]:
-    """(run dir, file stem) of the float model in a finished run, checked against the recipe."""
+def float_source(recipe: Recipe, source: str, data: Dataset | None = None) -> tuple[Path, str]:
+    """(run dir, file stem) of the float model in a finished run, checked against the recipe
+    (and the data's input width and classes)."""
     run = Path(source)
     stem = "float" if (run / "float.json").exists() else "model"
     if not (run / "metrics.json").exists():
@@ -125,6 +126,15 @@ def float_source(recipe: Recipe, source: str) -> tuple[Path, str]:
         raise RunError(
             f"{run} does not hold a float model of this recipe's `model` section; "
             "point --from / float.checkpoint at a float run of the same model"
+        )
+    if data is not None and (header.get("d_input"), header.get("n_classes")) != (
+        data.d_input,
+        data.n_classes,
+    ):
+        raise RunError(
+            f"{run} was trained on {header.get('d_input')} input channels and "
+            f"{header.get('n_classes')} classes; this recipe's data has {data.d_input} and "
+            f"{data.n_classes}"
         )
     return run, stem
 
@@ -138,7 +148,7 @@ def float_stage(
     if source:
         model, _ = load_run_model(*float_source(recipe, source))
         stored = read_json(Path(source) / "metrics.json").get("float", {})
-        result = evaluate(model, data.test, recipe.eval.batch_size)
+        result = evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode)
         metrics = {
             **result,
             "source": str(source),
@@ -168,7 +178,7 @@ def float_stage(
     )
     seconds = [h["seconds"] for h in history]
     metrics = {
-        **evaluate(model, data.test, recipe.eval.batch_size),
+        **evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode),
         "params": n_params(model),
         "epochs": len(history),
         "history": history,
@@ -279,7 +289,7 @@ def eval_run(run_dir: Path) -> dict:
     stored = read_json(run_dir / "metrics.json")
     model, header = load_run_model(run_dir)
     stage = header["stage"]
-    mode = "parallel" if header.get("quant") is None else "recurrent"
+    mode = recipe.float.mode if header.get("quant") is None else "recurrent"
     result = evaluate(model, load_data(recipe).test, recipe.eval.batch_size, mode)
     return {
         "recipe": recipe.name,

@@ -46,7 +46,7 @@ def sensitivity_points(recipe: Recipe, roles: list[str], bits: list[int]) -> lis
             q["targets"].append({"roles": [role], "bits": b})
             out.append(
                 {
-                    "id": f"search-{role}-{b}",
+                    "id": f"search-{role}-{b}-of-{max(bits)}",
                     "table": "search",
                     "config": role,
                     "bits": b,
@@ -112,8 +112,10 @@ def search(
     budget_bits = (
         budget_kib * 8192 if budget_kib is not None else fp["float32_bits"] / budget_reduction
     )
-    elements = {
-        r: e["elements"] for r, e in fp["per_role"].items() if r not in SKIP and e["elements"]
+    elements = {  # stored roles the recipe quantizes (float ones stay float)
+        r: e["elements"]
+        for r, e in fp["per_role"].items()
+        if r not in SKIP and e["elements"] and e["bits"] == [max(bits)]
     }
     roles = sorted(elements)
     rows = run_points(
