@@ -4,7 +4,8 @@
 
 For the small S4D (recipes/hetero_4_8.yaml: H=16, N=64, 784 steps) and the minGRU / mGRADE of
 the shipped recipes, on smnist5k-shaped input:
-  float_conv_samples_per_s  float training step in convolution / parallel-scan mode
+  float_conv_samples_per_s  float training step in the recipe's float.mode (S4D: FFT
+                            convolution; minGRU / mGRADE recipes: the step loop, faster on CPU)
   qat_samples_per_s         QAT training step in recurrent mode (state quantized every step)
   qat_vs_float_ratio        how many times slower QAT is
   qat_peak_rss_gib          peak resident memory of a process doing QAT steps (own process)
@@ -15,6 +16,7 @@ does not depend on them); quantizers are calibrated on one batch.
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,8 +26,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import qssm  # noqa: F401  (silences Brevitas' optional-kernel warning before it is imported)
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"s4d": "hetero_4_8.yaml", "mingru_hw": "minimalist.yaml", "mgrade": "mgrade_8.yaml"}
+
+
+def float_mode(family: str) -> str:
+    from qssm.recipe import load_recipe
+
+    return load_recipe(ROOT / "recipes" / RECIPES[family]).float.mode
 
 
 def build(recipe_file: str, quantized: bool, batch: int):
@@ -78,18 +88,27 @@ def peak_rss_child(family: str, batch: int) -> float:
     here = str(Path(__file__).parent)
     code = (
         f"import resource, sys; sys.path.insert(0, {here!r}); "
-        "from run import build, train_step_seconds; "
+        "from run import build, peak_rss_kib, train_step_seconds; "
         f"m, x, y = build({RECIPES[family]!r}, True, {batch}); "
         "train_step_seconds(m, x, y, 'recurrent', 1); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(peak_rss_kib())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 2**20
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident memory.  VmHWM, not ru_maxrss: Linux keeps ru_maxrss across
+    exec, so a child started by a large parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def measure(family: str, batch: int, steps: int) -> dict:
     float_model, x, y = build(RECIPES[family], False, batch)
-    float_s = train_step_seconds(float_model, x, y, "parallel", steps)
+    float_s = train_step_seconds(float_model, x, y, float_mode(family), steps)
     qat_model, x, y = build(RECIPES[family], True, batch)
     qat_s = train_step_seconds(qat_model, x, y, "recurrent", steps)
     return {
