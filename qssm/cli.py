@@ -178,6 +178,21 @@ def cmd_recipes(args) -> dict:
     return found
 
 
+def _run_args(p: argparse.ArgumentParser, recipe_help: str, from_run: bool = True) -> None:
+    """The arguments every command that fills a run dir takes."""
+    p.add_argument("--recipe", required=True, help=recipe_help)
+    if from_run:
+        p.add_argument(
+            "--from",
+            dest="from_run",
+            metavar="RUN_DIR",
+            help="reuse the float model of a finished run instead of training one",
+        )
+    p.add_argument("--out", help="run dir (default runs/<recipe name>)")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qssm",
@@ -196,10 +211,7 @@ def parser() -> argparse.ArgumentParser:
         description="Seeded float training with evaluation every epoch and a cosine "
         "schedule. An interrupted run resumes from its last epoch when run again.",
     )
-    t.add_argument("--recipe", required=True, help="recipe YAML (see `qssm recipes`)")
-    t.add_argument("--out", help="run dir (default runs/<recipe name>)")
-    t.add_argument("--force", action="store_true", help="overwrite a finished run dir")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_args(t, "recipe YAML (see `qssm recipes`)", from_run=False)
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser(
@@ -210,16 +222,7 @@ def parser() -> argparse.ArgumentParser:
         "recurrent mode with the state quantized every step. Writes model files, report.md with "
         "accuracy, per-role bits and footprint, and metrics.json.",
     )
-    q.add_argument("--recipe", required=True, help="recipe YAML with a `quant` section")
-    q.add_argument(
-        "--from",
-        dest="from_run",
-        metavar="RUN_DIR",
-        help="reuse the float model of a finished run instead of training one",
-    )
-    q.add_argument("--out", help="run dir (default runs/<recipe name>)")
-    q.add_argument("--force", action="store_true", help="overwrite a finished run dir")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_args(q, "recipe YAML with a `quant` section")
     q.set_defaults(func=cmd_quantize)
 
     e = sub.add_parser("eval", help="re-evaluate a finished run from its saved files")
@@ -234,11 +237,7 @@ def parser() -> argparse.ArgumentParser:
         "recomputing finished points. With --check GOLDEN.csv it exits 1 when an accuracy moved "
         "by more than sweep.tolerance or a footprint changed, printing the differences.",
     )
-    s.add_argument("--recipe", required=True, help="recipe YAML with `quant` and `sweep` sections")
-    s.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="reuse a finished float run")
-    s.add_argument("--out", help="run dir (default runs/<recipe name>)")
-    s.add_argument("--force", action="store_true", help="overwrite a finished sweep")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_args(s, "recipe YAML with `quant` and `sweep` sections")
     s.add_argument("--workers", type=int, default=1, help="points in parallel processes")
     s.add_argument(
         "--executor",
@@ -258,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
         "fit the budget, then runs PTQ and QAT of the chosen configuration like `qssm quantize`. "
         "The report lists the chosen bits per role, the footprint and the accuracy.",
     )
-    h.add_argument("--recipe", required=True, help="recipe YAML with a `quant` section")
+    _run_args(h, "recipe YAML with a `quant` section")
     budget = h.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-kib", type=float, help="parameters + state budget in KiB")
     budget.add_argument(
@@ -274,13 +273,9 @@ def parser() -> argparse.ArgumentParser:
         default=[2, 3, 4, 6, 8],
         help="candidate bit-widths (default 2 3 4 6 8)",
     )
-    h.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="reuse a finished float run")
-    h.add_argument("--out", help="run dir (default runs/<recipe name>)")
-    h.add_argument("--force", action="store_true", help="overwrite a finished run dir")
     h.add_argument(
         "--workers", type=int, default=1, help="sensitivity points in parallel processes"
     )
-    h.add_argument("--quiet", action="store_true", help="no progress bars")
     h.set_defaults(func=cmd_search)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")

@@ -19,6 +19,13 @@ def _recipe(tmp_path, recipe, name="r.yaml"):
     return str(path)
 
 
+def _train_one_epoch(tmp_path):
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, {**TINY, "float": {"epochs": 1}})
+    assert main(["train", "--recipe", recipe, "--out", str(run), "--quiet"]) == 0
+    return run
+
+
 def _snapshot(run):
     return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
 
@@ -60,20 +67,7 @@ def test_train_eval_and_refusals(tmp_path, capsys):
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--recipe",
-                _recipe(tmp_path, {**TINY, "float": {"epochs": 1}}),
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    run = _train_one_epoch(tmp_path)
     path = run / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
     assert main(["eval", str(run)]) == 2
@@ -86,20 +80,7 @@ def test_recipes_lists_shipped(capsys):
 
 
 def test_quantize_refuses_bad_input_before_touching_the_run(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--recipe",
-                _recipe(tmp_path, {**TINY, "float": {"epochs": 1}}),
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    run = _train_one_epoch(tmp_path)
     before = _snapshot(run)
     cases = [
         ({"quant": {"targets": [{"roles": ["gru.gate"], "bits": 4}]}}, "match nothing"),
