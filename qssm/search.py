@@ -22,13 +22,13 @@ from .quant.footprint import footprint
 from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe
 from .runs import load_data, load_run_model
-from .sweep import _with_bits, run_point, run_points
+from .sweep import with_bits, run_point, run_points
 
 SKIP = ("layernorm (float)", "quantizer scales", "conv.buffer", "conv.delay")
 
 
 def sensitivity_points(recipe: Recipe, roles: list[str], bits: list[int]) -> list[dict]:
-    base = _with_bits(recipe.quant.model_dump(mode="json"), max(bits))
+    base = with_bits(recipe.quant.model_dump(mode="json"), max(bits))
     out = [
         {
             "id": f"search-base-{max(bits)}",
@@ -127,7 +127,7 @@ def search(
     )
     fixed = fp["total_bits"] - sum(n * max(bits) for n in elements.values())  # not allocated
     chosen = allocate(elements, fixed, drop, bits, budget_bits)
-    quant = _with_bits(recipe.quant.model_dump(mode="json"), max(bits))
+    quant = with_bits(recipe.quant.model_dump(mode="json"), max(bits))
     quant["targets"] += [{"roles": [role], "bits": b} for role, b in chosen.items()]
     record = {
         "budget_bits": budget_bits,

@@ -46,7 +46,7 @@ COLUMNS = [
 FOOTPRINT_COLUMNS = ["param_bits", "state_bits", "buffer_bits", "total_bits"]
 
 
-def _with_bits(quant: dict, bits: int) -> dict:
+def with_bits(quant: dict, bits: int) -> dict:
     """``quant`` with every site at ``bits`` (targets keep their other settings)."""
     quant = copy.deepcopy(quant)
     quant["default"].update(bits=bits, levels=None)
@@ -62,13 +62,13 @@ def points(recipe: Recipe) -> list[dict]:
     configs = []  # (table, config label, bits label, quant)
     for role in sw.roles:
         for b in sw.bits:
-            q = _with_bits(base, sw.base_bits)
+            q = with_bits(base, sw.base_bits)
             q["targets"].append({"roles": [role], "bits": b})
             configs.append(("per_role", role, b, q))
     for b in sw.uniform_bits:
-        configs.append(("uniform", "all", b, _with_bits(base, b)))
+        configs.append(("uniform", "all", b, with_bits(base, b)))
     for combo in itertools.product(*[g.bits for g in sw.pareto]):
-        q = _with_bits(base, sw.base_bits)
+        q = with_bits(base, sw.base_bits)
         label = []
         for group, b in zip(sw.pareto, combo, strict=True):
             q["targets"].append({"roles": list(group.roles), "bits": b})
