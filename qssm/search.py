@@ -22,7 +22,7 @@ from .quant.footprint import footprint
 from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe
 from .runs import load_data, load_run_model
-from .sweep import with_bits, run_point, run_points
+from .sweep import run_point, run_points, with_bits
 
 SKIP = ("layernorm (float)", "quantizer scales", "conv.buffer", "conv.delay")
 
