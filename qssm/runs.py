@@ -28,15 +28,13 @@ from .recipe import QuantConfig, Recipe, RecipeError, dump_recipe, load_recipe
 from .report import write_run_report
 from .train import evaluate, fit, seed_everything
 
-STAGE_FILES = (
-    "metrics.json",
+CHECKPOINTS = (  # resumable training state, deleted once the run is finished
     "train_state.json",
     "train_state.safetensors",
     "qat_state.json",
     "qat_state.safetensors",
-    "float.json",
-    "float.safetensors",
 )
+STAGE_FILES = ("metrics.json", *CHECKPOINTS, "float.json", "float.safetensors")
 
 
 class RunError(ValueError):
@@ -191,12 +189,7 @@ def float_stage(
 def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
     write_run_report(out, recipe, data, metrics)
     write_json(out / "metrics.json", metrics)  # last: the run is finished
-    for name in (
-        "train_state.json",
-        "train_state.safetensors",
-        "qat_state.json",
-        "qat_state.safetensors",
-    ):
+    for name in CHECKPOINTS:
         (out / name).unlink(missing_ok=True)
     return metrics
 

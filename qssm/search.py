@@ -21,7 +21,7 @@ from .io import write_json
 from .quant.footprint import footprint
 from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe
-from .runs import load_data, load_run_model
+from .runs import load_data, load_run_model, n_params
 from .sweep import run_point, run_points, with_bits
 
 SKIP = ("layernorm (float)", "quantizer scales", "conv.buffer", "conv.delay")
@@ -146,7 +146,7 @@ def _footprint(recipe: Recipe, run_dir: Path, point: dict) -> dict:
     """Footprint of ``point``'s configuration (calibrated on two sequences, so that every
     quantizer's scales exist and are counted)."""
     model, _ = load_run_model(run_dir, "float")
-    float_params = sum(p.numel() for p in model.parameters())
+    float_params = n_params(model)
     table = wrap(model, QuantConfig.model_validate(point["quant"]))
     model.train()
     with calibration_mode(model), torch.no_grad():

@@ -8,6 +8,7 @@ processes, or as Ray tasks; the results do not depend on where they ran.
 
 import copy
 import csv
+import functools
 import hashlib
 import io
 import itertools
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .data import Dataset
 from .io import atomic_write, read_json, write_json
 from .models.backbone import Classifier
 from .quant.calibrate import calibrate
@@ -26,7 +28,7 @@ from .quant.footprint import footprint
 from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe, RecipeError, parse_recipe
 from .report import write_sweep_report
-from .runs import load_data, load_run_model
+from .runs import load_data, load_run_model, n_params
 from .train import evaluate, fit, seed_everything
 
 COLUMNS = [
@@ -115,18 +117,26 @@ def point_key(sweep_dir: Path, recipe_json: dict, point: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def _inputs(recipe_text: str) -> tuple[Recipe, Dataset]:
+    """The recipe and its data, loaded once per process for all the points it runs."""
+    recipe = parse_recipe(json.loads(recipe_text))
+    return recipe, load_data(recipe)
+
+
 def run_point(sweep_dir: str, point: dict) -> dict:
     """Quantize the sweep's float model as ``point`` says; the result row (also on disk)."""
     sweep_dir = Path(sweep_dir)
     done = sweep_dir / "points" / f"{point['id']}.json"
     recipe_json = read_json(sweep_dir / "recipe.json")
     key = point_key(sweep_dir, recipe_json, point)
-    if done.exists() and read_json(done).get("key") == key:  # same config, same float model
-        return read_json(done)
-    recipe = parse_recipe(recipe_json)
-    data = load_data(recipe)
+    if done.exists():
+        row = read_json(done)
+        if row.get("key") == key:  # same config, same float model
+            return row
+    recipe, data = _inputs(json.dumps(recipe_json, sort_keys=True))
     model, _ = load_run_model(sweep_dir, "float")
-    float_params = sum(p.numel() for p in model.parameters())
+    float_params = n_params(model)
     seed_everything(point["seed"])
     table = wrap(model, QuantConfig.model_validate(point["quant"]))
     calibrate(
