@@ -110,6 +110,12 @@ class S4D(Quantizable, nn.Module):
         A_bar = torch.exp(self.dtA())
         return A_bar, (A_bar - 1) / self.A() * self._complex(self.B), C
 
+    def quantized(self) -> tuple[torch.Tensor, ...]:
+        """(Ā, B̄, C, D) as the recurrence uses them: discretized, then fake-quantized."""
+        A_bar, B_bar, C = self.discretize()
+        A_bar = self.q("A", A_bar, unit_disk=True)  # |Ā| < 1 stays true after quantization
+        return A_bar, self.q("B", B_bar), self.q("C", C), self.q("D", self.D)
+
     def readout(self, x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """y from state: x (..., H, n) → (..., H) without the D term."""
         y = (C * x).sum(-1)
@@ -136,9 +142,7 @@ class S4D(Quantizable, nn.Module):
             return y.transpose(1, 2) + u * self.D
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
-        A_bar, B_bar, C = self.discretize()
-        A_bar = self.q("A", A_bar, unit_disk=True)  # |Ā| < 1 stays true after quantization
-        B_bar, C, D = self.q("B", B_bar), self.q("C", C), self.q("D", self.D)
+        A_bar, B_bar, C, D = self.quantized()
         step = self.stepper("state", complex_state=not self.real, flat=2)  # every step
         x = torch.zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype, device=u.device)  # (B, H, n)
         collect = self.calibrating("state")

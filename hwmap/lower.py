@@ -1,0 +1,455 @@
+"""Integer lowering: a quantized run's model → an integer graph (ops over named tensors + constants).
+
+Every tensor of the graph holds *centered* integer codes (code − zero point) whose real scale is
+known at lowering time, or, for the few float functions (sigmoid of a wide accumulator, GLU), an
+exact float64 value.  Requantization is a fixed-point sum: each term (an elementwise product of
+integer tensors, a matmul with integer weight codes, or a dot over the state axis) is multiplied by
+an integer multiplier M, and the output code is ``clip((Σ term·M + 2^(S−1)) >> S)``.  S is chosen
+per op so that the sum stays below 2^52: exact in int64 (numpy) and in float64 (onnxruntime).
+
+Ops (dicts, JSON-serializable; ``hwmap.intref`` executes them, ``hwmap.onnx_export`` writes them):
+
+- ``quantize``  float input → codes: clip(rint(x / scale) + zp) − zp (float32, as QuantizeLinear)
+- ``affine``    terms × integer multipliers, shift, round half up, clip (no shift/clip: exact sum)
+- ``real``      Σ term × float64 scale → float64 (the input of a float function)
+- ``sigmoid``, ``glu``   float64 functions
+- ``round``     float64 → codes: clip(floor(v / scale + 1/2))
+- ``mean``      running-sum codes → mean codes: clip(floor(sum · ratio / count + 1/2))
+- ``lut``       codes → codes through a table (GELU of a quantized input; per channel or not)
+- ``heaviside`` codes → 1 where > 0 else 0 (the comparator of the hardware minGRU)
+- ``unsqueeze`` add a trailing axis
+
+Term kinds: ``mul`` (broadcast product of its inputs), ``matmul`` (x (B, K) @ W (K, O)), ``dot``
+(Σ over the last axis of x (B, H, n) · W (H, n)), ``const`` (a constant broadcast over the batch),
+``float`` (a float64 tensor, only in ``real``).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qssm.models.backbone import MinGRUBlock, S4DBlock
+from qssm.models.mgrade import MGradeLayer
+from qssm.quant.quantizers import PolarQuantizer
+
+PRECISION = 52  # fixed-point sums stay below 2^52: exact in int64 and float64
+MULTIPLIER_SLACK_BITS = 8  # rounded multipliers move a sum by < 1/256 of an output step
+FIXED_BITS = 16  # weights folded with per-element scales become 16-bit fixed point
+ANALOG_BITS = 20  # an unquantized ("analog") state: fixed point with 2^20 steps over its range
+INT32 = 2**31 - 1
+
+
+class LoweringError(ValueError):
+    """The model holds something the integer graph cannot express; names the module and the fix."""
+
+
+@dataclass
+class Q:
+    """Format of an integer tensor: real value = centered code × scale; stored code = centered +
+    zp; centered codes lie in [lo, hi]."""
+
+    scale: np.ndarray  # float64, broadcastable to the tensor's per-sample shape
+    zp: int
+    lo: int
+    hi: int
+    analog: bool = False
+
+    @property
+    def bound(self) -> int:
+        return max(abs(self.lo), abs(self.hi))
+
+
+def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Q | None:
+    """The format of a quantized activation site (None when the site is not quantized).
+    ``shape``: the per-sample channel shape of a per-channel scale."""
+    quantizer = module._quantizer(site)
+    if quantizer is None:
+        return None
+    if isinstance(quantizer, PolarQuantizer):
+        raise LoweringError(f"{name}: a polar quantizer on an activation cannot be lowered")
+    scale, zp, qmin, qmax = quantizer.qparams()
+    scale = scale.detach().double().numpy()
+    scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
+    zp = zp.detach().double().numpy()
+    if zp.size > 1 and np.ptp(zp) > 0 or zp.ravel()[0] != round(float(zp.ravel()[0])):
+        raise LoweringError(
+            f"{name}: per-channel or fractional zero points are not lowered; "
+            "make the role symmetric or per_tensor"
+        )
+    z = int(round(float(zp.ravel()[0])))
+    return Q(scale, z, qmin - z, qmax - z)
+
+
+def need(module, site: str, shape, name: str, why: str) -> Q:
+    q = site_q(module, site, shape, name)
+    if q is None:
+        role = module.sites()[site].role
+        raise LoweringError(
+            f"{name} is not quantized, but {why}; quantize role {role} in the recipe's quant section"
+        )
+    return q
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+class Builder:
+    """Collects ops, constants, per-tensor bounds (largest |centered code|) and states."""
+
+    def __init__(self):
+        self.ops: list[dict] = []
+        self.consts: dict[str, np.ndarray] = {}
+        self.bounds: dict[str, float] = {}
+        self.states: list[dict] = []
+        self.formats: dict[str, dict] = {}
+
+    def const(self, name: str, value) -> str:
+        value = np.asarray(value)
+        assert name not in self.consts, name
+        self.consts[name] = value
+        self.bounds[name] = float(np.abs(value).max()) if value.size else 0.0
+        return name
+
+    def state(self, name: str, q: Q, shape: tuple[int, ...]) -> str:
+        """A recurrent tensor; its next value is bound later with :meth:`bind`."""
+        self.states.append({"name": name, "shape": list(shape), "zp": q.zp, "lo": q.lo, "hi": q.hi})
+        self.bounds[name] = q.bound
+        return name
+
+    def bind(self, name: str, nxt: str) -> None:
+        next(s for s in self.states if s["name"] == name)["next"] = nxt
+
+    def emit(self, op: dict, bound: float | None = None, q: Q | None = None, site=None) -> str:
+        if site is not None:
+            op["site"] = site
+        self.ops.append(op)
+        if bound is not None:
+            self.bounds[op["out"]] = bound
+        if q is not None:
+            self.formats[op["out"]] = {
+                "scale": np.asarray(q.scale).tolist(),
+                "zp": q.zp,
+                "lo": q.lo,
+                "hi": q.hi,
+                "analog": q.analog,
+            }
+        return op["out"]
+
+    def _term_bound(self, kind: str, inputs: list[str]) -> float:
+        bound = math.prod(self.bounds[i] for i in inputs)
+        if kind == "matmul":
+            bound *= self.consts[inputs[1]].shape[0]
+        elif kind == "dot":
+            bound *= self.consts[inputs[1]].shape[-1]
+        return bound
+
+    def affine(self, out: str, terms: list, q: Q, name: str, site=None) -> str:
+        """Requantize Σ terms (kind, inputs, real scale of one unit) into format ``q``."""
+        ratios = [np.asarray(scale, dtype=np.float64) / q.scale for _, _, scale in terms]
+        total = sum(
+            self._term_bound(k, i) * np.abs(r).max()
+            for (k, i, _), r in zip(terms, ratios, strict=True)
+        )
+        shift = PRECISION - math.ceil(math.log2(total + 2))
+        # rounding the multipliers moves the sum by at most Σ bound/2^(shift+1) output steps
+        slack = sum(self._term_bound(k, i) for k, i, _ in terms) / 2.0 ** (shift + 1)
+        if slack > (1.0 if q.analog else 2.0**-MULTIPLIER_SLACK_BITS):  # analog: 2^-20 of range
+            raise LoweringError(
+                f"{name}: a 52-bit fixed-point sum cannot hold this requantization to "
+                f"1/{2**MULTIPLIER_SLACK_BITS} of an output step (its inputs are too wide for "
+                "its output scale); give the output more bits or narrow the inputs"
+            )
+        out_terms = []
+        for t, ((kind, inputs, _), r) in enumerate(zip(terms, ratios, strict=True)):
+            M = self.const(f"{out}.M{t}", np.rint(r * 2.0**shift).astype(np.int64))
+            out_terms.append([kind, list(inputs), M])
+        op = {
+            "op": "affine",
+            "out": out,
+            "terms": out_terms,
+            "shift": shift,
+            "lo": q.lo,
+            "hi": q.hi,
+        }
+        return self.emit(op, bound=q.bound, q=q, site=site)
+
+    def accumulate(self, out: str, terms: list) -> str:
+        """An exact integer sum of terms (multipliers 1, no shift, no clip)."""
+        one = np.int64(1)
+        out_terms = []
+        for t, (kind, inputs) in enumerate(terms):
+            out_terms.append([kind, list(inputs), self.const(f"{out}.M{t}", one)])
+        bound = sum(self._term_bound(k, i) for k, i in terms)
+        if bound >= 2.0**PRECISION:
+            raise LoweringError(f"{out}: an accumulator would exceed 2^{PRECISION}")
+        op = {"op": "affine", "out": out, "terms": out_terms, "shift": 0, "lo": None, "hi": None}
+        return self.emit(op, bound=bound)
+
+    def real(self, out: str, terms: list) -> str:
+        """Σ terms × float64 scale → a float64 tensor."""
+        out_terms = []
+        for t, (kind, inputs, scale) in enumerate(terms):
+            s = self.const(f"{out}.s{t}", np.asarray(scale, dtype=np.float64))
+            out_terms.append([kind, list(inputs), s])
+        return self.emit({"op": "real", "out": out, "terms": out_terms})
+
+    def round(self, out: str, src: str, q: Q, site=None) -> str:
+        op = {"op": "round", "out": out, "in": src, "scale": self.const(f"{out}.scale", q.scale)}
+        return self.emit({**op, "lo": q.lo, "hi": q.hi}, bound=q.bound, q=q, site=site)
+
+
+# ------------------------------------------------------------------------------------- pieces
+
+
+def fixed(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Real weights (O, K) → 16-bit integers and a per-output scale (O, 1)."""
+    top = np.abs(w).max(axis=-1, keepdims=True)
+    scale = np.where(top > 0, top / (2 ** (FIXED_BITS - 1) - 1), 1.0)
+    return np.rint(w / scale).astype(np.int64), scale
+
+
+def linear_terms(b: Builder, lin, x: str, qx: Q, name: str) -> list:
+    """Terms of W x + bias for a QLinear on codes ``x`` of format ``qx``."""
+    if lin._quantizer("weight") is None:
+        raise LoweringError(
+            f"{name}.weight is not quantized; quantize role {lin.roles[0]} in the recipe"
+        )
+    with torch.no_grad():
+        W = _np(lin.q("weight", lin.weight))  # (O, K)
+        bias = _np(lin.q("bias", lin.bias))  # (O,)
+    s_w = _np(lin._quantizer("weight").qparams()[0]).reshape(-1, 1)  # (O, 1) or (1, 1)
+    if np.ndim(qx.scale) == 0:  # codes times a per-output scale
+        codes = np.rint(W / s_w).astype(np.int64)
+        terms = [("matmul", [x, b.const(f"{name}.W", codes.T)], (s_w * qx.scale).ravel())]
+    else:  # a per-channel input scale is folded into 16-bit fixed-point weights
+        codes, scale = fixed(W * qx.scale)
+        terms = [("matmul", [x, b.const(f"{name}.W", codes.T)], scale.ravel())]
+    if lin._quantizer("bias") is not None:
+        s_b = _np(lin._quantizer("bias").qparams()[0]).ravel()[0]
+        bias_codes = np.rint(bias / s_b).astype(np.int64)
+        terms.append(("const", [b.const(f"{name}.b", bias_codes)], s_b))
+    elif np.any(bias != 0):
+        bias_codes, scale = fixed(bias[None])
+        terms.append(("const", [b.const(f"{name}.b", bias_codes[0])], scale.ravel()[0]))
+    return terms
+
+
+def times(b: Builder, z: str, s_z, terms: list, name: str) -> list:
+    """The terms of z ⊙ (Σ terms): contractions are first accumulated exactly."""
+    out = []
+    for t, (kind, inputs, scale) in enumerate(terms):
+        if kind in ("matmul", "dot"):
+            acc = b.accumulate(f"{name}.acc{t}", [(kind, inputs)])
+            out.append(("mul", [z, acc], s_z * scale))
+        else:
+            out.append(("mul", [z, *inputs], s_z * scale))
+    return out
+
+
+def real_bound(b: Builder, terms: list) -> float:
+    return sum(b._term_bound(k, i) * np.abs(s).max() for k, i, s in terms)
+
+
+def lut(b: Builder, module, site: str, fn, x: str, qx: Q, name: str) -> tuple[str, Q]:
+    """codes → fn → the site's quantizer, tabulated over every input code (exactly the
+    fake-quant arithmetic: the table is computed by the same float32 torch ops)."""
+    channels = np.shape(qx.scale)
+    q = need(module, site, channels or None, f"{name}.{site}", "it follows a lookup table")
+    codes = np.arange(qx.lo, qx.hi + 1)
+    if qx.hi - qx.lo > 2**16:
+        raise LoweringError(f"{name}: a {qx.hi - qx.lo + 1}-entry lookup table is too large")
+    x_real = torch.tensor(codes[:, None] * np.reshape(qx.scale, (1, -1)), dtype=torch.float32)
+    with torch.no_grad():
+        y = _np(module.q(site, fn(x_real[None]))[0])  # (K, C)
+    table = np.rint(y / np.reshape(q.scale, (1, -1))).astype(np.int64)
+    op = {"op": "lut", "out": f"{name}.{site}", "in": x, "offset": int(qx.lo)}
+    op["table"] = b.const(f"{name}.{site}.table", table if table.shape[1] > 1 else table[:, 0])
+    return b.emit(op, bound=q.bound, q=q, site=f"{name}:{site}"), q
+
+
+# ------------------------------------------------------------------------------------- blocks
+
+
+def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[str, Q]:
+    ssm, sname = block.ssm, f"{name}.ssm"
+    H, n = ssm.C.shape[:2]
+    with torch.no_grad():
+        A, B_, C, D = (
+            _np(t) if not t.is_complex() else t.detach().cdouble().numpy() for t in ssm.quantized()
+        )
+    qx = need(ssm, "state", (H, n), f"{sname}.state", "the recurrence is lowered in codes")
+    if qx.zp != 0:
+        raise LoweringError(
+            f"{sname}.state: an asymmetric state cannot be lowered; make it symmetric"
+        )
+    sx, su = qx.scale, np.reshape(qu.scale, (-1, 1)) if np.ndim(qu.scale) else qu.scale
+    u3 = b.emit({"op": "unsqueeze", "out": f"{sname}.u", "in": u}, bound=qu.bound)
+    parts = ["re", "im"] if not ssm.real else ["re"]
+    x = {p: b.state(f"{sname}.x_{p}", qx, (H, n)) for p in parts}
+    if ssm.real:
+        update = {"re": [("mul", [x["re"]], A * sx), ("mul", [u3], B_ * su)]}
+        readout = {"re": C}
+    else:
+        update = {
+            "re": [
+                ("mul", [x["re"]], A.real * sx),
+                ("mul", [x["im"]], -A.imag * sx),
+                ("mul", [u3], B_.real * su),
+            ],
+            "im": [
+                ("mul", [x["re"]], A.imag * sx),
+                ("mul", [x["im"]], A.real * sx),
+                ("mul", [u3], B_.imag * su),
+            ],
+        }
+        readout = {"re": 2 * C.real, "im": -2 * C.imag}
+    new = {}
+    for p in parts:
+        new[p] = b.affine(f"{sname}.x_{p}'", update[p], qx, f"{sname}.state")
+        b.bind(x[p], new[p])
+    qy = need(ssm, "output", (H,), f"{sname}.output", "GELU is a lookup table over its codes")
+    terms = []
+    for p in parts:  # per-element state scales fold into 16-bit readout weights
+        w, s = fixed(readout[p] * sx)
+        terms.append(("dot", [new[p], b.const(f"{sname}.C_{p}", w)], s.ravel()))
+    terms.append(("mul", [u], D * np.ravel(qu.scale) if np.ndim(qu.scale) else D * qu.scale))
+    y = b.affine(f"{sname}.output", terms, qy, sname, site=f"{sname}:output")
+    g, qg = lut(b, block, "gelu", F.gelu, y, qy, name)
+    v = b.real(f"{name}.linear", linear_terms(b, block.linear, g, qg, f"{name}.linear"))
+    glu = b.emit({"op": "glu", "out": f"{name}.glu", "in": v})
+    qb = need(block, "block", (H,), f"{name}.block", "the block output is a code")
+    r = b.real(f"{name}.residual", [("mul", [u], qu.scale), ("float", [glu], 1.0)])
+    return b.round(f"{name}.block", r, qb, site=f"{name}:block"), qb
+
+
+def mingru(b: Builder, gru, name: str, x: str, qx: Q) -> tuple[str, Q]:
+    H = gru.Wz.out_features
+    qg = need(gru, "gate", (H,), f"{name}.gate", "the gate multiplies the state in codes")
+    z_terms = linear_terms(b, gru.Wz, x, qx, f"{name}.Wz")
+    if gru.hardware:  # hard sigmoid: clamp(v/4 + 1/2, 0, 1) is a requantization with a clip
+        one = b.const(f"{name}.one", np.int64(1))
+        terms = [(k, i, s / 4) for k, i, s in z_terms] + [("const", [one], 0.5)]
+        top = math.floor(1 / float(np.max(qg.scale)) + 0.5)
+        qz = Q(qg.scale, qg.zp, max(qg.lo, 0), min(qg.hi, top))
+        z = b.affine(f"{name}.gate", terms, qz, f"{name}.gate", site=f"{name}:gate")
+    else:
+        v = b.real(f"{name}.pre_gate", z_terms)
+        s = b.emit({"op": "sigmoid", "out": f"{name}.sigmoid", "in": v})
+        z = b.round(f"{name}.gate", s, qg, site=f"{name}:gate")
+    c_terms = linear_terms(b, gru.Wh, x, qx, f"{name}.Wh")
+    qc = site_q(gru, "cand", (H,), f"{name}.cand")
+    if qc is not None:
+        cand = b.affine(f"{name}.cand", c_terms, qc, f"{name}.cand", site=f"{name}:cand")
+        c_terms = [("mul", [cand], qc.scale)]
+    qh = site_q(gru, "state", (H,), f"{name}.state")
+    if qh is None:  # analog state: |h| ≤ max |h̃| (a convex combination), fixed point over it
+        top = real_bound(b, c_terms)
+        span = 2**ANALOG_BITS + 2  # rounding may step past the bound by one
+        qh = Q(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
+    h = b.state(f"{name}.h", qh, (H,))
+    terms = [("mul", [h], qh.scale), ("mul", [z, h], -qg.scale * qh.scale)]
+    h_new = b.affine(
+        f"{name}.h'", terms + times(b, z, qg.scale, c_terms, name), qh, f"{name}.state"
+    )
+    b.bind(h, h_new)
+    if gru.hardware:  # comparator: binary output
+        one = Q(np.float64(1.0), 0, 0, 1)
+        return b.emit({"op": "heaviside", "out": f"{name}.out", "in": h_new}, bound=1, q=one), one
+    qo = need(gru, "output", (H,), f"{name}.output", "the output is a code")
+    return b.affine(
+        f"{name}.out", [("mul", [h_new], qh.scale)], qo, name, site=f"{name}:output"
+    ), qo
+
+
+def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Q) -> tuple[str, Q]:
+    if not block.hardware:
+        raise LoweringError(
+            f"{name}: LayerNorm is not lowered to integers yet; the hardware minGRU "
+            "(family mingru_hw) has none"
+        )
+    return mingru(b, block.gru, f"{name}.gru", x, qx)
+
+
+def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Q) -> tuple[str, Q]:
+    raise LoweringError(
+        f"{name}: mGRADE's LayerNorm and MLP GELU act on unquantized accumulators and are not "
+        "lowered to integers yet; S4D, S4D-Real and the hardware minGRU are"
+    )
+
+
+BLOCKS = {S4DBlock: s4d_block, MinGRUBlock: mingru_block, MGradeLayer: mgrade_block}
+
+
+def lower(model) -> dict:
+    """A quantized Classifier → {"meta", "states", "step", "head", "consts", "formats"}."""
+    b = Builder()
+    d_in, H = model.d_input, model.encoder.out_features
+    qi = need(model, "input", (d_in,), "input", "the graph takes codes")
+    x = b.emit(
+        {
+            "op": "quantize",
+            "out": "input",
+            "in": "x",
+            "zp": qi.zp,
+            "lo": qi.lo,
+            "hi": qi.hi,
+            "scale": b.const("input.scale", np.float32(qi.scale)),
+        },
+        bound=qi.bound,
+        q=qi,
+        site=":input",
+    )
+    qe = need(model, "encoder", (H,), "encoder output", "it feeds the first block")
+    h = b.affine(
+        "encoder", linear_terms(b, model.encoder, x, qi, "encoder"), qe, "encoder", site=":encoder"
+    )
+    qh = qe
+    for i, block in enumerate(model.blocks):
+        h, qh = BLOCKS[type(block)](b, block, f"blocks.{i}", h, qh)
+    step = list(b.ops)
+    b.ops = []
+    qp = need(model, "pool", (H,), "pooled features", "the decoder takes codes")
+    if model.pool == "mean":
+        total = b.state("pool.sum", Q(np.float64(1), 0, -INT32, INT32), (H,))
+        count = b.state("pool.count", Q(np.float64(1), 0, 0, INT32), (1,))
+        one = b.const("pool.one", np.int64(1))
+        b.ops = step
+        b.bind(total, b.accumulate("pool.sum'", [("mul", [total]), ("mul", [h])]))
+        b.bind(count, b.accumulate("pool.count'", [("mul", [count]), ("const", [one])]))
+        step, b.ops = b.ops, []
+        ratio = b.const("pool.ratio", np.asarray(qh.scale / qp.scale, dtype=np.float64))
+        pooled = b.emit(
+            {
+                "op": "mean",
+                "out": "pool",
+                "in": "pool.sum'",
+                "count": "pool.count'",
+                "ratio": ratio,
+                "lo": qp.lo,
+                "hi": qp.hi,
+            },
+            bound=qp.bound,
+            q=qp,
+            site=":pool",
+        )
+    else:  # the last step's output, kept as a state so the head sees it after a scan
+        b.bind(b.state("pool.last", qh, (H,)), h)
+        pooled = b.affine("pool", [("mul", [h], qh.scale)], qp, "pool", site=":pool")
+    b.real("logits", linear_terms(b, model.decoder, pooled, qp, "decoder"))
+    return {
+        "meta": {
+            "family": model.config["family"],
+            "d_input": d_in,
+            "n_classes": model.n_classes,
+            "output": h,
+        },
+        "states": b.states,
+        "step": step,
+        "head": b.ops,
+        "consts": b.consts,
+        "formats": b.formats,
+    }
