@@ -32,6 +32,21 @@ def load_graph(path: Path) -> dict:
     return graph
 
 
+SQRT1_2 = 0.7071067811865476
+ERF_P = 0.3275911  # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); onnxruntime has no
+ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # float64 Erf
+
+
+def erf(z: np.ndarray) -> np.ndarray:
+    """erf in the exact op order of the ONNX graph."""
+    a = np.abs(z)
+    t = 1.0 / (1.0 + ERF_P * a)
+    poly = ERF_A[4]
+    for c in ERF_A[3::-1]:
+        poly = poly * t + c
+    return np.sign(z) * (1.0 - poly * t * np.exp(-(a * a)))
+
+
 def _term(kind: str, args: list[np.ndarray]) -> np.ndarray:
     if kind == "matmul":
         return args[0] @ args[1]
@@ -79,6 +94,16 @@ def _run_op(op: dict, env: dict, consts: dict) -> None:
         idx = get(op["in"]) - op["offset"]
         table = get(op["table"])
         out = table[idx] if table.ndim == 1 else table[idx, np.arange(table.shape[1])]
+    elif kind == "layernorm":
+        x, H = get(op["in"]), op["H"]
+        s1, s2 = x.sum(-1, keepdims=True), (x * x).sum(-1, keepdims=True)
+        den = np.sqrt((H * s2 - s1 * s1).astype(np.float64) + get(op["eps"]))
+        out = (H * x - s1).astype(np.float64) / den * get(op["gamma"]) + get(op["beta"])
+    elif kind == "gelu":
+        v = get(op["in"])
+        out = 0.5 * v * (1.0 + erf(v * SQRT1_2))
+    elif kind == "shift":  # delay line: the newest code enters at delay 0
+        out = np.concatenate([get(op["in"])[..., None], get(op["buffer"])[..., :-1]], -1)
     elif kind == "heaviside":
         out = (get(op["in"]) > 0).astype(np.int64)
     elif kind == "unsqueeze":
@@ -92,11 +117,14 @@ def init_state(graph: dict, batch: int) -> dict[str, np.ndarray]:
     return {s["name"]: np.zeros((batch, *s["shape"]), dtype=np.int64) for s in graph["states"]}
 
 
-def step(graph: dict, x_t: np.ndarray, state: dict) -> tuple[dict, dict]:
-    """One timestep: x_t (B, d_input) float → (env of every tensor, next state)."""
+def step(graph: dict, x_t: np.ndarray, state: dict, after=None) -> tuple[dict, dict]:
+    """One timestep: x_t (B, d_input) float → (env of every tensor, next state).
+    ``after(op, env)``, when given, runs after each op (verification forces codes there)."""
     env = {"x": x_t, **state}
     for op in graph["step"]:
         _run_op(op, env, graph["consts"])
+        if after is not None:
+            after(op, env)
     return env, {s["name"]: env[s["next"]] for s in graph["states"]}
 
 

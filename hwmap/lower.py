@@ -1,4 +1,4 @@
-"""Integer lowering: a quantized run's model → an integer graph (ops over named tensors + constants).
+"""Integer lowering: a quantized run's model → an integer graph (ops over named tensors).
 
 Every tensor of the graph holds *centered* integer codes (code − zero point) whose real scale is
 known at lowering time, or, for the few float functions (sigmoid of a wide accumulator, GLU), an
@@ -88,7 +88,8 @@ def need(module, site: str, shape, name: str, why: str) -> Q:
     if q is None:
         role = module.sites()[site].role
         raise LoweringError(
-            f"{name} is not quantized, but {why}; quantize role {role} in the recipe's quant section"
+            f"{name} is not quantized, but {why}; quantize role {role} in the recipe's "
+            "quant section"
         )
     return q
 
@@ -358,27 +359,113 @@ def mingru(b: Builder, gru, name: str, x: str, qx: Q) -> tuple[str, Q]:
     b.bind(h, h_new)
     if gru.hardware:  # comparator: binary output
         one = Q(np.float64(1.0), 0, 0, 1)
-        return b.emit({"op": "heaviside", "out": f"{name}.out", "in": h_new}, bound=1, q=one), one
+        op = {"op": "heaviside", "out": f"{name}.out", "in": h_new}
+        return b.emit(op, bound=1, q=one, site=f"{name}:comparator"), one
     qo = need(gru, "output", (H,), f"{name}.output", "the output is a code")
     return b.affine(
         f"{name}.out", [("mul", [h_new], qh.scale)], qo, name, site=f"{name}:output"
     ), qo
 
 
-def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Q) -> tuple[str, Q]:
-    if not block.hardware:
+def layernorm(b: Builder, norm, x: str, qx: Q, name: str) -> str:
+    """LayerNorm of codes, in float64 from exact integer moments:
+    (H·x − Σx) / sqrt(H·Σx² − (Σx)² + H²·eps/s²) · γ + β."""
+    if np.ndim(qx.scale):
         raise LoweringError(
-            f"{name}: LayerNorm is not lowered to integers yet; the hardware minGRU "
-            "(family mingru_hw) has none"
+            f"{name}: LayerNorm over a per-channel scale; make its input per_tensor"
         )
-    return mingru(b, block.gru, f"{name}.gru", x, qx)
+    H = norm.normalized_shape[0]
+    op = {"op": "layernorm", "out": name, "in": x, "H": H}
+    op["eps"] = b.const(f"{name}.eps", np.float64(H * H * norm.eps / float(qx.scale) ** 2))
+    op["gamma"] = b.const(f"{name}.gamma", _np(norm.weight))
+    op["beta"] = b.const(f"{name}.beta", _np(norm.bias))
+    return b.emit(op)
+
+
+def act_round(b: Builder, module, site: str, v: str, H: int, name: str, why: str) -> tuple[str, Q]:
+    """A float64 tensor onto a quantized activation site."""
+    q = need(module, site, (H,), f"{name}.{site}", why)
+    return b.round(f"{name}.{site}", v, q, site=f"{name}:{site}"), q
+
+
+def residual(b: Builder, module, x: str, qx: Q, v: str, H: int, site: str, name: str):
+    r = b.real(f"{name}.{site}.sum", [("mul", [x], qx.scale), ("float", [v], 1.0)])
+    return act_round(b, module, site, r, H, name, "the residual sum is a code")
+
+
+def mlp(b: Builder, m, x: str, qx: Q, name: str) -> str:
+    """fc1 → GELU → the gelu site → fc2, as float64 (the residual adds it)."""
+    v = b.real(f"{name}.fc1", linear_terms(b, m.fc1, x, qx, f"{name}.fc1"))
+    g = b.emit({"op": "gelu", "out": f"{name}.gelu_f", "in": v})
+    g, qg = act_round(b, m, "gelu", g, m.fc1.out_features, name, "fc2 takes codes")
+    return b.real(f"{name}.fc2", linear_terms(b, m.fc2, g, qg, f"{name}.fc2"))
+
+
+def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Q) -> tuple[str, Q]:
+    if block.hardware:
+        return mingru(b, block.gru, f"{name}.gru", x, qx)
+    H = block.norm1.normalized_shape[0]
+    n1, q1 = act_round(
+        b,
+        block,
+        "norm1",
+        layernorm(b, block.norm1, x, qx, f"{name}.ln1"),
+        H,
+        name,
+        "the minGRU takes codes",
+    )
+    g, qg = mingru(b, block.gru, f"{name}.gru", n1, q1)
+    mid, qm = residual(
+        b, block, x, qx, b.real(f"{name}.gru_f", [("mul", [g], qg.scale)]), H, "mid", name
+    )
+    n2, q2 = act_round(
+        b,
+        block,
+        "norm2",
+        layernorm(b, block.norm2, mid, qm, f"{name}.ln2"),
+        H,
+        name,
+        "the MLP takes codes",
+    )
+    return residual(b, block, mid, qm, mlp(b, block.mlp, n2, q2, f"{name}.mlp"), H, "block", name)
+
+
+def delay_line(b: Builder, conv, x: str, qx: Q, name: str) -> tuple[str, np.ndarray]:
+    """The integer-delay convolution as a buffer of the last max_delay input codes (a state)
+    and the kernel codes (H, max_delay) with their per-channel scale."""
+    if not conv.integer_delays:
+        raise LoweringError(f"{name}: delays are not integer; quantize role conv.delay")
+    if conv._quantizer("weight") is None:
+        raise LoweringError(f"{name}.weight is not quantized; quantize role conv.weight")
+    H, J = conv.weight.shape[0], conv.max_delay
+    with torch.no_grad():
+        kernel = _np(conv.kernel())  # (H, J): tap weights at their integer delays
+    s_w = _np(conv._quantizer("weight").qparams()[0]).reshape(-1, 1)  # (H, 1)
+    buf = b.state(f"{name}.buffer", qx, (H, J))
+    new = b.emit({"op": "shift", "out": f"{name}.buffer'", "in": x, "buffer": buf}, bound=qx.bound)
+    b.bind(buf, new)
+    codes = b.const(f"{name}.K", np.rint(kernel / s_w).astype(np.int64))
+    return new, codes, s_w.ravel() * qx.scale
 
 
 def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Q) -> tuple[str, Q]:
-    raise LoweringError(
-        f"{name}: mGRADE's LayerNorm and MLP GELU act on unquantized accumulators and are not "
-        "lowered to integers yet; S4D, S4D-Real and the hardware minGRU are"
+    H = block.norm.normalized_shape[0]
+    n, qn = act_round(
+        b,
+        block,
+        "norm",
+        layernorm(b, block.norm, x, qx, f"{name}.ln"),
+        H,
+        name,
+        "the delay line holds codes",
     )
+    buf, K, scale = delay_line(b, block.conv, n, qn, f"{name}.conv")
+    qc = need(block, "conv", (H,), f"{name}.conv", "the minGRU takes codes")
+    u = b.affine(
+        f"{name}.conv", [("dot", [buf, K], scale)], qc, f"{name}.conv", site=f"{name}:conv"
+    )
+    g, qg = mingru(b, block.gru, f"{name}.gru", u, qc)
+    return residual(b, block, x, qx, mlp(b, block.mlp, g, qg, f"{name}.mlp"), H, "block", name)
 
 
 BLOCKS = {S4DBlock: s4d_block, MinGRUBlock: mingru_block, MGradeLayer: mgrade_block}

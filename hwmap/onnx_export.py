@@ -151,6 +151,24 @@ class Emitter:
             out = self.node("Mul", [out, a], hint)
         return out
 
+    def mul(self, a: str, b: str, hint: str) -> str:
+        return self.node("Mul", [a, b], hint)
+
+    def erf(self, z: str, hint: str) -> str:
+        """``intref.erf``, op for op."""
+        a = self.node("Abs", [z], hint)
+        t = self.mul(self.scalar(intref.ERF_P), a, hint)
+        t = self.node(
+            "Div", [self.scalar(1.0), self.node("Add", [self.scalar(1.0), t], hint)], hint
+        )
+        poly = self.scalar(intref.ERF_A[4])
+        for c in intref.ERF_A[3::-1]:
+            poly = self.node("Add", [self.mul(poly, t, hint), self.scalar(c)], hint)
+        e = self.node("Exp", [self.node("Neg", [self.mul(a, a, hint)], hint)], hint)
+        tail = self.mul(self.mul(poly, t, hint), e, hint)
+        one_minus = self.node("Sub", [self.scalar(1.0), tail], hint)
+        return self.mul(self.node("Sign", [z], hint), one_minus, hint)
+
     def set(self, value: str, out: str) -> None:
         self.nodes.append(helper.make_node("Identity", [value], [self.prefix + out]))
 
@@ -164,8 +182,14 @@ class Emitter:
             np_type, _, _ = code_type(min(lo, 0), max(hi, 0))
             scale = self.init(op["scale"], self.consts[op["scale"]].astype(np.float32))
             z = self.init(f"c/zp_{np.dtype(np_type).name}_{zp}", np.asarray(zp, dtype=np_type))
-            code = self.node("QuantizeLinear", [self.get(op["in"]), scale, z], out)
-            v = self.from_code(code, zp, np_type, True, out)
+            if self.qonnx:  # Quant at scale 1 on x / scale: the same rounding as QuantizeLinear
+                d = self.node("Div", [self.get(op["in"]), scale], out)
+                code = self.quant(d, zp, np_type, out, dequant=False)
+                v = self.node("Sub", [code, self.init(f"c/f{zp}", np.float32(zp))], out)
+                v = self.node("Cast", [v], out, to=TensorProto.DOUBLE)
+            else:
+                code = self.node("QuantizeLinear", [self.get(op["in"]), scale, z], out)
+                v = self.from_code(code, zp, np_type, True, out)
             return self.set(self.clip(v, op["lo"], op["hi"], out), out)
         if kind in ("affine", "real"):
             acc = None
@@ -215,6 +239,39 @@ class Emitter:
                 flat = self.weight(op["table"])
             idx = self.node("Cast", [idx], out, to=TensorProto.INT64)
             return self.set(self.node("Gather", [flat, idx], out, axis=0), out)
+        if kind == "layernorm":
+            x, H = self.get(op["in"]), float(op["H"])
+            axes = self.init("c/axis_last", np.int64([-1]))
+            s1 = self.node("ReduceSum", [x, axes], out, keepdims=1)
+            s2 = self.node("ReduceSum", [self.node("Mul", [x, x], out), axes], out, keepdims=1)
+            var = self.node(
+                "Sub", [self.mul(self.scalar(H), s2, out), self.node("Mul", [s1, s1], out)], out
+            )
+            den = self.node("Sqrt", [self.node("Add", [var, self.get(op["eps"])], out)], out)
+            num = self.node("Sub", [self.mul(self.scalar(H), x, out), s1], out)
+            v = self.node("Mul", [self.node("Div", [num, den], out), self.get(op["gamma"])], out)
+            return self.set(self.node("Add", [v, self.get(op["beta"])], out), out)
+        if kind == "gelu":
+            v = self.get(op["in"])
+            e = self.erf(self.mul(v, self.scalar(intref.SQRT1_2), out), out)
+            half = self.mul(self.scalar(0.5), v, out)
+            return self.set(self.mul(half, self.node("Add", [self.scalar(1.0), e], out), out), out)
+        if kind == "shift":
+            buf = self.get(op["buffer"])
+            new = self.node(
+                "Unsqueeze", [self.get(op["in"]), self.init("c/axis_last", np.int64([-1]))], out
+            )
+            old = self.node(
+                "Slice",
+                [
+                    buf,
+                    self.init("c/zero_i64", np.int64([0])),
+                    self.init("c/minus1_i64", np.int64([-1])),
+                    self.init("c/axis_last", np.int64([-1])),
+                ],
+                out,
+            )
+            return self.set(self.node("Concat", [new, old], out, axis=-1), out)
         if kind == "heaviside":
             g = self.node("Greater", [self.get(op["in"]), self.scalar(0.0)], out)
             return self.set(self.node("Cast", [g], out, to=TensorProto.DOUBLE), out)

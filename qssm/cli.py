@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from hwmap.lower import LoweringError
+
 from .data import DataError
 from .io import CheckpointError, read_json, write_json
 from .recipe import RecipeError, load_recipe
@@ -25,7 +27,7 @@ from .search import search
 from .sweep import check_points, compare, read_csv, sweep
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-USER_ERRORS = (RecipeError, RunError, CheckpointError, DataError)
+USER_ERRORS = (RecipeError, RunError, CheckpointError, DataError, LoweringError)
 
 
 class Regression(Exception):
@@ -165,6 +167,22 @@ def cmd_eval(args) -> dict:
     return r
 
 
+def cmd_export(args) -> dict:
+    from hwmap.export import export_run  # onnx and onnxruntime load only when exporting
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else None
+    r = export_run(run_dir, out, args.format, args.limit, progress=not args.quiet)
+    fq, ox, st = r["fakequant_vs_intref"], r["onnx_vs_intref"], r["step_vs_sequence"]
+    print(
+        f"fake-quant vs intref: {100 * fq['prediction_agreement']:.2f} % same predictions, "
+        f"codes within {fq['max_code_diff']} LSB per op; onnxruntime vs intref: "
+        f"{100 * ox['code_agreement']:.2f} % identical codes; step vs sequence graph: "
+        f"{100 * st['code_agreement']:.2f} % → {out or run_dir / 'hw'}/verify.json"
+    )
+    return r
+
+
 def cmd_recipes(args) -> dict:
     found = {}
     for path in sorted(RECIPES.rglob("*.yaml")):
@@ -277,6 +295,23 @@ def parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="sensitivity points in parallel processes"
     )
     h.set_defaults(func=cmd_search)
+
+    x = sub.add_parser(
+        "export",
+        help="integer graph, ONNX files and verification of a quantized run",
+        description="Lowers a quantized run to an integer graph (graph.json + graph.npz: codes, "
+        "fixed-point multipliers and shifts, lookup tables), writes ONNX files that "
+        "onnxruntime runs (qcdq: step.onnx for streaming and sequence.onnx, a Scan around the "
+        "same step; qonnx: step_qonnx.onnx with Quant nodes) and verify.json: Brevitas "
+        "fake-quant vs the integer reference, onnxruntime vs the integer reference, and the "
+        "streamed step graph vs the sequence graph, on the recipe's test split.",
+    )
+    x.add_argument("run_dir", help="a run dir written by `qssm quantize`")
+    x.add_argument("--format", choices=["qcdq", "qonnx"], default="qcdq", help="ONNX flavour")
+    x.add_argument("--out", help="output dir (default RUN_DIR/hw)")
+    x.add_argument("--limit", type=int, help="verify on the first N test sequences only")
+    x.add_argument("--quiet", action="store_true", help="no progress bars")
+    x.set_defaults(func=cmd_export)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.set_defaults(func=cmd_recipes)

@@ -1,0 +1,100 @@
+"""Tiny quantized runs (sdigits, 64 steps) of every family, made once per test session."""
+
+import numpy as np
+import pytest
+
+from qssm.recipe import parse_recipe
+from qssm.runs import load_data, open_run, quantize_run
+
+MODELS = {
+    "s4d": {"family": "s4d", "d_model": 8, "d_state": 8, "dt_min": 0.01, "dt_max": 0.5},
+    "s4d_real": {"family": "s4d_real", "d_model": 8, "d_state": 8, "dt_min": 0.01, "dt_max": 0.5},
+    "mingru_hw": {"family": "mingru_hw", "d_model": 8, "n_layers": 2},
+    "mingru": {"family": "mingru", "d_model": 8},
+    "mgrade": {"family": "mgrade", "d_model": 8, "n_layers": 1, "max_delay": 8, "n_taps": 2},
+}
+QUANT = {  # the shipped recipes' styles: polar + per-channel, cartesian, analog state, 8 bit
+    "s4d": {
+        "default": {"bits": 4, "granularity": "per_channel", "complex": "polar"},
+        "targets": [
+            {"roles": ["ssm.A", "ssm.state"], "bits": 8},
+            {"roles": ["act.input", "act.output", "ssm.output"], "granularity": "per_tensor"},
+        ],
+    },
+    "s4d_real": {"parameterization": "discrete_cartesian", "default": {"bits": 6}},
+    "mingru_hw": {
+        "default": {"bits": 2, "observer": "mse"},
+        "targets": [
+            {"roles": ["gru.bz", "gru.bh", "gru.gate"], "bits": 6},
+            {"roles": ["gru.state", "gru.cand"], "enabled": False},
+            {"roles": ["act.input", "act.output"], "bits": 8},
+        ],
+    },
+    "mingru": {"default": {"bits": 8}},
+    "mgrade": {
+        "default": {"bits": 8, "granularity": "per_channel"},
+        "targets": [{"roles": ["act.input", "act.output"], "granularity": "per_tensor"}],
+    },
+}
+
+
+def tiny_recipe(family: str, quant: dict | None = None):
+    return parse_recipe(
+        {
+            "name": f"tiny_{family}",
+            "seed": 0,
+            "data": {"name": "sdigits", "options": {"limit_train": 128, "limit_test": 64}},
+            "model": MODELS[family],
+            "float": {"epochs": 1, "batch_size": 32},
+            "quant": quant or QUANT[family],
+            "ptq": {"calibration_batches": 2, "batch_size": 32},
+            "qat": {"epochs": 1, "batch_size": 32},
+            "eval": {"batch_size": 32},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """family → a finished quantized run dir (made on first use)."""
+    made = {}
+
+    def make(family: str):
+        if family not in made:
+            r = tiny_recipe(family)
+            out = open_run(tmp_path_factory.mktemp(family) / "run", r, force=False)
+            quantize_run(r, load_data(r), out, progress=False)
+            made[family] = out
+        return made[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def recipe_of():
+    """family → its tiny recipe."""
+    return tiny_recipe
+
+
+@pytest.fixture
+def hand_graph() -> dict:
+    """x → codes at scale 0.5 (4 bits) → requantized by 3/4 (M = 3, shift 2) → logits."""
+    return {
+        "meta": {"family": "hand", "d_input": 3, "n_classes": 3, "output": "y"},
+        "states": [],
+        "step": [
+            {"op": "quantize", "out": "c", "in": "x", "scale": "s", "zp": 0, "lo": -8, "hi": 7},
+            {
+                "op": "affine",
+                "out": "y",
+                "terms": [["mul", ["c"], "M"]],
+                "shift": 2,
+                "lo": -8,
+                "hi": 7,
+                "site": "y",
+            },
+        ],
+        "head": [{"op": "real", "out": "logits", "terms": [["mul", ["y"], "one"]]}],
+        "consts": {"s": np.float32(0.5), "M": np.int64(3), "one": np.float64(1.0)},
+        "formats": {},
+    }

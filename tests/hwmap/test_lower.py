@@ -1,0 +1,129 @@
+"""Lowering: Brevitas fake-quant and the integer reference agree; what cannot be lowered says so."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hwmap import verify
+from hwmap.lower import LoweringError, lower
+from qssm.runs import build_model, load_data, load_run_model
+
+FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fakequant_and_intref_agree(family, tiny_run, recipe_of):
+    run = tiny_run(family)
+    model, _ = load_run_model(run)
+    graph = lower(model)
+    x = load_data(recipe_of(family)).test.x.numpy()
+    r = verify.fakequant_vs_intref(model, graph, x)
+    assert r["prediction_agreement"] >= 0.98  # 64 sequences: at most one may flip
+    assert r["max_code_diff"] <= 1  # per op, given the same input codes
+    traced = r["forced_per_site"]
+    assert ":input" in traced and ":encoder" in traced
+    differing = sum(s["differing"] for s in traced.values())
+    assert differing <= 1e-3 * sum(s["codes"] for s in traced.values())
+
+
+def test_states_and_formats_are_described(tiny_run):
+    graph = lower(load_run_model(tiny_run("s4d"))[0])
+    names = [s["name"] for s in graph["states"]]
+    assert names == ["blocks.0.ssm.x_re", "blocks.0.ssm.x_im", "pool.sum", "pool.count"]
+    assert all("next" in s for s in graph["states"])
+    state = graph["states"][0]
+    assert (state["lo"], state["hi"]) == (-127, 127) or (state["lo"], state["hi"]) == (-128, 127)
+    fmt = graph["formats"]["blocks.0.ssm.output"]
+    assert fmt["hi"] == 7 and np.ndim(fmt["scale"]) == 0  # 4-bit, per tensor
+    for op in graph["step"]:  # every requantization is a fixed-point multiplier and a shift
+        if op["op"] == "affine" and op["shift"]:
+            for _, _, m in op["terms"]:
+                assert graph["consts"][m].dtype == np.int64
+
+
+def _model(recipe_of, family: str, quant: dict):
+    r = recipe_of(family, quant)
+    header = {"model": r.model_dict(), "d_input": 1, "n_classes": 10}
+    model = build_model(header, r.quant.model_dump(mode="json"))
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "family, quant, words",
+    [
+        (
+            "s4d",
+            {"default": {"bits": 8}, "targets": [{"roles": ["ssm.output"], "enabled": False}]},
+            ["blocks.0.ssm.output", "ssm.output", "lookup table"],
+        ),
+        (
+            "s4d",
+            {"default": {"bits": 8}, "targets": [{"roles": ["ssm.state"], "enabled": False}]},
+            ["blocks.0.ssm.state", "ssm.state"],
+        ),
+        (
+            "mingru_hw",
+            {"default": {"bits": 8}, "targets": [{"roles": ["gru.Wz"], "enabled": False}]},
+            ["blocks.0.gru.Wz.weight", "gru.Wz"],
+        ),
+        (
+            "s4d",
+            {"default": {"bits": 8}, "targets": [{"roles": ["act.input"], "enabled": False}]},
+            ["input", "act.input"],
+        ),
+        (
+            "mgrade",
+            {"default": {"bits": 8}, "targets": [{"roles": ["conv.delay"], "enabled": False}]},
+            ["blocks.0.conv", "conv.delay"],
+        ),
+    ],
+)
+def test_unsupported_constructs_name_module_and_fix(family, quant, words, recipe_of):
+    with pytest.raises(LoweringError) as err:
+        lower(_model(recipe_of, family, quant))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_export_command_writes_verified_files_and_refuses_bad_input(tiny_run, tmp_path, capsys):
+    from qssm.cli import main
+
+    run = tiny_run("s4d_real")
+    out = tmp_path / "hw"
+    assert main(["--json", "export", str(run), "--out", str(out), "--limit", "8", "--quiet"]) == 0
+    for name in ("graph.json", "graph.npz", "step.onnx", "sequence.onnx", "verify.json"):
+        assert (out / name).exists()
+    assert not (out / ".verify").exists()
+    report = json.loads((out / "verify.json").read_text())
+    assert report["onnx_vs_intref"]["code_agreement"] == 1.0
+    assert report["step_vs_sequence"]["code_agreement"] == 1.0
+    assert report["fakequant_vs_intref"]["prediction_agreement"] >= 7 / 8
+    before = (out / "verify.json").read_bytes()
+
+    (run / "model.json").rename(run / "model.json.bak")  # a broken run dir: clear error
+    try:
+        assert main(["export", str(run), "--out", str(out), "--quiet"]) == 2
+    finally:
+        (run / "model.json.bak").rename(run / "model.json")
+    assert "model.json" in capsys.readouterr().err
+    assert (out / "verify.json").read_bytes() == before  # earlier results intact
+
+    assert (
+        main(
+            [
+                "export",
+                str(run),
+                "--out",
+                str(tmp_path / "q"),
+                "--format",
+                "qonnx",
+                "--limit",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "q" / "step_qonnx.onnx").exists()
+    assert not (tmp_path / "q" / "step.onnx").exists()
