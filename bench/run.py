@@ -8,8 +8,13 @@ the shipped recipes, on smnist5k-shaped input:
                             convolution; minGRU / mGRADE recipes: the step loop, faster on CPU)
   qat_samples_per_s         QAT training step in recurrent mode (state quantized every step)
   qat_vs_float_ratio        how many times slower QAT is
-  qat_peak_rss_gib          peak resident memory of a process doing QAT steps (own process)
-  step_latency_us           quantized inference at batch 1, per timestep (whole sequence / L)
+  qat_peak_rss_gib          peak resident memory of the QAT steps (own process; the peak is
+                            reset after building and calibrating the model)
+  process_peak_rss_gib      the same process's peak including calibration
+  step_latency_us           streaming at batch 1, per timestep: Brevitas fake-quant (torch),
+                            the integer reference (numpy) and onnxruntime's step graph
+  sequence_samples_per_s    whole sequences at batch B: integer reference, onnxruntime's
+                            sequence graph (Scan)
 Each figure is the median over timed steps after one warm-up step.  Weights are untrained (speed
 does not depend on them); quantizers are calibrated on one batch.
 """
@@ -20,6 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,18 +89,64 @@ def step_latency_us(model, steps: int) -> float:
     return statistics.median(times[1:])
 
 
-def peak_rss_child(family: str, batch: int) -> float:
-    """Peak RSS (GiB) of a fresh process doing two QAT steps."""
+def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
+    """Streaming latency and whole-sequence throughput of the integer reference and of
+    onnxruntime, on the lowered model."""
+    import numpy as np
+
+    from hwmap import intref, onnx_export, verify
+    from hwmap.lower import lower
+
+    graph = lower(model)
+    paths = {"step": tmp / "step.onnx", "sequence": tmp / "sequence.onnx"}
+    onnx_export.save_onnx(onnx_export.step_model(graph), paths["step"])
+    onnx_export.save_onnx(onnx_export.sequence_model(graph), paths["sequence"])
+    x = np.random.default_rng(0).random((batch, 784, 1), dtype=np.float32)
+
+    def per_step(fn) -> float:
+        times = []
+        for _ in range(steps + 1):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) / 784 * 1e6)
+        return statistics.median(times[1:])
+
+    def stream_intref():
+        s = intref.Stream(graph)
+        for t in range(784):
+            s(x[0, t])
+
+    step = verify.session(paths["step"])
+    sequence = verify.session(paths["sequence"])
+    intref_s = per_step(lambda: intref.run(graph, x)) * 784 / 1e6
+    onnx_s = per_step(lambda: sequence.run(["logits"], {"x": x})) * 784 / 1e6
+    return {
+        "intref_step_latency_us": per_step(stream_intref),
+        "onnx_step_latency_us": per_step(lambda: verify.stream_onnx(graph, step, x[:1])),
+        "intref_sequence_samples_per_s": batch / intref_s,
+        "onnx_sequence_samples_per_s": batch / onnx_s,
+    }
+
+
+def peak_rss_child(family: str, batch: int) -> tuple[float, float]:
+    """(QAT peak, whole-process peak) in GiB of a fresh process doing two QAT steps."""
     here = str(Path(__file__).parent)
     code = (
-        f"import resource, sys; sys.path.insert(0, {here!r}); "
-        "from run import build, peak_rss_kib, train_step_seconds; "
+        f"import sys; sys.path.insert(0, {here!r}); "
+        "from run import build, peak_rss_kib, reset_peak, train_step_seconds; "
         f"m, x, y = build({RECIPES[family]!r}, True, {batch}); "
+        "before = peak_rss_kib(); reset_peak(); "
         "train_step_seconds(m, x, y, 'recurrent', 1); "
-        "print(peak_rss_kib())"
+        "print(peak_rss_kib(), max(before, peak_rss_kib()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 2**20
+    qat, total = out.stdout.strip().splitlines()[-1].split()
+    return int(qat) / 2**20, int(total) / 2**20
+
+
+def reset_peak() -> None:
+    """Start a new peak (Linux: writing 5 to clear_refs resets VmHWM to the current RSS)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_rss_kib() -> int:
@@ -106,18 +158,21 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def measure(family: str, batch: int, steps: int) -> dict:
+def measure(family: str, batch: int, steps: int, tmp: Path) -> dict:
     float_model, x, y = build(RECIPES[family], False, batch)
     float_s = train_step_seconds(float_model, x, y, float_mode(family), steps)
     qat_model, x, y = build(RECIPES[family], True, batch)
     qat_s = train_step_seconds(qat_model, x, y, "recurrent", steps)
+    qat_peak, process_peak = peak_rss_child(family, batch)
     return {
         "recipe": RECIPES[family],
         "float_conv_samples_per_s": batch / float_s,
         "qat_samples_per_s": batch / qat_s,
         "qat_vs_float_ratio": qat_s / float_s,
-        "qat_peak_rss_gib": peak_rss_child(family, batch),
-        "step_latency_us": step_latency_us(qat_model, steps),
+        "qat_peak_rss_gib": qat_peak,
+        "process_peak_rss_gib": process_peak,
+        "fakequant_step_latency_us": step_latency_us(qat_model, steps),
+        **integer_figures(qat_model, batch, steps, tmp),
     }
 
 
@@ -131,8 +186,9 @@ def main() -> None:
     result = {
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads()},
         "batch": args.batch,
-        **{f: measure(f, args.batch, args.steps) for f in args.families},
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        result.update({f: measure(f, args.batch, args.steps, Path(tmp)) for f in args.families})
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -141,14 +197,19 @@ def main() -> None:
         "qat_samples_per_s",
         "qat_vs_float_ratio",
         "qat_peak_rss_gib",
-        "step_latency_us",
+        "process_peak_rss_gib",
+        "fakequant_step_latency_us",
+        "intref_step_latency_us",
+        "onnx_step_latency_us",
+        "intref_sequence_samples_per_s",
+        "onnx_sequence_samples_per_s",
     ]
     print(f"batch {args.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':10s} " + " ".join(f"{k:>25s}" for k in keys))
-    for f in args.families:
-        print(f"{f:10s} " + " ".join(f"{result[f][k]:25.2f}" for k in keys))
+    print(f"{'figure':32s} " + " ".join(f"{f:>12s}" for f in args.families))
+    for k in keys:
+        print(f"{k:32s} " + " ".join(f"{result[f][k]:12.2f}" for f in args.families))
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant.quantizers import Site
+from ..quant.scan import GateScan
 from .quantizable import QLinear, Quantizable, act_site
 
 LOG_FLOOR = -1e4  # stands in for log(0): exp(LOG_FLOOR) == 0 and gradients stay finite
@@ -94,13 +95,24 @@ class MinGRU(Quantizable, nn.Module):
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
         z = self.q("gate", self.gate(pre_z))
-        step = self.stepper("state")  # re-quantized every step
-        h = torch.zeros_like(cand[:, 0])
+        quantizer = self._quantizer("state")
+        keep, write = 1 - z, z * cand
+        if quantizer is None:  # analog state: one autograd node for the whole sequence
+            return self.output(GateScan.apply(keep, write, None, None, 0, 0))
+        if quantizer.calibrating:
+            return self.output(self.step_loop(keep, write))
+        scale, zp, qmin, qmax = quantizer.qparams()
+        return self.output(GateScan.apply(keep, write, scale, zp, qmin, qmax))
+
+    def step_loop(self, keep: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
+        """h_t = Q(keep_t h_{t-1} + write_t) one step at a time: for calibration (Brevitas sees
+        the trajectory) and as the reference :class:`GateScan` is tested against."""
+        step = self.stepper("state")
+        h = torch.zeros_like(keep[:, 0])
         hs = []
-        keep, write = (1 - z).unbind(1), (z * cand).unbind(1)  # one backward op each
-        for keep_t, write_t in zip(keep, write, strict=True):
+        for keep_t, write_t in zip(keep.unbind(1), write.unbind(1), strict=True):
             h = step(keep_t * h + write_t)
             hs.append(h)
         hs = torch.stack(hs, 1)  # (B, L, H)
         self.observe("state", hs.flatten(0, 1))
-        return self.output(hs)
+        return hs

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..quant.quantizers import Site
+from ..quant.scan import S4DScan
 from .quantizable import Quantizable, act_site
 
 
@@ -143,6 +144,19 @@ class S4D(Quantizable, nn.Module):
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
         A_bar, B_bar, C, D = self.quantized()
+        quantizer = self._quantizer("state")
+        if quantizer is None or quantizer.calibrating:
+            return self.q("output", self.step_loop(u, A_bar, B_bar, C) + u * D)
+        scale, zp, qmin, qmax = quantizer.qparams()  # one autograd node for the sequence
+        shape = A_bar.shape + ((1,) if A_bar.is_complex() else ())  # the state's parts
+        scale, zp = (t.reshape(shape if t.numel() > 1 else (1,) * len(shape)) for t in (scale, zp))
+        y = S4DScan.apply(u, A_bar, B_bar, C, scale, zp, qmin, qmax)
+        return self.q("output", y + u * D)
+
+    def step_loop(self, u, A_bar, B_bar, C) -> torch.Tensor:
+        """The recurrence one step at a time, (B, L, H) → (B, L, H) without the D term: for a
+        float state, for calibration (Brevitas sees the whole trajectory), and as the reference
+        that :class:`S4DScan` is tested against."""
         step = self.stepper("state", complex_state=not self.real, flat=2)  # every step
         x = torch.zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype, device=u.device)  # (B, H, n)
         collect = self.calibrating("state")
@@ -155,4 +169,4 @@ class S4D(Quantizable, nn.Module):
         if collect:
             traj = torch.cat(xs).flatten(1, 2)  # (L·B, H·n)
             self.observe("state", traj if self.real else torch.view_as_real(traj))
-        return self.q("output", torch.stack(ys, 1) + u * D)
+        return torch.stack(ys, 1)
