@@ -1,16 +1,21 @@
-"""``qssm export``: lower a quantized run, write the integer graph and the ONNX files, verify."""
+"""``qssm export`` and ``qssm map-to-hw``: lower a quantized run, write the integer graph and the
+ONNX files, map it onto an SC-IMC target, simulate, verify."""
 
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from qssm.io import write_json
+from qssm.io import atomic_path, write_json
 from qssm.recipe import load_recipe
 from qssm.runs import RunError, load_data, load_run_model
 
-from . import onnx_export, verify
+from . import intref, onnx_export, simulate, verify
 from .intref import save_graph
 from .lower import lower
+from .mapping import map_graph
+from .report import plot_monte_carlo, write_hw_report
+from .targets import load_target
 
 FORMATS = ("qcdq", "qonnx")
 STREAM_CHECK = 50  # sequences streamed through the step graph (784 session calls each batch)
@@ -68,3 +73,128 @@ def export_run(
     tmp.rmdir()
     write_json(out / "verify.json", result)
     return result
+
+
+def _jsonable(obj):
+    """The mapping without its arrays (those go to arrays.npz)."""
+    if isinstance(obj, dict):
+        return {
+            k: _jsonable(v) for k, v in obj.items() if not isinstance(v, np.ndarray) or v.size == 1
+        }
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.item()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _arrays(mapping: dict) -> dict[str, np.ndarray]:
+    out = {}
+
+    def walk(prefix, obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}.{i}", v)
+        elif isinstance(obj, np.ndarray) and obj.size > 1:
+            out[prefix] = obj
+
+    walk("", mapping)
+    return out
+
+
+def ideal_check(graph: dict, mapping: dict, target, x: np.ndarray) -> dict:
+    """The simulator with every non-ideality off against the integer reference: the decisions
+    of every analog op that is a quantization site (gate codes, comparator outputs, S4D output
+    codes) at every timestep, and the logits."""
+    sim = simulate.Simulator(graph, mapping, target, on=(), seeds=[0])
+    logits, traced = sim.run(x, trace=True)
+    ref_logits, ref = intref.run(graph, x, trace=True)
+    sites = {op["out"]: op["site"] for op in graph["step"] if "site" in op}
+    equal = total = 0
+    for out, codes in traced.items():
+        if out in sites:
+            equal += int((codes[0] == ref[sites[out]]).sum())
+            total += codes[0].size
+    return {
+        "decision_agreement": equal / total,
+        "decisions": total,
+        "logits_identical": bool(np.array_equal(logits[0], ref_logits)),
+        "sequences": len(x),
+    }
+
+
+def monte_carlo(graph, mapping_fn, target, x, y, seeds, units, offsets, progress) -> list[dict]:
+    """Accuracy over chips with every non-ideality on, swept over C_u and comparator offset."""
+    settings = [("unit_ff", u, target.comparator.trimmed_offset_mv) for u in units]
+    settings += [("offset_mv", target.capacitor.unit_ff, o) for o in offsets]
+    rows = []
+    bar = tqdm(settings, desc="Monte-Carlo", disable=not progress, leave=False)
+    for sweep, unit_ff, offset_mv in bar:
+        t = target.with_unit(unit_ff).with_offset(offset_mv)
+        sim = simulate.Simulator(graph, mapping_fn(t), t, simulate.NONIDEALITIES, seeds)
+        acc = simulate.accuracy(sim, x, y)
+        rows.append(
+            {
+                "sweep": sweep,
+                "unit_ff": unit_ff,
+                "offset_mv": offset_mv,
+                "mean": float(acc.mean()),
+                "std": float(acc.std()),
+                "seeds": len(seeds),
+                "sequences": len(x),
+                "accuracies": acc.tolist(),
+            }
+        )
+    return rows
+
+
+def map_run(
+    run_dir: Path,
+    target_path: str,
+    out: Path | None = None,
+    mc_seeds: int = 20,
+    mc_limit: int = 100,
+    units=(0.5, 1.0, 2.0, 4.0),
+    offsets=(0.5, 1.0, 2.0, 5.0),
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """``qssm map-to-hw``: everything of ``export_run`` plus mapping.json, arrays.npz, the
+    simulator checks and the Monte-Carlo table in verify.json, and report.md."""
+    target = load_target(target_path)
+    model, header = load_run_model(run_dir)
+    if header.get("quant") is None:
+        raise RunError(f"{run_dir} holds a float model; run `qssm quantize` first and map that")
+    graph = lower(model)
+    mapping = map_graph(graph, target, model)  # MappingError before anything is written
+    out = out or run_dir / "hw"
+    verify_result = export_run(run_dir, out, "qcdq", limit, progress)
+    write_json(out / "mapping.json", _jsonable(mapping))
+    with atomic_path(out / "arrays.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **_arrays(mapping))
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    test = load_data(recipe).test
+    x, y = test.x.numpy()[:limit], test.y.numpy()[:limit]
+    (out / "verify.json").unlink()  # rewritten last, with the simulator's results
+    verify_result["sim_ideal_vs_intref"] = ideal_check(graph, mapping, target, x)
+    if mc_seeds:
+        verify_result["monte_carlo"] = monte_carlo(
+            graph,
+            lambda t: map_graph(graph, t, model),
+            target,
+            x[:mc_limit],
+            y[:mc_limit],
+            list(range(mc_seeds)),
+            units,
+            offsets,
+            progress,
+        )
+        plot_monte_carlo({recipe.name: verify_result["monte_carlo"]}, out / "monte_carlo.png")
+    write_hw_report(out, recipe.name, mapping, verify_result)
+    write_json(out / "verify.json", verify_result)
+    return {"mapping": _jsonable(mapping), "verify": verify_result}

@@ -58,6 +58,18 @@ def _term(kind: str, args: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def term_values(op: dict, get) -> list[np.ndarray]:
+    """Each term of an affine op times its multiplier (exact integers)."""
+    return [_term(k, [get(i) for i in ins]) * get(m) for k, ins, m in op["terms"]]
+
+
+def requantize(acc: np.ndarray, op: dict) -> np.ndarray:
+    """clip((acc + 2^(S−1)) >> S): round half up, then the output range."""
+    shift = op["shift"]
+    out = (acc + (1 << (shift - 1))) >> shift if shift else acc
+    return out if op["lo"] is None else np.clip(out, op["lo"], op["hi"])
+
+
 def _run_op(op: dict, env: dict, consts: dict) -> None:
     def get(name):
         return env[name] if name in env else consts[name]
@@ -68,11 +80,7 @@ def _run_op(op: dict, env: dict, consts: dict) -> None:
         code = np.rint(x / get(op["scale"])) + op["zp"]
         out = np.clip(code - op["zp"], op["lo"], op["hi"]).astype(np.int64)
     elif kind == "affine":
-        acc = sum(_term(k, [get(i) for i in ins]) * get(m) for k, ins, m in op["terms"])
-        shift = op["shift"]
-        out = (acc + (1 << (shift - 1))) >> shift if shift else acc
-        if op["lo"] is not None:
-            out = np.clip(out, op["lo"], op["hi"])
+        out = requantize(sum(term_values(op, get)), op)
     elif kind == "real":
         out = None
         for k, ins, s in op["terms"]:

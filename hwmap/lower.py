@@ -213,6 +213,16 @@ def fixed(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(w / scale).astype(np.int64), scale
 
 
+def codes_or_fixed(w: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (O, K) as integer codes times the per-output scale ``rows`` (O, 1) when they are
+    (the quantizer's own codes), else as 16-bit fixed point."""
+    if rows is not None:
+        codes = w / rows
+        if np.abs(codes - np.rint(codes)).max() < 1e-3:
+            return np.rint(codes).astype(np.int64), rows
+    return fixed(w)
+
+
 def linear_terms(b: Builder, lin, x: str, qx: Q, name: str) -> list:
     """Terms of W x + bias for a QLinear on codes ``x`` of format ``qx``."""
     if lin._quantizer("weight") is None:
@@ -314,8 +324,12 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[st
         b.bind(x[p], new[p])
     qy = need(ssm, "output", (H,), f"{sname}.output", "GELU is a lookup table over its codes")
     terms = []
-    for p in parts:  # per-element state scales fold into 16-bit readout weights
-        w, s = fixed(readout[p] * sx)
+    c_q = ssm._quantizer("C")
+    for p in parts:  # C codes, or 16-bit fixed point where per-element state scales fold in
+        rows = None
+        if c_q is not None and not isinstance(c_q, PolarQuantizer) and np.ndim(sx) == 0:
+            rows = (2 if not ssm.real else 1) * _np(c_q.qparams()[0]).reshape(-1, 1) * sx
+        w, s = codes_or_fixed(readout[p] * sx, rows)
         terms.append(("dot", [new[p], b.const(f"{sname}.C_{p}", w)], s.ravel()))
     terms.append(("mul", [u], D * np.ravel(qu.scale) if np.ndim(qu.scale) else D * qu.scale))
     y = b.affine(f"{sname}.output", terms, qy, sname, site=f"{sname}:output")

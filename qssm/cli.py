@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from hwmap.lower import LoweringError
+from hwmap.mapping import MappingError
+from hwmap.targets import TargetError
 
 from .data import DataError
 from .io import CheckpointError, read_json, write_json
@@ -27,7 +29,15 @@ from .search import search
 from .sweep import check_points, compare, read_csv, sweep
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-USER_ERRORS = (RecipeError, RunError, CheckpointError, DataError, LoweringError)
+USER_ERRORS = (
+    RecipeError,
+    RunError,
+    CheckpointError,
+    DataError,
+    LoweringError,
+    MappingError,
+    TargetError,
+)
 
 
 class Regression(Exception):
@@ -183,6 +193,36 @@ def cmd_export(args) -> dict:
     return r
 
 
+def cmd_map(args) -> dict:
+    from hwmap.export import map_run
+
+    run_dir = Path(args.run_dir)
+    r = map_run(
+        run_dir,
+        args.target,
+        Path(args.out) if args.out else None,
+        args.mc_seeds,
+        args.mc_limit,
+        args.mc_units,
+        args.mc_offsets,
+        args.limit,
+        progress=not args.quiet,
+    )
+    t, ideal = r["mapping"]["totals"], r["verify"]["sim_ideal_vs_intref"]
+    print(
+        f"{t['capacitance_pf']:.1f} pF, {t['area_mm2']:.4f} mm², "
+        f"{t['energy_per_step_pj']:.1f} pJ per timestep; ideal simulator vs intref: "
+        f"{100 * ideal['decision_agreement']:.2f} % identical decisions"
+    )
+    for row in r["verify"].get("monte_carlo", []):
+        print(
+            f"  C_u {row['unit_ff']:g} fF, offset {row['offset_mv']:g} mV: "
+            f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f} % over {row['seeds']} chips"
+        )
+    print(f"→ {args.out or run_dir / 'hw'}/report.md")
+    return r
+
+
 def cmd_recipes(args) -> dict:
     found = {}
     for path in sorted(RECIPES.rglob("*.yaml")):
@@ -312,6 +352,47 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--limit", type=int, help="verify on the first N test sequences only")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     x.set_defaults(func=cmd_export)
+
+    m = sub.add_parser(
+        "map-to-hw",
+        help="map a quantized run onto a switched-capacitor IMC target and simulate it",
+        description="Everything `qssm export` writes, plus: the mapping onto the target "
+        "(mapping.json, arrays.npz: differential unit-capacitor counts with dummies, comparator "
+        "thresholds in volts and DAC codes, gate code → switched units, retention units; "
+        "capacitance, area, energy per timestep), the behavioural simulator with every "
+        "non-ideality off checked against the integer reference, and a Monte-Carlo over chips "
+        "with every non-ideality on, swept over unit capacitance and comparator offset "
+        "(report.md, monte_carlo.png). Models the target cannot run are refused with the "
+        "reason and the recipe change that fixes it.",
+    )
+    m.add_argument("run_dir", help="a run dir written by `qssm quantize`")
+    m.add_argument(
+        "--target",
+        required=True,
+        help="target YAML, or the name of a shipped one (minimalist_like, generic_28nm)",
+    )
+    m.add_argument("--out", help="output dir (default RUN_DIR/hw)")
+    m.add_argument(
+        "--mc-seeds", type=int, default=20, help="chips per Monte-Carlo setting (0: none)"
+    )
+    m.add_argument("--mc-limit", type=int, default=100, help="test sequences per Monte-Carlo run")
+    m.add_argument(
+        "--mc-units",
+        type=float,
+        nargs="+",
+        default=[0.5, 1.0, 2.0, 4.0],
+        help="unit capacitances (fF) swept",
+    )
+    m.add_argument(
+        "--mc-offsets",
+        type=float,
+        nargs="+",
+        default=[0.5, 1.0, 2.0, 5.0],
+        help="trimmed comparator offsets σ (mV) swept",
+    )
+    m.add_argument("--limit", type=int, help="verify on the first N test sequences only")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    m.set_defaults(func=cmd_map)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.set_defaults(func=cmd_recipes)

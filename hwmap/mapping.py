@@ -1,0 +1,322 @@
+"""Mapping a lowered integer graph onto a switched-capacitor (SC) in-memory-computing target.
+
+Per layer it decides the physical realization of every analog op of the integer graph:
+
+- a **MAC** (``matmul`` term of an affine op): differential unit-capacitor counts per weight code
+  (positive codes on the + line, negative on the − line), every cell padded with dummy units to
+  the same total so each column line has the same capacitance; multi-bit inputs applied
+  bit-serially (two's complement planes combined by binary weighting); fan-in split into tiles
+  of ``array.rows``.  Its voltage per accumulator unit is V_swing·C_u / (C_line·2^(B−1)).
+- an **ADC / comparator bank** after a MAC (a requantization): one threshold per output code
+  boundary, where the integer graph's fixed-point sum crosses k·2^S − 2^(S−1) — bias, scale and
+  the hard-sigmoid offset folded in — in volts and in threshold-DAC codes.
+- a **gated state** (minGRU): a bank of charge-sharing units; gate code k switches k unit
+  capacitors of a bank whose total is 1/s_gate units (the remainder as one fixed capacitor), so
+  h ← (1 − k·s) h + k·s h̃ exactly as the integer graph computes it.
+- an **S4D-Real state**: retention z = 1 − Ā = code·s as k units of a 1/s-unit bank.
+- a **comparator** (hardware minGRU output): threshold at V_cm.
+
+What cannot be mapped raises :class:`MappingError` with the reason and the recipe change that
+fixes it.  Totals: capacitance, area, switches, energy per timestep with a breakdown, time per
+timestep.
+"""
+
+import math
+
+import numpy as np
+
+from .lower import ANALOG_BITS
+from .targets import Target
+
+BOLTZMANN = 1.380649e-23
+
+
+class MappingError(ValueError):
+    """The model cannot run on the target; the message names the layer, the reason, the fix."""
+
+
+def _blocks(graph: dict) -> list[int]:
+    out = set()
+    for op in graph["step"]:
+        if op["out"].startswith("blocks."):
+            out.add(int(op["out"].split(".")[1]))
+    return sorted(out)
+
+
+def _op(graph: dict, out: str) -> dict:
+    return next(op for op in graph["step"] if op["out"] == out)
+
+
+def swing(target: Target) -> float:
+    """Largest signal excursion around V_cm (volts)."""
+    return min(target.process.vcm_v, target.process.vdd_v - target.process.vcm_v)
+
+
+def ktc_volts(target: Target, c_ff: float) -> float:
+    return math.sqrt(BOLTZMANN * target.process.temperature_k / (c_ff * 1e-15))
+
+
+def unit_sigma(target: Target) -> float:
+    """σ(ΔC/C) of one unit capacitor."""
+    c = target.capacitor
+    return c.mismatch_pct_sqrt_ff / 100 / math.sqrt(c.unit_ff)
+
+
+def mac(name: str, W: np.ndarray, in_bits: int, analog_input: bool, target: Target) -> dict:
+    """A MAC array for integer weights W (K, O) applied to K inputs of ``in_bits`` bits."""
+    K, n_out = W.shape
+    pos, neg = np.maximum(W, 0), np.maximum(-W, 0)
+    per_side = int(max(pos.max(), neg.max(), 1))
+    if per_side > target.weights.max_units:
+        raise MappingError(
+            f"{name}: weight codes reach {per_side} units per side; {target.name} holds at most "
+            f"{target.weights.max_units} (weights.max_units). Give this layer's weight role "
+            f"fewer bits (at most {int(math.log2(target.weights.max_units + 1)) + 1} signed)"
+        )
+    tiles = math.ceil(K / target.array.rows) * math.ceil(n_out / target.array.cols)
+    if tiles > 1 and not target.array.tiling:
+        raise MappingError(
+            f"{name}: fan-in {K} × {n_out} outputs exceed the {target.array.rows} × "
+            f"{target.array.cols} array and {target.name} does not tile (array.tiling: false); "
+            "use a smaller d_model"
+        )
+    if not analog_input and in_bits > 1 and target.inputs.encoding != "bit_serial":
+        raise MappingError(
+            f"{name}: {in_bits}-bit inputs need bit-serial input encoding; {target.name} takes "
+            "binary inputs only (inputs.encoding). Quantize this layer's input to 1 bit"
+        )
+    if not analog_input and in_bits > target.inputs.max_bits:
+        raise MappingError(
+            f"{name}: {in_bits}-bit inputs exceed inputs.max_bits = {target.inputs.max_bits}; "
+            "give the input activation fewer bits"
+        )
+    cu = target.capacitor.unit_ff
+    units = K * per_side  # per column per side, dummies included
+    c_par = target.parasitic.per_unit * units * cu + target.parasitic.fixed_ff
+    c_line = units * cu + c_par
+    cycles = 1 if analog_input else in_bits
+    planes = 1 if analog_input or in_bits == 1 else 2 ** (in_bits - 1)  # MSB plane weight 1
+    v_lsb = swing(target) * cu / c_line / planes  # volts per accumulator unit
+    ktc = (
+        math.sqrt(2)
+        * ktc_volts(target, c_line)
+        * math.sqrt(sum(4.0 ** (b - (cycles - 1)) for b in range(cycles)))
+    )
+    energy = (
+        cycles * 0.5 * 2 * units * n_out * cu * 1e-15 * swing(target) ** 2 * 1e15
+    )  # half the units toggle per cycle, both lines, fJ
+    return {
+        "fan_in": K,
+        "outputs": n_out,
+        "units_per_side": per_side,
+        "tiles": tiles,
+        "input_bits": in_bits,
+        "cycles": cycles,
+        "c_line_ff": c_line,
+        "c_parasitic_ff": c_par,
+        "v_per_unit": v_lsb,
+        "ktc_sigma_units": ktc / v_lsb,
+        "capacitance_ff": 2 * units * n_out * cu,
+        "switches": 2 * units * n_out,
+        "energy_fj": energy,
+        "pos_units": pos,  # (K, O) units on the + line
+        "neg_units": neg,  # (K, O) units on the − line
+        "dummy_pos": per_side - pos,  # dummies keep every cell, hence every line, equal
+        "dummy_neg": per_side - neg,
+    }
+
+
+def thresholds(op: dict, consts: dict, term: int, target: Target, v_per_unit: float) -> dict:
+    """Thresholds (accumulator units of term ``term``'s MAC) of an affine op's output codes:
+    code ≥ c ⇔ acc ≥ t_c, t_c = ⌈(c·2^S − 2^(S−1) − rest) / M⌉, placed at t_c − ½; ``rest`` is
+    the constant terms (bias, offsets) folded in."""
+    S, lo, hi = op["shift"], op["lo"], op["hi"]
+    M = np.atleast_1d(consts[op["terms"][term][2]]).astype(np.float64)
+    rest = 0.0
+    for t, (kind, ins, m) in enumerate(op["terms"]):
+        if t != term:
+            if kind != "const":
+                raise ValueError("only constant terms fold into thresholds")
+            rest = rest + consts[ins[0]] * consts[m]
+    rest = np.broadcast_to(np.asarray(rest, dtype=np.float64), M.shape)
+    codes = np.arange(lo + 1, hi + 1)
+    if np.any(M <= 0):
+        raise MappingError(f"{op['out']}: a non-positive multiplier cannot become a threshold")
+    t = np.ceil((codes[None, :] * 2.0**S - 2.0 ** (S - 1) - rest[:, None]) / M[:, None]) - 0.5
+    volts = t * v_per_unit
+    step = 2 * swing(target) / 2**target.comparator.dac_bits
+    dac = np.clip(
+        np.rint(volts / step),
+        -(2 ** (target.comparator.dac_bits - 1)),
+        2 ** (target.comparator.dac_bits - 1) - 1,
+    )
+    return {
+        "acc": t,  # (O, codes)
+        "volts": volts,
+        "dac_codes": dac.astype(np.int64),
+        "dac_error_units": float(np.abs(dac * step - volts).max() / v_per_unit),
+        "lo": lo,
+    }
+
+
+def bank(name: str, n_eff: np.ndarray, switchable: int, v_per_code: float, target: Target) -> dict:
+    """A charge-sharing bank: ``switchable`` units of C_u plus a fixed remainder, total n_eff·C_u
+    per state element."""
+    n_eff = np.asarray(n_eff, dtype=np.float64)
+    if np.any(n_eff < switchable):
+        raise MappingError(
+            f"{name}: a gate code would switch more than the whole bank (z > 1); quantize the "
+            "gate on [0, 1] (hard sigmoid) with its largest code at most 1"
+        )
+    if np.any(n_eff > target.state_bank.units):
+        raise MappingError(
+            f"{name}: the state needs banks of {int(np.ceil(n_eff.max()))} unit capacitors; "
+            f"{target.name} allows {target.state_bank.units} (state_bank.units). Use fewer bits "
+            "or a coarser scale for the gate / Ā"
+        )
+    cu = target.capacitor.unit_ff
+    c_bank = n_eff * cu + target.parasitic.fixed_ff
+    return {
+        "switchable_units": int(switchable),
+        "units_effective": n_eff,
+        "remainder_ff": (n_eff - switchable) * cu,
+        "v_per_code": v_per_code,
+        "ktc_sigma_codes": ktc_volts(target, float(c_bank.min())) / v_per_code,
+        "injection_codes": target.leakage.charge_injection_mv * 1e-3 / v_per_code,
+        "capacitance_ff": float(c_bank.sum()),
+        "switches": int(switchable * n_eff.size),
+        "energy_fj": float(0.5 * c_bank.sum() * swing(target) ** 2),
+    }
+
+
+def _bits(lo: int, hi: int) -> int:
+    return max(1, math.ceil(math.log2(hi - lo + 1)))
+
+
+def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict) -> dict:
+    p, consts = f"blocks.{i}.gru", graph["consts"]
+    gate, acc, state, out = (_op(graph, f"{p}.{s}") for s in ("gate", "acc0", "h'", "out"))
+    in_bits = _bits(in_q["lo"], in_q["hi"])
+    mac_z = mac(f"{p}.Wz", consts[f"{p}.Wz.W"], in_bits, False, target)
+    mac_h = mac(f"{p}.Wh", consts[f"{p}.Wh.W"], in_bits, False, target)
+    th = thresholds(gate, consts, 0, target, mac_z["v_per_unit"])
+    M0, M1 = float(consts[state["terms"][0][2]]), float(consts[state["terms"][1][2]])
+    s_gate = -M1 / M0  # the state update is h − k·s·h + k·s·h̃
+    v_h = swing(target) / 2**ANALOG_BITS  # the analog state's range spans the swing
+    bk = bank(f"{p}.state", np.full(mac_z["outputs"], 1 / s_gate), gate["hi"], v_h, target)
+    comparators = mac_z["outputs"] * (len(th["acc"][0]) + 1)
+    return {
+        "kind": "mingru_hw",
+        "ops": {"gate": gate["out"], "cand": acc["out"], "state": state["out"], "out": out["out"]},
+        "gate_mac": mac_z,
+        "cand_mac": mac_h,
+        "gate_thresholds": th,
+        "gate_to_units": list(range(gate["hi"] + 1)),
+        "s_gate": s_gate,
+        "bank": bk,
+        "comparators": comparators,
+        "adc_bits": _bits(gate["lo"], gate["hi"]),
+    }
+
+
+def map_s4d_real(graph: dict, i: int, target: Target, model) -> dict:
+    p, consts = f"blocks.{i}.ssm", graph["consts"]
+    state, y = _op(graph, f"{p}.x_re'"), _op(graph, f"{p}.output")
+    ssm = model.blocks[i].ssm
+    d_q = ssm._quantizer("A")
+    if d_q is None or not hasattr(d_q, "magnitude"):
+        raise MappingError(
+            f"{p}: the retention 1 − Ā must be on a unit grid; quantize ssm.A with complex: polar "
+            "(the retention-deficit grid)"
+        )
+    s_d = d_q.magnitude.qparams()[0].detach().double().numpy().ravel()  # (H,) or (1,)
+    H, n = consts[state["terms"][0][2]].shape
+    M0 = consts[state["terms"][0][2]].astype(np.float64) / 2.0 ** state["shift"]  # Ā
+    k = np.rint((1 - M0) / s_d.reshape(-1, 1) if s_d.size > 1 else (1 - M0) / s_d[0])
+    readout = y["terms"][0]
+    W = consts[readout[1][1]]  # (H, n): the readout weights, one column per channel
+    name = f"{p}.C"
+    cols = mac(name, W.T, 1, True, target)  # analog inputs: the state voltages
+    v_x = swing(target) / max(abs(state["lo"]), state["hi"])
+    n_eff = np.broadcast_to(1 / s_d.reshape(-1, 1) if s_d.size > 1 else 1 / s_d[0], (H, n))
+    bk = bank(f"{p}.state", n_eff, int(k.max()), v_x, target)
+    th_volts = None
+    if len(y["terms"]) == 2:  # readout + D u: both analog, thresholds compared in sum units
+        th_volts = cols["v_per_unit"]
+    return {
+        "kind": "s4d_real",
+        "ops": {"state": state["out"], "output": y["out"]},
+        "retention_units": k.astype(np.int64),
+        "readout_mac": cols,
+        "bank": bk,
+        "output_levels": y["hi"] - y["lo"] + 1,
+        "comparators": H * (y["hi"] - y["lo"]),
+        "threshold_volts_per_unit": th_volts,
+        "adc_bits": _bits(y["lo"], y["hi"]),
+    }
+
+
+def check_mappable(graph: dict, target: Target) -> None:
+    family = graph["meta"]["family"]
+    if family == "s4d" and target.state_bank.passive:
+        raise MappingError(
+            "complex S4D modes rotate the state (Ā has an imaginary part); a passive "
+            f"charge-sharing core ({target.name}: state_bank.passive) only shares charge. Use "
+            "model.family: s4d_real (its update x ← (1 − z) x + z v is charge sharing)"
+        )
+    if family not in ("mingru_hw", "s4d_real"):
+        raise MappingError(
+            f"{family} blocks hold LayerNorm, MLP and residual paths that have no SC-IMC "
+            "mapping here; map a mingru_hw or s4d_real model (the digital parts of those — "
+            "encoder, pooling, decoder, the S4D block's GELU/GLU — stay in the periphery)"
+        )
+
+
+def map_graph(graph: dict, target: Target, model) -> dict:
+    """The mapping of every block; raises MappingError for what cannot be mapped."""
+    check_mappable(graph, target)
+    layers = []
+    q = graph["formats"]["encoder"]
+    for i in _blocks(graph):
+        if graph["meta"]["family"] == "mingru_hw":
+            layers.append(map_mingru_hw(graph, i, target, q))
+            q = {"lo": 0, "hi": 1}  # binary comparator outputs feed the next layer
+        else:
+            readout = _op(graph, f"blocks.{i}.ssm.output")["terms"][0]
+            W = graph["consts"][readout[1][1]]
+            if np.abs(W).max() > target.weights.max_units:
+                raise MappingError(
+                    f"blocks.{i}.ssm.C: readout weights need {int(np.abs(W).max())} levels per "
+                    f"side (per-element state scales fold into them); {target.name} holds "
+                    f"{target.weights.max_units}. Set ssm.state granularity: per_tensor"
+                )
+            layers.append(map_s4d_real(graph, i, target, model))
+    return {"target": target.name, "layers": layers, "totals": totals(layers, target)}
+
+
+def totals(layers: list[dict], target: Target) -> dict:
+    cap = switches = comparators = cycles = 0.0
+    breakdown = {"mac": 0.0, "state_banks": 0.0, "comparators": 0.0, "switches": 0.0}
+    for layer in layers:
+        macs = [v for k, v in layer.items() if k.endswith("_mac")]
+        for m in macs:
+            cap += m["capacitance_ff"]
+            switches += m["switches"]
+            breakdown["mac"] += m["energy_fj"]
+            cycles = max(cycles, m["cycles"])
+        cap += layer["bank"]["capacitance_ff"]
+        switches += layer["bank"]["switches"]
+        breakdown["state_banks"] += layer["bank"]["energy_fj"]
+        comparators += layer["comparators"]
+    breakdown["comparators"] = comparators * target.energy.comparator_fj
+    breakdown["switches"] = switches * 0.5 * target.energy.switch_fj
+    step_ns = cycles * target.timing.phases_per_step / target.timing.clock_mhz * 1e3
+    return {
+        "capacitance_pf": cap / 1e3,
+        "area_mm2": cap * target.capacitor.area_um2_per_ff / 1e6,
+        "switches": int(switches),
+        "comparators": int(comparators),
+        "energy_per_step_pj": sum(breakdown.values()) / 1e3,
+        "energy_breakdown_pj": {k: v / 1e3 for k, v in breakdown.items()},
+        "time_per_step_ns": step_ns,
+    }

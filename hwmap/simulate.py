@@ -1,0 +1,315 @@
+"""Behavioural simulator of a mapped model on a switched-capacitor target, with switchable
+non-idealities and many chips at once (the seed axis is folded into the batch).
+
+It executes the lowered integer graph; the ops the mapping placed in the analog core are
+replaced by their charge-domain versions:
+
+- the gate ADC (hardware minGRU) decides through the mapped thresholds: code = number of
+  thresholds the MAC output passes (exact integer thresholds when ideal);
+- a MAC output is the integer accumulator plus its errors, in accumulator units: static
+  capacitor mismatch per chip (each weight of |w| units carries Σ|w| unit errors), parasitic
+  gain error per column and chip (±10 % parasitic), kT/C noise per sampling, charge injection;
+- the gated state shares charge through the chip's own units: z_eff(k) = (k + Σ_{i<k} ε_i) /
+  (N + Σ ε) instead of k/N, plus kT/C noise, charge injection, leakage droop and rail clipping;
+- comparators (the binary outputs, the ADCs) add their trimmed static offset per chip and their
+  noise per decision.
+
+With every non-ideality off the simulator computes exactly the integer reference (tested:
+identical decisions and outputs on every timestep).
+"""
+
+import numpy as np
+
+from . import intref
+from .lower import ANALOG_BITS
+from .mapping import unit_sigma
+from .targets import Target
+
+NONIDEALITIES = (
+    "mismatch",
+    "parasitic",
+    "ktc",
+    "offset",
+    "noise",
+    "injection",
+    "leakage",
+    "clipping",
+)
+PARASITIC_SPREAD = 0.10  # σ of the parasitic capacitance around its nominal value, per chip
+
+
+class Chips:
+    """Static draws of ``seeds`` chips for every mapped layer."""
+
+    def __init__(self, mapping: dict, target: Target, seeds: list[int], on: set[str]):
+        self.n = len(seeds)
+        rngs = [np.random.default_rng(s) for s in seeds]
+        su = unit_sigma(target)
+        self.layers = []
+        for layer in mapping["layers"]:
+            d = {}
+            for key in ("gate_mac", "cand_mac", "readout_mac"):
+                if key not in layer:
+                    continue
+                m = layer[key]
+                w_units = m["pos_units"] + m["neg_units"]  # (K, O)
+                d[key] = {
+                    "E": np.stack([r.normal(0, 1, w_units.shape) for r in rngs])
+                    * np.sqrt(w_units)
+                    * su
+                    * np.sign(m["pos_units"] - m["neg_units"])
+                    if "mismatch" in on
+                    else None,
+                    "gain": np.stack(
+                        [
+                            1
+                            / (
+                                1
+                                + PARASITIC_SPREAD
+                                * r.normal(0, 1, m["outputs"])
+                                * m["c_parasitic_ff"]
+                                / m["c_line_ff"]
+                            )
+                            for r in rngs
+                        ]
+                    )
+                    if "parasitic" in on
+                    else None,
+                    "offset": np.stack(
+                        [
+                            r.normal(
+                                0,
+                                target.comparator.trimmed_offset_mv * 1e-3 / m["v_per_unit"],
+                                m["outputs"],
+                            )
+                            for r in rngs
+                        ]
+                    )
+                    if "offset" in on
+                    else None,
+                }
+            bk = layer["bank"]
+            n_eff = np.broadcast_to(bk["units_effective"], bk["units_effective"].shape)
+            d["bank"] = {
+                "eps": np.stack([r.normal(0, su, (2, *n_eff.shape)) for r in rngs])
+                if "mismatch" in on
+                else None,
+                "offset": np.stack(
+                    [
+                        r.normal(
+                            0,
+                            target.comparator.trimmed_offset_mv * 1e-3 / bk["v_per_code"],
+                            n_eff.shape[:1],
+                        )
+                        for r in rngs
+                    ]
+                )
+                if "offset" in on
+                else None,
+            }
+            self.layers.append(d)
+
+
+class Simulator:
+    def __init__(self, graph: dict, mapping: dict, target: Target, on=(), seeds=(0,)):
+        unknown = set(on) - set(NONIDEALITIES)
+        if unknown:
+            raise ValueError(f"unknown non-ideality {sorted(unknown)}; choose from {NONIDEALITIES}")
+        self.graph, self.mapping, self.target, self.on = graph, mapping, target, set(on)
+        self.seeds = list(seeds)
+        self.chips = Chips(mapping, target, self.seeds, self.on)
+        self.rng = np.random.default_rng([*self.seeds, 7919])
+        self.ops = {}
+        for index, layer in enumerate(mapping["layers"]):
+            for role, out in layer["ops"].items():
+                self.ops[out] = (index, role)
+
+    # ---------------------------------------------------------------- per-op physics
+
+    def _split(self, a: np.ndarray) -> np.ndarray:  # (S·B, …) → (S, B, …)
+        return a.reshape(self.chips.n, -1, *a.shape[1:])
+
+    def _mac_error(self, m: dict, draws: dict, x: np.ndarray, acc: np.ndarray) -> np.ndarray:
+        """Deviation of a MAC output from its integer value, in accumulator units."""
+        err = np.zeros(acc.shape)
+        if draws["E"] is not None:  # x (S·B, K) @ E (S, K, O)
+            err += (self._split(x.astype(np.float64)) @ draws["E"]).reshape(acc.shape)
+        if draws["gain"] is not None:  # gain (S, O) per column and chip
+            err += (self._split(acc.astype(np.float64)) * (draws["gain"][:, None] - 1)).reshape(
+                acc.shape
+            )
+        if "ktc" in self.on:
+            err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
+        if "injection" in self.on:
+            err += self.target.leakage.charge_injection_mv * 1e-3 / m["v_per_unit"]
+        return err
+
+    def _decide(self, m: dict, draws: dict, shape) -> np.ndarray:
+        """Input-referred comparator offset (static per chip) and noise, accumulator units."""
+        err = np.zeros(shape)
+        if draws["offset"] is not None:
+            err += np.repeat(draws["offset"], shape[0] // self.chips.n, axis=0)
+        if "noise" in self.on:
+            err += self.rng.normal(
+                0, self.target.comparator.noise_mv * 1e-3 / m["v_per_unit"], shape
+            )
+        return err
+
+    def _gate(self, op, layer, draws, env, get):
+        """The gate ADC: thresholds of the mapping, the MAC output with its errors."""
+        x = get(op["terms"][0][1][0])
+        acc = intref._term("matmul", [x, get(op["terms"][0][1][1])])  # (S·B, O) integers
+        th = layer["gate_thresholds"]
+        m = layer["gate_mac"]
+        analog = self._mac_error(m, draws["gate_mac"], x, acc) + self._decide(
+            m, draws["gate_mac"], acc.shape
+        )
+        t = np.ceil(th["acc"])  # code ≥ c ⇔ acc ≥ t_c (integers: exact when ideal)
+        code = th["lo"] + (acc[..., None] + analog[..., None] >= t).sum(-1)
+        env[op["out"]] = code.astype(np.int64)
+
+    def _cand(self, op, layer, draws, env, get):
+        x = get(op["terms"][0][1][0])
+        acc = intref._term("matmul", [x, get(op["terms"][0][1][1])])
+        err = self._mac_error(layer["cand_mac"], draws["cand_mac"], x, acc)
+        env[op["out"]] = acc + err if err.any() else acc
+
+    def _gated_state(self, op, layer, draws, env, get):
+        """h ← h + z (h̃ − h) through the chip's bank; exact integer sum when ideal."""
+        values = intref.term_values(op, get)
+        physical = self.on & {"mismatch", "ktc", "injection", "leakage", "clipping"}
+        if not physical and all(v.dtype.kind == "i" for v in values):
+            env[op["out"]] = intref.requantize(sum(values), op)
+            return
+        c = self.graph["consts"]
+        M = [np.asarray(c[t[2]], dtype=np.float64) for t in op["terms"]]
+        h, k = get(op["terms"][0][1][0]), get(op["terms"][1][1][0])
+        cand = (get(op["terms"][2][1][1]) * M[2] + get(op["terms"][3][1][1]) * M[3]) / -M[1]
+        z = k * layer["s_gate"]
+        bk, eps = layer["bank"], draws["bank"]["eps"]
+        if eps is not None:  # Σ of the first k unit errors, and of all of them
+            n_eff = bk["units_effective"]
+            idx = np.arange(n_eff.size)
+            on_k = self._split(k)  # (S, B, O)
+            e1 = eps[:, 0][:, None, idx] * np.sqrt(on_k)
+            e2 = eps[:, 1][:, None, idx] * np.sqrt(n_eff - on_k)
+            z = ((on_k + e1) / (n_eff + e1 + e2)).reshape(k.shape)
+        h_new = h + z * (cand - h)
+        if "ktc" in self.on:
+            h_new = h_new + self.rng.normal(0, bk["ktc_sigma_codes"], h_new.shape)
+        if "injection" in self.on:
+            h_new = h_new + bk["injection_codes"]
+        if "leakage" in self.on:
+            h_new = h_new * (1 - self.target.leakage.droop_per_step)
+        if "clipping" in self.on:
+            h_new = np.clip(h_new, -(2**ANALOG_BITS), 2**ANALOG_BITS)
+        env[op["out"]] = h_new
+
+    def _comparator(self, op, layer, draws, env, get):
+        h = get(op["in"])
+        bk = layer["bank"]
+        err = np.zeros(h.shape)
+        if draws["bank"]["offset"] is not None:
+            err += np.repeat(draws["bank"]["offset"], h.shape[0] // self.chips.n, axis=0)
+        if "noise" in self.on:
+            err += self.rng.normal(
+                0, self.target.comparator.noise_mv * 1e-3 / bk["v_per_code"], h.shape
+            )
+        env[op["out"]] = (h + err > 0).astype(np.int64)
+
+    def _s4d_state(self, op, layer, draws, env, get):
+        """x ← (1 − z) x + B̄u through the retention bank, re-quantized as the graph does."""
+        values = intref.term_values(op, get)
+        physical = self.on & {"mismatch", "ktc", "injection", "leakage", "clipping"}
+        if not physical:
+            env[op["out"]] = intref.requantize(sum(values), op)
+            return
+        S = 2.0 ** op["shift"]
+        x = get(op["terms"][0][1][0]).astype(np.float64)
+        keep = np.asarray(self.graph["consts"][op["terms"][0][2]], dtype=np.float64) / S  # Ā
+        write = values[1] / S
+        bk, eps = layer["bank"], draws["bank"]["eps"]
+        if eps is not None:
+            k, n_eff = layer["retention_units"], bk["units_effective"]
+            e1, e2 = eps[:, 0] * np.sqrt(k), eps[:, 1] * np.sqrt(n_eff - k)
+            z = (k + e1) / (n_eff + e1 + e2)  # (S, H, n)
+            keep = np.repeat(1 - z, x.shape[0] // self.chips.n, axis=0)
+        x_new = keep * x + write
+        if "ktc" in self.on:
+            x_new = x_new + self.rng.normal(0, bk["ktc_sigma_codes"], x_new.shape)
+        if "injection" in self.on:
+            x_new = x_new + bk["injection_codes"]
+        if "leakage" in self.on:
+            x_new = x_new * (1 - self.target.leakage.droop_per_step)
+        env[op["out"]] = np.clip(np.floor(x_new + 0.5), op["lo"], op["hi"]).astype(np.int64)
+
+    def _s4d_output(self, op, layer, draws, env, get):
+        values = intref.term_values(op, get)
+        m = layer["readout_mac"]
+        dot_in = get(op["terms"][0][1][0])  # (S·B, H, n) state codes
+        acc = (dot_in * get(op["terms"][0][1][1])).sum(-1)
+        err = np.zeros(acc.shape)
+        if draws["readout_mac"]["E"] is not None:  # E (S, n, H): per channel column
+            E = draws["readout_mac"]["E"]
+            err += np.einsum("sbhn,snh->sbh", self._split(dot_in.astype(np.float64)), E).reshape(
+                acc.shape
+            )
+        if "ktc" in self.on:
+            err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
+        err += self._decide(m, draws["readout_mac"], acc.shape)
+        if not err.any():
+            env[op["out"]] = intref.requantize(sum(values), op)
+            return
+        M0 = np.asarray(self.graph["consts"][op["terms"][0][2]], dtype=np.float64)
+        z = sum(v.astype(np.float64) for v in values) + err * M0
+        code = np.floor(z / 2.0 ** op["shift"] + 0.5)
+        env[op["out"]] = np.clip(code, op["lo"], op["hi"]).astype(np.int64)
+
+    ROLES = {
+        "gate": _gate,
+        "cand": _cand,
+        "state": None,
+        "out": _comparator,
+        "output": _s4d_output,
+    }
+
+    def _run_op(self, op: dict, env: dict) -> None:
+        if op["out"] not in self.ops:
+            return intref._run_op(op, env, self.graph["consts"])
+        index, role = self.ops[op["out"]]
+        layer, draws = self.mapping["layers"][index], self.chips.layers[index]
+
+        def get(name):
+            return env[name] if name in env else self.graph["consts"][name]
+
+        if role == "state":
+            fn = Simulator._gated_state if layer["kind"] == "mingru_hw" else Simulator._s4d_state
+        else:
+            fn = self.ROLES[role]
+        fn(self, op, layer, draws, env, get)
+
+    # ---------------------------------------------------------------- sequences
+
+    def run(self, x: np.ndarray, trace: bool = False) -> tuple[np.ndarray, dict]:
+        """x (B, L, d) for every chip → logits (S, B, C) and, with ``trace``, the decisions of
+        every analog op (S, B, L, …)."""
+        xs = np.tile(x, (self.chips.n, 1, 1))
+        graph = self.graph
+        state = intref.init_state(graph, len(xs))
+        traced = {out: [] for out in self.ops} if trace else {}
+        for t in range(x.shape[1]):
+            env = {"x": xs[:, t], **state}
+            for op in graph["step"]:
+                self._run_op(op, env)
+            state = {s["name"]: env[s["next"]] for s in graph["states"]}
+            for out in traced:
+                traced[out].append(env[out])
+        logits = intref.head(graph, env)
+        traced = {k: self._split(np.stack(v, 1)) for k, v in traced.items()}
+        return self._split(logits), traced
+
+
+def accuracy(sim: Simulator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Task accuracy of every chip (S,)."""
+    logits, _ = sim.run(x)
+    return (logits.argmax(-1) == y[None]).mean(-1)
