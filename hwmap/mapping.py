@@ -138,7 +138,9 @@ def thresholds(op: dict, consts: dict, term: int, target: Target, v_per_unit: fl
             if kind != "const":
                 raise ValueError("only constant terms fold into thresholds")
             rest = rest + consts[ins[0]] * consts[m]
-    rest = np.broadcast_to(np.asarray(rest, dtype=np.float64), M.shape)
+    rest = np.asarray(rest, dtype=np.float64)
+    shape = np.broadcast_shapes(M.shape, rest.shape, (1,))  # one row per output channel
+    M, rest = np.broadcast_to(M, shape), np.broadcast_to(rest, shape)
     codes = np.arange(lo + 1, hi + 1)
     if np.any(M <= 0):
         raise MappingError(f"{op['out']}: a non-positive multiplier cannot become a threshold")

@@ -12,6 +12,13 @@ MODELS = {
     "mingru_hw": {"family": "mingru_hw", "d_model": 8, "n_layers": 2},
     "mingru": {"family": "mingru", "d_model": 8},
     "mgrade": {"family": "mgrade", "d_model": 8, "n_layers": 1, "max_delay": 8, "n_taps": 2},
+    "s4d_real_hw": {
+        "family": "s4d_real",
+        "d_model": 8,
+        "d_state": 8,
+        "dt_min": 0.01,
+        "dt_max": 0.5,
+    },
 }
 QUANT = {  # the shipped recipes' styles: polar + per-channel, cartesian, analog state, 8 bit
     "s4d": {
@@ -31,6 +38,13 @@ QUANT = {  # the shipped recipes' styles: polar + per-channel, cartesian, analog
         ],
     },
     "mingru": {"default": {"bits": 8}},
+    "s4d_real_hw": {  # recipes/s4d_real_hw.yaml: retention grid, one state scale
+        "default": {"bits": 8, "granularity": "per_channel", "complex": "polar"},
+        "targets": [
+            {"roles": ["ssm.state"], "granularity": "per_tensor"},
+            {"roles": ["act.input", "act.output", "ssm.output"], "granularity": "per_tensor"},
+        ],
+    },
     "mgrade": {
         "default": {"bits": 8, "granularity": "per_channel"},
         "targets": [{"roles": ["act.input", "act.output"], "granularity": "per_tensor"}],

@@ -1,0 +1,108 @@
+"""Mapping: physical realizations that reproduce the integer graph; clear refusals."""
+
+import numpy as np
+import pytest
+
+from hwmap import intref
+from hwmap.lower import lower
+from hwmap.mapping import MappingError, map_graph
+from hwmap.targets import load_target
+from qssm.runs import load_run_model
+
+
+def mapped(tiny_run, family, target="minimalist_like", **changes):
+    """The tiny run mapped; its gate scale (1/84 on a tiny calibration) needs a larger bank
+    than minimalist_like's 64 units unless a test sets its own."""
+    model, _ = load_run_model(tiny_run(family))
+    graph = lower(model)
+    t = load_target(target)
+    if family == "mingru_hw":
+        changes = {"state_bank": {"units": 256}, **changes}
+    for section, fields in changes.items():
+        t = t.model_copy(update={section: getattr(t, section).model_copy(update=fields)})
+    return graph, map_graph(graph, t, model), t
+
+
+def test_differential_units_with_constant_column_totals(tiny_run):
+    graph, mapping, _ = mapped(tiny_run, "mingru_hw")
+    for layer in mapping["layers"]:
+        for key in ("gate_mac", "cand_mac"):
+            m = layer[key]
+            assert np.all(m["pos_units"] + m["dummy_pos"] == m["units_per_side"])
+            assert np.all(m["neg_units"] + m["dummy_neg"] == m["units_per_side"])
+            assert np.all(np.minimum(m["pos_units"], m["neg_units"]) == 0)
+    W = graph["consts"]["blocks.0.gru.Wz.W"]
+    m = mapping["layers"][0]["gate_mac"]
+    assert np.array_equal(m["pos_units"] - m["neg_units"], W)
+
+
+def test_gate_thresholds_reproduce_the_integer_codes(tiny_run):
+    """Exhaustively over every accumulator value the MAC can reach."""
+    graph, mapping, _ = mapped(tiny_run, "mingru_hw")
+    op = next(o for o in graph["step"] if o["out"] == "blocks.0.gru.gate")
+    layer = mapping["layers"][0]
+    W = graph["consts"][op["terms"][0][1][1]]  # (K, O)
+    reach = int(np.abs(W).sum(0).max() * 128)
+    acc = np.arange(-reach, reach + 1)[:, None] * np.ones((1, W.shape[1]), dtype=np.int64)
+    values = [acc * graph["consts"][op["terms"][0][2]]]
+    for _, ins, m in op["terms"][1:]:
+        values.append(np.broadcast_to(graph["consts"][ins[0]] * graph["consts"][m], acc.shape))
+    expected = intref.requantize(sum(values), op)
+    t = np.ceil(layer["gate_thresholds"]["acc"])  # (O, codes)
+    got = layer["gate_thresholds"]["lo"] + (acc[..., None] >= t).sum(-1)
+    assert np.array_equal(got, expected)
+
+
+def test_gate_bank_shares_exactly_the_gate_scale(tiny_run):
+    _, mapping, _ = mapped(tiny_run, "mingru_hw")
+    for layer in mapping["layers"]:
+        bank = layer["bank"]
+        assert np.allclose(layer["s_gate"] * bank["units_effective"], 1.0)
+        assert bank["switchable_units"] == 63 and np.all(bank["remainder_ff"] >= 0)
+    totals = mapping["totals"]
+    assert totals["capacitance_pf"] > 0 and totals["energy_per_step_pj"] > 0
+    parts = totals["energy_breakdown_pj"]
+    assert abs(sum(parts.values()) - totals["energy_per_step_pj"]) < 1e-9
+
+
+def test_s4d_real_retention_units(tiny_run):
+    graph, mapping, t = mapped(tiny_run, "s4d_real_hw", "generic_28nm")
+    layer = mapping["layers"][0]
+    k, n_eff = layer["retention_units"], layer["bank"]["units_effective"]
+    M = (
+        graph["consts"][
+            next(o for o in graph["step"] if o["out"] == "blocks.0.ssm.x_re'")["terms"][0][2]
+        ]
+        / 2.0 ** next(o for o in graph["step"] if o["out"] == "blocks.0.ssm.x_re'")["shift"]
+    )
+    assert np.all(k >= 1) and np.all(k <= n_eff)  # |Ā| < 1: at least one unit shares
+    assert np.allclose(1 - k / n_eff, M, atol=1e-6)  # Ā = 1 − k/N
+
+
+@pytest.mark.parametrize(
+    "family, target, changes, words",
+    [
+        ("s4d", "generic_28nm", {}, ["complex S4D", "s4d_real"]),
+        ("mgrade", "generic_28nm", {}, ["mgrade", "mingru_hw"]),
+        (
+            "mingru_hw",
+            "minimalist_like",
+            {"weights": {"max_units": 1}},
+            ["blocks.0.gru.Wz", "weights.max_units"],
+        ),
+        (
+            "mingru_hw",
+            "minimalist_like",
+            {"inputs": {"encoding": "binary"}},
+            ["bit-serial", "inputs.encoding"],
+        ),
+        ("mingru_hw", "minimalist_like", {"array": {"rows": 4, "tiling": False}}, ["array.tiling"]),
+        ("mingru_hw", "minimalist_like", {"state_bank": {"units": 32}}, ["state_bank.units"]),
+        ("s4d_real", "generic_28nm", {}, ["complex: polar"]),
+    ],
+)
+def test_unmappable_models_are_refused_with_the_fix(tiny_run, family, target, changes, words):
+    with pytest.raises(MappingError) as err:
+        mapped(tiny_run, family, target, **changes)
+    for word in words:
+        assert word in str(err.value)

@@ -1,0 +1,69 @@
+"""The behavioural simulator: exact when ideal, each non-ideality has an effect, seeded."""
+
+import numpy as np
+import pytest
+
+from hwmap import intref, simulate
+from hwmap.export import ideal_check
+from hwmap.lower import lower
+from hwmap.mapping import map_graph
+from hwmap.targets import load_target
+from qssm.runs import load_data, load_run_model
+
+CASES = [("mingru_hw", "minimalist_like"), ("s4d_real_hw", "generic_28nm")]
+
+
+def setup(tiny_run, recipe_of, family, target):
+    model, _ = load_run_model(tiny_run(family))
+    graph, t = lower(model), load_target(target)
+    if family == "mingru_hw":  # the tiny run's gate scale is 1/84: a larger bank than 64 units
+        t = t.model_copy(update={"state_bank": t.state_bank.model_copy(update={"units": 256})})
+    test = load_data(recipe_of(family)).test
+    return graph, map_graph(graph, t, model), t, test.x.numpy()[:16], test.y.numpy()[:16]
+
+
+@pytest.mark.parametrize("family, target", CASES)
+def test_ideal_simulator_is_the_integer_reference(tiny_run, recipe_of, family, target):
+    graph, mapping, t, x, _ = setup(tiny_run, recipe_of, family, target)
+    r = ideal_check(graph, mapping, t, x)
+    assert r["decision_agreement"] == 1.0 and r["decisions"] > 0 and r["logits_identical"]
+
+
+@pytest.mark.parametrize("family, target", CASES)
+def test_every_nonideality_moves_the_outputs_and_chips_are_seeded(
+    tiny_run, recipe_of, family, target
+):
+    graph, mapping, t, x, y = setup(tiny_run, recipe_of, family, target)
+    t = t.with_unit(0.1).with_offset(20.0)  # exaggerated, so every effect shows on 16 sequences
+    t = t.model_copy(
+        update={
+            "leakage": t.leakage.model_copy(
+                update={"droop_per_step": 0.2, "charge_injection_mv": 50.0}
+            )
+        }
+    )
+    ideal, _ = intref.run(graph, x)
+    skip = {"parasitic", "clipping"} if family == "s4d_real_hw" else {"clipping"}
+    for name in set(simulate.NONIDEALITIES) - skip:
+        logits, _ = simulate.Simulator(graph, mapping, t, on=[name], seeds=[0]).run(x)
+        assert not np.array_equal(logits[0], ideal), name
+    if family == "mingru_hw":  # clipping holds the state inside the rails injection pushes past
+        rail = t.model_copy(
+            update={"leakage": t.leakage.model_copy(update={"charge_injection_mv": 2000.0})}
+        )
+        for on, inside in ((["injection"], False), (["injection", "clipping"], True)):
+            sim = simulate.Simulator(graph, mapping, rail, on=on, seeds=[0])
+            _, trace = sim.run(x, trace=True)
+            assert (np.abs(trace["blocks.0.gru.h'"]).max() <= 2**20) == inside
+    sims = [simulate.Simulator(graph, mapping, t, simulate.NONIDEALITIES, [1, 2]) for _ in "ab"]
+    a, b = (sim.run(x)[0] for sim in sims)
+    assert np.array_equal(a, b)  # same seeds, same chips, same noise
+    assert not np.array_equal(a[0], a[1])  # two chips differ
+    acc = simulate.accuracy(simulate.Simulator(graph, mapping, t, ["offset"], [0, 1, 2]), x, y)
+    assert acc.shape == (3,) and np.all((0 <= acc) & (acc <= 1))
+
+
+def test_unknown_nonideality_is_refused(tiny_run, recipe_of):
+    graph, mapping, t, _, _ = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
+    with pytest.raises(ValueError, match="mismatch"):
+        simulate.Simulator(graph, mapping, t, on=["gremlins"])
