@@ -292,7 +292,11 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[st
         A, B_, C, D = (
             _np(t) if not t.is_complex() else t.detach().cdouble().numpy() for t in ssm.quantized()
         )
-    qx = need(ssm, "state", (H, n), f"{sname}.state", "the recurrence is lowered in codes")
+    qx = site_q(ssm, "state", (H, n), f"{sname}.state")
+    if qx is None:  # analog state: |x| ≤ max|u|·|B̄| / (1 − |Ā|), fixed point over the largest
+        top = float((qu.bound * np.max(qu.scale) * np.abs(B_) / (1 - np.abs(A))).max())
+        span = 2**ANALOG_BITS + 2
+        qx = Q(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
     if qx.zp != 0:
         raise LoweringError(
             f"{sname}.state: an asymmetric state cannot be lowered; make it symmetric"

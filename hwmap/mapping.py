@@ -62,8 +62,10 @@ def unit_sigma(target: Target) -> float:
     return c.mismatch_pct_sqrt_ff / 100 / math.sqrt(c.unit_ff)
 
 
-def mac(name: str, W: np.ndarray, in_bits: int, analog_input: bool, target: Target) -> dict:
-    """A MAC array for integer weights W (K, O) applied to K inputs of ``in_bits`` bits."""
+def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Target) -> dict:
+    """A MAC array for integer weights W (K, O) applied to K inputs of ``in_bits`` bits, digital
+    (bit-serial planes of the full swing) or, with ``v_in`` volts per input code, analog."""
+    analog_input = v_in is not None
     K, n_out = W.shape
     pos, neg = np.maximum(W, 0), np.maximum(-W, 0)
     per_side = int(max(pos.max(), neg.max(), 1))
@@ -96,7 +98,8 @@ def mac(name: str, W: np.ndarray, in_bits: int, analog_input: bool, target: Targ
     c_line = units * cu + c_par
     cycles = 1 if analog_input else in_bits
     planes = 1 if analog_input or in_bits == 1 else 2 ** (in_bits - 1)  # MSB plane weight 1
-    v_lsb = swing(target) * cu / c_line / planes  # volts per accumulator unit
+    v_code = v_in if analog_input else swing(target) / planes  # volts per input code
+    v_lsb = v_code * cu / c_line  # volts per accumulator unit
     ktc = (
         math.sqrt(2)
         * ktc_volts(target, c_line)
@@ -199,8 +202,8 @@ def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict) -> dict:
     p, consts = f"blocks.{i}.gru", graph["consts"]
     gate, acc, state, out = (_op(graph, f"{p}.{s}") for s in ("gate", "acc0", "h'", "out"))
     in_bits = _bits(in_q["lo"], in_q["hi"])
-    mac_z = mac(f"{p}.Wz", consts[f"{p}.Wz.W"], in_bits, False, target)
-    mac_h = mac(f"{p}.Wh", consts[f"{p}.Wh.W"], in_bits, False, target)
+    mac_z = mac(f"{p}.Wz", consts[f"{p}.Wz.W"], in_bits, None, target)
+    mac_h = mac(f"{p}.Wh", consts[f"{p}.Wh.W"], in_bits, None, target)
     th = thresholds(gate, consts, 0, target, mac_z["v_per_unit"])
     M0, M1 = float(consts[state["terms"][0][2]]), float(consts[state["terms"][1][2]])
     s_gate = -M1 / M0  # the state update is h − k·s·h + k·s·h̃
@@ -238,8 +241,8 @@ def map_s4d_real(graph: dict, i: int, target: Target, model) -> dict:
     readout = y["terms"][0]
     W = consts[readout[1][1]]  # (H, n): the readout weights, one column per channel
     name = f"{p}.C"
-    cols = mac(name, W.T, 1, True, target)  # analog inputs: the state voltages
-    v_x = swing(target) / max(abs(state["lo"]), state["hi"])
+    v_x = swing(target) / max(abs(state["lo"]), state["hi"])  # the state range spans the swing
+    cols = mac(name, W.T, 1, v_x, target)  # analog inputs: the state voltages
     n_eff = np.broadcast_to(1 / s_d.reshape(-1, 1) if s_d.size > 1 else 1 / s_d[0], (H, n))
     bk = bank(f"{p}.state", n_eff, int(k.max()), v_x, target)
     th_volts = None

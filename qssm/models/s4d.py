@@ -122,12 +122,25 @@ class S4D(Quantizable, nn.Module):
         y = (C * x).sum(-1)
         return y if self.real else 2 * y.real
 
-    def kernel(self, L: int) -> torch.Tensor:
-        """Convolution kernel K[h, l] = readout(C · Ā^l B̄), (H, L)."""
-        _, B_bar, C = self.discretize()
-        powers = torch.exp(self.dtA().unsqueeze(-1) * torch.arange(L, device=C.device))  # (H, n, L)
+    def kernel(self, L: int, params=None) -> torch.Tensor:
+        """Convolution kernel K[h, l] = readout(C · Ā^l B̄), (H, L): of the continuous parameters,
+        or of given (Ā, B̄, C) — the quantized ones, when the state is analog."""
+        if params is None:
+            _, B_bar, C = self.discretize()
+            powers = torch.exp(self.dtA().unsqueeze(-1) * torch.arange(L, device=C.device))
+        else:
+            A_bar, B_bar, C = params
+            powers = A_bar.unsqueeze(-1) ** torch.arange(L, device=C.device)  # (H, n, L)
         K = torch.einsum("hn,hnl->hl", C * B_bar, powers)
         return K if self.real else 2 * K.real
+
+    @staticmethod
+    def convolve(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        """Causal convolution through the FFT: u (B, L, H), K (H, L) → (B, L, H)."""
+        L = u.shape[1]
+        u_f = torch.fft.rfft(u.transpose(1, 2), n=2 * L)  # (B, H, L+1)
+        y = torch.fft.irfft(u_f * torch.fft.rfft(K, n=2 * L), n=2 * L)[..., :L]
+        return y.transpose(1, 2)
 
     def forward(self, u: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         """u (B, L, H) → y (B, L, H)."""
@@ -136,15 +149,14 @@ class S4D(Quantizable, nn.Module):
                 raise ValueError(
                     "a quantized S4D runs in recurrent mode (its state is quantized per step)"
                 )
-            L = u.shape[1]
-            K = self.kernel(L)  # (H, L)
-            u_f = torch.fft.rfft(u.transpose(1, 2), n=2 * L)  # (B, H, L+1)
-            y = torch.fft.irfft(u_f * torch.fft.rfft(K, n=2 * L), n=2 * L)[..., :L]
-            return y.transpose(1, 2) + u * self.D
+            return self.convolve(u, self.kernel(u.shape[1])) + u * self.D
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
         A_bar, B_bar, C, D = self.quantized()
         quantizer = self._quantizer("state")
+        if quantizer is None and self._modules.get("qz"):  # analog state: a linear recurrence
+            y = self.convolve(u, self.kernel(u.shape[1], (A_bar, B_bar, C)))
+            return self.q("output", y + u * D)
         if quantizer is None or quantizer.calibrating:
             return self.q("output", self.step_loop(u, A_bar, B_bar, C) + u * D)
         scale, zp, qmin, qmax = quantizer.qparams()  # one autograd node for the sequence

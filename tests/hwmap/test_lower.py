@@ -59,8 +59,8 @@ def _model(recipe_of, family: str, quant: dict):
         ),
         (
             "s4d",
-            {"default": {"bits": 8}, "targets": [{"roles": ["ssm.state"], "enabled": False}]},
-            ["blocks.0.ssm.state", "ssm.state"],
+            {"default": {"bits": 8}, "targets": [{"roles": ["act.output"], "enabled": False}]},
+            ["encoder output", "act.output"],
         ),
         (
             "mingru_hw",
