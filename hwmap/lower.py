@@ -36,7 +36,7 @@ from qssm.models.mgrade import MGradeLayer
 from qssm.quant.quantizers import PolarQuantizer
 
 PRECISION = 52  # fixed-point sums stay below 2^52: exact in int64 and float64
-MULTIPLIER_SLACK_BITS = 8  # rounded multipliers move a sum by < 1/256 of an output step
+MULTIPLIER_SLACK_BITS = 4  # rounded multipliers move a sum by < 1/16 of an output step
 FIXED_BITS = 16  # weights folded with per-element scales become 16-bit fixed point
 ANALOG_BITS = 20  # an unquantized ("analog") state: fixed point with 2^20 steps over its range
 INT32 = 2**31 - 1

@@ -164,16 +164,23 @@ def thresholds(op: dict, consts: dict, term: int, target: Target, v_per_unit: fl
     }
 
 
-def bank(name: str, n_eff: np.ndarray, switchable: int, v_per_code: float, target: Target) -> dict:
+def bank(
+    name: str,
+    n_eff: np.ndarray,
+    switchable: int,
+    v_per_code: float,
+    target: Target,
+    strict: bool = True,
+) -> dict:
     """A charge-sharing bank: ``switchable`` units of C_u plus a fixed remainder, total n_eff·C_u
     per state element."""
     n_eff = np.asarray(n_eff, dtype=np.float64)
-    if np.any(n_eff < switchable):
+    if strict and np.any(n_eff < switchable):
         raise MappingError(
             f"{name}: a gate code would switch more than the whole bank (z > 1); quantize the "
             "gate on [0, 1] (hard sigmoid) with its largest code at most 1"
         )
-    if np.any(n_eff > target.state_bank.units):
+    if strict and np.any(n_eff > target.state_bank.units):
         raise MappingError(
             f"{name}: the state needs banks of {int(np.ceil(n_eff.max()))} unit capacitors; "
             f"{target.name} allows {target.state_bank.units} (state_bank.units). Use fewer bits "
@@ -198,7 +205,7 @@ def _bits(lo: int, hi: int) -> int:
     return max(1, math.ceil(math.log2(hi - lo + 1)))
 
 
-def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict) -> dict:
+def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict, strict: bool = True) -> dict:
     p, consts = f"blocks.{i}.gru", graph["consts"]
     gate, acc, state, out = (_op(graph, f"{p}.{s}") for s in ("gate", "acc0", "h'", "out"))
     in_bits = _bits(in_q["lo"], in_q["hi"])
@@ -208,7 +215,7 @@ def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict) -> dict:
     M0, M1 = float(consts[state["terms"][0][2]]), float(consts[state["terms"][1][2]])
     s_gate = -M1 / M0  # the state update is h − k·s·h + k·s·h̃
     v_h = swing(target) / 2**ANALOG_BITS  # the analog state's range spans the swing
-    bk = bank(f"{p}.state", np.full(mac_z["outputs"], 1 / s_gate), gate["hi"], v_h, target)
+    bk = bank(f"{p}.state", np.full(mac_z["outputs"], 1 / s_gate), gate["hi"], v_h, target, strict)
     comparators = mac_z["outputs"] * (len(th["acc"][0]) + 1)
     return {
         "kind": "mingru_hw",
@@ -277,14 +284,16 @@ def check_mappable(graph: dict, target: Target) -> None:
         )
 
 
-def map_graph(graph: dict, target: Target, model) -> dict:
-    """The mapping of every block; raises MappingError for what cannot be mapped."""
+def map_graph(graph: dict, target: Target, model, strict: bool = True) -> dict:
+    """The mapping of every block; raises MappingError for what cannot be mapped.  Without
+    ``strict`` the state-bank capacity is not checked (hardware-aware QAT needs only the noise
+    magnitudes, before training has settled the gate scale)."""
     check_mappable(graph, target)
     layers = []
     q = graph["formats"]["encoder"]
     for i in _blocks(graph):
         if graph["meta"]["family"] == "mingru_hw":
-            layers.append(map_mingru_hw(graph, i, target, q))
+            layers.append(map_mingru_hw(graph, i, target, q, strict))
             q = {"lo": 0, "hi": 1}  # binary comparator outputs feed the next layer
         else:
             readout = _op(graph, f"blocks.{i}.ssm.output")["terms"][0]

@@ -96,6 +96,16 @@ class FloatConfig(TrainConfig):
     mode: Literal["parallel", "recurrent"] = "parallel"
 
 
+class HardwareNoise(Section):
+    """Hardware-aware QAT: train with the analog errors of a switched-capacitor target (mismatch,
+    kT/C, comparator offset and noise) injected as noise on the gate and candidate MAC outputs and
+    on the comparator input, magnitudes from ``qssm map-to-hw``'s mapping (hardware minGRU)."""
+
+    target: str
+    unit_ff: float | None = Field(None, gt=0)  # default: the target's unit capacitance
+    offset_mv: float | None = Field(None, ge=0)  # default: the target's trimmed offset
+
+
 class QATConfig(TrainConfig):
     """Quantization-aware training in recurrent mode (the state re-quantized every step)."""
 
@@ -103,6 +113,7 @@ class QATConfig(TrainConfig):
     lr: float = Field(2e-3, gt=0)
     ssm_lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    hardware: HardwareNoise | None = None
 
 
 class PTQConfig(Section):

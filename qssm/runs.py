@@ -214,6 +214,19 @@ def check_quant(recipe: Recipe, source: str = "recipe") -> None:
         wrap(Classifier(recipe.model_dict(), 1, 2), recipe.quant)
     except ValueError as err:
         raise RecipeError(f"{source}: {err}") from None
+    hw = recipe.qat.hardware
+    if hw is not None:
+        if recipe.model.family != "mingru_hw":
+            raise RecipeError(
+                f"{source}: qat.hardware: hardware-aware QAT models the hardware minGRU's analog "
+                f"signals; model.family is {recipe.model.family}, use mingru_hw or drop it"
+            )
+        from hwmap.targets import TargetError, load_target
+
+        try:
+            load_target(hw.target)
+        except TargetError as err:
+            raise RecipeError(f"{source}: qat.hardware.target: {err}") from None
 
 
 def quantize_run(
@@ -247,6 +260,10 @@ def quantize_run(
     print(f"PTQ test accuracy {100 * metrics['ptq']['accuracy']:.2f} %")
     if recipe.qat.epochs > 0:
         t0 = time.perf_counter()
+        if recipe.qat.hardware is not None:
+            from hwmap.hwaware import attach_noise  # the mapping needs the calibrated scales
+
+            metrics["hardware_noise"] = attach_noise(model, recipe.qat.hardware)
         history = fit(
             model,
             data.train,
@@ -259,6 +276,9 @@ def quantize_run(
             desc="QAT",
             progress=progress,
         )
+        for m in model.modules():
+            if hasattr(m, "noise"):
+                m.noise = None
         metrics["qat"] = {
             **evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
             "epochs": len(history),

@@ -59,6 +59,7 @@ class MinGRU(Quantizable, nn.Module):
     def __init__(self, d_in: int, d_hidden: int, hardware: bool = False):
         super().__init__()
         self.hardware = hardware
+        self.noise: dict[str, torch.Tensor] | None = None  # hardware-aware QAT (hwmap.hwaware)
         self.Wz = QLinear(d_in, d_hidden, "gru.Wz", "gru.bz")
         self.Wh = QLinear(d_in, d_hidden, "gru.Wh", "gru.bh")
         nn.init.normal_(self.Wz.weight, std=1 / math.sqrt(d_in))
@@ -75,12 +76,20 @@ class MinGRU(Quantizable, nn.Module):
     def gate(self, pre: torch.Tensor) -> torch.Tensor:
         return hard_sigmoid(pre) if self.hardware else torch.sigmoid(pre)
 
+    def _noisy(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        """x plus the hardware's analog error while training hardware-aware (straight-through:
+        the noise does not depend on the parameters)."""
+        if self.noise is None or not self.training:
+            return x
+        return x + self.noise[key] * torch.randn_like(x)
+
     def output(self, h: torch.Tensor) -> torch.Tensor:
-        return Heaviside.apply(h) if self.hardware else self.q("output", h)
+        return Heaviside.apply(self._noisy(h, "out")) if self.hardware else self.q("output", h)
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         """x (B, L, d_in) → (B, L, d_hidden)."""
-        pre_z, cand = self.Wz(x), self.q("cand", self.Wh(x))  # (B, L, D)
+        pre_z = self._noisy(self.Wz(x), "gate")  # (B, L, D)
+        cand = self.q("cand", self._noisy(self.Wh(x), "cand"))
         if mode == "parallel":
             if self._modules.get("qz"):
                 raise ValueError(

@@ -1,0 +1,63 @@
+"""Hardware-aware QAT: the analog errors of a mapped switched-capacitor target as training noise.
+
+For every hardware minGRU layer the mapping gives, in accumulator units of its MACs, the kT/C
+noise, the comparator offset and noise (input-referred) and the capacitor mismatch (σ_u·√(Σ|w|·
+E[x²]) per column).  Converted to the real units of the gate pre-activation W_z x, the candidate
+W_h x and the comparator input h, they become Gaussian noise added during QAT's forward passes
+(``MinGRU._noisy``).  Mismatch is static on a chip; here it is drawn anew for every sample and
+step — training against many chips at once.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from .lower import lower
+from .mapping import map_graph, unit_sigma
+from .targets import load_target
+
+
+def layer_sigmas(graph: dict, layer: dict, target) -> dict[str, np.ndarray]:
+    consts, formats = graph["consts"], graph["formats"]
+    ops = {op["out"]: op for op in graph["step"]}
+    gate, state = ops[layer["ops"]["gate"]], ops[layer["ops"]["state"]]
+    s_g = float(np.max(formats[gate["out"]]["scale"]))
+    s_h = float(np.max(formats[state["out"]]["scale"]))
+    comparator_v = (
+        math.hypot(target.comparator.trimmed_offset_mv, target.comparator.noise_mv) * 1e-3
+    )
+    out = {}
+    for key, mac_key in (("gate", "gate_mac"), ("cand", "cand_mac")):
+        m = layer[mac_key]
+        w = m["pos_units"] + m["neg_units"]  # (K, O)
+        mean_square = (2 ** (m["input_bits"] - 1)) ** 2 / 3 if m["input_bits"] > 1 else 0.5
+        mismatch = unit_sigma(target) * np.sqrt(w.sum(0) * mean_square)
+        units = m["ktc_sigma_units"] ** 2 + mismatch**2
+        if key == "gate":  # the ADC's comparators; s_W·s_x = 4·s_g·M/2^S (hard sigmoid's /4)
+            units = units + (comparator_v / m["v_per_unit"]) ** 2
+            real = 4 * s_g * np.asarray(consts[gate["terms"][0][2]], float) / 2.0 ** gate["shift"]
+        else:  # the state update's z·acc term: M = s_g·s_W·s_x/s_h·2^S
+            M = np.asarray(consts[state["terms"][2][2]], float)
+            real = M * s_h / (2.0 ** state["shift"] * s_g)
+        out[key] = np.sqrt(units) * real
+    out["out"] = np.asarray(comparator_v / layer["bank"]["v_per_code"] * s_h)
+    return out
+
+
+def attach_noise(model, cfg) -> dict:
+    """Set ``noise`` on every hardware minGRU of ``model`` from the recipe's qat.hardware."""
+    target = load_target(cfg.target)
+    if cfg.unit_ff is not None:
+        target = target.with_unit(cfg.unit_ff)
+    if cfg.offset_mv is not None:
+        target = target.with_offset(cfg.offset_mv)
+    graph = lower(model)
+    mapping = map_graph(graph, target, model, strict=False)
+    summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff, "layers": []}
+    for i, layer in enumerate(mapping["layers"]):
+        gru = model.blocks[i].gru
+        sig = layer_sigmas(graph, layer, target)
+        gru.noise = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in sig.items()}
+        summary["layers"].append({k: float(np.mean(v)) for k, v in sig.items()})
+    return summary

@@ -1,0 +1,117 @@
+"""Hardware-aware QAT and `qssm map-to-hw`."""
+
+import json
+
+import pytest
+import torch
+
+from qssm.cli import main
+from qssm.recipe import RecipeError, parse_recipe
+from qssm.runs import check_quant, load_data, open_run, quantize_run
+
+
+def hw_recipe(recipe_of, family="mingru_hw"):
+    r = recipe_of(family).model_dump(mode="json")
+    r["qat"]["hardware"] = {"target": "minimalist_like", "unit_ff": 0.5}
+    return parse_recipe(r)
+
+
+def test_hardware_aware_qat_injects_the_mapped_noise_while_training(recipe_of, tmp_path):
+    r = hw_recipe(recipe_of)
+    check_quant(r)
+    out = open_run(tmp_path / "run", r, force=False)
+    metrics = quantize_run(r, load_data(r), out, progress=False)
+    noise = metrics["hardware_noise"]
+    assert noise["target"] == "minimalist_like" and noise["unit_ff"] == 0.5
+    assert len(noise["layers"]) == 2
+    assert all(v > 0 for layer in noise["layers"] for v in layer.values())
+    assert "qat" in metrics
+
+
+def test_noise_is_applied_only_in_training():
+    from qssm.models.mingru import MinGRU
+
+    gru = MinGRU(3, 4, hardware=True)
+    gru.noise = {
+        "gate": torch.full((4,), 5.0),
+        "cand": torch.full((4,), 5.0),
+        "out": torch.tensor(5.0),
+    }
+    x = torch.randn(2, 6, 3)
+    gru.eval()
+    assert torch.equal(gru(x, "recurrent"), gru(x, "recurrent"))
+    gru.train()
+    torch.manual_seed(0)
+    a = gru(x, "recurrent")
+    assert not torch.equal(a, gru(x, "recurrent"))
+
+
+def test_hardware_aware_qat_needs_the_hardware_minigru(recipe_of):
+    with pytest.raises(RecipeError, match="mingru_hw"):
+        check_quant(hw_recipe(recipe_of, "s4d_real"))
+    r = recipe_of("mingru_hw").model_dump(mode="json")
+    r["qat"]["hardware"] = {"target": "no_such_chip"}
+    with pytest.raises(RecipeError, match="qat.hardware.target"):
+        check_quant(parse_recipe(r))
+
+
+def test_map_to_hw_command(tiny_run, tmp_path, capsys):
+    run = tiny_run("s4d_real_hw")
+    out = tmp_path / "hw"
+    args = [
+        "--json",
+        "map-to-hw",
+        str(run),
+        "--target",
+        "generic_28nm",
+        "--out",
+        str(out),
+        "--limit",
+        "6",
+        "--mc-seeds",
+        "2",
+        "--mc-limit",
+        "4",
+        "--mc-units",
+        "0.5",
+        "4",
+        "--mc-offsets",
+        "1",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    for name in (
+        "mapping.json",
+        "arrays.npz",
+        "step.onnx",
+        "sequence.onnx",
+        "verify.json",
+        "report.md",
+        "monte_carlo.png",
+    ):
+        assert (out / name).exists(), name
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["sim_ideal_vs_intref"]["decision_agreement"] == 1.0
+    assert [r["unit_ff"] for r in verify["monte_carlo"]] == [0.5, 4.0, 1.0]
+    assert all(len(r["accuracies"]) == 2 for r in verify["monte_carlo"])
+    mapping = json.loads((out / "mapping.json").read_text())
+    assert mapping["totals"]["capacitance_pf"] > 0
+    assert "Monte-Carlo" in (out / "report.md").read_text()
+
+    complex_run = tiny_run("s4d")  # refused, nothing written
+    assert (
+        main(
+            [
+                "map-to-hw",
+                str(complex_run),
+                "--target",
+                "generic_28nm",
+                "--out",
+                str(tmp_path / "refused"),
+            ]
+        )
+        == 2
+    )
+    assert "s4d_real" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert main(["map-to-hw", str(run), "--target", "nowhere.yaml"]) == 2
