@@ -12,7 +12,8 @@ the shipped recipes, on smnist5k-shaped input:
                             reset after building and calibrating the model)
   process_peak_rss_gib      the same process's peak including calibration
   step_latency_us           streaming at batch 1, per timestep: Brevitas fake-quant (torch),
-                            the integer reference (numpy) and onnxruntime's step graph
+                            the integer reference (numpy interpreter, and its step compiled
+                            by numba: hwmap.compiled) and onnxruntime's step graph
   sequence_samples_per_s    whole sequences at batch B: integer reference, onnxruntime's
                             sequence graph (Scan)
 Each figure is the median over timed steps after one warm-up step.  Weights are untrained (speed
@@ -95,6 +96,7 @@ def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
     import numpy as np
 
     from hwmap import intref, onnx_export, verify
+    from hwmap.compiled import CompiledStream
     from hwmap.lower import lower
 
     graph = lower(model)
@@ -116,12 +118,20 @@ def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
         for t in range(784):
             s(x[0, t])
 
+    compiled = CompiledStream(graph)
+
+    def stream_compiled():
+        compiled.reset()
+        for t in range(784):
+            compiled(x[0, t])
+
     step = verify.session(paths["step"])
     sequence = verify.session(paths["sequence"])
     intref_s = per_step(lambda: intref.run(graph, x)) * 784 / 1e6
     onnx_s = per_step(lambda: sequence.run(["logits"], {"x": x})) * 784 / 1e6
     return {
         "intref_step_latency_us": per_step(stream_intref),
+        "intref_compiled_step_latency_us": per_step(stream_compiled),
         "onnx_step_latency_us": per_step(lambda: verify.stream_onnx(graph, step, x[:1])),
         "intref_sequence_samples_per_s": batch / intref_s,
         "onnx_sequence_samples_per_s": batch / onnx_s,
@@ -200,6 +210,7 @@ def main() -> None:
         "process_peak_rss_gib",
         "fakequant_step_latency_us",
         "intref_step_latency_us",
+        "intref_compiled_step_latency_us",
         "onnx_step_latency_us",
         "intref_sequence_samples_per_s",
         "onnx_sequence_samples_per_s",
