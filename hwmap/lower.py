@@ -352,7 +352,7 @@ def mingru(b: Builder, gru, name: str, x: str, qx: Q) -> tuple[str, Q]:
     if gru.hardware:  # hard sigmoid: clamp(v/4 + 1/2, 0, 1) is a requantization with a clip
         one = b.const(f"{name}.one", np.int64(1))
         terms = [(k, i, s / 4) for k, i, s in z_terms] + [("const", [one], 0.5)]
-        top = math.floor(1 / float(np.max(qg.scale)) + 0.5)
+        top = math.floor(1 / float(np.max(qg.scale)))  # z = k·s ≤ 1 (MinGRU._at_most_one)
         qz = Q(qg.scale, qg.zp, max(qg.lo, 0), min(qg.hi, top))
         z = b.affine(f"{name}.gate", terms, qz, f"{name}.gate", site=f"{name}:gate")
     else:

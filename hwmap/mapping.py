@@ -105,9 +105,8 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
         * ktc_volts(target, c_line)
         * math.sqrt(sum(4.0 ** (b - (cycles - 1)) for b in range(cycles)))
     )
-    energy = (
-        cycles * 0.5 * 2 * units * n_out * cu * 1e-15 * swing(target) ** 2 * 1e15
-    )  # half the units toggle per cycle, both lines, fJ
+    # half the units toggle per cycle on both lines: C (fF) · V² = energy (fJ)
+    energy = cycles * 0.5 * 2 * units * n_out * cu * swing(target) ** 2
     return {
         "fan_in": K,
         "outputs": n_out,

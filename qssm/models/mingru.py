@@ -83,6 +83,15 @@ class MinGRU(Quantizable, nn.Module):
             return x
         return x + self.noise[key] * torch.randn_like(x)
 
+    def _at_most_one(self, z: torch.Tensor) -> torch.Tensor:
+        """The hardware gate switches k units of a bank: z = k·s ≤ 1, so its top code is
+        ⌊1/s⌋ — rounding the clamped 1 could give ⌊1/s + ½⌋·s > 1."""
+        quantizer = self._quantizer("gate")
+        if quantizer is None or quantizer.calibrating:
+            return z
+        scale = quantizer.qparams()[0]
+        return torch.minimum(z, torch.floor(1 / scale) * scale)
+
     def output(self, h: torch.Tensor) -> torch.Tensor:
         return Heaviside.apply(self._noisy(h, "out")) if self.hardware else self.q("output", h)
 
@@ -104,6 +113,8 @@ class MinGRU(Quantizable, nn.Module):
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
         z = self.q("gate", self.gate(pre_z))
+        if self.hardware:
+            z = self._at_most_one(z)
         quantizer = self._quantizer("state")
         keep, write = 1 - z, z * cand
         if quantizer is None:  # analog state: one autograd node for the whole sequence
