@@ -13,12 +13,13 @@ from qssm.runs import RunError, load_data, load_run_model
 from . import intref, onnx_export, simulate, verify
 from .intref import save_graph
 from .lower import lower
-from .mapping import map_graph
+from .mapping import map_graph, observed_ranges
 from .report import plot_monte_carlo, write_hw_report
 from .targets import load_target
 
 FORMATS = ("qcdq", "qonnx")
 STREAM_CHECK = 50  # sequences streamed through the step graph (784 session calls each batch)
+RANGE_SEQUENCES = 64  # training sequences that set each analog state's voltage range
 
 
 def export_run(
@@ -171,21 +172,22 @@ def map_run(
     if header.get("quant") is None:
         raise RunError(f"{run_dir} holds a float model; run `qssm quantize` first and map that")
     graph = lower(model)
-    mapping = map_graph(graph, target, model)  # MappingError before anything is written
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    data = load_data(recipe)
+    ranges = observed_ranges(graph, data.train.x.numpy()[:RANGE_SEQUENCES])
+    mapping = map_graph(graph, target, model, ranges=ranges)  # MappingError: nothing written
     out = out or run_dir / "hw"
     verify_result = export_run(run_dir, out, "qcdq", limit, progress)
     write_json(out / "mapping.json", _jsonable(mapping))
     with atomic_path(out / "arrays.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **_arrays(mapping))
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    test = load_data(recipe).test
-    x, y = test.x.numpy()[:limit], test.y.numpy()[:limit]
+    x, y = data.test.x.numpy()[:limit], data.test.y.numpy()[:limit]
     (out / "verify.json").unlink()  # rewritten last, with the simulator's results
     verify_result["sim_ideal_vs_intref"] = ideal_check(graph, mapping, target, x)
     if mc_seeds:
         verify_result["monte_carlo"] = monte_carlo(
             graph,
-            lambda t: map_graph(graph, t, model),
+            lambda t: map_graph(graph, t, model, ranges=ranges),
             target,
             x[:mc_limit],
             y[:mc_limit],

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .lower import lower
-from .mapping import map_graph, unit_sigma
+from .mapping import map_graph, observed_ranges, unit_sigma
 from .targets import load_target
 
 
@@ -45,15 +45,17 @@ def layer_sigmas(graph: dict, layer: dict, target) -> dict[str, np.ndarray]:
     return out
 
 
-def attach_noise(model, cfg) -> dict:
-    """Set ``noise`` on every hardware minGRU of ``model`` from the recipe's qat.hardware."""
+def attach_noise(model, cfg, x: np.ndarray) -> dict:
+    """Set ``noise`` on every hardware minGRU of ``model`` from the recipe's qat.hardware; the
+    state voltage ranges are set on the training sequences ``x`` as ``map-to-hw`` does."""
     target = load_target(cfg.target)
     if cfg.unit_ff is not None:
         target = target.with_unit(cfg.unit_ff)
     if cfg.offset_mv is not None:
         target = target.with_offset(cfg.offset_mv)
     graph = lower(model)
-    mapping = map_graph(graph, target, model, strict=False)
+    ranges = observed_ranges(graph, x)
+    mapping = map_graph(graph, target, model, strict=False, ranges=ranges)
     summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff, "layers": []}
     for i, layer in enumerate(mapping["layers"]):
         gru = model.blocks[i].gru

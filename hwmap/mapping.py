@@ -25,10 +25,11 @@ import math
 
 import numpy as np
 
-from .lower import ANALOG_BITS
+from . import intref
 from .targets import Target
 
 BOLTZMANN = 1.380649e-23
+RANGE_MARGIN = 1.25  # headroom above the largest state seen on the calibration sequences
 
 
 class MappingError(ValueError):
@@ -204,7 +205,30 @@ def _bits(lo: int, hi: int) -> int:
     return max(1, math.ceil(math.log2(hi - lo + 1)))
 
 
-def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict, strict: bool = True) -> dict:
+def state_range(graph: dict, name: str, ranges: dict | None) -> float:
+    """Largest |state code| the state's voltage range must hold: observed on data (×
+    RANGE_MARGIN) when given, else the worst case the lowering assumed."""
+    state = next(s for s in graph["states"] if s["next"] == name)
+    worst = max(abs(state["lo"]), state["hi"])
+    if ranges is None or name not in ranges:
+        return worst
+    return min(worst, max(1.0, RANGE_MARGIN * ranges[name]))
+
+
+def observed_ranges(graph: dict, x: np.ndarray) -> dict[str, float]:
+    """Largest |code| of every state over sequences ``x`` (integer reference)."""
+    top = {s["next"]: 0.0 for s in graph["states"]}
+    state = intref.init_state(graph, len(x))
+    for t in range(x.shape[1]):
+        env, state = intref.step(graph, x[:, t], state)
+        for name in top:
+            top[name] = max(top[name], float(np.abs(env[name]).max()))
+    return top
+
+
+def map_mingru_hw(
+    graph: dict, i: int, target: Target, in_q: dict, strict: bool = True, ranges=None
+) -> dict:
     p, consts = f"blocks.{i}.gru", graph["consts"]
     gate, acc, state, out = (_op(graph, f"{p}.{s}") for s in ("gate", "acc0", "h'", "out"))
     in_bits = _bits(in_q["lo"], in_q["hi"])
@@ -213,7 +237,7 @@ def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict, strict: bool 
     th = thresholds(gate, consts, 0, target, mac_z["v_per_unit"])
     M0, M1 = float(consts[state["terms"][0][2]]), float(consts[state["terms"][1][2]])
     s_gate = -M1 / M0  # the state update is h − k·s·h + k·s·h̃
-    v_h = swing(target) / 2**ANALOG_BITS  # the analog state's range spans the swing
+    v_h = swing(target) / state_range(graph, state["out"], ranges)  # its range spans the swing
     bk = bank(f"{p}.state", np.full(mac_z["outputs"], 1 / s_gate), gate["hi"], v_h, target, strict)
     comparators = mac_z["outputs"] * (len(th["acc"][0]) + 1)
     return {
@@ -230,7 +254,7 @@ def map_mingru_hw(graph: dict, i: int, target: Target, in_q: dict, strict: bool 
     }
 
 
-def map_s4d_real(graph: dict, i: int, target: Target, model) -> dict:
+def map_s4d_real(graph: dict, i: int, target: Target, model, ranges=None) -> dict:
     p, consts = f"blocks.{i}.ssm", graph["consts"]
     state, y = _op(graph, f"{p}.x_re'"), _op(graph, f"{p}.output")
     ssm = model.blocks[i].ssm
@@ -247,7 +271,7 @@ def map_s4d_real(graph: dict, i: int, target: Target, model) -> dict:
     readout = y["terms"][0]
     W = consts[readout[1][1]]  # (H, n): the readout weights, one column per channel
     name = f"{p}.C"
-    v_x = swing(target) / max(abs(state["lo"]), state["hi"])  # the state range spans the swing
+    v_x = swing(target) / state_range(graph, state["out"], ranges)  # the range spans the swing
     cols = mac(name, W.T, 1, v_x, target)  # analog inputs: the state voltages
     n_eff = np.broadcast_to(1 / s_d.reshape(-1, 1) if s_d.size > 1 else 1 / s_d[0], (H, n))
     bk = bank(f"{p}.state", n_eff, int(k.max()), v_x, target)
@@ -283,16 +307,18 @@ def check_mappable(graph: dict, target: Target) -> None:
         )
 
 
-def map_graph(graph: dict, target: Target, model, strict: bool = True) -> dict:
+def map_graph(graph: dict, target: Target, model, strict: bool = True, ranges=None) -> dict:
     """The mapping of every block; raises MappingError for what cannot be mapped.  Without
     ``strict`` the state-bank capacity is not checked (hardware-aware QAT needs only the noise
-    magnitudes, before training has settled the gate scale)."""
+    magnitudes, before training has settled the gate scale).  ``ranges`` (from
+    :func:`observed_ranges`) scales each state's voltage to the range it takes on data, as a
+    designer sets the bank's reference; without it the worst-case range spans the swing."""
     check_mappable(graph, target)
     layers = []
     q = graph["formats"]["encoder"]
     for i in _blocks(graph):
         if graph["meta"]["family"] == "mingru_hw":
-            layers.append(map_mingru_hw(graph, i, target, q, strict))
+            layers.append(map_mingru_hw(graph, i, target, q, strict, ranges))
             q = {"lo": 0, "hi": 1}  # binary comparator outputs feed the next layer
         else:
             readout = _op(graph, f"blocks.{i}.ssm.output")["terms"][0]
@@ -303,7 +329,7 @@ def map_graph(graph: dict, target: Target, model, strict: bool = True) -> dict:
                     f"side (per-element state scales fold into them); {target.name} holds "
                     f"{target.weights.max_units}. Set ssm.state granularity: per_tensor"
                 )
-            layers.append(map_s4d_real(graph, i, target, model))
+            layers.append(map_s4d_real(graph, i, target, model, ranges))
     return {"target": target.name, "layers": layers, "totals": totals(layers, target)}
 
 

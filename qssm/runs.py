@@ -263,7 +263,8 @@ def quantize_run(
         if recipe.qat.hardware is not None:
             from hwmap.hwaware import attach_noise  # the mapping needs the calibrated scales
 
-            metrics["hardware_noise"] = attach_noise(model, recipe.qat.hardware)
+            x = data.train.x[:64].numpy()  # sets the analog state ranges, as map-to-hw does
+            metrics["hardware_noise"] = attach_noise(model, recipe.qat.hardware, x)
         history = fit(
             model,
             data.train,
