@@ -172,19 +172,19 @@ def bank(
     target: Target,
     strict: bool = True,
 ) -> dict:
-    """A charge-sharing bank: ``switchable`` units of C_u plus a fixed remainder, total n_eff·C_u
-    per state element."""
+    """A charge-sharing bank: ``switchable`` units of C_u plus a fixed capacitor of the remainder,
+    total n_eff·C_u per state element, so that k switched units share k/n_eff of the charge."""
     n_eff = np.asarray(n_eff, dtype=np.float64)
     if strict and np.any(n_eff < switchable):
         raise MappingError(
             f"{name}: a gate code would switch more than the whole bank (z > 1); quantize the "
             "gate on [0, 1] (hard sigmoid) with its largest code at most 1"
         )
-    if strict and np.any(n_eff > target.state_bank.units):
+    if strict and switchable > target.state_bank.units:
         raise MappingError(
-            f"{name}: the state needs banks of {int(np.ceil(n_eff.max()))} unit capacitors; "
-            f"{target.name} allows {target.state_bank.units} (state_bank.units). Use fewer bits "
-            "or a coarser scale for the gate / Ā"
+            f"{name}: codes switch up to {switchable} unit capacitors of a bank; {target.name} "
+            f"switches at most {target.state_bank.units} (state_bank.units). Give the gate / Ā "
+            "fewer bits"
         )
     cu = target.capacitor.unit_ff
     c_bank = n_eff * cu + target.parasitic.fixed_ff

@@ -11,13 +11,10 @@ from qssm.runs import load_run_model
 
 
 def mapped(tiny_run, family, target="minimalist_like", **changes):
-    """The tiny run mapped; its gate scale (1/84 on a tiny calibration) needs a larger bank
-    than minimalist_like's 64 units unless a test sets its own."""
+    """The tiny run mapped onto ``target`` with some of its sections changed."""
     model, _ = load_run_model(tiny_run(family))
     graph = lower(model)
     t = load_target(target)
-    if family == "mingru_hw":
-        changes = {"state_bank": {"units": 256}, **changes}
     for section, fields in changes.items():
         t = t.model_copy(update={section: getattr(t, section).model_copy(update=fields)})
     return graph, map_graph(graph, t, model), t

@@ -16,8 +16,6 @@ CASES = [("mingru_hw", "minimalist_like"), ("s4d_real_hw", "generic_28nm")]
 def setup(tiny_run, recipe_of, family, target):
     model, _ = load_run_model(tiny_run(family))
     graph, t = lower(model), load_target(target)
-    if family == "mingru_hw":  # the tiny run's gate scale is 1/84: a larger bank than 64 units
-        t = t.model_copy(update={"state_bank": t.state_bank.model_copy(update={"units": 256})})
     test = load_data(recipe_of(family)).test
     return graph, map_graph(graph, t, model), t, test.x.numpy()[:16], test.y.numpy()[:16]
 
