@@ -97,9 +97,11 @@ class S4DScan(torch.autograd.Function):
         conjA, conjB, conjC = (t.conj().resolve_conj() for t in (A, B, C))  # not lazy views
         full = R.shape[2:]
         scale_, zp_ = scale.expand(full).contiguous(), zp.expand(full).contiguous()
+        if cplx:  # −scale on the imaginary part: the codes give conj(x) directly
+            scale_ = scale_ * torch.tensor([1.0, -1.0], dtype=scale_.dtype)
         has_zp = bool(torch.any(zp != 0))
 
-        def states(lo: int, hi: int) -> torch.Tensor:  # x_lo … x_{hi−1}; x_{−1} = 0
+        def states(lo: int, hi: int) -> torch.Tensor:  # conj(x_lo) … conj(x_{hi−1}); x_{−1} = 0
             codes = R[max(lo, 0) : hi].to(scale.dtype).clamp_(qmin, qmax)
             parts = (codes - zp_ if has_zp else codes).mul_(scale_)
             x = torch.view_as_complex(parts) if cplx else parts
@@ -113,8 +115,8 @@ class S4DScan(torch.autograd.Function):
         carry = torch.zeros(Bsz, *A.shape, dtype=A.dtype)
         for c0 in reversed(range(0, L, CHUNK)):
             T = min(CHUNK, L - c0)
-            X_all = states(c0 - 1, c0 + T)  # (T + 1, B, H, n)
-            X, X_prev = X_all[1:], X_all[:-1]
+            Xc_all = states(c0 - 1, c0 + T)  # conj(x), (T + 1, B, H, n)
+            Xc, Xc_prev = Xc_all[1:], Xc_all[:-1]
             Rc = R[c0 : c0 + T]
             mask = ((Rc >= qmin) & (Rc <= qmax)).to(scale.dtype)
             gyc = gy[:, c0 : c0 + T].transpose(0, 1) * k  # (T, B, H)
@@ -124,11 +126,11 @@ class S4DScan(torch.autograd.Function):
                 GX[i] += carry
                 torch.mul(_parts(GX[i]), mask[i], out=_parts(GP[i]))  # through the clamp
                 carry = GP[i] * conjA
-            gC += torch.einsum("tbh,tbhn->hn", gyc.to(X.dtype), X.conj().resolve_conj())
-            gA += (GP * X_prev.conj().resolve_conj()).sum((0, 1))
+            gC += torch.einsum("tbh,tbhn->hn", gyc.to(Xc.dtype), Xc)
+            gA += (GP * Xc_prev).sum((0, 1))
             gB += torch.einsum("tbhn,tbh->hn", GP, u[:, c0 : c0 + T].transpose(0, 1).to(GP.dtype))
             gu[:, c0 : c0 + T] = torch.einsum("tbhn,hn->tbh", GP, conjB).real.transpose(0, 1)
-            SX += (GX * X.conj().resolve_conj()).sum((0, 1))
+            SX += (GX * Xc).sum((0, 1))
         # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·x/s − Σ gp·p/s, and
         # Σ gp·conj(p) = conj(Ā)·gA + conj(B̄)·gB since p = Ā x_{t−1} + B̄ u_t
         s = scale.reshape(scale.shape[: A.ndim]) if cplx else scale
