@@ -5,13 +5,16 @@ clamp, multiply, readout) nodes and keeps every intermediate alive for the backw
 L = 784 that costs seconds per batch and gigabytes.  These functions run the same forward
 arithmetic — the same torch ops on the same values, so the state codes are bit-identical — under
 ``no_grad``, keep only the integer state codes (int8 for ≤ 8 bits), and run a hand-written
-backward-through-time with the straight-through estimator of Brevitas' ``IntQuant``: the gradient
+backward-through-time (for S4D one numba kernel, a single pass over time in float64) with the
+straight-through estimator of Brevitas' ``IntQuant``: the gradient
 passes the rounding unchanged, the clamp where the code is inside [qmin, qmax], and the scale gets
 ∂x/∂s = (code − zp) − [inside]·p/s.
 
 ``tests/quant/test_scan.py`` checks forward codes and every gradient against the plain loop.
 """
 
+import numba
+import numpy as np
 import torch
 
 
@@ -49,11 +52,10 @@ class S4DScan(torch.autograd.Function):
     u (B, L, H); Ā, B̄, C (H, n) real or complex; scale, zp broadcast against the state parts
     (H, n[, 1]).  Returns y (B, L, H) without the D term.
 
-    Only the step-to-step dependence runs one timestep at a time (forward: 8 in-place ops on
-    (B, H, n); backward: 3); the readout, B̄u and every reduction of the backward pass run on
-    blocks of CHUNK timesteps.  Saved: the rounded codes before clamping, clipped to one past
-    the range (int8 up to 7 bits, int16 above), from which the state and the clamp mask are
-    rebuilt."""
+    Forward: 8 in-place torch ops per timestep on (B, H, n), the readout and B̄u on blocks of
+    CHUNK timesteps.  Saved: the rounded codes before clamping, clipped to one past the range
+    (int8 up to 7 bits, int16 above), from which the backward kernel rebuilds each state and its
+    clamp mask.  (A numba forward was tried: scalar loops were slower than torch's vector ops.)"""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
@@ -92,51 +94,115 @@ class S4DScan(torch.autograd.Function):
         u, A, B, C, scale, zp, R = ctx.saved_tensors
         qmin, qmax = ctx.q
         cplx = A.is_complex()
-        k = 2 if cplx else 1
-        Bsz, L, _ = u.shape
-        conjA, conjB, conjC = (t.conj().resolve_conj() for t in (A, B, C))  # not lazy views
-        full = R.shape[2:]
-        scale_, zp_ = scale.expand(full).contiguous(), zp.expand(full).contiguous()
-        if cplx:  # −scale on the imaginary part: the codes give conj(x) directly
-            scale_ = scale_ * torch.tensor([1.0, -1.0], dtype=scale_.dtype)
-        has_zp = bool(torch.any(zp != 0))
 
-        def states(lo: int, hi: int) -> torch.Tensor:  # conj(x_lo) … conj(x_{hi−1}); x_{−1} = 0
-            codes = R[max(lo, 0) : hi].to(scale.dtype).clamp_(qmin, qmax)
-            parts = (codes - zp_ if has_zp else codes).mul_(scale_)
-            x = torch.view_as_complex(parts) if cplx else parts
-            if lo < 0:
-                x = torch.cat([torch.zeros_like(x[:1]), x])
-            return x
+        def parts(t: torch.Tensor) -> np.ndarray:  # (H, n) → (H, n, 2 or 1) float64
+            t = t.detach()
+            return (torch.view_as_real(t) if cplx else t[..., None]).double().numpy()
 
-        gA, gB, gC = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
-        SX = torch.zeros_like(A)  # Σ ∂L/∂x_t · conj(x_t): the scale gradient's first part
-        gu = torch.empty_like(u)
-        carry = torch.zeros(Bsz, *A.shape, dtype=A.dtype)
-        for c0 in reversed(range(0, L, CHUNK)):
-            T = min(CHUNK, L - c0)
-            Xc_all = states(c0 - 1, c0 + T)  # conj(x), (T + 1, B, H, n)
-            Xc, Xc_prev = Xc_all[1:], Xc_all[:-1]
-            Rc = R[c0 : c0 + T]
-            mask = ((Rc >= qmin) & (Rc <= qmax)).to(scale.dtype)
-            gyc = gy[:, c0 : c0 + T].transpose(0, 1) * k  # (T, B, H)
-            GX = gyc[..., None] * conjC  # ∂L/∂x_t from the readout, then + carry
-            GP = torch.empty_like(GX)
-            for i in reversed(range(T)):
-                GX[i] += carry
-                torch.mul(_parts(GX[i]), mask[i], out=_parts(GP[i]))  # through the clamp
-                carry = GP[i] * conjA
-            gC += torch.einsum("tbh,tbhn->hn", gyc.to(Xc.dtype), Xc)
-            gA += (GP * Xc_prev).sum((0, 1))
-            gB += torch.einsum("tbhn,tbh->hn", GP, u[:, c0 : c0 + T].transpose(0, 1).to(GP.dtype))
-            gu[:, c0 : c0 + T] = torch.einsum("tbhn,hn->tbh", GP, conjB).real.transpose(0, 1)
-            SX += (GX * Xc).sum((0, 1))
+        full = (*A.shape, 2 if cplx else 1)
+
+        def grid(t: torch.Tensor) -> np.ndarray:  # a scale or zero point → (H, n, P) float64
+            t = t.detach().double()
+            return (t if cplx else t[..., None]).expand(full).contiguous().numpy()
+
+        gu, gA, gB, gC, SX = _s4d_backward(
+            R.numpy() if cplx else R.numpy()[..., None],
+            u.detach().contiguous().numpy(),
+            parts(A),
+            parts(B),
+            parts(C),
+            grid(scale),
+            grid(zp),
+            qmin,
+            qmax,
+            gy.detach().contiguous().numpy(),
+            2.0 if cplx else 1.0,
+        )
+        gA, gB, gC, SX = (
+            torch.view_as_complex(torch.from_numpy(g)) if cplx else torch.from_numpy(g)[..., 0]
+            for g in (gA, gB, gC, SX)
+        )
         # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·x/s − Σ gp·p/s, and
         # Σ gp·conj(p) = conj(Ā)·gA + conj(B̄)·gB since p = Ā x_{t−1} + B̄ u_t
-        s = scale.reshape(scale.shape[: A.ndim]) if cplx else scale
-        gscale = (SX - conjA * gA - conjB * gB).real / s
+        A64, B64 = A.detach().to(gA.dtype), B.detach().to(gB.dtype)
+        s = scale.detach().double().reshape(scale.shape[: A.ndim]) if cplx else scale.double()
+        gscale = (SX - A64.conj() * gA - B64.conj() * gB).real / s
         gscale = gscale.reshape(gscale.shape + (1,) * (scale.ndim - gscale.ndim))
-        return gu, gA, gB, gC, gscale.sum_to_size(scale.shape), None, None, None
+        return (
+            torch.from_numpy(gu).to(u.dtype),
+            gA.to(A.dtype),
+            gB.to(B.dtype),
+            gC.to(C.dtype),
+            gscale.sum_to_size(scale.shape).to(scale.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+@numba.njit(cache=True)
+def _s4d_backward(R, u, A, B, C, scale, zp, qmin, qmax, gy, k):
+    """BPTT of S4DScan in one pass over time (t outer, so every array is read in order).
+
+    R (L, B, H, n, P) saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real), u, gy (B, L, H),
+    A, B, C, scale, zp (H, n, P).  Returns ∂L/∂u and, as parts, ∂L/∂Ā, ∂L/∂B̄, ∂L/∂C and
+    SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient convention)."""
+    L, Bsz, H, n, P = R.shape
+    gu = np.zeros((Bsz, L, H))
+    gA, gB, gC, SX = (
+        np.zeros((H, n, P)),
+        np.zeros((H, n, P)),
+        np.zeros((H, n, P)),
+        np.zeros((H, n, P)),
+    )
+    carry = np.zeros((Bsz, H, n, P))  # ∂L/∂x_t through x_{t+1}
+    for t in range(L - 1, -1, -1):
+        for b in range(Bsz):
+            for h in range(H):
+                g, uu, acc = k * gy[b, t, h], u[b, t, h], 0.0
+                for j in range(n):
+                    r0 = R[t, b, h, j, 0]
+                    x0 = (min(max(r0, qmin), qmax) - zp[h, j, 0]) * scale[h, j, 0]
+                    m0 = 1.0 if qmin <= r0 <= qmax else 0.0  # the clamp passes the gradient
+                    p0 = 0.0
+                    if t > 0:
+                        p0 = (min(max(R[t - 1, b, h, j, 0], qmin), qmax) - zp[h, j, 0]) * scale[
+                            h, j, 0
+                        ]
+                    if P == 1:
+                        gx0 = g * C[h, j, 0] + carry[b, h, j, 0]
+                        gC[h, j, 0] += g * x0
+                        SX[h, j, 0] += gx0 * x0
+                        gp0 = gx0 * m0
+                        gA[h, j, 0] += gp0 * p0
+                        gB[h, j, 0] += gp0 * uu
+                        acc += gp0 * B[h, j, 0]
+                        carry[b, h, j, 0] = gp0 * A[h, j, 0]
+                        continue
+                    r1 = R[t, b, h, j, 1]
+                    x1 = (min(max(r1, qmin), qmax) - zp[h, j, 1]) * scale[h, j, 1]
+                    m1 = 1.0 if qmin <= r1 <= qmax else 0.0
+                    p1 = 0.0
+                    if t > 0:
+                        p1 = (min(max(R[t - 1, b, h, j, 1], qmin), qmax) - zp[h, j, 1]) * scale[
+                            h, j, 1
+                        ]
+                    gx0 = g * C[h, j, 0] + carry[b, h, j, 0]  # g·conj(C) + carry
+                    gx1 = -g * C[h, j, 1] + carry[b, h, j, 1]
+                    gC[h, j, 0] += g * x0  # g·conj(x)
+                    gC[h, j, 1] -= g * x1
+                    SX[h, j, 0] += gx0 * x0 + gx1 * x1  # gx·conj(x)
+                    SX[h, j, 1] += gx1 * x0 - gx0 * x1
+                    gp0, gp1 = gx0 * m0, gx1 * m1
+                    gA[h, j, 0] += gp0 * p0 + gp1 * p1  # gp·conj(x_{t−1})
+                    gA[h, j, 1] += gp1 * p0 - gp0 * p1
+                    gB[h, j, 0] += gp0 * uu
+                    gB[h, j, 1] += gp1 * uu
+                    acc += gp0 * B[h, j, 0] + gp1 * B[h, j, 1]  # Re(gp·conj(B̄))
+                    carry[b, h, j, 0] = gp0 * A[h, j, 0] + gp1 * A[h, j, 1]  # gp·conj(Ā)
+                    carry[b, h, j, 1] = gp1 * A[h, j, 0] - gp0 * A[h, j, 1]
+                gu[b, t, h] = acc
+    return gu, gA, gB, gC, SX
 
 
 class GateScan(torch.autograd.Function):
