@@ -267,17 +267,18 @@ def map_s4d_real(graph: dict, i: int, target: Target, model, ranges=None) -> dic
     s_d = d_q.magnitude.qparams()[0].detach().double().numpy().ravel()  # (H,) or (1,)
     H, n = consts[state["terms"][0][2]].shape
     M0 = consts[state["terms"][0][2]].astype(np.float64) / 2.0 ** state["shift"]  # Ā
-    k = np.rint((1 - M0) / s_d.reshape(-1, 1) if s_d.size > 1 else (1 - M0) / s_d[0])
-    readout = y["terms"][0]
-    W = consts[readout[1][1]]  # (H, n): the readout weights, one column per channel
-    name = f"{p}.C"
+    k = np.rint((1 - M0) / s_d.reshape(-1, 1))  # retention 1 − Ā in units of the bank
+    W = consts[y["terms"][0][1][1]]  # (H, n): the readout weights, one column per channel
+    if np.abs(W).max() > target.weights.max_units:
+        raise MappingError(
+            f"{p}.C: readout weights need {int(np.abs(W).max())} levels per side (per-element "
+            f"state scales fold into them); {target.name} holds {target.weights.max_units}. "
+            "Set ssm.state granularity: per_tensor"
+        )
     v_x = swing(target) / state_range(graph, state["out"], ranges)  # the range spans the swing
-    cols = mac(name, W.T, 1, v_x, target)  # analog inputs: the state voltages
-    n_eff = np.broadcast_to(1 / s_d.reshape(-1, 1) if s_d.size > 1 else 1 / s_d[0], (H, n))
+    cols = mac(f"{p}.C", W.T, 1, v_x, target)  # analog inputs: the state voltages
+    n_eff = np.broadcast_to(1 / s_d.reshape(-1, 1), (H, n))
     bk = bank(f"{p}.state", n_eff, int(k.max()), v_x, target)
-    th_volts = None
-    if len(y["terms"]) == 2:  # readout + D u: both analog, thresholds compared in sum units
-        th_volts = cols["v_per_unit"]
     return {
         "kind": "s4d_real",
         "ops": {"state": state["out"], "output": y["out"]},
@@ -286,7 +287,6 @@ def map_s4d_real(graph: dict, i: int, target: Target, model, ranges=None) -> dic
         "bank": bk,
         "output_levels": y["hi"] - y["lo"] + 1,
         "comparators": H * (y["hi"] - y["lo"]),
-        "threshold_volts_per_unit": th_volts,
         "adc_bits": _bits(y["lo"], y["hi"]),
     }
 
@@ -321,14 +321,6 @@ def map_graph(graph: dict, target: Target, model, strict: bool = True, ranges=No
             layers.append(map_mingru_hw(graph, i, target, q, strict, ranges))
             q = {"lo": 0, "hi": 1}  # binary comparator outputs feed the next layer
         else:
-            readout = _op(graph, f"blocks.{i}.ssm.output")["terms"][0]
-            W = graph["consts"][readout[1][1]]
-            if np.abs(W).max() > target.weights.max_units:
-                raise MappingError(
-                    f"blocks.{i}.ssm.C: readout weights need {int(np.abs(W).max())} levels per "
-                    f"side (per-element state scales fold into them); {target.name} holds "
-                    f"{target.weights.max_units}. Set ssm.state granularity: per_tensor"
-                )
             layers.append(map_s4d_real(graph, i, target, model, ranges))
     return {"target": target.name, "layers": layers, "totals": totals(layers, target)}
 
