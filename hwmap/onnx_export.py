@@ -50,6 +50,7 @@ class Emitter:
         self.consts, self.prefix, self.qonnx = consts, prefix, qonnx
         self.nodes: list = []
         self.inits: dict[str, onnx.TensorProto] = {}
+        self.weights: dict[str, str] = {}
         self.n = 0
 
     def tmp(self, hint: str) -> str:
@@ -122,7 +123,12 @@ class Emitter:
         return self.node("Sub", [q, self.init(f"c/f{zp}", np.float32(zp))], hint) if dequant else q
 
     def weight(self, name: str) -> str:
-        """A constant as float64: integer constants through Q/DQ, the rest as float64."""
+        """A constant as float64: integer constants through Q/DQ, the rest as float64 (once)."""
+        if name not in self.weights:
+            self.weights[name] = self._weight(name)
+        return self.weights[name]
+
+    def _weight(self, name: str) -> str:
         value = self.consts[name]
         if value.dtype.kind in "iu" and value.size > 1 and np.abs(value).max() < 2**15:
             np_type, _, _ = code_type(int(value.min()), int(value.max()))
