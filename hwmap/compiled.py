@@ -72,14 +72,11 @@ def _source(graph: dict, shapes: dict) -> tuple[str, list[str]]:
             r = f"np.floor({get(op['in'])} * {get(op['ratio'])} / {get(op['count'])} + 0.5)"
             lines.append(f"{out} = {clip(r, op['lo'], op['hi'])}")
         elif kind == "lut":
-            table = graph["consts"][op["table"]]
-            idx = f"({get(op['in'])}.ravel() - {float(op['offset'])})"
-            if table.ndim == 2:
-                idx = f"({idx} * {table.shape[1]}.0 + np.arange({table.shape[1]}) * 1.0)"
-                flat = get(op["table"] + ".flat")
-            else:
-                flat = get(op["table"])
-            lines.append(f"{out} = {flat}[{idx}.astype(np.int64)].reshape({shape})")
+            C = op["channels"]
+            idx = f"(({get(op['in'])} - {float(op['offset'])}) * {C}.0 + np.arange({C}) * 1.0)"
+            lines.append(
+                f"{out} = {get(op['table'])}[{idx}.ravel().astype(np.int64)].reshape({shape})"
+            )
         elif kind == "heaviside":
             lines.append(f"{out} = np.where({get(op['in'])} > 0, 1.0, 0.0)")
         elif kind == "unsqueeze":
@@ -126,11 +123,8 @@ class CompiledStream:
         x = np.zeros((1, graph["meta"]["d_input"]), dtype=np.float32)
         env, _ = intref.step(graph, x, intref.init_state(graph, 1))
         shapes = {k: tuple(np.shape(v)) for k, v in env.items()}
-        consts = dict(graph["consts"])
-        for name, table in graph["consts"].items():
-            if table.ndim == 2 and any(op.get("table") == name for op in graph["step"]):
-                consts[name + ".flat"] = table.reshape(-1)
-        source, order = _source({**graph, "consts": consts}, shapes)
+        consts = graph["consts"]
+        source, order = _source(graph, shapes)
         scope: dict = {"np": np}
         for i, name in enumerate(order):  # float64 integers; the input scale stays float32
             value = consts[name]

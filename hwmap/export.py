@@ -13,32 +13,29 @@ from qssm.runs import RunError, load_data, load_run_model
 from . import intref, onnx_export, simulate, verify
 from .intref import save_graph
 from .lower import lower
-from .mapping import map_graph, observed_ranges
+from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges
 from .report import plot_monte_carlo, write_hw_report
 from .targets import load_target
 
-FORMATS = ("qcdq", "qonnx")
 STREAM_CHECK = 50  # sequences streamed through the step graph (784 session calls each batch)
-RANGE_SEQUENCES = 64  # training sequences that set each analog state's voltage range
 
 
-def export_run(
-    run_dir: Path,
-    out: Path | None = None,
-    fmt: str = "qcdq",
-    limit: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Lower ``run_dir``'s quantized model into ``out`` (default RUN_DIR/hw): graph.json +
-    graph.npz (the integer graph), step.onnx + sequence.onnx (QCDQ) or step_qonnx.onnx, and
-    verify.json (written last) with the checks of the verification chain on the test split."""
+def _load(run_dir: Path, action: str):
+    """(model, integer graph, recipe, data) of a quantized run; a float run or a model the graph
+    cannot express fails here, before anything is written."""
     model, header = load_run_model(run_dir)
     if header.get("quant") is None:
-        raise RunError(f"{run_dir} holds a float model; run `qssm quantize` first and export that")
-    graph = lower(model)  # raises LoweringError before anything is written
+        raise RunError(
+            f"{run_dir} holds a float model; run `qssm quantize` first and {action} that"
+        )
+    graph = lower(model)
     recipe = load_recipe(run_dir / "recipe.yaml")
-    x = load_data(recipe).test.x.numpy()[:limit]
-    out = out or run_dir / "hw"
+    return model, graph, recipe, load_data(recipe)
+
+
+def _export(run_dir, model, graph: dict, x: np.ndarray, out: Path, fmt: str, progress) -> dict:
+    """Write the integer graph and the ONNX files into ``out``; return the verification
+    results (the caller writes verify.json, last)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "verify.json").unlink(missing_ok=True)  # an unfinished export never looks verified
     save_graph(graph, out)
@@ -72,6 +69,22 @@ def export_run(
     for p in tmp.iterdir():
         p.unlink()
     tmp.rmdir()
+    return result
+
+
+def export_run(
+    run_dir: Path,
+    out: Path | None = None,
+    fmt: str = "qcdq",
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Lower ``run_dir``'s quantized model into ``out`` (default RUN_DIR/hw): graph.json +
+    graph.npz (the integer graph), step.onnx + sequence.onnx (QCDQ) or step_qonnx.onnx, and
+    verify.json (written last) with the checks of the verification chain on the test split."""
+    model, graph, _, data = _load(run_dir, "export")
+    out = out or run_dir / "hw"
+    result = _export(run_dir, model, graph, data.test.x.numpy()[:limit], out, fmt, progress)
     write_json(out / "verify.json", result)
     return result
 
@@ -168,21 +181,15 @@ def map_run(
     """``qssm map-to-hw``: everything of ``export_run`` plus mapping.json, arrays.npz, the
     simulator checks and the Monte-Carlo table in verify.json, and report.md."""
     target = load_target(target_path)
-    model, header = load_run_model(run_dir)
-    if header.get("quant") is None:
-        raise RunError(f"{run_dir} holds a float model; run `qssm quantize` first and map that")
-    graph = lower(model)
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    data = load_data(recipe)
+    model, graph, recipe, data = _load(run_dir, "map")
     ranges = observed_ranges(graph, data.train.x.numpy()[:RANGE_SEQUENCES])
     mapping = map_graph(graph, target, model, ranges=ranges)  # MappingError: nothing written
     out = out or run_dir / "hw"
-    verify_result = export_run(run_dir, out, "qcdq", limit, progress)
+    x, y = data.test.x.numpy()[:limit], data.test.y.numpy()[:limit]
+    verify_result = _export(run_dir, model, graph, x, out, "qcdq", progress)
     write_json(out / "mapping.json", _jsonable(mapping))
     with atomic_path(out / "arrays.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **_arrays(mapping))
-    x, y = data.test.x.numpy()[:limit], data.test.y.numpy()[:limit]
-    (out / "verify.json").unlink()  # rewritten last, with the simulator's results
     verify_result["sim_ideal_vs_intref"] = ideal_check(graph, mapping, target, x)
     if mc_seeds:
         verify_result["monte_carlo"] = monte_carlo(

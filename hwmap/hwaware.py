@@ -8,13 +8,14 @@ W_h x and the comparator input h, they become Gaussian noise added during QAT's 
 step — training against many chips at once.
 """
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 
 from .lower import lower
-from .mapping import map_graph, observed_ranges, unit_sigma
+from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges, unit_sigma
 from .targets import load_target
 
 
@@ -45,21 +46,27 @@ def layer_sigmas(graph: dict, layer: dict, target) -> dict[str, np.ndarray]:
     return out
 
 
-def attach_noise(model, cfg, x: np.ndarray) -> dict:
-    """Set ``noise`` on every hardware minGRU of ``model`` from the recipe's qat.hardware; the
-    state voltage ranges are set on the training sequences ``x`` as ``map-to-hw`` does."""
+@contextlib.contextmanager
+def hardware_noise(model, cfg, x: np.ndarray):
+    """While inside, every hardware minGRU of ``model`` trains with the analog errors of the
+    recipe's qat.hardware target (``MinGRU.noise``); yields a summary of the magnitudes.  The
+    state voltage ranges are set on the first training sequences ``x``, as map-to-hw does."""
     target = load_target(cfg.target)
     if cfg.unit_ff is not None:
         target = target.with_unit(cfg.unit_ff)
     if cfg.offset_mv is not None:
         target = target.with_offset(cfg.offset_mv)
     graph = lower(model)
-    ranges = observed_ranges(graph, x)
+    ranges = observed_ranges(graph, x[:RANGE_SEQUENCES])
     mapping = map_graph(graph, target, model, strict=False, ranges=ranges)
     summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff, "layers": []}
-    for i, layer in enumerate(mapping["layers"]):
-        gru = model.blocks[i].gru
+    grus = [model.blocks[i].gru for i in range(len(mapping["layers"]))]
+    for gru, layer in zip(grus, mapping["layers"], strict=True):
         sig = layer_sigmas(graph, layer, target)
         gru.noise = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in sig.items()}
         summary["layers"].append({k: float(np.mean(v)) for k, v in sig.items()})
-    return summary
+    try:
+        yield summary
+    finally:
+        for gru in grus:
+            gru.noise = None

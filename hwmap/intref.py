@@ -58,9 +58,9 @@ def _term(kind: str, args: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def term_values(op: dict, get) -> list[np.ndarray]:
+def term_values(terms: list, get) -> list[np.ndarray]:
     """Each term of an affine op times its multiplier (exact integers)."""
-    return [_term(k, [get(i) for i in ins]) * get(m) for k, ins, m in op["terms"]]
+    return [_term(k, [get(i) for i in ins]) * get(m) for k, ins, m in terms]
 
 
 def requantize(acc: np.ndarray, op: dict) -> np.ndarray:
@@ -80,7 +80,7 @@ def _run_op(op: dict, env: dict, consts: dict) -> None:
         code = np.rint(x / get(op["scale"])) + op["zp"]
         out = np.clip(code - op["zp"], op["lo"], op["hi"]).astype(np.int64)
     elif kind == "affine":
-        out = requantize(sum(term_values(op, get)), op)
+        out = requantize(sum(term_values(op["terms"], get)), op)
     elif kind == "real":
         out = None
         for k, ins, s in op["terms"]:
@@ -99,9 +99,8 @@ def _run_op(op: dict, env: dict, consts: dict) -> None:
         out = np.floor(v / get(op["count"]).astype(np.float64) + 0.5)
         out = np.clip(out, op["lo"], op["hi"]).astype(np.int64)
     elif kind == "lut":
-        idx = get(op["in"]) - op["offset"]
-        table = get(op["table"])
-        out = table[idx] if table.ndim == 1 else table[idx, np.arange(table.shape[1])]
+        C = op["channels"]
+        out = get(op["table"])[(get(op["in"]) - op["offset"]) * C + np.arange(C)]
     elif kind == "layernorm":
         x, H = get(op["in"]), op["H"]
         s1, s2 = x.sum(-1, keepdims=True), (x * x).sum(-1, keepdims=True)

@@ -278,7 +278,9 @@ def lut(b: Builder, module, site: str, fn, x: str, qx: Q, name: str) -> tuple[st
         y = _np(module.q(site, fn(x_real[None]))[0])  # (K, C)
     table = np.rint(y / np.reshape(q.scale, (1, -1))).astype(np.int64)
     op = {"op": "lut", "out": f"{name}.{site}", "in": x, "offset": int(qx.lo)}
-    op["table"] = b.const(f"{name}.{site}.table", table if table.shape[1] > 1 else table[:, 0])
+    # flat, row k·C + c: entry c of code k (C = 1 for a per-tensor table)
+    op["table"] = b.const(f"{name}.{site}.table", table.reshape(-1))
+    op["channels"] = table.shape[1]
     return b.emit(op, bound=q.bound, q=q, site=f"{name}:{site}"), q
 
 
@@ -406,6 +408,13 @@ def act_round(b: Builder, module, site: str, v: str, H: int, name: str, why: str
     return b.round(f"{name}.{site}", v, q, site=f"{name}:{site}"), q
 
 
+def normalized(b: Builder, block, site: str, norm, x: str, qx: Q, name: str, why: str):
+    """LayerNorm of codes onto the block's quantized site that follows it."""
+    H = norm.normalized_shape[0]
+    v = layernorm(b, norm, x, qx, f"{name}.{site}.ln")
+    return act_round(b, block, site, v, H, name, why)
+
+
 def residual(b: Builder, module, x: str, qx: Q, v: str, H: int, site: str, name: str):
     r = b.real(f"{name}.{site}.sum", [("mul", [x], qx.scale), ("float", [v], 1.0)])
     return act_round(b, module, site, r, H, name, "the residual sum is a code")
@@ -423,32 +432,15 @@ def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Q) -> tu
     if block.hardware:
         return mingru(b, block.gru, f"{name}.gru", x, qx)
     H = block.norm1.normalized_shape[0]
-    n1, q1 = act_round(
-        b,
-        block,
-        "norm1",
-        layernorm(b, block.norm1, x, qx, f"{name}.ln1"),
-        H,
-        name,
-        "the minGRU takes codes",
-    )
+    n1, q1 = normalized(b, block, "norm1", block.norm1, x, qx, name, "the minGRU takes codes")
     g, qg = mingru(b, block.gru, f"{name}.gru", n1, q1)
-    mid, qm = residual(
-        b, block, x, qx, b.real(f"{name}.gru_f", [("mul", [g], qg.scale)]), H, "mid", name
-    )
-    n2, q2 = act_round(
-        b,
-        block,
-        "norm2",
-        layernorm(b, block.norm2, mid, qm, f"{name}.ln2"),
-        H,
-        name,
-        "the MLP takes codes",
-    )
+    g_real = b.real(f"{name}.gru_f", [("mul", [g], qg.scale)])
+    mid, qm = residual(b, block, x, qx, g_real, H, "mid", name)
+    n2, q2 = normalized(b, block, "norm2", block.norm2, mid, qm, name, "the MLP takes codes")
     return residual(b, block, mid, qm, mlp(b, block.mlp, n2, q2, f"{name}.mlp"), H, "block", name)
 
 
-def delay_line(b: Builder, conv, x: str, qx: Q, name: str) -> tuple[str, np.ndarray]:
+def delay_line(b: Builder, conv, x: str, qx: Q, name: str) -> tuple[str, str, np.ndarray]:
     """The integer-delay convolution as a buffer of the last max_delay input codes (a state)
     and the kernel codes (H, max_delay) with their per-channel scale."""
     if not conv.integer_delays:
@@ -468,15 +460,7 @@ def delay_line(b: Builder, conv, x: str, qx: Q, name: str) -> tuple[str, np.ndar
 
 def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Q) -> tuple[str, Q]:
     H = block.norm.normalized_shape[0]
-    n, qn = act_round(
-        b,
-        block,
-        "norm",
-        layernorm(b, block.norm, x, qx, f"{name}.ln"),
-        H,
-        name,
-        "the delay line holds codes",
-    )
+    n, qn = normalized(b, block, "norm", block.norm, x, qx, name, "the delay line holds codes")
     buf, K, scale = delay_line(b, block.conv, n, qn, f"{name}.conv")
     qc = need(block, "conv", (H,), f"{name}.conv", "the minGRU takes codes")
     u = b.affine(

@@ -30,6 +30,7 @@ from .targets import Target
 
 BOLTZMANN = 1.380649e-23
 RANGE_MARGIN = 1.25  # headroom above the largest state seen on the calibration sequences
+RANGE_SEQUENCES = 64  # training sequences that set each analog state's voltage range
 
 
 class MappingError(ValueError):
@@ -281,7 +282,7 @@ def map_s4d_real(graph: dict, i: int, target: Target, model, ranges=None) -> dic
     bk = bank(f"{p}.state", n_eff, int(k.max()), v_x, target)
     return {
         "kind": "s4d_real",
-        "ops": {"state": state["out"], "output": y["out"]},
+        "ops": {"retention": state["out"], "output": y["out"]},
         "retention_units": k.astype(np.int64),
         "readout_mac": cols,
         "bank": bk,

@@ -231,18 +231,12 @@ class Emitter:
             v = self.node("Floor", [self.node("Add", [v, self.scalar(0.5)], out)], out)
             return self.set(self.clip(v, op["lo"], op["hi"], out), out)
         if kind == "lut":
-            table = self.consts[op["table"]]
+            C = op["channels"]  # index (code − offset)·C + c into the flat table
             idx = self.node("Sub", [self.get(op["in"]), self.scalar(float(op["offset"]))], out)
-            if table.ndim == 2:  # per channel: index (code − offset)·C + c into the flat table
-                C = table.shape[1]
-                idx = self.node("Mul", [idx, self.scalar(float(C))], out)
-                idx = self.node(
-                    "Add", [idx, self.init(f"{out}.channels", np.arange(C, dtype=np.float64))], out
-                )
-                self.consts[op["table"] + ".flat"] = table.reshape(-1)
-                flat = self.weight(op["table"] + ".flat")
-            else:
-                flat = self.weight(op["table"])
+            idx = self.node("Mul", [idx, self.scalar(float(C))], out)
+            channel = self.init(f"{out}.channels", np.arange(C, dtype=np.float64))
+            idx = self.node("Add", [idx, channel], out)
+            flat = self.weight(op["table"])
             idx = self.node("Cast", [idx], out, to=TensorProto.INT64)
             return self.set(self.node("Gather", [flat, idx], out, axis=0), out)
         if kind == "layernorm":

@@ -110,9 +110,7 @@ def write_hw_report(out: Path, run: str, mapping: dict, verify: dict) -> None:
                 i,
                 L["kind"],
                 L["bank"]["switchable_units"],
-                f"{float(L['bank']['units_effective'].max()):.2f}"
-                if hasattr(L["bank"]["units_effective"], "max")
-                else L["bank"]["units_effective"],
+                f"{float(L['bank']['units_effective'].max()):.2f}",
                 f"{L['bank']['ktc_sigma_codes']:.3g}",
                 L["adc_bits"],
                 L["comparators"],

@@ -35,6 +35,7 @@ NONIDEALITIES = (
     "leakage",
     "clipping",
 )
+BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # they move a bank's state
 PARASITIC_SPREAD = 0.10  # σ of the parasitic capacitance around its nominal value, per chip
 
 
@@ -89,7 +90,7 @@ class Chips:
                     else None,
                 }
             bk = layer["bank"]
-            n_eff = np.broadcast_to(bk["units_effective"], bk["units_effective"].shape)
+            n_eff = bk["units_effective"]
             d["bank"] = {
                 "eps": np.stack([r.normal(0, su, (2, *n_eff.shape)) for r in rngs])
                 if "mismatch" in on
@@ -120,9 +121,12 @@ class Simulator:
         self.chips = Chips(mapping, target, self.seeds, self.on)
         self.rng = np.random.default_rng([*self.seeds, 7919])
         self.ops = {}
+        self.thresholds = {}  # gate ADC: code ≥ c ⇔ acc ≥ t_c (integers: exact when ideal)
         for index, layer in enumerate(mapping["layers"]):
             for role, out in layer["ops"].items():
                 self.ops[out] = (index, role)
+            if "gate_thresholds" in layer:
+                self.thresholds[index] = np.ceil(layer["gate_thresholds"]["acc"])
 
     # ---------------------------------------------------------------- per-op physics
 
@@ -155,36 +159,43 @@ class Simulator:
             )
         return err
 
-    def _gate(self, op, layer, draws, env, get):
+    def _gate(self, op, layer, draws, env, get, index):
         """The gate ADC: thresholds of the mapping, the MAC output with its errors."""
         x = get(op["terms"][0][1][0])
         acc = intref._term("matmul", [x, get(op["terms"][0][1][1])])  # (S·B, O) integers
-        th = layer["gate_thresholds"]
         m = layer["gate_mac"]
         analog = self._mac_error(m, draws["gate_mac"], x, acc) + self._decide(
             m, draws["gate_mac"], acc.shape
         )
-        t = np.ceil(th["acc"])  # code ≥ c ⇔ acc ≥ t_c (integers: exact when ideal)
-        code = th["lo"] + (acc[..., None] + analog[..., None] >= t).sum(-1)
-        env[op["out"]] = code.astype(np.int64)
+        passed = (acc + analog)[..., None] >= self.thresholds[index]
+        env[op["out"]] = layer["gate_thresholds"]["lo"] + passed.sum(-1)
 
-    def _cand(self, op, layer, draws, env, get):
+    def _cand(self, op, layer, draws, env, get, index):
         x = get(op["terms"][0][1][0])
         acc = intref._term("matmul", [x, get(op["terms"][0][1][1])])
         err = self._mac_error(layer["cand_mac"], draws["cand_mac"], x, acc)
         env[op["out"]] = acc + err if err.any() else acc
 
-    def _gated_state(self, op, layer, draws, env, get):
+    def _bank(self, x: np.ndarray, bk: dict) -> np.ndarray:
+        """kT/C noise, charge injection and leakage droop of a charge-sharing bank, in codes."""
+        if "ktc" in self.on:
+            x = x + self.rng.normal(0, bk["ktc_sigma_codes"], x.shape)
+        if "injection" in self.on:
+            x = x + bk["injection_codes"]
+        if "leakage" in self.on:
+            x = x * (1 - self.target.leakage.droop_per_step)
+        return x
+
+    def _gated_state(self, op, layer, draws, env, get, index):
         """h ← h + z (h̃ − h) through the chip's bank; exact integer sum when ideal."""
-        values = intref.term_values(op, get)
-        physical = self.on & {"mismatch", "ktc", "injection", "leakage", "clipping"}
-        if not physical and all(v.dtype.kind == "i" for v in values):
-            env[op["out"]] = intref.requantize(sum(values), op)
+        h, k = get(op["terms"][0][1][0]), get(op["terms"][1][1][0])
+        cand_acc = get(op["terms"][2][1][1])  # the candidate MAC: float once it carries errors
+        if not self.on & BANK_ERRORS and cand_acc.dtype.kind == h.dtype.kind == "i":
+            env[op["out"]] = intref.requantize(sum(intref.term_values(op["terms"], get)), op)
             return
         c = self.graph["consts"]
         M = [np.asarray(c[t[2]], dtype=np.float64) for t in op["terms"]]
-        h, k = get(op["terms"][0][1][0]), get(op["terms"][1][1][0])
-        cand = (get(op["terms"][2][1][1]) * M[2] + get(op["terms"][3][1][1]) * M[3]) / -M[1]
+        cand = (cand_acc * M[2] + get(op["terms"][3][1][1]) * M[3]) / -M[1]
         z = k * layer["s_gate"]
         bk, eps = layer["bank"], draws["bank"]["eps"]
         if eps is not None:  # Σ of the first k unit errors, and of all of them
@@ -194,18 +205,12 @@ class Simulator:
             e1 = eps[:, 0][:, None, idx] * np.sqrt(on_k)
             e2 = eps[:, 1][:, None, idx] * np.sqrt(n_eff - on_k)
             z = ((on_k + e1) / (n_eff + e1 + e2)).reshape(k.shape)
-        h_new = h + z * (cand - h)
-        if "ktc" in self.on:
-            h_new = h_new + self.rng.normal(0, bk["ktc_sigma_codes"], h_new.shape)
-        if "injection" in self.on:
-            h_new = h_new + bk["injection_codes"]
-        if "leakage" in self.on:
-            h_new = h_new * (1 - self.target.leakage.droop_per_step)
+        h_new = self._bank(h + z * (cand - h), bk)
         if "clipping" in self.on:
             h_new = np.clip(h_new, -(2**ANALOG_BITS), 2**ANALOG_BITS)
         env[op["out"]] = h_new
 
-    def _comparator(self, op, layer, draws, env, get):
+    def _comparator(self, op, layer, draws, env, get, index):
         h = get(op["in"])
         bk = layer["bank"]
         err = np.zeros(h.shape)
@@ -217,37 +222,31 @@ class Simulator:
             )
         env[op["out"]] = (h + err > 0).astype(np.int64)
 
-    def _s4d_state(self, op, layer, draws, env, get):
-        """x ← (1 − z) x + B̄u through the retention bank, re-quantized as the graph does."""
-        values = intref.term_values(op, get)
-        physical = self.on & {"mismatch", "ktc", "injection", "leakage", "clipping"}
-        if not physical:
-            env[op["out"]] = intref.requantize(sum(values), op)
+    def _retention(self, op, layer, draws, env, get, index):
+        """x ← (1 − z) x + B̄u through the S4D-Real retention bank, re-quantized as the graph
+        does."""
+        if not self.on & BANK_ERRORS:
+            env[op["out"]] = intref.requantize(sum(intref.term_values(op["terms"], get)), op)
             return
         S = 2.0 ** op["shift"]
         x = get(op["terms"][0][1][0]).astype(np.float64)
         keep = np.asarray(self.graph["consts"][op["terms"][0][2]], dtype=np.float64) / S  # Ā
-        write = values[1] / S
+        write = intref.term_values(op["terms"][1:], get)[0] / S  # B̄u
         bk, eps = layer["bank"], draws["bank"]["eps"]
         if eps is not None:
             k, n_eff = layer["retention_units"], bk["units_effective"]
             e1, e2 = eps[:, 0] * np.sqrt(k), eps[:, 1] * np.sqrt(n_eff - k)
             z = (k + e1) / (n_eff + e1 + e2)  # (S, H, n)
             keep = np.repeat(1 - z, x.shape[0] // self.chips.n, axis=0)
-        x_new = keep * x + write
-        if "ktc" in self.on:
-            x_new = x_new + self.rng.normal(0, bk["ktc_sigma_codes"], x_new.shape)
-        if "injection" in self.on:
-            x_new = x_new + bk["injection_codes"]
-        if "leakage" in self.on:
-            x_new = x_new * (1 - self.target.leakage.droop_per_step)
+        x_new = self._bank(keep * x + write, bk)
         env[op["out"]] = np.clip(np.floor(x_new + 0.5), op["lo"], op["hi"]).astype(np.int64)
 
-    def _s4d_output(self, op, layer, draws, env, get):
-        values = intref.term_values(op, get)
+    def _s4d_output(self, op, layer, draws, env, get, index):
         m = layer["readout_mac"]
         dot_in = get(op["terms"][0][1][0])  # (S·B, H, n) state codes
-        acc = (dot_in * get(op["terms"][0][1][1])).sum(-1)
+        acc = intref._term("dot", [dot_in, get(op["terms"][0][1][1])])
+        M0 = get(op["terms"][0][2])
+        values = [acc * M0, *intref.term_values(op["terms"][1:], get)]
         err = np.zeros(acc.shape)
         if draws["readout_mac"]["E"] is not None:  # E (S, n, H): per channel column
             E = draws["readout_mac"]["E"]
@@ -260,7 +259,6 @@ class Simulator:
         if not err.any():
             env[op["out"]] = intref.requantize(sum(values), op)
             return
-        M0 = np.asarray(self.graph["consts"][op["terms"][0][2]], dtype=np.float64)
         z = sum(v.astype(np.float64) for v in values) + err * M0
         code = np.floor(z / 2.0 ** op["shift"] + 0.5)
         env[op["out"]] = np.clip(code, op["lo"], op["hi"]).astype(np.int64)
@@ -268,8 +266,9 @@ class Simulator:
     ROLES = {
         "gate": _gate,
         "cand": _cand,
-        "state": None,
+        "state": _gated_state,
         "out": _comparator,
+        "retention": _retention,
         "output": _s4d_output,
     }
 
@@ -282,11 +281,7 @@ class Simulator:
         def get(name):
             return env[name] if name in env else self.graph["consts"][name]
 
-        if role == "state":
-            fn = Simulator._gated_state if layer["kind"] == "mingru_hw" else Simulator._s4d_state
-        else:
-            fn = self.ROLES[role]
-        fn(self, op, layer, draws, env, get)
+        self.ROLES[role](self, op, layer, draws, env, get, index)
 
     # ---------------------------------------------------------------- sequences
 

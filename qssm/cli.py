@@ -251,6 +251,14 @@ def _run_args(p: argparse.ArgumentParser, recipe_help: str, from_run: bool = Tru
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _hw_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of the commands that write RUN_DIR/hw (export, map-to-hw)."""
+    p.add_argument("run_dir", help="a run dir written by `qssm quantize`")
+    p.add_argument("--out", help="output dir (default RUN_DIR/hw)")
+    p.add_argument("--limit", type=int, help="verify on the first N test sequences only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qssm",
@@ -346,11 +354,8 @@ def parser() -> argparse.ArgumentParser:
         "fake-quant vs the integer reference, onnxruntime vs the integer reference, and the "
         "streamed step graph vs the sequence graph, on the recipe's test split.",
     )
-    x.add_argument("run_dir", help="a run dir written by `qssm quantize`")
+    _hw_args(x)
     x.add_argument("--format", choices=["qcdq", "qonnx"], default="qcdq", help="ONNX flavour")
-    x.add_argument("--out", help="output dir (default RUN_DIR/hw)")
-    x.add_argument("--limit", type=int, help="verify on the first N test sequences only")
-    x.add_argument("--quiet", action="store_true", help="no progress bars")
     x.set_defaults(func=cmd_export)
 
     m = sub.add_parser(
@@ -365,13 +370,12 @@ def parser() -> argparse.ArgumentParser:
         "(report.md, monte_carlo.png). Models the target cannot run are refused with the "
         "reason and the recipe change that fixes it.",
     )
-    m.add_argument("run_dir", help="a run dir written by `qssm quantize`")
+    _hw_args(m)
     m.add_argument(
         "--target",
         required=True,
         help="target YAML, or the name of a shipped one (minimalist_like, generic_28nm)",
     )
-    m.add_argument("--out", help="output dir (default RUN_DIR/hw)")
     m.add_argument(
         "--mc-seeds", type=int, default=20, help="chips per Monte-Carlo setting (0: none)"
     )
@@ -390,8 +394,6 @@ def parser() -> argparse.ArgumentParser:
         default=[0.5, 1.0, 2.0, 5.0],
         help="trimmed comparator offsets σ (mV) swept",
     )
-    m.add_argument("--limit", type=int, help="verify on the first N test sequences only")
-    m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_map)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")

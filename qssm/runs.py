@@ -5,6 +5,7 @@ with plots, and ``metrics.json``, which is written last: a run without it is unf
 running the same command again resumes it (a finished float stage is kept in ``float.*``).
 """
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -260,26 +261,26 @@ def quantize_run(
     print(f"PTQ test accuracy {100 * metrics['ptq']['accuracy']:.2f} %")
     if recipe.qat.epochs > 0:
         t0 = time.perf_counter()
-        if recipe.qat.hardware is not None:
-            from hwmap.hwaware import attach_noise  # the mapping needs the calibrated scales
+        noise = contextlib.nullcontext()
+        if recipe.qat.hardware is not None:  # lowered and mapped with the calibrated scales
+            from hwmap.hwaware import hardware_noise
 
-            x = data.train.x[:64].numpy()  # sets the analog state ranges, as map-to-hw does
-            metrics["hardware_noise"] = attach_noise(model, recipe.qat.hardware, x)
-        history = fit(
-            model,
-            data.train,
-            data.test,
-            recipe.qat,
-            seed=recipe.seed,
-            mode="recurrent",
-            state_path=out / "qat_state",
-            eval_batch=recipe.eval.batch_size,
-            desc="QAT",
-            progress=progress,
-        )
-        for m in model.modules():
-            if hasattr(m, "noise"):
-                m.noise = None
+            noise = hardware_noise(model, recipe.qat.hardware, data.train.x.numpy())
+        with noise as summary:
+            history = fit(
+                model,
+                data.train,
+                data.test,
+                recipe.qat,
+                seed=recipe.seed,
+                mode="recurrent",
+                state_path=out / "qat_state",
+                eval_batch=recipe.eval.batch_size,
+                desc="QAT",
+                progress=progress,
+            )
+        if summary is not None:
+            metrics["hardware_noise"] = summary
         metrics["qat"] = {
             **evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
             "epochs": len(history),

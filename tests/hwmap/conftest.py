@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from qssm.recipe import parse_recipe
 from qssm.runs import load_data, open_run, quantize_run
 
 MODELS = {
@@ -52,30 +51,14 @@ QUANT = {  # the shipped recipes' styles: polar + per-channel, cartesian, analog
 }
 
 
-def tiny_recipe(family: str, quant: dict | None = None):
-    return parse_recipe(
-        {
-            "name": f"tiny_{family}",
-            "seed": 0,
-            "data": {"name": "sdigits", "options": {"limit_train": 128, "limit_test": 64}},
-            "model": MODELS[family],
-            "float": {"epochs": 1, "batch_size": 32},
-            "quant": quant or QUANT[family],
-            "ptq": {"calibration_batches": 2, "batch_size": 32},
-            "qat": {"epochs": 1, "batch_size": 32},
-            "eval": {"batch_size": 32},
-        }
-    )
-
-
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, recipe_of):
     """family → a finished quantized run dir (made on first use)."""
     made = {}
 
     def make(family: str):
         if family not in made:
-            r = tiny_recipe(family)
+            r = recipe_of(family)
             out = open_run(tmp_path_factory.mktemp(family) / "run", r, force=False)
             quantize_run(r, load_data(r), out, progress=False)
             made[family] = out
@@ -85,9 +68,9 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def recipe_of():
-    """family → its tiny recipe."""
-    return tiny_recipe
+def recipe_of(tiny_recipe):
+    """family → its tiny recipe (optionally with another quant section)."""
+    return lambda family, quant=None: tiny_recipe(family, MODELS[family], quant or QUANT[family])
 
 
 @pytest.fixture

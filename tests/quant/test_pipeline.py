@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from qssm.recipe import parse_recipe
 from qssm.runs import eval_run, load_data, load_run_model, open_run, quantize_run
 from qssm.train import predict
 
@@ -30,25 +29,9 @@ QUANT = {
 }
 
 
-def recipe(family):
-    return parse_recipe(
-        {
-            "name": f"tiny_{family}",
-            "seed": 0,
-            "data": {"name": "sdigits", "options": {"limit_train": 128, "limit_test": 64}},
-            "model": MODELS[family],
-            "float": {"epochs": 1, "batch_size": 32},
-            "quant": QUANT[family],
-            "ptq": {"calibration_batches": 2, "batch_size": 32},
-            "qat": {"epochs": 1, "batch_size": 32},
-            "eval": {"batch_size": 32},
-        }
-    )
-
-
 @pytest.mark.parametrize("family", sorted(MODELS))
-def test_quantize_save_reload_same_predictions(family, tmp_path):
-    r = recipe(family)
+def test_quantize_save_reload_same_predictions(family, tmp_path, tiny_recipe):
+    r = tiny_recipe(family, MODELS[family], QUANT[family])
     out = open_run(tmp_path / "run", r, force=False)
     metrics = quantize_run(r, load_data(r), out, progress=False)
     for key in ("float", "ptq", "qat", "footprint"):
