@@ -17,6 +17,9 @@ import numba
 import numpy as np
 import torch
 
+# numba's OpenMP layer would share libgomp with torch and reset torch's thread count
+numba.config.THREADING_LAYER = "workqueue"
+
 
 def _code_dtype(qmin: int, qmax: int) -> torch.dtype:
     for dtype in (torch.int8, torch.int16, torch.int32):
@@ -43,7 +46,18 @@ def _ste(g: torch.Tensor, p: torch.Tensor, code: torch.Tensor, scale, zp, qmin, 
     return g * inside, g * ((code - zp) - inside * p / scale)
 
 
-CHUNK = 4  # timesteps per vectorized block (readout, reductions of the backward pass)
+CHUNK = 16  # timesteps per forward block; torch reads each block's states out
+
+
+def _parts_first(t: torch.Tensor, full: tuple[int, int, int], dtype) -> np.ndarray:
+    """An (H, n) real or complex tensor, or a scale / zero point that broadcasts against the
+    state's parts, as a contiguous (H, P, n) array: each part's n values side by side, so the
+    kernels' inner loops over modes read and write consecutive memory (and vectorize)."""
+    H, n, P = full
+    t = t.detach()
+    t = torch.view_as_real(t) if t.is_complex() else t
+    t = t.expand(H, n, 2) if P == 2 else t.expand(H, n)[..., None]
+    return t.movedim(-1, 1).to(dtype).contiguous().numpy()
 
 
 class S4DScan(torch.autograd.Function):
@@ -52,39 +66,32 @@ class S4DScan(torch.autograd.Function):
     u (B, L, H); Ā, B̄, C (H, n) real or complex; scale, zp broadcast against the state parts
     (H, n[, 1]).  Returns y (B, L, H) without the D term.
 
-    Forward: 8 in-place torch ops per timestep on (B, H, n), the readout and B̄u on blocks of
-    CHUNK timesteps.  Saved: the rounded codes before clamping, clipped to one past the range
-    (int8 up to 7 bits, int16 above), from which the backward kernel rebuilds each state and its
-    clamp mask.  (A numba forward was tried: scalar loops were slower than torch's vector ops.)"""
+    Forward: a numba kernel runs the recurrence block by block (CHUNK timesteps) with the float32
+    operations of the step loop in the same order — complex product, + B̄u, ÷ scale, + zp, round
+    half to even, clamp, − zp, × scale, no fused multiply-add — so the codes are bit-identical;
+    torch reads each block's states out as the step loop does.  Saved: the rounded codes before
+    clamping, clipped to one past the range (int8 up to 7 bits, int16 above), from which the
+    backward kernel rebuilds each state and its clamp mask."""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
         Bsz, L, _ = u.shape
-        cplx, has_zp = A.is_complex(), bool(torch.any(zp != 0))
-        k = 2 if cplx else 1
-        x = torch.zeros(Bsz, *A.shape, dtype=A.dtype)
-        R = torch.empty((L, *_parts(x).shape), dtype=_code_dtype(qmin - 1, qmax + 1))
-        full = _parts(x).shape[1:]  # a (H, n, 1) scale broadcast over re/im is 10× slower
-        scale_, zp_ = scale.expand(full).contiguous(), zp.expand(full).contiguous()
-        y = torch.empty(Bsz, L, A.shape[0], dtype=u.dtype)
-        X = torch.empty(CHUNK, *x.shape, dtype=A.dtype)
+        cplx = A.is_complex()
+        full = (*A.shape, 2 if cplx else 1)  # (H, n, P)
+        H, n, P = full
+        A_, B_, s_, z_ = (_parts_first(t, full, torch.float32) for t in (A, B, scale, zp))
+        R = torch.empty((L, Bsz, H, P, n), dtype=_code_dtype(qmin - 1, qmax + 1))
+        X = torch.empty(CHUNK, Bsz, H, n, P)  # the block's states, parts last (torch's layout)
+        x = np.zeros((Bsz, H, P, n), dtype=np.float32)
+        u_, R_, X_ = u.detach().contiguous().numpy(), R.numpy(), X.numpy()
+        y = torch.empty(Bsz, L, H, dtype=u.dtype)
+        qrange = np.float32(qmin), np.float32(qmax)  # float64 bounds would widen the arithmetic
+        _threads()
         for c0 in range(0, L, CHUNK):
             T = min(CHUNK, L - c0)
-            BU = B * u[:, c0 : c0 + T].transpose(0, 1)[..., None]  # (T, B, H, n)
-            for i in range(T):
-                p = A * x
-                p += BU[i]
-                r = _parts(p).div_(scale_)
-                if has_zp:
-                    r += zp_
-                R[c0 + i].copy_(r.round_().clamp_(qmin - 1, qmax + 1))
-                r.clamp_(qmin, qmax)
-                if has_zp:
-                    r -= zp_
-                torch.mul(r, scale_, out=_parts(X[i]))
-                x = X[i]
-            y[:, c0 : c0 + T] = ((C * X[:T]).sum(-1).real * k).transpose(0, 1)
-            x = x.clone()  # X is reused by the next block
+            _s4d_forward(u_, A_, B_, s_, z_, *qrange, c0, T, x, R_, X_)
+            states = torch.view_as_complex(X[:T]) if cplx else X[:T, ..., 0]
+            y[:, c0 : c0 + T] = ((C * states).sum(-1).real * P).transpose(0, 1)
         ctx.save_for_backward(u, A, B, C, scale, zp, R)
         ctx.q = (qmin, qmax)
         return y
@@ -94,33 +101,21 @@ class S4DScan(torch.autograd.Function):
         u, A, B, C, scale, zp, R = ctx.saved_tensors
         qmin, qmax = ctx.q
         cplx = A.is_complex()
-
-        def parts(t: torch.Tensor) -> np.ndarray:  # (H, n) → (H, n, 2 or 1) float64
-            t = t.detach()
-            return (torch.view_as_real(t) if cplx else t[..., None]).double().numpy()
-
         full = (*A.shape, 2 if cplx else 1)
-
-        def grid(t: torch.Tensor) -> np.ndarray:  # a scale or zero point → (H, n, P) float64
-            t = t.detach().double()
-            return (t if cplx else t[..., None]).expand(full).contiguous().numpy()
-
-        gu, gA, gB, gC, SX = _s4d_backward(
-            R.numpy() if cplx else R.numpy()[..., None],
-            u.detach().contiguous().numpy(),
-            parts(A),
-            parts(B),
-            parts(C),
-            grid(scale),
-            grid(zp),
-            qmin,
-            qmax,
-            gy.detach().contiguous().numpy(),
-            2.0 if cplx else 1.0,
+        gu, sums = _s4d_backward(
+            R.numpy(),
+            u.detach().contiguous().numpy().astype(np.float64),
+            *(_parts_first(t, full, torch.float64) for t in (A, B, C, scale, zp)),
+            float(qmin),
+            float(qmax),
+            gy.detach().contiguous().numpy().astype(np.float64),
+            _threads(),
         )
-        gA, gB, gC, SX = (
-            torch.view_as_complex(torch.from_numpy(g)) if cplx else torch.from_numpy(g)[..., 0]
-            for g in (gA, gB, gC, SX)
+        gA, gB, gC, SX = (  # (H, P, n) → complex or real (H, n)
+            torch.view_as_complex(torch.from_numpy(g).movedim(1, -1).contiguous())
+            if cplx
+            else torch.from_numpy(g)[:, 0]
+            for g in sums.sum(0)
         )
         # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·x/s − Σ gp·p/s, and
         # Σ gp·conj(p) = conj(Ā)·gA + conj(B̄)·gB since p = Ā x_{t−1} + B̄ u_t
@@ -140,69 +135,107 @@ class S4DScan(torch.autograd.Function):
         )
 
 
-@numba.njit(cache=True)
-def _s4d_backward(R, u, A, B, C, scale, zp, qmin, qmax, gy, k):
-    """BPTT of S4DScan in one pass over time (t outer, so every array is read in order).
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _s4d_forward(u, A, B, scale, zp, qmin, qmax, t0, T, x, R, X):
+    """Timesteps t0 … t0+T−1 of the quantized recurrence, in float32.
 
-    R (L, B, H, n, P) saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real), u, gy (B, L, H),
-    A, B, C, scale, zp (H, n, P).  Returns ∂L/∂u and, as parts, ∂L/∂Ā, ∂L/∂B̄, ∂L/∂C and
-    SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient convention)."""
-    L, Bsz, H, n, P = R.shape
-    gu = np.zeros((Bsz, L, H))
-    gA, gB, gC, SX = (
-        np.zeros((H, n, P)),
-        np.zeros((H, n, P)),
-        np.zeros((H, n, P)),
-        np.zeros((H, n, P)),
-    )
-    carry = np.zeros((Bsz, H, n, P))  # ∂L/∂x_t through x_{t+1}
-    for t in range(L - 1, -1, -1):
-        for b in range(Bsz):
+    u (B, L, H); A, B, scale, zp (H, P, n); x (B, H, P, n) the state, updated in place;
+    R (L, B, H, P, n) receives the rounded codes clipped to [qmin − 1, qmax + 1];
+    X (CHUNK, B, H, n, P) the block's states."""
+    Bsz, H, P, n = x.shape
+    lo, hi = qmin - np.float32(1), qmax + np.float32(1)
+    for b in numba.prange(Bsz):  # sequences are independent: one thread per share of the batch
+        for i in range(T):
+            t = t0 + i
             for h in range(H):
-                g, uu, acc = k * gy[b, t, h], u[b, t, h], 0.0
+                uu = u[b, t, h]
                 for j in range(n):
-                    r0 = R[t, b, h, j, 0]
-                    x0 = (min(max(r0, qmin), qmax) - zp[h, j, 0]) * scale[h, j, 0]
-                    m0 = 1.0 if qmin <= r0 <= qmax else 0.0  # the clamp passes the gradient
-                    p0 = 0.0
-                    if t > 0:
-                        p0 = (min(max(R[t - 1, b, h, j, 0], qmin), qmax) - zp[h, j, 0]) * scale[
-                            h, j, 0
-                        ]
-                    if P == 1:
-                        gx0 = g * C[h, j, 0] + carry[b, h, j, 0]
-                        gC[h, j, 0] += g * x0
-                        SX[h, j, 0] += gx0 * x0
-                        gp0 = gx0 * m0
-                        gA[h, j, 0] += gp0 * p0
-                        gB[h, j, 0] += gp0 * uu
-                        acc += gp0 * B[h, j, 0]
-                        carry[b, h, j, 0] = gp0 * A[h, j, 0]
-                        continue
-                    r1 = R[t, b, h, j, 1]
-                    x1 = (min(max(r1, qmin), qmax) - zp[h, j, 1]) * scale[h, j, 1]
-                    m1 = 1.0 if qmin <= r1 <= qmax else 0.0
-                    p1 = 0.0
-                    if t > 0:
-                        p1 = (min(max(R[t - 1, b, h, j, 1], qmin), qmax) - zp[h, j, 1]) * scale[
-                            h, j, 1
-                        ]
-                    gx0 = g * C[h, j, 0] + carry[b, h, j, 0]  # g·conj(C) + carry
-                    gx1 = -g * C[h, j, 1] + carry[b, h, j, 1]
-                    gC[h, j, 0] += g * x0  # g·conj(x)
-                    gC[h, j, 1] -= g * x1
-                    SX[h, j, 0] += gx0 * x0 + gx1 * x1  # gx·conj(x)
-                    SX[h, j, 1] += gx1 * x0 - gx0 * x1
-                    gp0, gp1 = gx0 * m0, gx1 * m1
-                    gA[h, j, 0] += gp0 * p0 + gp1 * p1  # gp·conj(x_{t−1})
-                    gA[h, j, 1] += gp1 * p0 - gp0 * p1
-                    gB[h, j, 0] += gp0 * uu
-                    gB[h, j, 1] += gp1 * uu
-                    acc += gp0 * B[h, j, 0] + gp1 * B[h, j, 1]  # Re(gp·conj(B̄))
-                    carry[b, h, j, 0] = gp0 * A[h, j, 0] + gp1 * A[h, j, 1]  # gp·conj(Ā)
-                    carry[b, h, j, 1] = gp1 * A[h, j, 0] - gp0 * A[h, j, 1]
-                gu[b, t, h] = acc
-    return gu, gA, gB, gC, SX
+                    x0 = x[b, h, 0, j]
+                    if P == 2:
+                        x1 = x[b, h, 1, j]
+                        p0 = (A[h, 0, j] * x0 - A[h, 1, j] * x1) + B[h, 0, j] * uu
+                        p1 = (A[h, 0, j] * x1 + A[h, 1, j] * x0) + B[h, 1, j] * uu
+                        r1 = np.rint(p1 / scale[h, 1, j] + zp[h, 1, j])
+                        R[t, b, h, 1, j] = min(max(r1, lo), hi)
+                        x1 = (min(max(r1, qmin), qmax) - zp[h, 1, j]) * scale[h, 1, j]
+                        x[b, h, 1, j] = x1
+                        X[i, b, h, j, 1] = x1
+                    else:
+                        p0 = A[h, 0, j] * x0 + B[h, 0, j] * uu
+                    r0 = np.rint(p0 / scale[h, 0, j] + zp[h, 0, j])
+                    R[t, b, h, 0, j] = min(max(r0, lo), hi)
+                    x0 = (min(max(r0, qmin), qmax) - zp[h, 0, j]) * scale[h, 0, j]
+                    x[b, h, 0, j] = x0
+                    X[i, b, h, j, 0] = x0
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _s4d_backward(R, u, A, B, C, scale, zp, qmin, qmax, gy, shares):
+    """BPTT of S4DScan in float64: one pass over time per sequence, the batch split into
+    ``shares`` parts run in parallel, each with its own parameter-gradient sums.
+
+    R (L, B, H, P, n) saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real), u, gy (B, L, H),
+    A, B, C, scale, zp (H, P, n).  Returns ∂L/∂u and, per share, the parts (H, P, n) of ∂L/∂Ā,
+    ∂L/∂B̄, ∂L/∂C and SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient convention), stacked as
+    (shares, 4, H, P, n).  fastmath: sums may be reassociated (gradients are compared to float
+    tolerance, not bit for bit)."""
+    L, Bsz, H, P, n = R.shape
+    k = float(P)  # the readout is 2·Re(C x) for complex modes
+    gu = np.zeros((Bsz, L, H))
+    sums = np.zeros((shares, 4, H, P, n))
+    for s in numba.prange(shares):
+        gA, gB, gC, SX = sums[s, 0], sums[s, 1], sums[s, 2], sums[s, 3]
+        for b in range(s * Bsz // shares, (s + 1) * Bsz // shares):
+            carry = np.zeros((H, P, n))  # ∂L/∂x_t through x_{t+1}
+            for t in range(L - 1, -1, -1):
+                before = 1.0 if t > 0 else 0.0  # x_{−1} = 0
+                tp = max(t - 1, 0)
+                for h in range(H):
+                    g, uu, acc = k * gy[b, t, h], u[b, t, h], 0.0
+                    for j in range(n):
+                        r0 = R[t, b, h, 0, j]
+                        x0 = (min(max(r0, qmin), qmax) - zp[h, 0, j]) * scale[h, 0, j]
+                        p0 = before * (min(max(R[tp, b, h, 0, j], qmin), qmax) - zp[h, 0, j])
+                        p0 *= scale[h, 0, j]
+                        m0 = 1.0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
+                        if P == 1:
+                            gx0 = g * C[h, 0, j] + carry[h, 0, j]
+                            gC[h, 0, j] += g * x0
+                            SX[h, 0, j] += gx0 * x0
+                            gp0 = gx0 * m0
+                            gA[h, 0, j] += gp0 * p0
+                            gB[h, 0, j] += gp0 * uu
+                            acc += gp0 * B[h, 0, j]
+                            carry[h, 0, j] = gp0 * A[h, 0, j]
+                            continue
+                        r1 = R[t, b, h, 1, j]
+                        x1 = (min(max(r1, qmin), qmax) - zp[h, 1, j]) * scale[h, 1, j]
+                        p1 = before * (min(max(R[tp, b, h, 1, j], qmin), qmax) - zp[h, 1, j])
+                        p1 *= scale[h, 1, j]
+                        m1 = 1.0 if (r1 >= qmin) & (r1 <= qmax) else 0.0
+                        gx0 = g * C[h, 0, j] + carry[h, 0, j]  # g·conj(C) + carry
+                        gx1 = -g * C[h, 1, j] + carry[h, 1, j]
+                        gC[h, 0, j] += g * x0  # g·conj(x)
+                        gC[h, 1, j] -= g * x1
+                        SX[h, 0, j] += gx0 * x0 + gx1 * x1  # gx·conj(x)
+                        SX[h, 1, j] += gx1 * x0 - gx0 * x1
+                        gp0, gp1 = gx0 * m0, gx1 * m1
+                        gA[h, 0, j] += gp0 * p0 + gp1 * p1  # gp·conj(x_{t−1})
+                        gA[h, 1, j] += gp1 * p0 - gp0 * p1
+                        gB[h, 0, j] += gp0 * uu
+                        gB[h, 1, j] += gp1 * uu
+                        acc += gp0 * B[h, 0, j] + gp1 * B[h, 1, j]  # Re(gp·conj(B̄))
+                        carry[h, 0, j] = gp0 * A[h, 0, j] + gp1 * A[h, 1, j]  # gp·conj(Ā)
+                        carry[h, 1, j] = gp1 * A[h, 0, j] - gp0 * A[h, 1, j]
+                    gu[b, t, h] = acc
+    return gu, sums
+
+
+def _threads() -> int:
+    """numba's threads follow torch's (``torch.set_num_threads``, ``OMP_NUM_THREADS``)."""
+    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    return n
 
 
 class GateScan(torch.autograd.Function):
