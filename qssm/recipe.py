@@ -113,6 +113,9 @@ class QATConfig(TrainConfig):
     lr: float = Field(2e-3, gt=0)
     ssm_lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # weight of distillation from the float model: loss = (1 − w)·CE + w·T²·KL(float ‖ quantized)
+    # at temperature T = DISTILL_T; the float model runs in its own (fast) float.mode
+    distill: float = Field(0.0, ge=0, le=1)
     hardware: HardwareNoise | None = None
 
 
@@ -139,6 +142,7 @@ def _check_spec(spec):
 
 Bits = Annotated[int, Field(ge=1, le=32)]
 Observer = Literal["minmax", "percentile", "mse"]
+ScaleDtype = Literal["float32", "float16", "bfloat16", "float8_e5m2", "float8_e4m3fn"]
 
 
 class QuantSpec(Section):
@@ -154,6 +158,7 @@ class QuantSpec(Section):
     scale: Literal["static", "learned"] = "learned"
     narrow_range: bool = False
     complex: Literal["cartesian", "polar"] = "cartesian"
+    scale_dtype: ScaleDtype = "float32"  # how the scales are stored (and rounded, STE in QAT)
     enabled: bool = True
 
     @model_validator(mode="after")
@@ -180,6 +185,7 @@ class QuantTarget(Section):
     scale: Literal["static", "learned"] | None = None
     narrow_range: bool | None = None
     complex: Literal["cartesian", "polar"] | None = None
+    scale_dtype: ScaleDtype | None = None
     enabled: bool | None = None
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ running the same command again resumes it (a finished float stage is kept in ``f
 """
 
 import contextlib
+import copy
 import time
 from pathlib import Path
 
@@ -242,6 +243,9 @@ def quantize_run(
     The caller has checked the recipe (``check_quant``) and the source (``float_source``)."""
     model, float_metrics = float_stage(recipe, data, out, source, "float", progress)
     float_params = n_params(model)
+    teacher = None
+    if recipe.qat.distill > 0:  # the float model, kept unquantized, teaches the QAT model
+        teacher = (copy.deepcopy(model).eval(), recipe.float.mode, recipe.qat.distill)
     seed_everything(recipe.seed)
     table = wrap(model, recipe.quant)
     metrics = {"recipe": recipe.name, "float": float_metrics, **(extra or {})}
@@ -278,6 +282,7 @@ def quantize_run(
                 eval_batch=recipe.eval.batch_size,
                 desc="QAT",
                 progress=progress,
+                teacher=teacher,
             )
         if summary is not None:
             metrics["hardware_noise"] = summary

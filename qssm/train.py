@@ -101,6 +101,24 @@ def _load_state(path: Path, model, opt) -> tuple[int, list]:
     return header["epoch"], header["history"]
 
 
+DISTILL_T = 2.0  # temperature of distillation from the float model
+
+
+def loss_fn(logits, y, teacher=None, weight: float = 0.0):
+    """Cross-entropy; with ``teacher`` logits, mixed with weight ``weight`` with the distillation
+    loss T²·KL(softmax(teacher / T) ‖ softmax(logits / T)) (Hinton et al. 2015)."""
+    ce = F.cross_entropy(logits, y)
+    if teacher is None or weight == 0:
+        return ce
+    kl = F.kl_div(
+        F.log_softmax(logits / DISTILL_T, -1),
+        F.log_softmax(teacher / DISTILL_T, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1 - weight) * ce + weight * DISTILL_T**2 * kl
+
+
 def fit(
     model,
     train: Split,
@@ -113,9 +131,11 @@ def fit(
     eval_batch: int = 256,
     desc: str = "train",
     progress: bool = True,
+    teacher: tuple | None = None,
 ) -> list[dict]:
     """Train ``cfg.epochs`` epochs; after each one evaluate on ``test`` and (if ``state_path``)
-    save a resumable checkpoint.  An existing checkpoint at ``state_path`` is resumed from."""
+    save a resumable checkpoint.  An existing checkpoint at ``state_path`` is resumed from.
+    ``teacher`` = (float model, its mode, weight): distill from it (:func:`loss_fn`)."""
     opt = make_optimizer(model, cfg)
     start, history = 0, []
     if state_path is not None and state_path.with_suffix(".json").exists():
@@ -140,7 +160,11 @@ def fit(
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(train.x[idx], mode), train.y[idx])
+            soft, weight = None, 0.0
+            if teacher is not None:
+                with torch.no_grad():
+                    soft, weight = teacher[0](train.x[idx], teacher[1]), teacher[2]
+            loss = loss_fn(model(train.x[idx], mode), train.y[idx], soft, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

@@ -5,9 +5,9 @@ import pytest
 from qssm.recipe import parse_recipe
 
 
-def sdigits_recipe(family: str, model: dict, quant: dict):
+def sdigits_recipe(family: str, model: dict, quant: dict, **qat):
     """A tiny recipe: sdigits (128 train / 64 test), one float epoch, PTQ on two batches, one
-    QAT epoch."""
+    QAT epoch (``qat``: further settings of the QAT section)."""
     return parse_recipe(
         {
             "name": f"tiny_{family}",
@@ -17,7 +17,7 @@ def sdigits_recipe(family: str, model: dict, quant: dict):
             "float": {"epochs": 1, "batch_size": 32},
             "quant": quant,
             "ptq": {"calibration_batches": 2, "batch_size": 32},
-            "qat": {"epochs": 1, "batch_size": 32},
+            "qat": {"epochs": 1, "batch_size": 32, **qat},
             "eval": {"batch_size": 32},
         }
     )

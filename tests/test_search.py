@@ -33,7 +33,9 @@ def test_search_fits_the_budget_and_reports(tmp_path):
         "data": {"name": "sdigits", "options": {"limit_train": 512}},
         "model": {"family": "s4d", "d_model": 8, "d_state": 8, "dt_min": 0.01, "dt_max": 0.5},
         "float": {"epochs": 3, "batch_size": 32, "ssm_lr": 0.01},
-        "quant": {"default": {"granularity": "per_channel", "complex": "polar"}},
+        "quant": {
+            "default": {"granularity": "per_channel", "complex": "polar", "scale_dtype": "float16"}
+        },
         "ptq": {"calibration_batches": 2},
         "qat": {"epochs": 1, "batch_size": 32},
         "eval": {"batch_size": 400},

@@ -1,10 +1,12 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qssm import train
 from qssm.data import load_dataset
 from qssm.models.backbone import Classifier
 from qssm.recipe import FloatConfig
+from qssm.train import DISTILL_T, loss_fn
 
 MODEL = dict(
     family="s4d",
@@ -85,3 +87,18 @@ def test_cosine_schedule():
     assert abs(train.lr_factor(5, 10, "cosine") - 0.5) < 1e-12
     assert train.lr_factor(10, 10, "cosine") < 1e-12
     assert train.lr_factor(7, 10, "constant") == 1.0
+
+
+def test_distillation_loss_against_hand_computed_values():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    y = torch.tensor([0, 2])
+    ce = F.cross_entropy(logits, y)
+    assert torch.equal(loss_fn(logits, y), ce)
+    assert torch.equal(loss_fn(logits, y, logits.flip(-1), 0.0), ce)
+    # a teacher that agrees with the student adds nothing: KL = 0
+    torch.testing.assert_close(loss_fn(logits, y, logits.clone(), 0.25), 0.75 * ce)
+    # one sample, uniform teacher: T²·KL(u ‖ softmax(s/T)) = T²·(−log 3 − mean log softmax(s/T))
+    s, t = logits[:1], torch.zeros(1, 3)
+    p = torch.log_softmax(s / DISTILL_T, -1)
+    kl = DISTILL_T**2 * (-torch.log(torch.tensor(3.0)) - p.mean())
+    torch.testing.assert_close(loss_fn(s, y[:1], t, 1.0), kl)

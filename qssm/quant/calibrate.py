@@ -5,6 +5,8 @@ from brevitas.graph.calibrate import calibration_mode
 from tqdm import tqdm
 
 from ..data import Split
+from ..recipe import RecipeError
+from .quantizers import PolarQuantizer
 from .wrap import quantizers
 
 
@@ -26,9 +28,30 @@ def calibrate(model, split: Split, batches: int, batch_size: int, seed: int, pro
             model(split.x[idx[i : i + batch_size]], "recurrent")
     model.eval()
     freeze_static_scales(model)
+    check_scales(model)
 
 
 def freeze_static_scales(model) -> None:
     for q in quantizers(model).values():
         if getattr(q, "spec", None) is not None and q.spec.scale == "static":
             q.requires_grad_(False)
+
+
+def check_scales(model) -> None:
+    """Every calibrated scale must survive rounding to its ``scale_dtype``: a float8 scale of a
+    tiny range underflows to 0 (Brevitas would then clamp it to its minimum, a value the dtype
+    cannot store), a huge one overflows."""
+    for name, q in quantizers(model).items():
+        for part in (q.magnitude, q.phase) if isinstance(q, PolarQuantizer) else (q,):
+            dtype = getattr(torch, part.spec.scale_dtype)
+            for pname, p in part.named_parameters():
+                stored = p.detach().abs().to(dtype).float()
+                if "scaling_impl" in pname and not bool(
+                    torch.all(torch.isfinite(stored) & (stored > 0))
+                ):
+                    raise RecipeError(
+                        f"quant: a calibrated scale of {name} ({part.site.role}) spans "
+                        f"{p.abs().min().item():.3g}…{p.abs().max().item():.3g}, outside what "
+                        f"scale_dtype {part.spec.scale_dtype} stores; give this role a wider "
+                        "scale_dtype (float16 or float32)"
+                    )

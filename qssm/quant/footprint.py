@@ -1,14 +1,21 @@
 """Memory footprint in bits: stored parameters, the per-sample recurrent state, and mGRADE's delay
-buffer, against the same model in float32."""
+buffer, against the same model in float32.
+
+Every quantizer scale counts, at the bits of its ``scale_dtype``: the S4D state's too.  One scale
+per state element does fold into B̄ and C (x' = x / s), but then B̄ / s and C · s are per-element
+real numbers, no longer the b-bit codes counted for ``ssm.B`` and ``ssm.C`` (the integer lowering
+stores them as fixed-point multipliers), so the scales are information the model must store."""
 
 import math
 
+import torch
 from torch import nn
 
 from ..models.mgrade import DelayConv, MGradeLayer
 from ..models.mingru import MinGRU
 from ..models.quantizable import QLinear
 from ..models.s4d import S4D
+from .quantizers import PolarQuantizer
 
 FLOAT = 32
 
@@ -45,10 +52,12 @@ def _stored(model: nn.Module, table: dict):
             depth = int(m.conv.taps().max()) + 1 if m.conv.integer_delays else m.conv.max_delay
             yield "conv.buffer", H * depth, _bits(table, name, "norm"), "buffer"
         qz = m._modules.get("qz")
-        if qz is not None:  # scales and zero points of the quantizers, float32; a diagonal
-            folded = ("state",) if isinstance(m, S4D) else ()  # SSM's state scales fold into
-            n = sum(p.numel() for s, q in qz.items() if s not in folded for p in q.parameters())
-            yield "quantizer scales", n, FLOAT, "param"  # B̄ and C (x' = x / s): free
+        for q in (qz or {}).values():  # scales at the dtype they are stored in; zero points fp32
+            for part in (q.magnitude, q.phase) if isinstance(q, PolarQuantizer) else (q,):
+                bits = torch.finfo(getattr(torch, part.spec.scale_dtype)).bits
+                for pname, p in part.named_parameters():
+                    scale = "scaling_impl" in pname
+                    yield "quantizer scales", p.numel(), bits if scale else FLOAT, "param"
 
 
 def footprint(model: nn.Module, table: dict, float_params: int) -> dict:

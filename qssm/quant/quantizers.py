@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from brevitas.core.restrict_val import FloatRestrictValue
 from brevitas.core.stats import NegativeMinOrZero
 from brevitas.inject.enum import ScalingPerOutputType, StatsOp
 from brevitas.nn import QuantIdentity
@@ -53,10 +54,30 @@ def _base_quantizer(symmetric: bool, signed: bool, observer: str):
     return Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
 
 
+class StoredScale(FloatRestrictValue):
+    """Brevitas' float scale restriction, rounded to the dtype the scale is stored in (float16,
+    bfloat16, float8) with a straight-through gradient: the model computes with exactly the
+    scales it stores.  Only the learned value is rounded; Brevitas then divides it by the
+    integer threshold (2^(b−1) for a signed grid), which the hardware knows from the bit width."""
+
+    def __init__(self, dtype: str):
+        super().__init__()
+        self.dtype = getattr(torch, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.abs(x)
+        return x + (x.to(self.dtype).to(x.dtype) - x).detach()
+
+
 def brevitas_quantizer(spec, site: Site, signed: bool):
     """An injector-defined Brevitas activation quantizer for ``spec`` at ``site``."""
     q = _base_quantizer(spec.symmetric, signed, spec.observer)
     kw = dict(bit_width=spec.bit_width, narrow_range=spec.narrow, collect_stats_steps=30)
+    if spec.scale_dtype != "float32":
+        kw.update(  # the threshold 2^(b−1) stays exact: it is not stored
+            restrict_scaling_impl=StoredScale(spec.scale_dtype),
+            restrict_threshold_impl=FloatRestrictValue,
+        )
     if spec.observer == "minmax":
         kw["scaling_stats_op"] = StatsOp.MAX if spec.symmetric else StatsOp.MIN_MAX
         if not spec.symmetric:

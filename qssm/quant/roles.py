@@ -65,6 +65,7 @@ class ResolvedSpec:
     percentile: float
     scale: str
     complex: str
+    scale_dtype: str = "float32"
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -144,5 +145,6 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
             percentile=spec["percentile"],
             scale=spec["scale"],
             complex=spec["complex"],
+            scale_dtype=spec["scale_dtype"],
         )
     return out

@@ -13,9 +13,12 @@ MODELS = {
     "mgrade": {"family": "mgrade", "d_model": 8, "n_layers": 1, "max_delay": 8, "n_taps": 2},
 }
 QUANT = {
-    "s4d": {
+    "s4d": {  # scales stored as float16, the state's as float8
         "default": {"bits": 4, "granularity": "per_channel", "complex": "polar"},
-        "targets": [{"roles": ["ssm.A", "ssm.state"], "bits": 8}],
+        "targets": [
+            {"roles": ["ssm.A", "ssm.state"], "bits": 8, "scale_dtype": "float16"},
+            {"roles": ["ssm.state"], "scale_dtype": "float8_e5m2"},
+        ],
     },
     "s4d_real": {"parameterization": "discrete_cartesian", "default": {"bits": 6}},
     "mingru_hw": {
@@ -31,7 +34,7 @@ QUANT = {
 
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_quantize_save_reload_same_predictions(family, tmp_path, tiny_recipe):
-    r = tiny_recipe(family, MODELS[family], QUANT[family])
+    r = tiny_recipe(family, MODELS[family], QUANT[family], distill=0.5)  # from the float model
     out = open_run(tmp_path / "run", r, force=False)
     metrics = quantize_run(r, load_data(r), out, progress=False)
     for key in ("float", "ptq", "qat", "footprint"):

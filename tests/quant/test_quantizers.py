@@ -18,6 +18,7 @@ def spec(
     granularity="per_tensor",
     observer="minmax",
     scale="learned",
+    scale_dtype="float32",
 ):
     bit_width, narrow, n_levels = grid(bits if levels is None else None, levels, False)
     return ResolvedSpec(
@@ -31,6 +32,7 @@ def spec(
         percentile=99.99,
         scale=scale,
         complex="cartesian",
+        scale_dtype=scale_dtype,
     )
 
 
@@ -84,6 +86,40 @@ def test_minmax_calibration_matches_hand_computed_scale():
     assert torch.isclose(scale, torch.tensor(3.0 / 128))  # Brevitas: threshold / 2^(b-1)
     q.eval()
     torch.testing.assert_close(q(x), torch.round(x / scale) * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float8_e5m2"])
+def test_scales_are_the_values_their_dtype_stores(dtype):
+    """scale_dtype rounds the learned value (threshold = scale · 2^(b−1)) to the dtype: the
+    model computes with what is stored; the gradient passes the rounding (STE)."""
+    torch.manual_seed(0)
+    x = torch.randn(50, 6, 4) * torch.logspace(-3, 1, 6)[None, :, None]
+    f32 = calibrated(SiteQuantizer(spec(8, granularity="per_channel"), SITE, True), x)
+    q = calibrated(
+        SiteQuantizer(spec(8, granularity="per_channel", scale_dtype=dtype), SITE, True), x
+    )
+    threshold = f32.qparams()[0] * 128  # max |x| per channel, in float32
+    stored = threshold.to(getattr(torch, dtype)).float()
+    assert not torch.equal(stored, threshold)  # the rounding is visible at this dtype
+    torch.testing.assert_close(q.qparams()[0] * 128, stored, rtol=0, atol=0)
+    q(x).pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in q.parameters())
+
+
+def test_scale_that_underflows_its_dtype_is_a_recipe_error():
+    from qssm.models.backbone import Classifier
+    from qssm.quant.calibrate import check_scales
+    from qssm.quant.wrap import wrap
+    from qssm.recipe import QuantConfig, RecipeError
+
+    cfg = dict(family="s4d", d_model=2, d_state=4, n_layers=1, pool="mean", init="lin")
+    model = Classifier({**cfg, "dt_min": 1e-3, "dt_max": 1e-1}, 1, 2)
+    wrap(model, QuantConfig.model_validate({"default": {"scale_dtype": "float8_e4m3fn"}}))
+    model.train()
+    with calibration_mode(model):
+        model(torch.full((2, 5, 1), 1e-6), "recurrent")  # e4m3's smallest value is 2^-9
+    with pytest.raises(RecipeError, match="wider scale_dtype"):
+        check_scales(model)
 
 
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])

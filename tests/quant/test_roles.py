@@ -130,8 +130,7 @@ def test_footprint_hand_computed():
         + 4 * H  # D
         + 4 * (H * 2 * H + 2 * H)  # GLU linear
         + 4 * (H * 3 + 3)  # decoder
-        + 32 * 16  # a float32 scale per quantized site (per tensor), 17 sites, except the
-        # state's, which folds into B̄ and C
+        + 32 * 17  # a float32 scale per quantized site (per tensor), 17 sites
     )
     assert fp["param_bits"] == params
     assert fp["state_bits"] == 8 * H * n * 2
@@ -143,6 +142,32 @@ def test_footprint_hand_computed():
         "bits_stored": 8 * H * n * 2,
         "bits": [8],
     }
+
+
+def test_footprint_counts_per_element_state_scales_at_their_dtype():
+    """One state scale per state element (H·n, shared by real and imaginary part) is stored
+    information: B̄ / s and C · s are no longer b-bit codes.  Scales count at scale_dtype."""
+    H, n = 4, 3
+
+    def scale_bits(quant: dict) -> int:
+        model = Classifier({**S4D, "n_layers": 1}, 1, 3)
+        t = wrap(model, QuantConfig.model_validate(quant))
+        fp = footprint(model, t, sum(p.numel() for p in model.parameters()))
+        return fp["per_role"]["quantizer scales"]["bits_stored"]
+
+    per_tensor = scale_bits({"default": {"bits": 8}})
+    state = {"roles": ["ssm.state"], "granularity": "per_channel"}
+    per_element = scale_bits({"default": {"bits": 8}, "targets": [state]})
+    assert per_element - per_tensor == 32 * (H * n - 1)
+    half = scale_bits({"default": {"bits": 8, "scale_dtype": "float16"}})
+    assert half == per_tensor // 2
+    fp8_state = scale_bits(
+        {
+            "default": {"bits": 8},
+            "targets": [{"roles": ["ssm.state"], "scale_dtype": "float8_e5m2"}],
+        }
+    )
+    assert fp8_state == per_tensor - 24
 
 
 def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():
