@@ -20,6 +20,17 @@ from ..quant.scan import S4DScan
 from .quantizable import Quantizable, act_site
 
 
+def halving_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis in a fixed order: add the second half onto the first (an odd last
+    element carried over) until one value is left.  torch's own ``sum`` order is its kernel's
+    business; this one ``qssm.quant.scan`` reproduces exactly."""
+    while t.shape[-1] > 1:
+        m, h = t.shape[-1], t.shape[-1] // 2
+        s = t[..., :h] + t[..., h : 2 * h]
+        t = torch.cat([s, t[..., 2 * h :]], -1) if m % 2 else s
+    return t[..., 0]
+
+
 class S4D(Quantizable, nn.Module):
     def __init__(
         self,
@@ -118,9 +129,11 @@ class S4D(Quantizable, nn.Module):
         return A_bar, self.q("B", B_bar), self.q("C", C), self.q("D", self.D)
 
     def readout(self, x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-        """y from state: x (..., H, n) → (..., H) without the D term."""
-        y = (C * x).sum(-1)
-        return y if self.real else 2 * y.real
+        """y from state: x (..., H, n) → (..., H) without the D term, summed over the modes in
+        the fixed order of :func:`halving_sum` (the fused scan kernel sums in the same order, so
+        its outputs are bit-identical to this step-by-step readout)."""
+        y = halving_sum((C * x).real if not self.real else C * x)
+        return y if self.real else 2 * y
 
     def kernel(self, L: int, params=None) -> torch.Tensor:
         """Convolution kernel K[h, l] = readout(C · Ā^l B̄), (H, L): of the continuous parameters,

@@ -68,10 +68,13 @@ class S4DScan(torch.autograd.Function):
 
     Forward: a numba kernel runs the recurrence block by block (CHUNK timesteps) with the float32
     operations of the step loop in the same order — complex product, + B̄u, ÷ scale, + zp, round
-    half to even, clamp, − zp, × scale, no fused multiply-add — so the codes are bit-identical;
-    torch reads each block's states out as the step loop does.  Saved: the rounded codes before
-    clamping, clipped to one past the range (int8 up to 7 bits, int16 above), from which the
-    backward kernel rebuilds each state and its clamp mask."""
+    half to even, clamp, − zp, × scale, no fused multiply-add — and reads the state out as
+    ``S4D.readout`` does (Re(C x) per mode, summed by ``halving_sum``'s order), so codes and
+    outputs are bit-identical to the step loop.  Saved, one array per block: the
+    rounded codes before clamping, clipped to one past the range (int8 up to 7 bits, int16
+    above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of a
+    few MB come back from the allocator's free lists step after step; one 100 MB array would be
+    a fresh mapping whose pages fault in on every training step.)"""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
@@ -79,38 +82,42 @@ class S4DScan(torch.autograd.Function):
         cplx = A.is_complex()
         full = (*A.shape, 2 if cplx else 1)  # (H, n, P)
         H, n, P = full
-        A_, B_, s_, z_ = (_parts_first(t, full, torch.float32) for t in (A, B, scale, zp))
-        R = torch.empty((L, Bsz, H, P, n), dtype=_code_dtype(qmin - 1, qmax + 1))
-        X = torch.empty(CHUNK, Bsz, H, n, P)  # the block's states, parts last (torch's layout)
+        A_, B_, C_, s_, z_ = (_parts_first(t, full, torch.float32) for t in (A, B, C, scale, zp))
+        code = _code_dtype(qmin - 1, qmax + 1)
         x = np.zeros((Bsz, H, P, n), dtype=np.float32)
-        u_, R_, X_ = u.detach().contiguous().numpy(), R.numpy(), X.numpy()
-        y = torch.empty(Bsz, L, H, dtype=u.dtype)
+        u_ = u.detach().contiguous().numpy()
+        y = torch.empty(Bsz, L, H, dtype=torch.float32)
         qrange = np.float32(qmin), np.float32(qmax)  # float64 bounds would widen the arithmetic
         _threads()
+        blocks = []
         for c0 in range(0, L, CHUNK):
-            T = min(CHUNK, L - c0)
-            _s4d_forward(u_, A_, B_, s_, z_, *qrange, c0, T, x, R_, X_)
-            states = torch.view_as_complex(X[:T]) if cplx else X[:T, ..., 0]
-            y[:, c0 : c0 + T] = ((C * states).sum(-1).real * P).transpose(0, 1)
-        ctx.save_for_backward(u, A, B, C, scale, zp, R)
+            blocks.append(torch.empty((min(CHUNK, L - c0), Bsz, H, P, n), dtype=code))
+            _s4d_forward(u_, A_, B_, C_, s_, z_, *qrange, c0, x, blocks[-1].numpy(), y.numpy())
+        ctx.save_for_backward(u, A, B, C, scale, zp, *blocks)
         ctx.q = (qmin, qmax)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        u, A, B, C, scale, zp, R = ctx.saved_tensors
+        u, A, B, C, scale, zp, *blocks = ctx.saved_tensors
         qmin, qmax = ctx.q
         cplx = A.is_complex()
         full = (*A.shape, 2 if cplx else 1)
-        gu, sums = _s4d_backward(
-            R.numpy(),
-            u.detach().contiguous().numpy().astype(np.float64),
-            *(_parts_first(t, full, torch.float64) for t in (A, B, C, scale, zp)),
-            float(qmin),
-            float(qmax),
-            gy.detach().contiguous().numpy().astype(np.float64),
-            _threads(),
-        )
+        params = [_parts_first(t, full, torch.float64) for t in (A, B, C, scale, zp)]
+        u_ = u.detach().contiguous().numpy().astype(np.float64)
+        gy_ = gy.detach().contiguous().numpy().astype(np.float64)
+        shares = _threads()
+        gu = np.empty_like(gy_)
+        carry = np.zeros((u_.shape[0], *params[0].shape))  # ∂L/∂x_t through x_{t+1}, (B, H, P, n)
+        sums = np.zeros((shares, 4, *params[0].shape))
+        t0 = sum(len(b) for b in blocks)
+        for i in range(len(blocks) - 1, -1, -1):  # blocks in reverse: time runs backwards
+            R = blocks[i].numpy()
+            t0 -= len(R)
+            before = blocks[i - 1][-1].numpy() if i > 0 else R[0]  # the codes of x_{t0−1}
+            _s4d_backward(
+                R, before, t0, u_, *params, float(qmin), float(qmax), gy_, carry, sums, gu
+            )
         gA, gB, gC, SX = (  # (H, P, n) → complex or real (H, n)
             torch.view_as_complex(torch.from_numpy(g).movedim(1, -1).contiguous())
             if cplx
@@ -136,16 +143,19 @@ class S4DScan(torch.autograd.Function):
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _s4d_forward(u, A, B, scale, zp, qmin, qmax, t0, T, x, R, X):
-    """Timesteps t0 … t0+T−1 of the quantized recurrence, in float32.
+def _s4d_forward(u, A, B, C, scale, zp, qmin, qmax, t0, x, R, y):
+    """Timesteps t0 … t0+T−1 of the quantized recurrence and its readout, in float32.
 
-    u (B, L, H); A, B, scale, zp (H, P, n); x (B, H, P, n) the state, updated in place;
-    R (L, B, H, P, n) receives the rounded codes clipped to [qmin − 1, qmax + 1];
-    X (CHUNK, B, H, n, P) the block's states."""
+    u (B, L, H); A, B, C, scale, zp (H, P, n); x (B, H, P, n) the state, updated in place;
+    R (T, B, H, P, n) receives the block's rounded codes clipped to [qmin − 1, qmax + 1];
+    y (B, L, H) the readout P·Σ Re(C x), summed over the modes in ``halving_sum``'s order."""
     Bsz, H, P, n = x.shape
+    T = R.shape[0]
     lo, hi = qmin - np.float32(1), qmax + np.float32(1)
     for b in numba.prange(Bsz):  # sequences are independent: one thread per share of the batch
-        for i in range(T):
+        terms = np.empty(n, dtype=np.float32)
+        r = np.empty((P, n), dtype=np.float32)  # the rounded codes, stored to R in a loop of
+        for i in range(T):  # their own (stores to R inside the arithmetic loop cost 2×)
             t = t0 + i
             for h in range(H):
                 uu = u[b, t, h]
@@ -156,65 +166,87 @@ def _s4d_forward(u, A, B, scale, zp, qmin, qmax, t0, T, x, R, X):
                         p0 = (A[h, 0, j] * x0 - A[h, 1, j] * x1) + B[h, 0, j] * uu
                         p1 = (A[h, 0, j] * x1 + A[h, 1, j] * x0) + B[h, 1, j] * uu
                         r1 = np.rint(p1 / scale[h, 1, j] + zp[h, 1, j])
-                        R[t, b, h, 1, j] = min(max(r1, lo), hi)
+                        r[1, j] = r1
                         x1 = (min(max(r1, qmin), qmax) - zp[h, 1, j]) * scale[h, 1, j]
                         x[b, h, 1, j] = x1
-                        X[i, b, h, j, 1] = x1
+                        im = C[h, 1, j] * x1  # Re(C x) = Cr·xr − Ci·xi, as torch's product
                     else:
                         p0 = A[h, 0, j] * x0 + B[h, 0, j] * uu
+                        im = np.float32(0)
                     r0 = np.rint(p0 / scale[h, 0, j] + zp[h, 0, j])
-                    R[t, b, h, 0, j] = min(max(r0, lo), hi)
+                    r[0, j] = r0
                     x0 = (min(max(r0, qmin), qmax) - zp[h, 0, j]) * scale[h, 0, j]
                     x[b, h, 0, j] = x0
-                    X[i, b, h, j, 0] = x0
+                    terms[j] = C[h, 0, j] * x0 - im if P == 2 else C[h, 0, j] * x0
+                for p in range(P):
+                    for j in range(n):
+                        R[i, b, h, p, j] = min(max(r[p, j], lo), hi)
+                y[b, t, h] = _halving_sum(terms) * np.float32(P)
+
+
+@numba.njit(cache=True)
+def _halving_sum(terms):
+    """``qssm.models.s4d.halving_sum`` of a 1-d array, in place: the same additions in the same
+    order (add the second half onto the first, an odd last element carried over)."""
+    m = len(terms)
+    while m > 1:
+        half = m // 2
+        for j in range(half):
+            terms[j] = terms[j] + terms[j + half]
+        if m % 2:
+            terms[half] = terms[m - 1]
+        m = half + m % 2
+    return terms[0]
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def _s4d_backward(R, u, A, B, C, scale, zp, qmin, qmax, gy, shares):
-    """BPTT of S4DScan in float64: one pass over time per sequence, the batch split into
-    ``shares`` parts run in parallel, each with its own parameter-gradient sums.
+def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, sums, gu):
+    """BPTT of S4DScan over one block of timesteps t0 … t0+T−1, backwards, in float64; the batch
+    is split into ``len(sums)`` shares run in parallel, each with its own parameter-gradient sums.
 
-    R (L, B, H, P, n) saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real), u, gy (B, L, H),
-    A, B, C, scale, zp (H, P, n).  Returns ∂L/∂u and, per share, the parts (H, P, n) of ∂L/∂Ā,
-    ∂L/∂B̄, ∂L/∂C and SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient convention), stacked as
-    (shares, 4, H, P, n).  fastmath: sums may be reassociated (gradients are compared to float
-    tolerance, not bit for bit)."""
-    L, Bsz, H, P, n = R.shape
+    R (T, B, H, P, n) the block's saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real),
+    ``before`` (B, H, P, n) the codes of step t0 − 1 (unused at t0 = 0: x_{−1} = 0);
+    u, gy (B, L, H); A, B, C, scale, zp (H, P, n).  Updated in place: ``carry`` (B, H, P, n),
+    ∂L/∂x_t through x_{t+1}, handed from block to block; ``sums`` (shares, 4, H, P, n), the
+    parts of ∂L/∂Ā, ∂L/∂B̄, ∂L/∂C and SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient
+    convention); ``gu`` (B, L, H), ∂L/∂u.  fastmath: sums may be reassociated
+    (gradients are compared to float tolerance)."""
+    T, Bsz, H, P, n = R.shape
     k = float(P)  # the readout is 2·Re(C x) for complex modes
-    gu = np.zeros((Bsz, L, H))
-    sums = np.zeros((shares, 4, H, P, n))
+    shares = sums.shape[0]
     for s in numba.prange(shares):
         gA, gB, gC, SX = sums[s, 0], sums[s, 1], sums[s, 2], sums[s, 3]
         for b in range(s * Bsz // shares, (s + 1) * Bsz // shares):
-            carry = np.zeros((H, P, n))  # ∂L/∂x_t through x_{t+1}
-            for t in range(L - 1, -1, -1):
-                before = 1.0 if t > 0 else 0.0  # x_{−1} = 0
-                tp = max(t - 1, 0)
+            cb = carry[b]
+            for i in range(T - 1, -1, -1):
+                t = t0 + i
+                ahead = 1.0 if t > 0 else 0.0  # x_{−1} = 0
+                Rp = R[i - 1, b] if i > 0 else before[b]  # codes of x_{t−1}
                 for h in range(H):
                     g, uu, acc = k * gy[b, t, h], u[b, t, h], 0.0
                     for j in range(n):
-                        r0 = R[t, b, h, 0, j]
+                        r0 = R[i, b, h, 0, j]
                         x0 = (min(max(r0, qmin), qmax) - zp[h, 0, j]) * scale[h, 0, j]
-                        p0 = before * (min(max(R[tp, b, h, 0, j], qmin), qmax) - zp[h, 0, j])
+                        p0 = ahead * (min(max(Rp[h, 0, j], qmin), qmax) - zp[h, 0, j])
                         p0 *= scale[h, 0, j]
                         m0 = 1.0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
                         if P == 1:
-                            gx0 = g * C[h, 0, j] + carry[h, 0, j]
+                            gx0 = g * C[h, 0, j] + cb[h, 0, j]
                             gC[h, 0, j] += g * x0
                             SX[h, 0, j] += gx0 * x0
                             gp0 = gx0 * m0
                             gA[h, 0, j] += gp0 * p0
                             gB[h, 0, j] += gp0 * uu
                             acc += gp0 * B[h, 0, j]
-                            carry[h, 0, j] = gp0 * A[h, 0, j]
+                            cb[h, 0, j] = gp0 * A[h, 0, j]
                             continue
-                        r1 = R[t, b, h, 1, j]
+                        r1 = R[i, b, h, 1, j]
                         x1 = (min(max(r1, qmin), qmax) - zp[h, 1, j]) * scale[h, 1, j]
-                        p1 = before * (min(max(R[tp, b, h, 1, j], qmin), qmax) - zp[h, 1, j])
+                        p1 = ahead * (min(max(Rp[h, 1, j], qmin), qmax) - zp[h, 1, j])
                         p1 *= scale[h, 1, j]
                         m1 = 1.0 if (r1 >= qmin) & (r1 <= qmax) else 0.0
-                        gx0 = g * C[h, 0, j] + carry[h, 0, j]  # g·conj(C) + carry
-                        gx1 = -g * C[h, 1, j] + carry[h, 1, j]
+                        gx0 = g * C[h, 0, j] + cb[h, 0, j]  # g·conj(C) + carry
+                        gx1 = -g * C[h, 1, j] + cb[h, 1, j]
                         gC[h, 0, j] += g * x0  # g·conj(x)
                         gC[h, 1, j] -= g * x1
                         SX[h, 0, j] += gx0 * x0 + gx1 * x1  # gx·conj(x)
@@ -225,10 +257,9 @@ def _s4d_backward(R, u, A, B, C, scale, zp, qmin, qmax, gy, shares):
                         gB[h, 0, j] += gp0 * uu
                         gB[h, 1, j] += gp1 * uu
                         acc += gp0 * B[h, 0, j] + gp1 * B[h, 1, j]  # Re(gp·conj(B̄))
-                        carry[h, 0, j] = gp0 * A[h, 0, j] + gp1 * A[h, 1, j]  # gp·conj(Ā)
-                        carry[h, 1, j] = gp1 * A[h, 0, j] - gp0 * A[h, 1, j]
+                        cb[h, 0, j] = gp0 * A[h, 0, j] + gp1 * A[h, 1, j]  # gp·conj(Ā)
+                        cb[h, 1, j] = gp1 * A[h, 0, j] - gp0 * A[h, 1, j]
                     gu[b, t, h] = acc
-    return gu, sums
 
 
 def _threads() -> int:
