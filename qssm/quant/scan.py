@@ -69,12 +69,14 @@ class S4DScan(torch.autograd.Function):
     Forward: a numba kernel runs the recurrence block by block (CHUNK timesteps) with the float32
     operations of the step loop in the same order — complex product, + B̄u, ÷ scale, + zp, round
     half to even, clamp, − zp, × scale, no fused multiply-add — and reads the state out as
-    ``S4D.readout`` does (Re(C x) per mode, summed by ``halving_sum``'s order), so codes and
-    outputs are bit-identical to the step loop.  Saved, one array per block: the
-    rounded codes before clamping, clipped to one past the range (int8 up to 7 bits, int16
-    above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of a
-    few MB come back from the allocator's free lists step after step; one 100 MB array would be
-    a fresh mapping whose pages fault in on every training step.)"""
+    ``S4D.readout`` does (Re(C x) per mode, summed in ``halving_sum``'s order), so codes and
+    outputs are bit-identical to the step loop.  The kernels keep the batch as the innermost
+    axis (state (H, P, n, B)): every inner loop runs over independent sequences with the
+    mode's parameters held in registers, and vectorizes.  Saved, one array per block: the rounded
+    codes before clamping, clipped to one past the range (int8 up to 7 bits, int16 above), from
+    which the backward kernel rebuilds each state and its clamp mask.  (Blocks of a few MB come
+    back from the allocator's free lists step after step; one 100 MB array would be a fresh
+    mapping whose pages fault in on every training step.)"""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
@@ -84,18 +86,18 @@ class S4DScan(torch.autograd.Function):
         H, n, P = full
         A_, B_, C_, s_, z_ = (_parts_first(t, full, torch.float32) for t in (A, B, C, scale, zp))
         code = _code_dtype(qmin - 1, qmax + 1)
-        x = np.zeros((Bsz, H, P, n), dtype=np.float32)
-        u_ = u.detach().contiguous().numpy()
-        y = torch.empty(Bsz, L, H, dtype=torch.float32)
+        x = np.zeros((H, P, n, Bsz), dtype=np.float32)
+        u_ = u.detach().permute(1, 2, 0).contiguous().numpy()  # (L, H, B)
+        y = torch.empty(L, H, Bsz, dtype=torch.float32)
         qrange = np.float32(qmin), np.float32(qmax)  # float64 bounds would widen the arithmetic
         _threads()
         blocks = []
         for c0 in range(0, L, CHUNK):
-            blocks.append(torch.empty((min(CHUNK, L - c0), Bsz, H, P, n), dtype=code))
+            blocks.append(torch.empty((min(CHUNK, L - c0), H, P, n, Bsz), dtype=code))
             _s4d_forward(u_, A_, B_, C_, s_, z_, *qrange, c0, x, blocks[-1].numpy(), y.numpy())
         ctx.save_for_backward(u, A, B, C, scale, zp, *blocks)
         ctx.q = (qmin, qmax)
-        return y
+        return y.permute(2, 0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, gy):
@@ -104,12 +106,11 @@ class S4DScan(torch.autograd.Function):
         cplx = A.is_complex()
         full = (*A.shape, 2 if cplx else 1)
         params = [_parts_first(t, full, torch.float64) for t in (A, B, C, scale, zp)]
-        u_ = u.detach().contiguous().numpy().astype(np.float64)
-        gy_ = gy.detach().contiguous().numpy().astype(np.float64)
-        shares = _threads()
-        gu = np.empty_like(gy_)
-        carry = np.zeros((u_.shape[0], *params[0].shape))  # ∂L/∂x_t through x_{t+1}, (B, H, P, n)
-        sums = np.zeros((shares, 4, *params[0].shape))
+        u_, gy_ = (t.detach().permute(1, 2, 0).double().contiguous().numpy() for t in (u, gy))
+        _threads()
+        gu = np.empty_like(gy_)  # (L, H, B)
+        carry = np.zeros((*params[0].shape, u.shape[0]))  # ∂L/∂x_t through x_{t+1}, (H, P, n, B)
+        sums = np.zeros((4, *params[0].shape))
         t0 = sum(len(b) for b in blocks)
         for i in range(len(blocks) - 1, -1, -1):  # blocks in reverse: time runs backwards
             R = blocks[i].numpy()
@@ -122,7 +123,7 @@ class S4DScan(torch.autograd.Function):
             torch.view_as_complex(torch.from_numpy(g).movedim(1, -1).contiguous())
             if cplx
             else torch.from_numpy(g)[:, 0]
-            for g in sums.sum(0)
+            for g in sums
         )
         # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·x/s − Σ gp·p/s, and
         # Σ gp·conj(p) = conj(Ā)·gA + conj(B̄)·gB since p = Ā x_{t−1} + B̄ u_t
@@ -131,7 +132,7 @@ class S4DScan(torch.autograd.Function):
         gscale = (SX - A64.conj() * gA - B64.conj() * gB).real / s
         gscale = gscale.reshape(gscale.shape + (1,) * (scale.ndim - gscale.ndim))
         return (
-            torch.from_numpy(gu).to(u.dtype),
+            torch.from_numpy(gu).permute(2, 0, 1).to(u.dtype),
             gA.to(A.dtype),
             gB.to(B.dtype),
             gC.to(C.dtype),
@@ -146,120 +147,146 @@ class S4DScan(torch.autograd.Function):
 def _s4d_forward(u, A, B, C, scale, zp, qmin, qmax, t0, x, R, y):
     """Timesteps t0 … t0+T−1 of the quantized recurrence and its readout, in float32.
 
-    u (B, L, H); A, B, C, scale, zp (H, P, n); x (B, H, P, n) the state, updated in place;
-    R (T, B, H, P, n) receives the block's rounded codes clipped to [qmin − 1, qmax + 1];
-    y (B, L, H) the readout P·Σ Re(C x), summed over the modes in ``halving_sum``'s order."""
-    Bsz, H, P, n = x.shape
+    u (L, H, B); A, B, C, scale, zp (H, P, n); x (H, P, n, B) the state, updated in place;
+    R (T, H, P, n, B) receives the block's rounded codes clipped to [qmin − 1, qmax + 1];
+    y (L, H, B) the readout P·Σ Re(C x), summed over the modes in ``halving_sum``'s order.
+    Channels run in parallel; the innermost loops run over the batch."""
+    H, P, n, Bsz = x.shape
     T = R.shape[0]
     lo, hi = qmin - np.float32(1), qmax + np.float32(1)
-    for b in numba.prange(Bsz):  # sequences are independent: one thread per share of the batch
-        terms = np.empty(n, dtype=np.float32)
-        r = np.empty((P, n), dtype=np.float32)  # the rounded codes, stored to R in a loop of
-        for i in range(T):  # their own (stores to R inside the arithmetic loop cost 2×)
+    for h in numba.prange(H):
+        terms = np.empty((n, Bsz), dtype=np.float32)  # Re(C x) per mode and sequence
+        for i in range(T):
             t = t0 + i
-            for h in range(H):
-                uu = u[b, t, h]
-                for j in range(n):
-                    x0 = x[b, h, 0, j]
-                    if P == 2:
-                        x1 = x[b, h, 1, j]
-                        p0 = (A[h, 0, j] * x0 - A[h, 1, j] * x1) + B[h, 0, j] * uu
-                        p1 = (A[h, 0, j] * x1 + A[h, 1, j] * x0) + B[h, 1, j] * uu
-                        r1 = np.rint(p1 / scale[h, 1, j] + zp[h, 1, j])
-                        r[1, j] = r1
-                        x1 = (min(max(r1, qmin), qmax) - zp[h, 1, j]) * scale[h, 1, j]
-                        x[b, h, 1, j] = x1
-                        im = C[h, 1, j] * x1  # Re(C x) = Cr·xr − Ci·xi, as torch's product
-                    else:
-                        p0 = A[h, 0, j] * x0 + B[h, 0, j] * uu
-                        im = np.float32(0)
-                    r0 = np.rint(p0 / scale[h, 0, j] + zp[h, 0, j])
-                    r[0, j] = r0
-                    x0 = (min(max(r0, qmin), qmax) - zp[h, 0, j]) * scale[h, 0, j]
-                    x[b, h, 0, j] = x0
-                    terms[j] = C[h, 0, j] * x0 - im if P == 2 else C[h, 0, j] * x0
-                for p in range(P):
-                    for j in range(n):
-                        R[i, b, h, p, j] = min(max(r[p, j], lo), hi)
-                y[b, t, h] = _halving_sum(terms) * np.float32(P)
+            ut = u[t, h]
+            for j in range(n):
+                a0, b0, c0 = A[h, 0, j], B[h, 0, j], C[h, 0, j]
+                s0, z0 = scale[h, 0, j], zp[h, 0, j]
+                xr, Rr, tj = x[h, 0, j], R[i, h, 0, j], terms[j]
+                if P == 1:
+                    for b in range(Bsz):
+                        r0 = np.rint((a0 * xr[b] + b0 * ut[b]) / s0 + z0)
+                        Rr[b] = min(max(r0, lo), hi)
+                        xr[b] = (min(max(r0, qmin), qmax) - z0) * s0
+                        tj[b] = c0 * xr[b]
+                    continue
+                a1, b1, c1 = A[h, 1, j], B[h, 1, j], C[h, 1, j]
+                s1, z1 = scale[h, 1, j], zp[h, 1, j]
+                xi, Ri = x[h, 1, j], R[i, h, 1, j]
+                for b in range(Bsz):
+                    x0, x1, uu = xr[b], xi[b], ut[b]
+                    r0 = np.rint(((a0 * x0 - a1 * x1) + b0 * uu) / s0 + z0)
+                    r1 = np.rint(((a0 * x1 + a1 * x0) + b1 * uu) / s1 + z1)
+                    Rr[b] = min(max(r0, lo), hi)
+                    Ri[b] = min(max(r1, lo), hi)
+                    x0 = (min(max(r0, qmin), qmax) - z0) * s0
+                    x1 = (min(max(r1, qmin), qmax) - z1) * s1
+                    xr[b] = x0
+                    xi[b] = x1
+                    tj[b] = c0 * x0 - c1 * x1  # Re(C x) = Cr·xr − Ci·xi, as torch's product
+            yt, total = y[t, h], _halving_sum(terms)
+            for b in range(Bsz):
+                yt[b] = total[b] * np.float32(P)
 
 
 @numba.njit(cache=True)
 def _halving_sum(terms):
-    """``qssm.models.s4d.halving_sum`` of a 1-d array, in place: the same additions in the same
-    order (add the second half onto the first, an odd last element carried over)."""
-    m = len(terms)
+    """``qssm.models.s4d.halving_sum`` over the first axis of ``terms`` (n, B), in place, for
+    every column at once: the same additions in the same order (add the second half onto the
+    first, an odd last row carried over).  Returns the (B,) row of sums."""
+    m = terms.shape[0]
     while m > 1:
         half = m // 2
         for j in range(half):
-            terms[j] = terms[j] + terms[j + half]
+            tj, tk = terms[j], terms[j + half]
+            for b in range(terms.shape[1]):
+                tj[b] = tj[b] + tk[b]
         if m % 2:
-            terms[half] = terms[m - 1]
+            terms[half, :] = terms[m - 1, :]
         m = half + m % 2
     return terms[0]
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
 def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, sums, gu):
-    """BPTT of S4DScan over one block of timesteps t0 … t0+T−1, backwards, in float64; the batch
-    is split into ``len(sums)`` shares run in parallel, each with its own parameter-gradient sums.
+    """BPTT of S4DScan over one block of timesteps t0 … t0+T−1, backwards, in float64; channels
+    run in parallel, the innermost loops over the batch.
 
-    R (T, B, H, P, n) the block's saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real),
-    ``before`` (B, H, P, n) the codes of step t0 − 1 (unused at t0 = 0: x_{−1} = 0);
-    u, gy (B, L, H); A, B, C, scale, zp (H, P, n).  Updated in place: ``carry`` (B, H, P, n),
-    ∂L/∂x_t through x_{t+1}, handed from block to block; ``sums`` (shares, 4, H, P, n), the
-    parts of ∂L/∂Ā, ∂L/∂B̄, ∂L/∂C and SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient
-    convention); ``gu`` (B, L, H), ∂L/∂u.  fastmath: sums may be reassociated
-    (gradients are compared to float tolerance)."""
-    T, Bsz, H, P, n = R.shape
+    R (T, H, P, n, B) the block's saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real),
+    ``before`` (H, P, n, B) the codes of step t0 − 1 (unused at t0 = 0: x_{−1} = 0);
+    u, gy, gu (L, H, B); A, B, C, scale, zp (H, P, n).  Updated in place: ``carry``
+    (H, P, n, B), ∂L/∂x_t through x_{t+1}, handed from block to block; ``sums`` (4, H, P, n),
+    the parts of ∂L/∂Ā, ∂L/∂B̄, ∂L/∂C and SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient
+    convention); ``gu`` rows t0 … t0+T−1: ∂L/∂u.  fastmath: sums may be reassociated (gradients
+    are compared to float tolerance, not bit for bit)."""
+    T, H, P, n, Bsz = R.shape
     k = float(P)  # the readout is 2·Re(C x) for complex modes
-    shares = sums.shape[0]
-    for s in numba.prange(shares):
-        gA, gB, gC, SX = sums[s, 0], sums[s, 1], sums[s, 2], sums[s, 3]
-        for b in range(s * Bsz // shares, (s + 1) * Bsz // shares):
-            cb = carry[b]
-            for i in range(T - 1, -1, -1):
-                t = t0 + i
-                ahead = 1.0 if t > 0 else 0.0  # x_{−1} = 0
-                Rp = R[i - 1, b] if i > 0 else before[b]  # codes of x_{t−1}
-                for h in range(H):
-                    g, uu, acc = k * gy[b, t, h], u[b, t, h], 0.0
-                    for j in range(n):
-                        r0 = R[i, b, h, 0, j]
-                        x0 = (min(max(r0, qmin), qmax) - zp[h, 0, j]) * scale[h, 0, j]
-                        p0 = ahead * (min(max(Rp[h, 0, j], qmin), qmax) - zp[h, 0, j])
-                        p0 *= scale[h, 0, j]
-                        m0 = 1.0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
-                        if P == 1:
-                            gx0 = g * C[h, 0, j] + cb[h, 0, j]
-                            gC[h, 0, j] += g * x0
-                            SX[h, 0, j] += gx0 * x0
-                            gp0 = gx0 * m0
-                            gA[h, 0, j] += gp0 * p0
-                            gB[h, 0, j] += gp0 * uu
-                            acc += gp0 * B[h, 0, j]
-                            cb[h, 0, j] = gp0 * A[h, 0, j]
-                            continue
-                        r1 = R[i, b, h, 1, j]
-                        x1 = (min(max(r1, qmin), qmax) - zp[h, 1, j]) * scale[h, 1, j]
-                        p1 = ahead * (min(max(Rp[h, 1, j], qmin), qmax) - zp[h, 1, j])
-                        p1 *= scale[h, 1, j]
-                        m1 = 1.0 if (r1 >= qmin) & (r1 <= qmax) else 0.0
-                        gx0 = g * C[h, 0, j] + cb[h, 0, j]  # g·conj(C) + carry
-                        gx1 = -g * C[h, 1, j] + cb[h, 1, j]
-                        gC[h, 0, j] += g * x0  # g·conj(x)
-                        gC[h, 1, j] -= g * x1
-                        SX[h, 0, j] += gx0 * x0 + gx1 * x1  # gx·conj(x)
-                        SX[h, 1, j] += gx1 * x0 - gx0 * x1
-                        gp0, gp1 = gx0 * m0, gx1 * m1
-                        gA[h, 0, j] += gp0 * p0 + gp1 * p1  # gp·conj(x_{t−1})
-                        gA[h, 1, j] += gp1 * p0 - gp0 * p1
-                        gB[h, 0, j] += gp0 * uu
-                        gB[h, 1, j] += gp1 * uu
-                        acc += gp0 * B[h, 0, j] + gp1 * B[h, 1, j]  # Re(gp·conj(B̄))
-                        cb[h, 0, j] = gp0 * A[h, 0, j] + gp1 * A[h, 1, j]  # gp·conj(Ā)
-                        cb[h, 1, j] = gp1 * A[h, 0, j] - gp0 * A[h, 1, j]
-                    gu[b, t, h] = acc
+    for h in numba.prange(H):
+        g = np.empty(Bsz)
+        for i in range(T - 1, -1, -1):
+            t = t0 + i
+            ahead = 1.0 if t > 0 else 0.0  # x_{−1} = 0
+            Rp = R[i - 1] if i > 0 else before  # codes of x_{t−1}
+            ut, gut = u[t, h], gu[t, h]
+            for b in range(Bsz):
+                g[b] = k * gy[t, h, b]
+                gut[b] = 0.0
+            for j in range(n):
+                a0, b0, c0 = A[h, 0, j], B[h, 0, j], C[h, 0, j]
+                s0, z0 = scale[h, 0, j], zp[h, 0, j]
+                Rr, Qr, cr = R[i, h, 0, j], Rp[h, 0, j], carry[h, 0, j]
+                sA0 = sA1 = sB0 = sB1 = sC0 = sC1 = sX0 = sX1 = 0.0
+                if P == 1:
+                    for b in range(Bsz):
+                        r0 = np.float64(Rr[b])
+                        x0 = (min(max(r0, qmin), qmax) - z0) * s0
+                        p0 = ahead * (min(max(np.float64(Qr[b]), qmin), qmax) - z0) * s0
+                        gx0 = g[b] * c0 + cr[b]
+                        sC0 += g[b] * x0
+                        sX0 += gx0 * x0
+                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
+                        sA0 += gp0 * p0
+                        sB0 += gp0 * ut[b]
+                        gut[b] += gp0 * b0
+                        cr[b] = gp0 * a0
+                else:
+                    a1, b1, c1, s1, z1 = (
+                        A[h, 1, j],
+                        B[h, 1, j],
+                        C[h, 1, j],
+                        scale[h, 1, j],
+                        zp[h, 1, j],
+                    )
+                    Ri, Qi, ci = R[i, h, 1, j], Rp[h, 1, j], carry[h, 1, j]
+                    for b in range(Bsz):
+                        r0, r1, gg, uu = np.float64(Rr[b]), np.float64(Ri[b]), g[b], ut[b]
+                        x0 = (min(max(r0, qmin), qmax) - z0) * s0
+                        x1 = (min(max(r1, qmin), qmax) - z1) * s1
+                        p0 = ahead * (min(max(np.float64(Qr[b]), qmin), qmax) - z0) * s0
+                        p1 = ahead * (min(max(np.float64(Qi[b]), qmin), qmax) - z1) * s1
+                        gx0 = gg * c0 + cr[b]  # g·conj(C) + carry
+                        gx1 = -gg * c1 + ci[b]
+                        sC0 += gg * x0  # g·conj(x)
+                        sC1 -= gg * x1
+                        sX0 += gx0 * x0 + gx1 * x1  # gx·conj(x)
+                        sX1 += gx1 * x0 - gx0 * x1
+                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
+                        gp1 = gx1 if (r1 >= qmin) & (r1 <= qmax) else 0.0
+                        sA0 += gp0 * p0 + gp1 * p1  # gp·conj(x_{t−1})
+                        sA1 += gp1 * p0 - gp0 * p1
+                        sB0 += gp0 * uu
+                        sB1 += gp1 * uu
+                        gut[b] += gp0 * b0 + gp1 * b1  # Re(gp·conj(B̄))
+                        cr[b] = gp0 * a0 + gp1 * a1  # gp·conj(Ā)
+                        ci[b] = gp1 * a0 - gp0 * a1
+                    sums[0, h, 1, j] += sA1
+                    sums[1, h, 1, j] += sB1
+                    sums[2, h, 1, j] += sC1
+                    sums[3, h, 1, j] += sX1
+                sums[0, h, 0, j] += sA0
+                sums[1, h, 0, j] += sB0
+                sums[2, h, 0, j] += sC0
+                sums[3, h, 0, j] += sX0
 
 
 def _threads() -> int:
