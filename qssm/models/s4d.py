@@ -71,7 +71,7 @@ class S4D(Quantizable, nn.Module):
         param = (H, 1) if self.real else (H, 1, 1)  # (H, n) or real/imag pairs (H, n, 2)
         sites = {k: Site(f"ssm.{k}", param, 0) for k in ("A", "B", "C")}
         # the state is quantized as (B, H·n[, 2]): "per channel" means one scale per state
-        # element, which folds exactly into B̄ and C (x' = x / s keeps Ā diagonal)
+        # element (the integer model holds x' = x / s, Ā stays diagonal; the scales are stored)
         state = (1, H * n) if self.real else (1, H * n, 1)
         sites.update(
             D=Site("ssm.D", (H,), 0),

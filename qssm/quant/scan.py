@@ -48,8 +48,8 @@ CHUNK = 16  # timesteps per block of saved codes (2 MB at batch 64, 16 bits)
 
 def _parts_first(t: torch.Tensor, full: tuple[int, int, int], dtype) -> np.ndarray:
     """An (H, n) real or complex tensor, or a scale / zero point that broadcasts against the
-    state's parts, as a contiguous (H, P, n) array: each part's n values side by side, so the
-    kernels' inner loops over modes read and write consecutive memory (and vectorize)."""
+    state's parts, as a contiguous (H, P, n) array (P = 2: real and imaginary part; P = 1: a real
+    S4D), the layout the kernels index per mode."""
     H, n, P = full
     t = t.detach()
     t = torch.view_as_real(t) if t.is_complex() else t
