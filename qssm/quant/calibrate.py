@@ -6,7 +6,6 @@ from tqdm import tqdm
 
 from ..data import Split
 from ..recipe import RecipeError
-from .quantizers import PolarQuantizer
 from .wrap import quantizers
 
 
@@ -42,13 +41,10 @@ def check_scales(model) -> None:
     tiny range underflows to 0 (Brevitas would then clamp it to its minimum, a value the dtype
     cannot store), a huge one overflows."""
     for name, q in quantizers(model).items():
-        for part in (q.magnitude, q.phase) if isinstance(q, PolarQuantizer) else (q,):
-            dtype = getattr(torch, part.spec.scale_dtype)
-            for pname, p in part.named_parameters():
-                stored = p.detach().abs().to(dtype).float()
-                if "scaling_impl" in pname and not bool(
-                    torch.all(torch.isfinite(stored) & (stored > 0))
-                ):
+        for part in q.parts:
+            for p, dtype, scale in part.stored():
+                kept = p.detach().abs().to(dtype).float()
+                if scale and not bool(torch.all(torch.isfinite(kept) & (kept > 0))):
                     raise RecipeError(
                         f"quant: a calibrated scale of {name} ({part.site.role}) spans "
                         f"{p.abs().min().item():.3g}…{p.abs().max().item():.3g}, outside what "

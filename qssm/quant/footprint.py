@@ -15,7 +15,6 @@ from ..models.mgrade import DelayConv, MGradeLayer
 from ..models.mingru import MinGRU
 from ..models.quantizable import QLinear
 from ..models.s4d import S4D
-from .quantizers import PolarQuantizer
 
 FLOAT = 32
 
@@ -52,12 +51,10 @@ def _stored(model: nn.Module, table: dict):
             depth = int(m.conv.taps().max()) + 1 if m.conv.integer_delays else m.conv.max_delay
             yield "conv.buffer", H * depth, _bits(table, name, "norm"), "buffer"
         qz = m._modules.get("qz")
-        for q in (qz or {}).values():  # scales at the dtype they are stored in; zero points fp32
-            for part in (q.magnitude, q.phase) if isinstance(q, PolarQuantizer) else (q,):
-                bits = torch.finfo(getattr(torch, part.spec.scale_dtype)).bits
-                for pname, p in part.named_parameters():
-                    scale = "scaling_impl" in pname
-                    yield "quantizer scales", p.numel(), bits if scale else FLOAT, "param"
+        for q in (qz or {}).values():  # scales at their scale_dtype, zero points float32
+            for part in q.parts:
+                for p, dtype, _ in part.stored():
+                    yield "quantizer scales", p.numel(), torch.finfo(dtype).bits, "param"
 
 
 def footprint(model: nn.Module, table: dict, float_params: int) -> dict:

@@ -162,7 +162,19 @@ class SiteQuantizer(nn.Module):
         if self.calibrating:  # Brevitas passes x through and collects statistics
             out = self.quant(x)
             return out.value if hasattr(out, "value") else out
-        return self.stepper()(x)  # Brevitas' scales, its arithmetic in one node (FakeQuant)
+        return fake_quant(x, *self.qparams())  # Brevitas' scales, its arithmetic in one node
+
+    @property
+    def parts(self) -> tuple["SiteQuantizer", ...]:
+        """The grids this quantizer is made of: itself (a polar quantizer has two)."""
+        return (self,)
+
+    def stored(self):
+        """(parameter, dtype it is stored in, is a scale) for every number the quantizer keeps:
+        scales in ``scale_dtype``, zero points in float32."""
+        for name, p in self.named_parameters():
+            scale = "scaling_impl" in name
+            yield p, getattr(torch, self.spec.scale_dtype) if scale else torch.float32, scale
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         """(scale, zero point, min code, max code); scale and zero point broadcast like the site."""
@@ -202,6 +214,10 @@ class PolarQuantizer(nn.Module):
     @property
     def calibrating(self) -> bool:
         return self.magnitude.calibrating
+
+    @property
+    def parts(self) -> tuple[SiteQuantizer, ...]:
+        return self.magnitude, self.phase
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         r = z.abs()

@@ -247,13 +247,8 @@ def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, s
                         gut[b] += gp0 * b0
                         cr[b] = gp0 * a0
                 else:
-                    a1, b1, c1, s1, z1 = (
-                        A[h, 1, j],
-                        B[h, 1, j],
-                        C[h, 1, j],
-                        scale[h, 1, j],
-                        zp[h, 1, j],
-                    )
+                    a1, b1, c1 = A[h, 1, j], B[h, 1, j], C[h, 1, j]
+                    s1, z1 = scale[h, 1, j], zp[h, 1, j]
                     Ri, Qi, ci = R[i, h, 1, j], Rp[h, 1, j], carry[h, 1, j]
                     for b in range(Bsz):
                         r0, r1, gg, uu = np.float64(Rr[b]), np.float64(Ri[b]), g[b], ut[b]
