@@ -72,7 +72,12 @@ def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Q | N
         raise LoweringError(f"{name}: a polar quantizer on an activation cannot be lowered")
     scale, zp, qmin, qmax = quantizer.qparams()
     scale = scale.detach().double().numpy()
-    scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
+    if scale.size == 1:
+        scale = scale.reshape(())
+    elif scale.size == math.prod(shape):
+        scale = scale.reshape(shape)
+    else:  # one scale per channel, shared along the other axes (an S4D state's modes)
+        scale = np.broadcast_to(scale.reshape(-1, *[1] * (len(shape) - 1)), shape)
     zp = zp.detach().double().numpy()
     if zp.size > 1 and np.ptp(zp) > 0 or zp.ravel()[0] != round(float(zp.ravel()[0])):
         raise LoweringError(

@@ -142,7 +142,22 @@ def _check_spec(spec):
 
 Bits = Annotated[int, Field(ge=1, le=32)]
 Observer = Literal["minmax", "percentile", "mse"]
-ScaleDtype = Literal["float32", "float16", "bfloat16", "float8_e5m2", "float8_e4m3fn"]
+# per_element: one scale per element of the S4D state (ssm.state only)
+Granularity = Literal["per_tensor", "per_channel", "per_element"]
+# po2_<k>bit: powers of two, stored as k-bit exponents below the quantizer's largest (8-bit offset)
+ScaleDtype = Literal[
+    "float32",
+    "float16",
+    "bfloat16",
+    "float8_e5m2",
+    "float8_e4m3fn",
+    "po2_1bit",
+    "po2_2bit",
+    "po2_3bit",
+    "po2_4bit",
+    "po2_5bit",
+    "po2_6bit",
+]
 
 
 class QuantSpec(Section):
@@ -152,7 +167,7 @@ class QuantSpec(Section):
     levels: int | None = Field(None, ge=2)  # 2^b or 2^b - 1 (3 = ternary)
     signed: bool | None = None  # None: signed, except unsigned roles (gru.gate)
     symmetric: bool = True
-    granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
+    granularity: Granularity = "per_tensor"
     observer: Observer = "percentile"
     percentile: float = Field(99.99, gt=50, le=100)
     scale: Literal["static", "learned"] = "learned"
@@ -179,7 +194,7 @@ class QuantTarget(Section):
     levels: int | None = Field(None, ge=2)
     signed: bool | None = None
     symmetric: bool | None = None
-    granularity: Literal["per_tensor", "per_channel"] | None = None
+    granularity: Granularity | None = None
     observer: Observer | None = None
     percentile: float | None = Field(None, gt=50, le=100)
     scale: Literal["static", "learned"] | None = None
@@ -213,6 +228,9 @@ class QuantTarget(Section):
 
 class QuantConfig(Section):
     parameterization: Literal["continuous", "discrete_cartesian", "discrete_polar"] = "continuous"
+    # S4D: fold B̄ into C at quantization (C ← C·B̄; the state then holds x / B̄ and adds the
+    # input unweighted), so no B̄ is stored; the same outputs in float
+    fold_b: bool = False
     default: QuantSpec = Field(default_factory=QuantSpec)
     targets: list[QuantTarget] = Field(default_factory=list)
 

@@ -65,14 +65,15 @@ class S4D(Quantizable, nn.Module):
             C = torch.randn(H, n, dtype=torch.cfloat) * math.sqrt(0.5)
             self.C = nn.Parameter(torch.view_as_real(C))  # (H, n, 2)
         self.D = nn.Parameter(torch.randn(H))
+        self.folded = False  # B̄ folded into C (see fold_b)
 
     def sites(self) -> dict[str, Site]:
         H, n = self.C.shape[:2]
         param = (H, 1) if self.real else (H, 1, 1)  # (H, n) or real/imag pairs (H, n, 2)
-        sites = {k: Site(f"ssm.{k}", param, 0) for k in ("A", "B", "C")}
-        # the state is quantized as (B, H·n[, 2]): "per channel" means one scale per state
-        # element (the integer model holds x' = x / s, Ā stays diagonal; the scales are stored)
-        state = (1, H * n) if self.real else (1, H * n, 1)
+        matrices = ("A", "C") if self.folded else ("A", "B", "C")
+        sites = {k: Site(f"ssm.{k}", param, 0) for k in matrices}
+        # the state (B, H, n[, 2]) per channel: one scale per model channel, shared by its modes
+        state = (1, H, 1) if self.real else (1, H, 1, 1)
         sites.update(
             D=Site("ssm.D", (H,), 0),
             state=Site("ssm.state", state, 1),
@@ -81,6 +82,30 @@ class S4D(Quantizable, nn.Module):
         if self.parameterization == "continuous":
             sites["dt"] = Site("ssm.dt", (H,), 0)
         return sites
+
+    def element_site(self) -> Site:
+        """The state seen as (B, H·n[, 2]), channels = state elements: ``per_element`` scales
+        (the integer model holds x' = x / s, Ā stays diagonal; the scales are stored)."""
+        H, n = self.C.shape[:2]
+        return Site("ssm.state", (1, H * n) if self.real else (1, H * n, 1), 1)
+
+    def _state_flat(self) -> int:
+        """How many state axes the state quantizer sees as one: 2 (H·n) per element, else 1."""
+        quantizer = self._quantizer("state")
+        return 2 if quantizer is not None and quantizer.spec.granularity == "per_element" else 1
+
+    def fold_b(self) -> None:
+        """Fold B̄ into C: x' = x / B̄ evolves as x' ← Ā x' + u (Ā is diagonal) and
+        y = readout(C·B̄ x'), the same outputs with no B̄ stored — the input is added to the
+        state unweighted, and the state's scale alone sets how finely each mode is resolved."""
+        with torch.no_grad():
+            _, B_bar, C = self.discretize()
+            C = C * B_bar
+        self.C = nn.Parameter(C if self.real else torch.view_as_real(C).contiguous())
+        for name in ("B", "B_bar"):
+            if name in self._parameters:
+                delattr(self, name)
+        self.folded = True
 
     def make_discrete(self, polar: bool) -> None:
         """Train Ā and B̄ directly (``discrete_cartesian`` / ``discrete_polar``), starting from the
@@ -115,12 +140,16 @@ class S4D(Quantizable, nn.Module):
         """(Ā, B̄, C), each (H, n): ZOH of the continuous parameters, or the discrete ones."""
         C = self._complex(self.C)
         if self.parameterization == "discrete_cartesian":
-            return self._complex(self.A_bar), self._complex(self.B_bar), C
-        if self.parameterization == "discrete_polar":
+            A_bar = self._complex(self.A_bar)
+        elif self.parameterization == "discrete_polar":
             A_bar = torch.polar(self.A_bar_logmag.exp(), self.A_bar_phase)
-            return A_bar, self._complex(self.B_bar), C
-        A_bar = torch.exp(self.dtA())
-        return A_bar, (A_bar - 1) / self.A() * self._complex(self.B), C
+        else:
+            A_bar = torch.exp(self.dtA())
+        if self.folded:
+            return A_bar, torch.ones_like(A_bar), C
+        if self.parameterization == "continuous":
+            return A_bar, (A_bar - 1) / self.A() * self._complex(self.B), C
+        return A_bar, self._complex(self.B_bar), C
 
     def quantized(self) -> tuple[torch.Tensor, ...]:
         """(Ā, B̄, C, D) as the recurrence uses them: discretized, then fake-quantized."""
@@ -179,7 +208,11 @@ class S4D(Quantizable, nn.Module):
             return self.q("output", self.step_loop(u, A_bar, B_bar, C) + u * D)
         scale, zp, qmin, qmax = quantizer.qparams()  # one autograd node for the sequence
         shape = A_bar.shape + ((1,) if A_bar.is_complex() else ())  # the state's parts
-        scale, zp = (t.reshape(shape if t.numel() > 1 else (1,) * len(shape)) for t in (scale, zp))
+        rest = shape[1:] if self._state_flat() == 2 else (1,) * (len(shape) - 1)
+        scale, zp = (  # (H, n[, 1]) per element, (H, 1[, 1]) per channel, or all 1
+            t.reshape(-1, *rest) if t.numel() > 1 else t.reshape((1,) * len(shape))
+            for t in (scale, zp)
+        )
         y = S4DScan.apply(u, A_bar, B_bar, C, scale, zp, qmin, qmax)
         return self.q("output", y + u * D)
 
@@ -187,7 +220,8 @@ class S4D(Quantizable, nn.Module):
         """The recurrence one step at a time, (B, L, H) → (B, L, H) without the D term: for a
         float state, for calibration (Brevitas sees the whole trajectory), and as the reference
         that :class:`S4DScan` is tested against."""
-        step = self.stepper("state", complex_state=not self.real, flat=2)  # every step
+        flat = self._state_flat()
+        step = self.stepper("state", complex_state=not self.real, flat=flat)  # every step
         x = torch.zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype, device=u.device)  # (B, H, n)
         collect = self.calibrating("state")
         ys, xs = [], []
@@ -197,6 +231,6 @@ class S4D(Quantizable, nn.Module):
             if collect:
                 xs.append(x)
         if collect:
-            traj = torch.cat(xs).flatten(1, 2)  # (L·B, H·n)
+            traj = torch.cat(xs).flatten(1, flat)  # (L·B, H·n) or (L·B, H, n)
             self.observe("state", traj if self.real else torch.view_as_real(traj))
         return torch.stack(ys, 1)

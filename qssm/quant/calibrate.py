@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from ..data import Split
 from ..recipe import RecipeError
+from .quantizers import stored_scale
 from .wrap import quantizers
 
 
@@ -42,9 +43,11 @@ def check_scales(model) -> None:
     cannot store), a huge one overflows."""
     for name, q in quantizers(model).items():
         for part in q.parts:
-            for p, dtype, scale in part.stored():
-                kept = p.detach().abs().to(dtype).float()
-                if scale and not bool(torch.all(torch.isfinite(kept) & (kept > 0))):
+            for _, _, p, scale in part.stored():
+                if not scale or p is None:
+                    continue
+                kept = stored_scale(p.detach().abs().float(), part.spec.scale_dtype)
+                if not bool(torch.all(torch.isfinite(kept) & (kept > 0))):
                     raise RecipeError(
                         f"quant: a calibrated scale of {name} ({part.site.role}) spans "
                         f"{p.abs().min().item():.3g}…{p.abs().max().item():.3g}, outside what "

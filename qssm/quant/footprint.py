@@ -8,7 +8,6 @@ stores them as fixed-point multipliers), so the scales are information the model
 
 import math
 
-import torch
 from torch import nn
 
 from ..models.mgrade import DelayConv, MGradeLayer
@@ -33,7 +32,7 @@ def _stored(model: nn.Module, table: dict):
         elif isinstance(m, S4D):
             H, n = m.C.shape[:2]
             parts = 1 if m.real else 2  # complex values as real and imaginary parts
-            for site in ("A", "B", "C"):
+            for site in ("A", "C") if m.folded else ("A", "B", "C"):
                 yield f"ssm.{site}", H * n * parts, _bits(table, name, site), "param"
             yield "ssm.D", H, _bits(table, name, "D"), "param"
             yield "ssm.state", H * n * parts, _bits(table, name, "state"), "state"
@@ -53,8 +52,8 @@ def _stored(model: nn.Module, table: dict):
         qz = m._modules.get("qz")
         for q in (qz or {}).values():  # scales at their scale_dtype, zero points float32
             for part in q.parts:
-                for p, dtype, _ in part.stored():
-                    yield "quantizer scales", p.numel(), torch.finfo(dtype).bits, "param"
+                for n, bits, _, _ in part.stored():
+                    yield "quantizer scales", n, bits, "param"
 
 
 def footprint(model: nn.Module, table: dict, float_params: int) -> dict:

@@ -56,19 +56,38 @@ def _base_quantizer(symmetric: bool, signed: bool, observer: str):
     return Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
 
 
-class StoredScale(FloatRestrictValue):
-    """Brevitas' float scale restriction, rounded to the dtype the scale is stored in (float16,
-    bfloat16, float8) with a straight-through gradient: the model computes with exactly the
-    scales it stores.  Only the learned value is rounded; Brevitas then divides it by the
-    integer threshold (2^(b−1) for a signed grid), which the hardware knows from the bit width."""
+OFFSET_BITS = 8  # the shared exponent of a quantizer's power-of-two scales
 
-    def __init__(self, dtype: str):
+
+def exponent_bits(scale_dtype: str) -> int | None:
+    """k for ``po2_<k>bit`` scales, None for float dtypes."""
+    return int(scale_dtype[4:-3]) if scale_dtype.startswith("po2_") else None
+
+
+def stored_scale(x: torch.Tensor, scale_dtype: str) -> torch.Tensor:
+    """Scales as stored: rounded to a float dtype, or to powers of two 2^e with e within the
+    2^k exponents below the tensor's largest (smaller scales are raised to the lowest one)."""
+    k = exponent_bits(scale_dtype)
+    if k is None:
+        return x.to(getattr(torch, scale_dtype)).to(x.dtype)
+    e = torch.round(torch.log2(x))
+    return torch.exp2(torch.clamp(e, min=e.max() - (2**k - 1)))
+
+
+class StoredScale(FloatRestrictValue):
+    """Brevitas' float scale restriction, rounded to what the scale is stored as (float16,
+    bfloat16, float8, or a power of two) with a straight-through gradient: the model computes
+    with exactly the scales it stores.  Only the learned value is rounded; Brevitas then divides
+    it by the integer threshold (2^(b−1) for a signed grid), which the hardware knows from the
+    bit width (a power of two stays one)."""
+
+    def __init__(self, scale_dtype: str):
         super().__init__()
-        self.dtype = getattr(torch, dtype)
+        self.scale_dtype = scale_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.abs(x)
-        return x + (x.to(self.dtype).to(x.dtype) - x).detach()
+        return x + (stored_scale(x.detach(), self.scale_dtype) - x).detach()
 
 
 def brevitas_quantizer(spec, site: Site, signed: bool):
@@ -86,7 +105,7 @@ def brevitas_quantizer(spec, site: Site, signed: bool):
             kw["zero_point_stats_impl"] = NegativeMinOrZero  # zero point from the minimum
     elif spec.observer == "percentile":
         kw["high_percentile_q"] = spec.percentile
-    if spec.granularity == "per_channel":
+    if spec.granularity != "per_tensor":  # per_element: the site's channels are the elements
         axis = site.axis % len(site.shape)
         perm = (axis, *[i for i in range(len(site.shape)) if i != axis])
         kw.update(
@@ -170,11 +189,18 @@ class SiteQuantizer(nn.Module):
         return (self,)
 
     def stored(self):
-        """(parameter, dtype it is stored in, is a scale) for every number the quantizer keeps:
-        scales in ``scale_dtype``, zero points in float32."""
+        """(elements, bits each, parameter, is a scale) for what the quantizer keeps: scales as
+        ``scale_dtype`` (power-of-two ones as k-bit exponents, and their 8-bit offset, which has
+        no parameter), zero points in float32."""
+        k = exponent_bits(self.spec.scale_dtype)
         for name, p in self.named_parameters():
-            scale = "scaling_impl" in name
-            yield p, getattr(torch, self.spec.scale_dtype) if scale else torch.float32, scale
+            if "scaling_impl" not in name:
+                yield p.numel(), 32, p, False
+            elif k is None:
+                yield p.numel(), torch.finfo(getattr(torch, self.spec.scale_dtype)).bits, p, True
+            else:
+                yield p.numel(), k, p, True
+                yield 1, OFFSET_BITS, None, True
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         """(scale, zero point, min code, max code); scale and zero point broadcast like the site."""

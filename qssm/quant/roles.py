@@ -111,6 +111,8 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
         if not hits:
             present = sorted({r for _, r in sites})
             where = f" in modules matching {target.modules!r}" if target.modules else ""
+            if quant.fold_b and "ssm.B" in target.roles:
+                where += " (quant.fold_b folds ssm.B into ssm.C)"
             raise ValueError(
                 f"quant.targets[{i}]: roles {list(target.roles)}{where} match nothing in this "
                 f"model; its roles are: {', '.join(present)}"

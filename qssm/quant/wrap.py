@@ -31,10 +31,12 @@ def wrap(model: nn.Module, quant) -> dict[str, dict]:
 
     Raises ValueError (naming the recipe key) for targets matching nothing and for settings the
     model cannot take."""
-    if quant.parameterization != "continuous":
-        for m in model.modules():
-            if isinstance(m, S4D):
+    for m in model.modules():
+        if isinstance(m, S4D):
+            if quant.parameterization != "continuous":
                 m.make_discrete(polar=quant.parameterization == "discrete_polar")
+            if quant.fold_b:
+                m.fold_b()
     sites = model_sites(model)
     specs = resolve(quant, [(name, _role(site_name, s)) for name, site_name, s in sites])
     modules = dict(model.named_modules())
@@ -60,6 +62,13 @@ def wrap(model: nn.Module, quant) -> dict[str, dict]:
 
 
 def make_quantizer(module: nn.Module, site_name: str, site, spec: ResolvedSpec) -> nn.Module:
+    if spec.granularity == "per_element":
+        if site.role != "ssm.state":
+            raise ValueError(
+                f"quant: granularity per_element is for ssm.state only ({site.role} has it); "
+                "use per_channel"
+            )
+        site = module.element_site()
     polar_ok = isinstance(module, S4D) and (
         site_name == "A" or not module.real and site_name in "BC"
     )

@@ -13,14 +13,19 @@ MODELS = {
     "mgrade": {"family": "mgrade", "d_model": 8, "n_layers": 1, "max_delay": 8, "n_taps": 2},
 }
 QUANT = {
-    "s4d": {  # scales stored as float16, the state's as float8
+    "s4d": {  # B̄ folded into C; scales stored as float16, the state's as float8
+        "fold_b": True,
         "default": {"bits": 4, "granularity": "per_channel", "complex": "polar"},
         "targets": [
             {"roles": ["ssm.A", "ssm.state"], "bits": 8, "scale_dtype": "float16"},
             {"roles": ["ssm.state"], "scale_dtype": "float8_e5m2"},
         ],
     },
-    "s4d_real": {"parameterization": "discrete_cartesian", "default": {"bits": 6}},
+    "s4d_real": {
+        "parameterization": "discrete_cartesian",
+        "default": {"bits": 6},
+        "targets": [{"roles": ["ssm.state"], "granularity": "per_element"}],
+    },
     "mingru_hw": {
         "default": {"bits": 2, "observer": "mse"},
         "targets": [

@@ -6,7 +6,13 @@ from brevitas.graph.calibrate import calibration_mode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qssm.quant.quantizers import PolarQuantizer, Site, SiteQuantizer, quantize_complex
+from qssm.quant.quantizers import (
+    PolarQuantizer,
+    Site,
+    SiteQuantizer,
+    quantize_complex,
+    stored_scale,
+)
 from qssm.quant.roles import ResolvedSpec, grid
 
 
@@ -102,6 +108,22 @@ def test_scales_are_the_values_their_dtype_stores(dtype):
     stored = threshold.to(getattr(torch, dtype)).float()
     assert not torch.equal(stored, threshold)  # the rounding is visible at this dtype
     torch.testing.assert_close(q.qparams()[0] * 128, stored, rtol=0, atol=0)
+    q(x).pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in q.parameters())
+
+
+def test_power_of_two_scales_keep_k_bit_exponents_below_the_largest():
+    """po2_2bit: round(log2 s), raised to at least (largest − 3); hand-computed."""
+    s = torch.tensor([1.0, 0.3, 3.1, 0.01])  # log2: 0, −1.74, 1.63, −6.64
+    assert torch.equal(stored_scale(s, "po2_2bit"), torch.tensor([1.0, 0.5, 4.0, 0.5]))
+    torch.manual_seed(0)
+    x = torch.randn(50, 6, 4) * torch.logspace(-3, 1, 6)[None, :, None]
+    q = calibrated(
+        SiteQuantizer(spec(8, granularity="per_channel", scale_dtype="po2_3bit"), SITE, True), x
+    )
+    e = torch.log2(q.qparams()[0] * 128)
+    assert torch.equal(e, e.round()) and e.max() - e.min() <= 7
+    assert [n * b for n, b, _, _ in q.stored()] == [6 * 3, 8]  # exponents, then their offset
     q(x).pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in q.parameters())
 

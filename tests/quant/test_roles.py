@@ -69,6 +69,19 @@ def test_targets_matching_nothing_are_errors(targets, message):
         table_for({"targets": targets})
 
 
+def test_settings_the_model_cannot_take_are_errors():
+    with pytest.raises(ValueError, match=r"per_element is for ssm.state only \(ssm.C has it\)"):
+        table_for({"targets": [{"roles": ["ssm.C"], "granularity": "per_element"}]})
+    with pytest.raises(ValueError, match=r"quant.fold_b folds ssm.B into ssm.C"):
+        table_for({"fold_b": True, "targets": [{"roles": ["ssm.B"], "bits": 4}]})
+
+
+def test_folded_b_is_not_stored():
+    model = Classifier(S4D, 1, 3)
+    fp = footprint(model, wrap(model, QuantConfig.model_validate({"fold_b": True})), 0)
+    assert "ssm.B" not in fp["per_role"] and "ssm.C" in fp["per_role"]
+
+
 @pytest.mark.parametrize(
     "quant, message",
     [
@@ -156,9 +169,10 @@ def test_footprint_counts_per_element_state_scales_at_their_dtype():
         return fp["per_role"]["quantizer scales"]["bits_stored"]
 
     per_tensor = scale_bits({"default": {"bits": 8}})
-    state = {"roles": ["ssm.state"], "granularity": "per_channel"}
-    per_element = scale_bits({"default": {"bits": 8}, "targets": [state]})
-    assert per_element - per_tensor == 32 * (H * n - 1)
+    for granularity, scales in (("per_element", H * n), ("per_channel", H)):
+        state = {"roles": ["ssm.state"], "granularity": granularity}
+        bits = scale_bits({"default": {"bits": 8}, "targets": [state]})
+        assert bits - per_tensor == 32 * (scales - 1)
     half = scale_bits({"default": {"bits": 8, "scale_dtype": "float16"}})
     assert half == per_tensor // 2
     fp8_state = scale_bits(
@@ -168,6 +182,9 @@ def test_footprint_counts_per_element_state_scales_at_their_dtype():
         }
     )
     assert fp8_state == per_tensor - 24
+    po2 = {"roles": ["ssm.state"], "granularity": "per_element", "scale_dtype": "po2_3bit"}
+    po2_state = scale_bits({"default": {"bits": 8}, "targets": [po2]})
+    assert po2_state == per_tensor - 32 + H * n * 3 + 8  # exponents and their offset
 
 
 def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():

@@ -32,14 +32,21 @@ def assert_same(fast, loop):
     (y_fast, g_fast), (y_loop, g_loop) = fast, loop
     assert torch.equal(y_fast, y_loop)  # same ops on the same values: bit-identical
     assert g_fast.keys() == g_loop.keys() and any("qz" in k for k in g_fast)  # scales learn
-    for name in g_fast:
-        torch.testing.assert_close(g_fast[name], g_loop[name], rtol=1e-4, atol=1e-5, msg=name)
+    for name in g_fast:  # the loop's float32 autograd sums B·L terms per element, with
+        # cancellation: its error scales with the largest gradient (the kernel sums in float64)
+        atol = 1e-5 + 1e-3 * g_loop[name].abs().max().item()
+        torch.testing.assert_close(g_fast[name], g_loop[name], rtol=1e-4, atol=atol, msg=name)
 
 
 S4D_QUANT = [
     {"default": {"bits": 8, "granularity": "per_channel", "complex": "polar"}},
     {"parameterization": "discrete_cartesian", "default": {"bits": 4}},
-    {"default": {"bits": 6}, "targets": [{"roles": ["ssm.state"], "granularity": "per_channel"}]},
+    {"default": {"bits": 6}, "targets": [{"roles": ["ssm.state"], "granularity": "per_element"}]},
+    {
+        "fold_b": True,
+        "default": {"bits": 6},
+        "targets": [{"roles": ["ssm.state"], "granularity": "per_channel"}],
+    },
 ]
 
 
