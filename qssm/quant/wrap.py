@@ -31,12 +31,14 @@ def wrap(model: nn.Module, quant) -> dict[str, dict]:
 
     Raises ValueError (naming the recipe key) for targets matching nothing and for settings the
     model cannot take."""
-    for m in model.modules():
-        if isinstance(m, S4D):
-            if quant.parameterization != "continuous":
-                m.make_discrete(polar=quant.parameterization == "discrete_polar")
-            if quant.fold_b:
-                m.fold_b()
+    ssms = [m for m in model.modules() if isinstance(m, S4D)]
+    if quant.fold_b and not ssms:
+        raise ValueError("quant.fold_b folds an S4D layer's B̄ into C; this model has none: drop it")
+    for m in ssms:
+        if quant.parameterization != "continuous":
+            m.make_discrete(polar=quant.parameterization == "discrete_polar")
+        if quant.fold_b:
+            m.fold_b()
     sites = model_sites(model)
     specs = resolve(quant, [(name, _role(site_name, s)) for name, site_name, s in sites])
     modules = dict(model.named_modules())

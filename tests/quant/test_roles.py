@@ -74,6 +74,9 @@ def test_settings_the_model_cannot_take_are_errors():
         table_for({"targets": [{"roles": ["ssm.C"], "granularity": "per_element"}]})
     with pytest.raises(ValueError, match=r"quant.fold_b folds ssm.B into ssm.C"):
         table_for({"fold_b": True, "targets": [{"roles": ["ssm.B"], "bits": 4}]})
+    mingru = dict(family="mingru", d_model=4, n_layers=1, pool="mean", mlp_ratio=2)
+    with pytest.raises(ValueError, match=r"quant.fold_b .* this model has none"):
+        table_for({"fold_b": True}, mingru)
 
 
 def test_folded_b_is_not_stored():
