@@ -76,8 +76,10 @@ def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Q | N
         scale = scale.reshape(())
     elif scale.size == math.prod(shape):
         scale = scale.reshape(shape)
-    else:  # one scale per channel, shared along the other axes (an S4D state's modes)
+    elif scale.size == shape[0]:  # one scale per channel, shared along the other axes
         scale = np.broadcast_to(scale.reshape(-1, *[1] * (len(shape) - 1)), shape)
+    else:
+        raise LoweringError(f"{name}: {scale.size} scales do not fit its shape {shape}")
     zp = zp.detach().double().numpy()
     if zp.size > 1 and np.ptp(zp) > 0 or zp.ravel()[0] != round(float(zp.ravel()[0])):
         raise LoweringError(
@@ -336,10 +338,12 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[st
     qy = need(ssm, "output", (H,), f"{sname}.output", "GELU is a lookup table over its codes")
     terms = []
     c_q = ssm._quantizer("C")
+    # one state scale per channel (or per tensor): C stays codes times a per-row scale
+    sx_row = sx if np.ndim(sx) == 0 else sx[:, :1] if np.all(sx == sx[:, :1]) else None
     for p in parts:  # C codes, or 16-bit fixed point where per-element state scales fold in
         rows = None
-        if c_q is not None and not isinstance(c_q, PolarQuantizer) and np.ndim(sx) == 0:
-            rows = (2 if not ssm.real else 1) * _np(c_q.qparams()[0]).reshape(-1, 1) * sx
+        if c_q is not None and not isinstance(c_q, PolarQuantizer) and sx_row is not None:
+            rows = (2 if not ssm.real else 1) * _np(c_q.qparams()[0]).reshape(-1, 1) * sx_row
         w, s = codes_or_fixed(readout[p] * sx, rows)
         terms.append(("dot", [new[p], b.const(f"{sname}.C_{p}", w)], s.ravel()))
     terms.append(("mul", [u], D * np.ravel(qu.scale) if np.ndim(qu.scale) else D * qu.scale))

@@ -273,8 +273,8 @@ def map_s4d_real(graph: dict, i: int, target: Target, model, ranges=None) -> dic
     if np.abs(W).max() > target.weights.max_units:
         raise MappingError(
             f"{p}.C: readout weights need {int(np.abs(W).max())} levels per side (per-element "
-            f"state scales fold into them); {target.name} holds {target.weights.max_units}. "
-            "Set ssm.state granularity: per_tensor"
+            f"state scales fold into them as 16-bit fixed point); {target.name} holds "
+            f"{target.weights.max_units}. Set ssm.state granularity: per_tensor or per_channel"
         )
     v_x = swing(target) / state_range(graph, state["out"], ranges)  # the range spans the swing
     cols = mac(f"{p}.C", W.T, 1, v_x, target)  # analog inputs: the state voltages

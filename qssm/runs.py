@@ -7,6 +7,7 @@ running the same command again resumes it (a finished float stage is kept in ``f
 
 import contextlib
 import copy
+import re
 import time
 from pathlib import Path
 
@@ -81,12 +82,30 @@ def build_model(header: dict, quant: dict | None = None) -> Classifier:
     return model
 
 
+QUANT_FORMAT = 2  # 2: ssm.state `per_channel` is one scale per SSM channel (1: per element)
+
+
+def saved_quant(header: dict) -> dict | None:
+    """The quant section a saved model was built with, in today's terms: runs saved before
+    QUANT_FORMAT 2 meant one scale per state element by ssm.state `per_channel`."""
+    quant = header.get("quant")
+    if quant is None or header.get("quant_format", 1) >= QUANT_FORMAT:
+        return quant
+    quant = copy.deepcopy(quant)
+    for site, spec in header.get("sites", {}).items():
+        if spec["role"] == "ssm.state" and spec["granularity"] == "per_channel":
+            module = re.escape(site.split(":")[0])
+            target = {"roles": ["ssm.state"], "modules": module, "granularity": "per_element"}
+            quant.setdefault("targets", []).append(target)
+    return quant
+
+
 def load_run_model(run_dir: Path, stem: str = "model") -> tuple[Classifier, dict]:
     """Rebuild a run's model (float or quantized) from its files alone (nothing unpickled)."""
     header, tensors = load_model_files(run_dir, stem)
     source = str(run_dir / f"{stem}.safetensors")
     try:
-        model = build_model(header, header.get("quant"))
+        model = build_model(header, saved_quant(header))
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"{run_dir / f'{stem}.json'}: bad model description ({err})"
@@ -298,7 +317,14 @@ def quantize_run(
     save_model(
         out,
         model,
-        _header(recipe, data, "qat" if "qat" in metrics else "ptq", quant=quant, sites=table),
+        _header(
+            recipe,
+            data,
+            "qat" if "qat" in metrics else "ptq",
+            quant=quant,
+            quant_format=QUANT_FORMAT,
+            sites=table,
+        ),
     )
     return _finish(out, metrics, recipe, data)
 

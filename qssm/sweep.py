@@ -28,7 +28,7 @@ from .quant.footprint import footprint
 from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe, RecipeError, parse_recipe
 from .report import write_sweep_report
-from .runs import load_data, load_run_model, n_params
+from .runs import QUANT_FORMAT, load_data, load_run_model, n_params
 from .train import evaluate, fit, seed_everything
 
 COLUMNS = [
@@ -108,10 +108,12 @@ def check_points(recipe: Recipe, source: str = "recipe") -> None:
 
 
 def point_key(sweep_dir: Path, recipe_json: dict, point: dict) -> str:
-    """Fingerprint of everything a point's result depends on: its quant config, stage and seed,
-    the data / model / calibration / QAT / eval settings, and the float model's bytes."""
+    """Fingerprint of everything a point's result depends on: its quant config (and what its
+    keys mean, QUANT_FORMAT), stage and seed, the data / model / calibration / QAT / eval
+    settings, and the float model's bytes."""
     settings = {k: recipe_json[k] for k in ("seed", "data", "model", "ptq", "qat", "eval")}
-    text = json.dumps([settings, point["quant"], point["stage"], point["seed"]], sort_keys=True)
+    quant = [point["quant"], QUANT_FORMAT]
+    text = json.dumps([settings, quant, point["stage"], point["seed"]], sort_keys=True)
     digest = hashlib.sha256(text.encode())
     digest.update((sweep_dir / "float.safetensors").read_bytes())
     return digest.hexdigest()[:16]

@@ -6,7 +6,7 @@ from tqdm import tqdm
 
 from ..data import Split
 from ..recipe import RecipeError
-from .quantizers import stored_scale
+from .quantizers import OFFSET_BITS, exponent_bits, stored_scale
 from .wrap import quantizers
 
 
@@ -47,7 +47,10 @@ def check_scales(model) -> None:
                 if not scale or p is None:
                     continue
                 kept = stored_scale(p.detach().abs().float(), part.spec.scale_dtype)
-                if not bool(torch.all(torch.isfinite(kept) & (kept > 0))):
+                ok = torch.isfinite(kept) & (kept > 0)
+                if exponent_bits(part.spec.scale_dtype) is not None:  # the 8-bit offset
+                    ok &= torch.log2(kept).max().abs() < 2 ** (OFFSET_BITS - 1)
+                if not bool(torch.all(ok)):
                     raise RecipeError(
                         f"quant: a calibrated scale of {name} ({part.site.role}) spans "
                         f"{p.abs().min().item():.3g}…{p.abs().max().item():.3g}, outside what "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from brevitas.core.restrict_val import FloatRestrictValue
+from brevitas.core.scaling.int_scaling import PowerOfTwoIntScaling
 from brevitas.core.stats import NegativeMinOrZero
 from brevitas.inject.enum import ScalingPerOutputType, StatsOp
 from brevitas.nn import QuantIdentity
@@ -78,8 +79,9 @@ class StoredScale(FloatRestrictValue):
     """Brevitas' float scale restriction, rounded to what the scale is stored as (float16,
     bfloat16, float8, or a power of two) with a straight-through gradient: the model computes
     with exactly the scales it stores.  Only the learned value is rounded; Brevitas then divides
-    it by the integer threshold (2^(b−1) for a signed grid), which the hardware knows from the
-    bit width (a power of two stays one)."""
+    it by the integer threshold, which the hardware knows from the bit width: 2^(b−1) for a
+    signed grid, 2^b − 1 for an unsigned one — or 2^b with power-of-two scales
+    (``PowerOfTwoIntScaling``), so that the scale itself is a power of two."""
 
     def __init__(self, scale_dtype: str):
         super().__init__()
@@ -95,10 +97,12 @@ def brevitas_quantizer(spec, site: Site, signed: bool):
     q = _base_quantizer(spec.symmetric, signed, spec.observer)
     kw = dict(bit_width=spec.bit_width, narrow_range=spec.narrow, collect_stats_steps=30)
     if spec.scale_dtype != "float32":
-        kw.update(  # the threshold 2^(b−1) stays exact: it is not stored
+        kw.update(  # the integer threshold stays exact: it is not stored
             restrict_scaling_impl=StoredScale(spec.scale_dtype),
             restrict_threshold_impl=FloatRestrictValue,
         )
+    if exponent_bits(spec.scale_dtype) is not None:  # threshold 2^b (unsigned) or 2^(b−1), not
+        kw["int_scaling_impl"] = PowerOfTwoIntScaling  # 2^b − 1: the scale stays a power of two
     if spec.observer == "minmax":
         kw["scaling_stats_op"] = StatsOp.MAX if spec.symmetric else StatsOp.MIN_MAX
         if not spec.symmetric:
@@ -190,14 +194,16 @@ class SiteQuantizer(nn.Module):
 
     def stored(self):
         """(elements, bits each, parameter, is a scale) for what the quantizer keeps: scales as
-        ``scale_dtype`` (power-of-two ones as k-bit exponents, and their 8-bit offset, which has
-        no parameter), zero points in float32."""
+        ``scale_dtype`` (power-of-two ones as k-bit exponents and their 8-bit offset, which has
+        no parameter; a single one as the offset alone), zero points in float32."""
         k = exponent_bits(self.spec.scale_dtype)
         for name, p in self.named_parameters():
             if "scaling_impl" not in name:
                 yield p.numel(), 32, p, False
             elif k is None:
                 yield p.numel(), torch.finfo(getattr(torch, self.spec.scale_dtype)).bits, p, True
+            elif p.numel() == 1:  # a single power of two is its own offset
+                yield 1, OFFSET_BITS, p, True
             else:
                 yield p.numel(), k, p, True
                 yield 1, OFFSET_BITS, None, True

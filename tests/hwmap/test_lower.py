@@ -7,7 +7,7 @@ import pytest
 
 from hwmap import verify
 from hwmap.lower import LoweringError, lower
-from qssm.runs import build_model, load_data, load_run_model
+from qssm.runs import build_model, load_data, load_run_model, open_run, quantize_run
 
 FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade"]
 
@@ -25,6 +25,42 @@ def test_fakequant_and_intref_agree(family, tiny_run, recipe_of):
     assert ":input" in traced and ":encoder" in traced
     differing = sum(s["differing"] for s in traced.values())
     assert differing <= 1e-3 * sum(s["codes"] for s in traced.values())
+
+
+HETERO = {  # recipes/hetero_4_8.yaml's style: B̄ folded, per-element state, power-of-two scales
+    "fold_b": True,
+    "default": {
+        "bits": 4,
+        "granularity": "per_channel",
+        "complex": "polar",
+        "scale_dtype": "po2_3bit",
+    },
+    "targets": [
+        {"roles": ["ssm.state"], "granularity": "per_element"},
+        {"roles": ["ssm.A", "ssm.state"], "bits": 8},
+        {
+            "roles": ["act.input", "act.output", "ssm.output"],
+            "granularity": "per_tensor",
+            "scale_dtype": "float16",
+        },
+    ],
+}
+
+
+def test_folded_power_of_two_model_lowers_within_one_code(tmp_path, recipe_of):
+    r = recipe_of("s4d", HETERO)
+    out = open_run(tmp_path / "run", r, force=False)
+    quantize_run(r, load_data(r), out, progress=False)
+    model, _ = load_run_model(out)
+    res = verify.fakequant_vs_intref(model, lower(model), load_data(r).test.x.numpy())
+    assert res["prediction_agreement"] >= 0.98 and res["max_code_diff"] <= 1
+
+
+def test_per_channel_state_keeps_the_readout_in_codes(recipe_of):
+    quant = {"default": {"bits": 4, "granularity": "per_channel"}}
+    quant["targets"] = [{"roles": ["ssm.state"], "bits": 8}]  # one scale per SSM channel
+    graph = lower(_model(recipe_of, "s4d_real", quant))
+    assert np.abs(graph["consts"]["blocks.0.ssm.C_re"]).max() <= 8  # 4-bit codes, not 16-bit
 
 
 def test_states_and_formats_are_described(tiny_run):

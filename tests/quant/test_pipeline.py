@@ -1,5 +1,7 @@
 """Each model family through PTQ + QAT on a tiny slice of sdigits, saved, reloaded, re-evaluated."""
 
+import json
+
 import pytest
 import torch
 
@@ -57,3 +59,22 @@ def test_quantize_save_reload_same_predictions(family, tmp_path, tiny_recipe):
     first, _ = predict(model, x, 32, "recurrent")
     second, _ = predict(load_run_model(out)[0], x, 32, "recurrent")
     assert torch.equal(first, second)
+
+
+def test_runs_saved_when_per_channel_meant_per_element_still_load(tmp_path, tiny_recipe):
+    """Before quant format 2, ssm.state `per_channel` meant one scale per state element."""
+    quant = {"default": {"bits": 6, "granularity": "per_channel"}}
+    quant["targets"] = [{"roles": ["ssm.state"], "granularity": "per_element"}]
+    r = tiny_recipe("s4d", MODELS["s4d"], quant)
+    out = open_run(tmp_path / "run", r, force=False)
+    quantize_run(r, load_data(r), out, progress=False)
+    x = load_data(r).test
+    expected, _ = predict(load_run_model(out)[0], x, 32, "recurrent")
+    header = json.loads((out / "model.json").read_text())
+    del header["quant_format"]  # as an old run: the state's per-element scales said per_channel
+    header["quant"]["targets"] = []
+    header["sites"]["blocks.0.ssm:state"]["granularity"] = "per_channel"
+    (out / "model.json").write_text(json.dumps(header))
+    model, _ = load_run_model(out)
+    assert model.blocks[0].ssm._quantizer("state").spec.granularity == "per_element"
+    assert torch.equal(predict(model, x, 32, "recurrent")[0], expected)

@@ -123,7 +123,13 @@ def test_power_of_two_scales_keep_k_bit_exponents_below_the_largest():
     )
     e = torch.log2(q.qparams()[0] * 128)
     assert torch.equal(e, e.round()) and e.max() - e.min() <= 7
+    for signed, levels in ((False, 16), (True, 15)):  # unsigned, narrow signed: not 2^b − 1
+        s = spec(levels=levels, signed=signed, granularity="per_channel", scale_dtype="po2_3bit")
+        scale = calibrated(SiteQuantizer(s, SITE, signed), x.abs()).qparams()[0]
+        assert torch.equal(torch.log2(scale), torch.log2(scale).round())
     assert [n * b for n, b, _, _ in q.stored()] == [6 * 3, 8]  # exponents, then their offset
+    one = calibrated(SiteQuantizer(spec(8, scale_dtype="po2_3bit"), SITE, True), x)
+    assert [n * b for n, b, _, _ in one.stored()] == [8]  # a single scale: the offset alone
     q(x).pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in q.parameters())
 

@@ -188,6 +188,8 @@ def test_footprint_counts_per_element_state_scales_at_their_dtype():
     po2 = {"roles": ["ssm.state"], "granularity": "per_element", "scale_dtype": "po2_3bit"}
     po2_state = scale_bits({"default": {"bits": 8}, "targets": [po2]})
     assert po2_state == per_tensor - 32 + H * n * 3 + 8  # exponents and their offset
+    po2_tensor = scale_bits({"default": {"bits": 8, "scale_dtype": "po2_3bit"}})
+    assert po2_tensor == per_tensor // 4  # each per-tensor scale: its 8-bit offset alone
 
 
 def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():

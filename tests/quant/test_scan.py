@@ -32,9 +32,11 @@ def assert_same(fast, loop):
     (y_fast, g_fast), (y_loop, g_loop) = fast, loop
     assert torch.equal(y_fast, y_loop)  # same ops on the same values: bit-identical
     assert g_fast.keys() == g_loop.keys() and any("qz" in k for k in g_fast)  # scales learn
-    for name in g_fast:  # the loop's float32 autograd sums B·L terms per element, with
-        # cancellation: its error scales with the largest gradient (the kernel sums in float64)
-        atol = 1e-5 + 1e-3 * g_loop[name].abs().max().item()
+    for name in g_fast:
+        atol = 1e-5
+        if "scaling_impl" in name:  # a scale's gradient sums every element of every step; the
+            # loop does it in float32 with cancellation, the kernel in float64
+            atol += 1e-3 * g_loop[name].abs().max().item()
         torch.testing.assert_close(g_fast[name], g_loop[name], rtol=1e-4, atol=atol, msg=name)
 
 
