@@ -65,7 +65,6 @@ class S4D(Quantizable, nn.Module):
             C = torch.randn(H, n, dtype=torch.cfloat) * math.sqrt(0.5)
             self.C = nn.Parameter(torch.view_as_real(C))  # (H, n, 2)
         self.D = nn.Parameter(torch.randn(H))
-        self.folded = False  # B̄ folded into C (see fold_b)
 
     def sites(self) -> dict[str, Site]:
         H, n = self.C.shape[:2]
@@ -105,7 +104,11 @@ class S4D(Quantizable, nn.Module):
         for name in ("B", "B_bar"):
             if name in self._parameters:
                 delattr(self, name)
-        self.folded = True
+
+    @property
+    def folded(self) -> bool:
+        """B̄ folded into C (:meth:`fold_b` removed the B parameters)."""
+        return "B" not in self._parameters
 
     def make_discrete(self, polar: bool) -> None:
         """Train Ā and B̄ directly (``discrete_cartesian`` / ``discrete_polar``), starting from the

@@ -32,7 +32,8 @@ def _stored(model: nn.Module, table: dict):
         elif isinstance(m, S4D):
             H, n = m.C.shape[:2]
             parts = 1 if m.real else 2  # complex values as real and imaginary parts
-            for site in ("A", "C") if m.folded else ("A", "B", "C"):
+            sites = m.sites()  # B̄ is not there once folded into C
+            for site in (s for s in ("A", "B", "C") if s in sites):
                 yield f"ssm.{site}", H * n * parts, _bits(table, name, site), "param"
             yield "ssm.D", H, _bits(table, name, "D"), "param"
             yield "ssm.state", H * n * parts, _bits(table, name, "state"), "state"

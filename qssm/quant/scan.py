@@ -281,11 +281,9 @@ def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, s
                 sums[3, h, 0, j] += sX0
 
 
-def _threads() -> int:
+def _threads() -> None:
     """numba's threads follow torch's (``torch.set_num_threads``, ``OMP_NUM_THREADS``)."""
-    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
-    return n
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
 class GateScan(torch.autograd.Function):
