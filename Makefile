@@ -8,7 +8,7 @@ $(BIN)/qssm: pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test test-all bench
+.PHONY: install demo test test-all bench docs
 install: $(BIN)/qssm
 
 demo: install  ## the main job on the embedded default data: float, PTQ, QAT, report
@@ -23,3 +23,6 @@ test-all: install
 
 bench: install  ## speed and memory figures (bench/run.py), one process at a time
 	$(BIN)/python bench/run.py
+
+docs:  ## render the measured figures in README.md and docs/ from bench/results/ (bench/render_docs.py)
+	$(PY) bench/render_docs.py

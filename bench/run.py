@@ -1,6 +1,6 @@
 """Speed and memory of float and quantized training and inference, in one run.
 
-    python bench/run.py [--json] [--steps N] [--batch B]
+    python bench/run.py [--json] [--steps N] [--batch B] [--out bench/results/performance.json]
 
 For the small S4D (recipes/hetero_4_8.yaml: H=16, N=64, 784 steps) and the minGRU / mGRADE of
 the shipped recipes, on smnist5k-shaped input:
@@ -18,6 +18,11 @@ the shipped recipes, on smnist5k-shaped input:
                             sequence graph (Scan)
 Each figure is the median over timed steps after one warm-up step.  Weights are untrained (speed
 does not depend on them); quantizers are calibrated on one batch.
+
+``--out FILE`` also writes the JSON to FILE (atomically: a temporary file, then a rename) with
+its provenance: date, machine (CPU model, cores, memory, thread count), library versions, git
+commit and the command line.  ``bench/results/performance.json`` is the committed file that
+``python bench/render_docs.py`` renders into docs/performance.md.
 """
 
 import argparse
@@ -34,6 +39,9 @@ import torch
 import torch.nn.functional as F
 
 import qssm  # noqa: F401  (silences Brevitas' optional-kernel warning before it is imported)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"s4d": "hetero_4_8.yaml", "mingru_hw": "minimalist.yaml", "mgrade": "mgrade_8.yaml"}
@@ -192,13 +200,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per figure (median)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--families", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument(
+        "--out", type=Path, help="also write the JSON, with provenance, to this file (atomic)"
+    )
     args = p.parse_args()
     result = {
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+        "provenance": provenance(threads=torch.get_num_threads()),
         "batch": args.batch,
+        "steps": args.steps,
     }
     with tempfile.TemporaryDirectory() as tmp:
         result.update({f: measure(f, args.batch, args.steps, Path(tmp)) for f in args.families})
+    if args.out is not None:
+        write_json_atomic(args.out, result)
     if args.json:
         print(json.dumps(result, indent=2))
         return

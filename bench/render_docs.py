@@ -1,0 +1,551 @@
+"""Render measured figures into the docs from the committed result files.
+
+    python bench/render_docs.py           # rewrite the marked blocks (make docs)
+    python bench/render_docs.py --check   # exit 1, naming each stale doc, if anything would change
+
+A marked block in README.md or docs/*.md
+
+    <!-- render: KIND [ARG ...] -->
+    ...generated, do not edit...
+    <!-- /render -->
+
+is replaced by what KIND renders from the result files:
+
+    KIND                 reads
+    headline RUN ...     bench/results/runs/RUN.json       one line per run: stages, footprint
+    accuracy [RUN ...]   bench/results/runs/*.json         accuracy per stage, stage time
+    footprint [RUN ...]  bench/results/runs/*.json         bits: parameters, state, buffer, total
+    roles RUN            bench/results/runs/RUN.json       footprint per role
+    verify [RUN ...]     bench/results/runs/*.json         the verification chain (hw/verify.json)
+    montecarlo [RUN ...] bench/results/runs/*.json         ideal simulator, Monte-Carlo over chips
+    targets              runs/hetero_4_8.json, performance.json   the targets, met or not
+    sweep NAME           bench/results/sweeps/NAME.json    per-role / uniform / Pareto tables
+    golden NAME          tests/golden/NAME.csv             the same for a golden CI table
+    bench                bench/results/performance.json    speed and memory per family
+    provenance FILE      bench/results/FILE                date, commit, machine, command
+
+Without RUN arguments a block covers every committed run file.  A block whose file is missing
+renders a line saying so and which command produces it; ``--check`` still compares it.
+Standard library only.
+"""
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"<!-- render: (?P<spec>[^>]*?) -->\n(?P<body>.*?)<!-- /render -->", re.S)
+BENCH_CMD = "OMP_NUM_THREADS=1 python bench/run.py --steps 5 --out bench/results/performance.json"
+
+
+class RenderError(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------- formatting
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f} %"
+
+
+def num(x) -> str:
+    return "—" if x is None else f"{x:,}"
+
+
+def ratio(x) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def fixed(x, digits=1) -> str:
+    return "—" if x is None else f"{x:,.{digits}f}"
+
+
+def duration(s) -> str:
+    if s is None:
+        return "—"
+    s = round(s)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def missing(what: str, command: str) -> str:
+    return f"*No measurement committed yet for {what} — run {command}.*"
+
+
+def run_command(run: str) -> str:
+    return f"`qssm quantize --recipe recipes/{run}.yaml`, then `python bench/collect.py runs/{run}`"
+
+
+def measured(prov: dict) -> str:
+    """'abc1234, 2026-12-01' from a provenance record."""
+    commit = (prov.get("commit") or "?")[:7] + ("+" if prov.get("dirty") else "")
+    date = (prov.get("run_finished") or prov.get("date") or "?")[:10]
+    return f"`{commit}`, {date}"
+
+
+# ----------------------------------------------------------------------------------- result files
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise RenderError(f"{path}: not valid JSON ({err})") from None
+
+
+def runs(root: Path, names: list[str]) -> tuple[list[dict], list[str]]:
+    """(run files found, names asked for but missing).  No names: every committed run file."""
+    folder = root / "bench" / "results" / "runs"
+    if not names:
+        return [read_json(p) for p in sorted(folder.glob("*.json"))], []
+    found, absent = [], []
+    for name in names:
+        path = folder / f"{name}.json"
+        if path.exists():
+            found.append(read_json(path))
+        else:
+            absent.append(name)
+    return found, absent
+
+
+def with_missing(body: str | None, absent: list[str], command=run_command) -> str:
+    parts = [body] if body else []
+    parts += [missing(f"`{name}`", command(name)) for name in absent]
+    if not parts:
+        parts = [missing("any run", "`python bench/collect.py runs/<run>` after a run")]
+    return "\n\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------- block kinds
+
+
+def r_headline(root: Path, args: list[str]) -> str:
+    found, absent = runs(root, args)
+    lines = []
+    for r in found:
+        fp = r.get("footprint", {})
+        stages = [f"float {pct(r.get('float', {}).get('accuracy'))}"]
+        if "ptq" in r:
+            stages.append(f"PTQ {pct(r['ptq']['accuracy'])}")
+        if "qat" in r:
+            stages.append(f"QAT {pct(r['qat']['accuracy'])} ({r['qat'].get('epochs')} epochs)")
+        lines.append(
+            f"- `{r['run']}`: {', '.join(stages)}; {num(fp.get('total_bits'))} bits, "
+            f"{ratio(fp.get('reduction'))} less memory than float32; stages "
+            f"{duration(r.get('wall_seconds'))} (measured at {measured(r['provenance'])})"
+        )
+    return with_missing("\n".join(lines), absent)
+
+
+def r_accuracy(root: Path, args: list[str]) -> str:
+    found, absent = runs(root, args)
+    rows = []
+    for r in found:
+        qat = r.get("qat")
+        float_ = r.get("float", {})
+        rows.append(
+            [
+                f"`{r['run']}`",
+                f"`{r.get('data')}`",
+                pct(float_.get("accuracy")) + (" (`--from`)" if float_.get("source") else ""),
+                pct(r.get("ptq", {}).get("accuracy")) if "ptq" in r else "—",
+                f"{pct(qat['accuracy'])} ({qat.get('epochs')})" if qat else "—",
+                duration(r.get("wall_seconds")),
+                measured(r["provenance"]),
+            ]
+        )
+    header = ["run", "data", "float", "PTQ", "QAT (epochs)", "stage time", "measured at"]
+    return with_missing(table(header, rows) if rows else None, absent)
+
+
+def r_footprint(root: Path, args: list[str]) -> str:
+    found, absent = runs(root, args)
+    rows = [
+        [
+            f"`{r['run']}`",
+            num(fp.get("param_bits")),
+            num(fp.get("state_bits")),
+            num(fp.get("buffer_bits")),
+            num(fp.get("total_bits")),
+            num(fp.get("float32_bits")),
+            f"**{ratio(fp.get('reduction'))}**",
+        ]
+        for r in found
+        if (fp := r.get("footprint"))
+    ]
+    header = ["run", "parameters", "state", "buffer", "total", "float32", "reduction"]
+    return with_missing(table(header, rows) if rows else None, absent)
+
+
+def r_roles(root: Path, args: list[str]) -> str:
+    if len(args) != 1:
+        raise RenderError("roles takes one run name")
+    found, absent = runs(root, args)
+    rows = []
+    for r in found:
+        for role, e in sorted(r.get("footprint", {}).get("per_role", {}).items()):
+            bits = "/".join(str(b) for b in e.get("bits", []))
+            rows.append([f"`{role}`", num(e.get("elements")), bits, num(e.get("bits_stored"))])
+    header = ["role", "elements", "bits", "bits stored"]
+    return with_missing(table(header, rows) if rows else None, absent)
+
+
+def export_command(run: str) -> str:
+    return f"`qssm export runs/{run}`, then `python bench/collect.py runs/{run}`"
+
+
+def r_verify(root: Path, args: list[str]) -> str:
+    found, absent = runs(root, args)
+    rows = []
+    for r in found:
+        v = r.get("verify")
+        if v is None:
+            absent.append(r["run"])
+            continue
+        fq, ox, ss = (
+            v.get(k, {}) for k in ("fakequant_vs_intref", "onnx_vs_intref", "step_vs_sequence")
+        )
+        rows.append(
+            [
+                f"`{r['run']}`",
+                num(fq.get("sequences")),
+                pct(fq.get("prediction_agreement")),
+                num(fq.get("max_code_diff")),
+                num(fq.get("free_running_max_code_diff")),
+                pct(ox.get("code_agreement")),
+                pct(ss.get("code_agreement")),
+                measured(
+                    {**r["provenance"], "run_finished": r["provenance"].get("verify_written")}
+                ),
+            ]
+        )
+    header = [
+        "run",
+        "sequences",
+        "fake-quant vs intref: predictions",
+        "max code diff per op (forced)",
+        "free-running max diff",
+        "onnxruntime vs intref: codes",
+        "step vs sequence: codes",
+        "measured at",
+    ]
+    return with_missing(table(header, rows) if rows else None, absent, export_command)
+
+
+def mapping_command(run: str) -> str:
+    return (
+        f"`qssm map-to-hw runs/{run} --target <target>`, then `python bench/collect.py runs/{run}`"
+    )
+
+
+def r_montecarlo(root: Path, args: list[str]) -> str:
+    found, absent = runs(root, args)
+    rows = []
+    for r in found:
+        v = r.get("verify") or {}
+        ideal = v.get("sim_ideal_vs_intref")
+        if ideal is None:
+            if args:
+                absent.append(r["run"])
+            continue
+        rows.append(
+            [
+                f"`{r['run']}`",
+                "ideal simulator vs intref",
+                "—",
+                "—",
+                f"{pct(ideal.get('decision_agreement'))} of "
+                f"{num(ideal.get('decisions'))} decisions",
+            ]
+        )
+        for mc in v.get("monte_carlo", []):
+            rows.append(
+                [
+                    f"`{r['run']}`",
+                    f"Monte-Carlo, {mc.get('seeds')} chips × {mc.get('sequences')} sequences",
+                    fixed(mc.get("unit_ff"), 2),
+                    fixed(mc.get("offset_mv"), 2),
+                    f"{pct(mc.get('mean'))} ± {pct(mc.get('std'))}",
+                ]
+            )
+    header = ["run", "check", "C_u (fF)", "comparator offset (mV)", "result"]
+    if not rows and not absent:
+        return missing("any mapped run", mapping_command("<run>"))
+    return with_missing(table(header, rows) if rows else None, absent, mapping_command)
+
+
+def r_targets(root: Path, args: list[str]) -> str:
+    run_path = root / "bench" / "results" / "runs" / "hetero_4_8.json"
+    bench_path = root / "bench" / "results" / "performance.json"
+    rows = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    if run_path.exists():
+        r = read_json(run_path)
+        f, q = r["float"]["accuracy"], r.get("qat", {}).get("accuracy")
+        red = r["footprint"]["reduction"]
+        if q is not None:
+            gap = 100 * (f - q)
+            rows.append(
+                [
+                    "`hetero_4_8`: QAT within 2 points of float",
+                    f"{gap:.2f} points",
+                    verdict(gap <= 2),
+                ]
+            )
+        rows.append(
+            [
+                "`hetero_4_8`: footprint ≥ 6× less than float32 (state, scales counted)",
+                ratio(red),
+                verdict(red >= 6),
+            ]
+        )
+    else:
+        rows.append(
+            ["`hetero_4_8`: QAT within 2 points of float; footprint ≥ 6×", "not measured", "—"]
+        )
+    if bench_path.exists():
+        s = read_json(bench_path).get("s4d")
+        if s:
+            rows.append(
+                [
+                    "S4D: QAT step within 5× of the float step",
+                    ratio(s["qat_vs_float_ratio"]),
+                    verdict(s["qat_vs_float_ratio"] <= 5),
+                ]
+            )
+            rows.append(
+                [
+                    "S4D: QAT peak memory ≤ 1 GiB at batch 64",
+                    f"{s['qat_peak_rss_gib']:.2f} GiB",
+                    verdict(s["qat_peak_rss_gib"] <= 1),
+                ]
+            )
+            lat = s["intref_compiled_step_latency_us"]
+            rows.append(
+                [
+                    "S4D: streaming ≤ 20 µs per timestep at batch 1 (compiled integer step)",
+                    f"{lat:.1f} µs",
+                    verdict(lat <= 20),
+                ]
+            )
+    else:
+        rows.append(["S4D speed, memory and latency targets", "not measured", "—"])
+    return table(["target", "measured", "status"], rows)
+
+
+def sweep_tables(rows: list[dict]) -> str:
+    """Accuracy per (role, bits), per uniform width and per Pareto point, one table each."""
+    parts = []
+    for stage in sorted({r["stage"] for r in rows}):
+        rs = [r for r in rows if r["stage"] == stage]
+        per_role = [r for r in rs if r["table"] == "per_role"]
+        if per_role:
+            bits = sorted({int(r["bits"]) for r in per_role})
+            cells: dict[str, dict[int, str]] = {}
+            for r in per_role:
+                cells.setdefault(r["config"], {})[int(r["bits"])] = f"{100 * r['accuracy']:.1f}"
+            body = [[f"`{role}`", *(c.get(b, "") for b in bits)] for role, c in cells.items()]
+            parts.append(
+                f"{stage.upper()} accuracy (%), one role at the given width, every "
+                "other site at the base width:\n\n"
+                + table(["role", *(f"{b} bits" for b in bits)], body)
+            )
+        for name, title in (("uniform", "every site at one width"), ("pareto", "Pareto grid")):
+            sel = [r for r in rs if r["table"] == name]
+            if sel:
+                body = [
+                    [
+                        f"`{r['config']}`",
+                        str(r["bits"]),
+                        f"{100 * r['accuracy']:.1f}",
+                        num(r["total_bits"]),
+                        ratio(r["reduction"]),
+                    ]
+                    for r in sel
+                ]
+                parts.append(
+                    f"{stage.upper()}, {title}:\n\n"
+                    + table(["config", "bits", "accuracy (%)", "total bits", "reduction"], body)
+                )
+    return "\n\n".join(parts)
+
+
+def r_sweep(root: Path, args: list[str]) -> str:
+    if len(args) != 1:
+        raise RenderError("sweep takes one sweep run name")
+    path = root / "bench" / "results" / "sweeps" / f"{args[0]}.json"
+    if not path.exists():
+        recipe = args[0].removeprefix("sweep_")
+        return missing(
+            f"`{args[0]}`",
+            f"`qssm sweep --recipe recipes/sweeps/{recipe}.yaml "
+            f"--from runs/fp32_s4d_smnist5k`, then "
+            f"`python bench/collect.py runs/{args[0]}`",
+        )
+    data = read_json(path)
+    return sweep_tables(data["rows"]) + f"\n\nMeasured at {measured(data['provenance'])}."
+
+
+def r_golden(root: Path, args: list[str]) -> str:
+    if len(args) != 1:
+        raise RenderError("golden takes one table name")
+    path = root / "tests" / "golden" / f"{args[0]}.csv"
+    if not path.exists():
+        raise RenderError(f"{path} does not exist (golden tables are committed with the tests)")
+    with open(path, newline="") as f:
+        rows = []
+        for row in csv.DictReader(f):
+            row["accuracy"] = float(row["accuracy"])
+            row["total_bits"] = int(row["total_bits"])
+            row["reduction"] = float(row["reduction"])
+            rows.append(row)
+    return sweep_tables(rows)
+
+
+BENCH_ROWS = [
+    ("float_conv_samples_per_s", "float training step, samples/s (recipe's float.mode)", 1),
+    ("qat_samples_per_s", "QAT training step, samples/s (state quantized every step)", 1),
+    ("qat_vs_float_ratio", "**QAT / float**", None),
+    ("qat_peak_rss_gib", "**QAT peak memory**, GiB", 2),
+    ("process_peak_rss_gib", "process peak incl. calibration, GiB", 2),
+    ("fakequant_step_latency_us", "streaming µs/step, batch 1: Brevitas fake-quant (torch)", 1),
+    ("intref_step_latency_us", "integer reference, numpy interpreter", 1),
+    ("intref_compiled_step_latency_us", "**integer reference, compiled step** (numba)", 1),
+    ("onnx_step_latency_us", "onnxruntime, `step.onnx`, state fed back", 1),
+    ("intref_sequence_samples_per_s", "whole sequences, samples/s: integer reference", 1),
+    ("onnx_sequence_samples_per_s", "onnxruntime `sequence.onnx` (Scan)", 1),
+]
+
+
+def r_bench(root: Path, args: list[str]) -> str:
+    path = root / "bench" / "results" / "performance.json"
+    if not path.exists():
+        return missing("the benchmark", f"`{BENCH_CMD}`")
+    data = read_json(path)
+    families = [k for k, v in data.items() if isinstance(v, dict) and "recipe" in v]
+    header = ["figure", *(f"{f} (`{data[f]['recipe'].removesuffix('.yaml')}`)" for f in families)]
+    body = []
+    for key, label, digits in BENCH_ROWS:
+        cells = []
+        for f in families:
+            v = data[f].get(key)
+            cells.append(ratio(v) if digits is None else fixed(v, digits))
+        body.append([label, *cells])
+    return (
+        table(header, body) + f"\n\nBatch {data.get('batch')}, median of {data.get('steps')} "
+        f"timed steps after a warm-up; measured at {measured(data['provenance'])}."
+    )
+
+
+def r_provenance(root: Path, args: list[str]) -> str:
+    if len(args) != 1:
+        raise RenderError("provenance takes one file under bench/results")
+    path = root / "bench" / "results" / args[0]
+    if not path.exists():
+        cmd = BENCH_CMD if args[0] == "performance.json" else "python bench/collect.py RUN_DIR"
+        return missing(f"`bench/results/{args[0]}`", f"`{cmd}`")
+    p = read_json(path)["provenance"]
+    m = p.get("machine", {})
+    v = m.get("versions", {})
+    lines = [
+        f"- date: {p.get('date')}; commit `{p.get('commit')}`"
+        + (" (uncommitted changes)" if p.get("dirty") else ""),
+        f"- command: `{p.get('command')}`",
+    ]
+    if m:
+        lines.append(
+            f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB; "
+            f"{m.get('threads')} torch thread(s); {m.get('platform')}"
+        )
+        lines.append("- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    return "\n".join(lines)
+
+
+KINDS = {
+    "headline": r_headline,
+    "accuracy": r_accuracy,
+    "footprint": r_footprint,
+    "roles": r_roles,
+    "verify": r_verify,
+    "montecarlo": r_montecarlo,
+    "targets": r_targets,
+    "sweep": r_sweep,
+    "golden": r_golden,
+    "bench": r_bench,
+    "provenance": r_provenance,
+}
+
+
+# ----------------------------------------------------------------------------------- documents
+
+
+def render_block(spec: str, root: Path) -> str:
+    kind, *args = spec.split()
+    if kind not in KINDS:
+        raise RenderError(f"unknown block `{kind}` (known: {', '.join(KINDS)})")
+    return KINDS[kind](root, args).rstrip("\n") + "\n"
+
+
+def render_text(text: str, root: Path = ROOT, name: str = "<text>") -> str:
+    """The text with every marked block re-rendered."""
+    if text.count("<!-- render:") != len(BLOCK.findall(text)):
+        raise RenderError(f"{name}: a `<!-- render: … -->` block without its `<!-- /render -->`")
+
+    def sub(m: re.Match) -> str:
+        try:
+            body = render_block(m["spec"], root)
+        except RenderError as err:
+            raise RenderError(f"{name}: block `{m['spec']}`: {err}") from None
+        return f"<!-- render: {m['spec']} -->\n{body}<!-- /render -->"
+
+    return BLOCK.sub(sub, text)
+
+
+def documents(root: Path) -> list[Path]:
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.exists()]
+
+
+def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--check", action="store_true", help="exit 1 if a doc is stale; write nothing")
+    args = p.parse_args(argv)
+    stale = []
+    try:
+        for doc in documents(root):
+            text = doc.read_text()
+            new = render_text(text, root, str(doc.relative_to(root)))
+            if new != text:
+                stale.append(doc.relative_to(root))
+                if not args.check:
+                    doc.write_text(new)
+    except RenderError as err:
+        print(f"render_docs: {err}", file=sys.stderr)
+        return 2
+    for doc in stale:
+        if args.check:
+            print(
+                f"stale: {doc} (run `python bench/render_docs.py` or `make docs`)", file=sys.stderr
+            )
+        else:
+            print(f"rendered {doc}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""bench/render_docs.py and bench/collect.py: doc figures come from committed result files."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load("render_docs")
+collect = _load("collect")
+
+TINY = {
+    "run": "tiny",
+    "recipe": "tiny",
+    "data": "sdigits",
+    "family": "s4d",
+    "float": {"accuracy": 0.9, "epochs": 1, "params": 100, "source": None, "seconds": 10.0},
+    "ptq": {"accuracy": 0.5, "seconds": 2.0},
+    "qat": {"accuracy": 0.8125, "epochs": 3, "seconds": 63.0},
+    "wall_seconds": 75.0,
+    "footprint": {
+        "float32_bits": 4000,
+        "param_bits": 1000,
+        "state_bits": 200,
+        "buffer_bits": 0,
+        "total_bits": 1200,
+        "reduction": 4000 / 1200,
+        "per_role": {"ssm.A": {"elements": 64, "bits_stored": 512, "bits": [8]}},
+    },
+    "provenance": {
+        "commit": "0123456789abcdef",
+        "dirty": False,
+        "run_finished": "2026-12-01T07:00",
+    },
+}
+
+
+def block(spec: str, body: str = "stale\n") -> str:
+    return f"intro\n\n<!-- render: {spec} -->\n{body}<!-- /render -->\n\noutro\n"
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "bench" / "results" / "runs").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "runs" / "tiny.json").write_text(json.dumps(TINY))
+    return tmp_path
+
+
+def test_block_renders_the_expected_table(root):
+    out = render.render_text(block("accuracy tiny"), root)
+    assert out == block(
+        "accuracy tiny",
+        "| run | data | float | PTQ | QAT (epochs) | stage time | measured at |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| `tiny` | `sdigits` | 90.00 % | 50.00 % | 81.25 % (3) | 1 min 15 s "
+        "| `0123456`, 2026-12-01 |\n",
+    )
+    out = render.render_text(block("footprint"), root)
+    assert "| `tiny` | 1,000 | 200 | 0 | 1,200 | 4,000 | **3.33×** |" in out
+
+
+def test_rendering_is_idempotent(root):
+    specs = ["headline tiny", "accuracy", "footprint tiny", "roles tiny", "verify", "targets"]
+    text = "".join(block(s) for s in specs)
+    once = render.render_text(text, root)
+    assert once != text
+    assert render.render_text(once, root) == once
+
+
+def test_missing_result_file_says_which_command_makes_it(tmp_path):
+    out = render.render_text(block("headline hetero_4_8") + block("bench"), tmp_path)
+    assert "No measurement committed yet for `hetero_4_8`" in out
+    assert "`python bench/collect.py runs/hetero_4_8`" in out
+    assert render.BENCH_CMD in out
+
+
+def test_broken_blocks_and_files_are_named(root):
+    with pytest.raises(render.RenderError, match="unknown block `nope`"):
+        render.render_text(block("nope"), root)
+    with pytest.raises(render.RenderError, match="without its"):
+        render.render_text("<!-- render: accuracy -->\nno end\n", root)
+    (root / "bench" / "results" / "runs" / "bad.json").write_text("{")
+    with pytest.raises(render.RenderError, match="bad.json: not valid JSON"):
+        render.render_text(block("accuracy bad"), root)
+
+
+def test_check_names_the_stale_doc_and_rendering_fixes_it(root, capsys):
+    (root / "README.md").write_text(block("accuracy tiny"))
+    assert render.main(["--check"], root) == 1
+    assert "stale: README.md" in capsys.readouterr().err
+    assert render.main([], root) == 0
+    assert render.main(["--check"], root) == 0
+
+
+def test_committed_docs_match_the_committed_result_files(capsys):
+    assert render.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_collect_summarizes_a_run_dir(tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    (run / "hw").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: tiny\ndata: {name: sdigits}\nmodel: {family: s4d}\n")
+    history = [{"epoch": 1, "seconds": 4.0, "accuracy": 0.5}, {"epoch": 2, "seconds": 6.0}]
+    metrics = {
+        "recipe": "tiny",
+        "float": {"accuracy": 0.9, "params": 100, "epochs": 2, "history": history},
+        "ptq": {"accuracy": 0.5, "seconds": 2.0},
+        "qat": {"accuracy": 0.8, "epochs": 1, "history": history[:1], "seconds": 5.0},
+        "footprint": TINY["footprint"],
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    verify = {
+        "fakequant_vs_intref": {
+            "prediction_agreement": 1.0,
+            "max_code_diff": 1,
+            "forced_per_site": {},
+        },
+        "monte_carlo": [{"unit_ff": 1.0, "mean": 0.3, "accuracies": [0.3]}],
+    }
+    (run / "hw" / "verify.json").write_text(json.dumps(verify))
+    out = collect.collect(run, tmp_path / "results")
+    assert out == tmp_path / "results" / "runs" / "tiny.json"
+    r = json.loads(out.read_text())
+    assert (r["data"], r["family"], r["recipe"]) == ("sdigits", "s4d", "tiny")
+    assert r["float"]["seconds"] == 10.0 and r["wall_seconds"] == 17.0
+    assert r["qat"] == {"accuracy": 0.8, "epochs": 1, "seconds": 5.0}
+    assert r["footprint"] == TINY["footprint"]
+    assert r["verify"]["fakequant_vs_intref"] == {"prediction_agreement": 1.0, "max_code_diff": 1}
+    assert r["verify"]["monte_carlo"] == [{"unit_ff": 1.0, "mean": 0.3}]
+    assert {"collected", "commit", "run_finished", "command"} <= set(r["provenance"])
+    with pytest.raises(collect.CollectError, match="not a finished run"):
+        collect.collect(tmp_path, tmp_path / "results")
