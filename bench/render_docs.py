@@ -18,7 +18,7 @@ is replaced by what KIND renders from the result files:
     roles RUN            bench/results/runs/RUN.json       footprint per role
     verify [RUN ...]     bench/results/runs/*.json         the verification chain (hw/verify.json)
     montecarlo [RUN ...] bench/results/runs/*.json         ideal simulator, Monte-Carlo over chips
-    targets              runs/hetero_4_8.json, performance.json   the targets, met or not
+    targets [GROUP ...]  runs/hetero_4_8.json, performance.json   targets (accuracy, speed)
     sweep NAME           bench/results/sweeps/NAME.json    per-role / uniform / Pareto tables
     golden NAME          tests/golden/NAME.csv             the same for a golden CI table
     bench                bench/results/performance.json    speed and memory per family
@@ -287,65 +287,73 @@ def r_montecarlo(root: Path, args: list[str]) -> str:
     return with_missing(table(header, rows) if rows else None, absent, mapping_command)
 
 
+# (group, file under bench/results, description, measured value, format, limit, met if ≤ limit)
+TARGETS = [
+    (
+        "accuracy",
+        "runs/hetero_4_8.json",
+        "`hetero_4_8`: QAT within 2 points of float",
+        lambda r: 100 * (r["float"]["accuracy"] - r["qat"]["accuracy"]),
+        "{:.2f} points",
+        2,
+        True,
+    ),
+    (
+        "accuracy",
+        "runs/hetero_4_8.json",
+        "`hetero_4_8`: ≥ 6× less memory than float32 (parameters, state, every scale)",
+        lambda r: r["footprint"]["reduction"],
+        "{:.2f}×",
+        6,
+        False,
+    ),
+    (
+        "speed",
+        "performance.json",
+        "S4D: QAT step within 5× of the float step",
+        lambda r: r["s4d"]["qat_vs_float_ratio"],
+        "{:.2f}×",
+        5,
+        True,
+    ),
+    (
+        "speed",
+        "performance.json",
+        "S4D: QAT peak memory ≤ 1 GiB at batch 64",
+        lambda r: r["s4d"]["qat_peak_rss_gib"],
+        "{:.2f} GiB",
+        1,
+        True,
+    ),
+    (
+        "speed",
+        "performance.json",
+        "S4D: streaming ≤ 20 µs per timestep at batch 1 (compiled integer step)",
+        lambda r: r["s4d"]["intref_compiled_step_latency_us"],
+        "{:.1f} µs",
+        20,
+        True,
+    ),
+]
+
+
 def r_targets(root: Path, args: list[str]) -> str:
-    run_path = root / "bench" / "results" / "runs" / "hetero_4_8.json"
-    bench_path = root / "bench" / "results" / "performance.json"
+    """The project's targets, met or not, from the committed files (``accuracy``, ``speed``)."""
+    groups = args or ["accuracy", "speed"]
     rows = []
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-
-    if run_path.exists():
-        r = read_json(run_path)
-        f, q = r["float"]["accuracy"], r.get("qat", {}).get("accuracy")
-        red = r["footprint"]["reduction"]
-        if q is not None:
-            gap = 100 * (f - q)
-            rows.append(
-                [
-                    "`hetero_4_8`: QAT within 2 points of float",
-                    f"{gap:.2f} points",
-                    verdict(gap <= 2),
-                ]
-            )
-        rows.append(
-            [
-                "`hetero_4_8`: footprint ≥ 6× less than float32 (state, scales counted)",
-                ratio(red),
-                verdict(red >= 6),
-            ]
-        )
-    else:
-        rows.append(
-            ["`hetero_4_8`: QAT within 2 points of float; footprint ≥ 6×", "not measured", "—"]
-        )
-    if bench_path.exists():
-        s = read_json(bench_path).get("s4d")
-        if s:
-            rows.append(
-                [
-                    "S4D: QAT step within 5× of the float step",
-                    ratio(s["qat_vs_float_ratio"]),
-                    verdict(s["qat_vs_float_ratio"] <= 5),
-                ]
-            )
-            rows.append(
-                [
-                    "S4D: QAT peak memory ≤ 1 GiB at batch 64",
-                    f"{s['qat_peak_rss_gib']:.2f} GiB",
-                    verdict(s["qat_peak_rss_gib"] <= 1),
-                ]
-            )
-            lat = s["intref_compiled_step_latency_us"]
-            rows.append(
-                [
-                    "S4D: streaming ≤ 20 µs per timestep at batch 1 (compiled integer step)",
-                    f"{lat:.1f} µs",
-                    verdict(lat <= 20),
-                ]
-            )
-    else:
-        rows.append(["S4D speed, memory and latency targets", "not measured", "—"])
+    for group, file, text, value, fmt, limit, at_most in TARGETS:
+        if group not in groups:
+            continue
+        path = root / "bench" / "results" / file
+        try:
+            v = value(read_json(path)) if path.exists() else None
+        except (KeyError, TypeError):
+            v = None
+        if v is None:
+            rows.append([text, f"not measured (`bench/results/{file}`)", "—"])
+        else:
+            met = v <= limit if at_most else v >= limit
+            rows.append([text, fmt.format(v), "met" if met else "**not met**"])
     return table(["target", "measured", "status"], rows)
 
 

@@ -69,6 +69,10 @@ def test_block_renders_the_expected_table(root):
     )
     out = render.render_text(block("footprint"), root)
     assert "| `tiny` | 1,000 | 200 | 0 | 1,200 | 4,000 | **3.33×** |" in out
+    (root / "bench" / "results" / "runs" / "hetero_4_8.json").write_text(json.dumps(TINY))
+    out = render.render_text(block("targets accuracy"), root)
+    assert "| `hetero_4_8`: QAT within 2 points of float | 8.75 points | **not met** |" in out
+    assert "| 3.33× | **not met** |" in out
 
 
 def test_rendering_is_idempotent(root):
