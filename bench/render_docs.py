@@ -125,7 +125,7 @@ def with_missing(body: str | None, absent: list[str], command=run_command) -> st
     parts = [body] if body else []
     parts += [missing(f"`{name}`", command(name)) for name in absent]
     if not parts:
-        parts = [missing("any run", "`python bench/collect.py runs/<run>` after a run")]
+        parts = [missing("any run", command("<run>"))]
     return "\n\n".join(parts)
 
 
