@@ -196,7 +196,7 @@ def r_roles(root: Path, args: list[str]) -> str:
     found, absent = runs(root, args)
     rows = []
     for r in found:
-        for role, e in sorted(r.get("footprint", {}).get("per_role", {}).items()):
+        for role, e in r.get("footprint", {}).get("per_role", {}).items():
             bits = "/".join(str(b) for b in e.get("bits", []))
             rows.append([f"`{role}`", num(e.get("elements")), bits, num(e.get("bits_stored"))])
     header = ["role", "elements", "bits", "bits stored"]
@@ -225,7 +225,10 @@ def r_verify(root: Path, args: list[str]) -> str:
                 pct(fq.get("prediction_agreement")),
                 num(fq.get("max_code_diff")),
                 num(fq.get("free_running_max_code_diff")),
-                pct(ox.get("code_agreement")),
+                pct(ox.get("code_agreement"))
+                + {True: ", logits identical", False: ", logits differ"}.get(
+                    ox.get("logits_identical"), ""
+                ),
                 pct(ss.get("code_agreement")),
                 measured(
                     {**r["provenance"], "run_finished": r["provenance"].get("verify_written")}
