@@ -13,7 +13,8 @@ For a run of ``qssm sweep`` (a dir with ``results.csv``) it writes
 ``bench/results/sweeps/<run dir name>.json``: the rows of ``results.csv``.
 
 Every file carries ``provenance``: when and at which git commit it was collected, when the run
-finished (``metrics.json``'s / ``results.csv``'s modification time), and the command line.  The
+finished (``metrics.json``'s / ``results.csv``'s modification time), the command line and (run
+files) the machine it was collected on.  The
 run dir itself records no commit, so collect right after the run, from the same checkout.
 Files are written atomically.  ``python bench/render_docs.py`` renders them into the docs.
 """
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import ROOT, command_line, git_commit, now, write_json_atomic  # noqa: E402
+from provenance import ROOT, command_line, git_commit, machine, now, write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 # verify.json fields too large for a committed summary
@@ -116,6 +117,7 @@ def summarize_run(run: Path) -> dict:
         "run_finished": _mtime(run / "metrics.json"),
         "verify_written": _mtime(verify) if verify.exists() else None,
         "command": command_line(),
+        "machine": machine(),  # of the collection; collect where the run ran
     }
     return result
 

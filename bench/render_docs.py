@@ -90,10 +90,11 @@ def run_command(run: str) -> str:
 
 
 def measured(prov: dict) -> str:
-    """'abc1234, 2026-12-01' from a provenance record."""
+    """'`abc1234`, 2026-12-01, 2 cores' from a provenance record ('+': uncommitted changes)."""
     commit = (prov.get("commit") or "?")[:7] + ("+" if prov.get("dirty") else "")
     date = (prov.get("run_finished") or prov.get("date") or "?")[:10]
-    return f"`{commit}`, {date}"
+    cores = (prov.get("machine") or {}).get("cores")
+    return f"`{commit}`, {date}" + (f", {cores} cores" if cores else "")
 
 
 # ----------------------------------------------------------------------------------- result files
