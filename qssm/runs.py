@@ -113,17 +113,18 @@ def saved_quant(header: dict) -> dict | None:
     return quant
 
 
-def saved_tensors(tensors: dict, expected) -> dict:
+def saved_tensors(tensors: dict, model: torch.nn.Module) -> dict:
     """A saved quantized model's tensors under today's names.  Runs saved before the float
     blocks had activation taps kept an activation quantizer ``<module>.qz.<site>`` where it is
     now ``<module>.taps.<site>``, and a discrete S4D stored the continuous parameters it no
     longer uses (dropped)."""
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
     out = {}
     for key, value in tensors.items():
         moved = re.sub(r"(^|\.)qz\.", r"\1taps.", key, count=1)
-        if key not in expected and moved in expected:
+        if moved != key and moved.partition(".quant.")[0] in modules:
             out[moved] = value
-        elif key in expected or not re.search(r"\.ssm\.(log_dt|log_A_real|A_imag|B)$", key):
+        elif key in params or not re.search(r"\.ssm\.(log_dt|log_A_real|A_imag|B)$", key):
             out[key] = value
     return out
 
@@ -142,7 +143,7 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[torch.nn.Module,
         load_state(model, tensors, source)
     else:  # Brevitas restores the calibrated scales through its own state-dict hooks
         try:
-            model.load_state_dict(saved_tensors(tensors, model.state_dict()))
+            model.load_state_dict(saved_tensors(tensors, model))
         except RuntimeError as err:
             raise CheckpointError(
                 f"{source}: tensors do not match the described model ({err})"

@@ -48,19 +48,14 @@ def make_quantizer(site: Site, spec) -> nn.Module:
 
 
 class Quantized:
-    """Mixin of the quantized layers (``qz``: site name → quantizer)."""
-
-    def sites(self) -> dict[str, Site]:
-        return {}
+    """Mixin of the quantized layers (``qz``: site name → quantizer).  Each layer lists its
+    ``sites()`` and what it ``stored(bits)`` keeps (``bits(site)``: the bits of one of its
+    sites, 32 when it stays float; ``"../site"``: a site of the module above)."""
 
     def attach(self, name: str, site: Site, spec):
         """Quantize site ``name`` as ``spec``; returns the spec as applied."""
         self.qz[name] = make_quantizer(site, spec)
         return spec
-
-    def stored(self, bits) -> list[Stored]:
-        """What the layer keeps; ``bits(site)``: the bits of one of its sites (32 when float)."""
-        return []
 
     def _quantizer(self, site: str):
         return self.qz[site] if site in self.qz else None

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qssm.models.mingru import Heaviside, MinGRU, hard_sigmoid, log_scan
+from qssm.models.mingru import GateScan, Heaviside, MinGRU, hard_sigmoid, log_scan
 
 
 @pytest.mark.parametrize("hardware", [False, True])
@@ -71,28 +71,21 @@ def test_hardware_pieces():
     assert set(out.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_hardware_gate_never_exceeds_one():
-    """A gate scale s > 1/63 would round the clamped 1 to ⌊1/s + ½⌋·s > 1; the bank of a
-    switched-capacitor core cannot share more than all of its charge."""
-    from brevitas.graph.calibrate import calibration_mode
-
-    from qssm.quant.wrap import wrap
-    from qssm.recipe import QuantConfig
-
-    torch.manual_seed(0)
-    gru = MinGRU(3, 4, hardware=True)
-    quant = {"default": {"bits": 6}, "targets": [{"roles": ["gru.gate"], "observer": "minmax"}]}
-    wrap(gru, QuantConfig.model_validate(quant))
-    x = 10 * torch.randn(4, 20, 3)  # saturates the hard sigmoid
-    gru.train()
-    with calibration_mode(gru), torch.no_grad():
-        gru(x, "recurrent")
-    gru.eval()
-    quantizer = gru.qz["gate"]
-    with torch.no_grad():
-        for p in quantizer.parameters():
-            p.mul_(1.04)  # as QAT may move a learned scale
-        s = quantizer.qparams()[0]
-        assert torch.round(1 / s) * s > 1  # plain rounding would overshoot
-        z = gru._at_most_one(gru.q("gate", gru.gate(gru.Wz(x))))
-    assert z.max() <= 1 and torch.isclose(z.max(), torch.floor(1 / s) * s)
+def test_step_form_is_the_autograd_loop_bit_for_bit():
+    """The recurrent mode's one-node scan: the same values and gradients as the plain loop."""
+    torch.manual_seed(4)
+    keep, write = (
+        torch.rand(3, 25, 4, requires_grad=True),
+        torch.randn(3, 25, 4, requires_grad=True),
+    )
+    w = torch.randn(3, 25, 4)
+    h, ref = torch.zeros(3, 4), []
+    for t in range(25):
+        h = keep[:, t] * h + write[:, t]
+        ref.append(h)
+    ref = torch.stack(ref, 1)
+    expected = torch.autograd.grad((ref * w).sum(), (keep, write))
+    out = GateScan.apply(keep, write)
+    assert torch.equal(out, ref)
+    for g, e in zip(torch.autograd.grad((out * w).sum(), (keep, write)), expected, strict=True):
+        assert torch.equal(g, e)
