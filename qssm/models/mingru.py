@@ -5,7 +5,7 @@
 ``"parallel"`` mode evaluates the recurrence for all t at once with a log-space scan (Heinsen
 2023): h_t = exp(a*_t) · Σ_{k≤t} b_k exp(-a*_k) with a*_t = Σ_{k≤t} log(1 - z_k) and b_k = z_k h̃_k.
 Since b_k takes both signs, its positive and negative parts are scanned separately.
-``"recurrent"`` mode is the step form (:class:`GateScan`).
+``"recurrent"`` mode is the step form (:func:`gate_scan`).
 
 The hardware variant uses a hard-sigmoid gate and emits binary outputs through a comparator
 (Heaviside forward, straight-through hard-tanh-window gradient); the state itself stays analog.
@@ -53,31 +53,17 @@ def log_scan(log_a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.exp(a_star + pos) - torch.exp(a_star + neg)
 
 
-class GateScan(torch.autograd.Function):
-    """h_t = keep_t ⊙ h_{t-1} + write_t from h_{-1} = 0: (B, L, H) → (B, L, H), the step form
-    as one autograd node (its backward pass is the same loop run backwards)."""
-
-    @staticmethod
-    def forward(ctx, keep, write):
-        hs = torch.empty_like(keep)
-        h = torch.zeros_like(keep[:, 0])
-        for t in range(keep.shape[1]):
-            h = keep[:, t] * h + write[:, t]
-            hs[:, t] = h
-        ctx.save_for_backward(keep, hs)
-        return hs
-
-    @staticmethod
-    def backward(ctx, gh_out):
-        keep, hs = ctx.saved_tensors
-        gkeep, gwrite = torch.empty_like(keep), torch.empty_like(keep)
-        carry = torch.zeros_like(keep[:, 0])  # ∂L/∂h_t through h_{t+1}
-        for t in range(keep.shape[1] - 1, -1, -1):
-            gp = gh_out[:, t] + carry
-            gkeep[:, t] = gp * (hs[:, t - 1] if t > 0 else torch.zeros_like(gp))
-            gwrite[:, t] = gp
-            carry = gp * keep[:, t]
-        return gkeep, gwrite
+def gate_scan(keep: torch.Tensor, write: torch.Tensor, step=None) -> torch.Tensor:
+    """h_t = step(keep_t ⊙ h_{t-1} + write_t) from h_{-1} = 0, one step at a time:
+    (B, L, H) → (B, L, H); ``step`` defaults to the identity."""
+    h = torch.zeros_like(keep[:, 0])
+    hs = []
+    for keep_t, write_t in zip(keep.unbind(1), write.unbind(1), strict=True):
+        h = keep_t * h + write_t
+        if step is not None:
+            h = step(h)
+        hs.append(h)
+    return torch.stack(hs, 1)
 
 
 class MinGRU(nn.Module):
@@ -110,4 +96,4 @@ class MinGRU(nn.Module):
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
         z = self.gate(pre_z)
-        return self.output(GateScan.apply(1 - z, z * cand))
+        return self.output(gate_scan(1 - z, z * cand))

@@ -36,12 +36,6 @@ def readout(x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     return 2 * y if C.is_complex() else y
 
 
-def state_matrix(log_A_real: torch.Tensor, A_imag: torch.Tensor | None) -> torch.Tensor:
-    """Continuous A (H, n): -exp(log_A_real) [+ i·A_imag]."""
-    A_real = -torch.exp(log_A_real)
-    return A_real if A_imag is None else torch.complex(A_real, A_imag)
-
-
 def as_complex(p: torch.Tensor) -> torch.Tensor:
     """Real/imaginary pairs (..., 2) as a complex tensor; a real parameter (S4D-Real) as it is."""
     return torch.view_as_complex(p) if p.shape[-1] == 2 and p.ndim == 3 else p
@@ -69,7 +63,8 @@ def recurrence(u, A_bar, B_bar, C, step=None, states: list | None = None) -> tor
     ys = []
     for u_t in u.unbind(1):  # unbind: one backward op, not one full-size scatter per step
         x = A_bar * x + B_bar * u_t[..., None]
-        x = x if step is None else step(x)
+        if step is not None:
+            x = step(x)
         ys.append(readout(x, C))
         if states is not None:
             states.append(x)
@@ -114,7 +109,8 @@ class S4D(nn.Module):
 
     def A(self) -> torch.Tensor:
         """Continuous A, (H, n), complex or real."""
-        return state_matrix(self.log_A_real, None if self.real else self.A_imag)
+        A_real = -torch.exp(self.log_A_real)
+        return A_real if self.real else torch.complex(A_real, self.A_imag)
 
     def dtA(self) -> torch.Tensor:
         """dt·A, (H, n)."""

@@ -7,7 +7,7 @@ candidate and the comparator input, per unit; they are added as Gaussian noise i
 import torch
 from torch import nn
 
-from ..models.mingru import GateScan, Heaviside, MinGRU
+from ..models.mingru import Heaviside, MinGRU, gate_scan
 from .kernels.mingru import QuantGateScan
 from .layers import Quantized, QuantLinear, Stored, act_site
 from .quantizers import Site
@@ -81,8 +81,8 @@ class QuantMinGRU(Quantized, nn.Module):
             z = self._at_most_one(z)
         quantizer = self._quantizer("state")
         keep, write = 1 - z, z * cand
-        if quantizer is None:  # analog state: one autograd node for the whole sequence
-            return self.output(GateScan.apply(keep, write))
+        if quantizer is None:  # analog state
+            return self.output(gate_scan(keep, write))
         if quantizer.calibrating:
             return self.output(self.step_loop(keep, write))
         return self.output(QuantGateScan.apply(keep, write, *quantizer.qparams()))
@@ -90,12 +90,6 @@ class QuantMinGRU(Quantized, nn.Module):
     def step_loop(self, keep: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
         """h_t = Q(keep_t h_{t-1} + write_t) one step at a time: for calibration (Brevitas sees
         the trajectory) and as the reference :class:`QuantGateScan` is tested against."""
-        step = self.stepper("state")
-        h = torch.zeros_like(keep[:, 0])
-        hs = []
-        for keep_t, write_t in zip(keep.unbind(1), write.unbind(1), strict=True):
-            h = step(keep_t * h + write_t)
-            hs.append(h)
-        hs = torch.stack(hs, 1)  # (B, L, H)
+        hs = gate_scan(keep, write, self.stepper("state"))  # (B, L, H)
         self.observe("state", hs.flatten(0, 1))
         return hs

@@ -11,13 +11,14 @@ is resolved."""
 import torch
 from torch import nn
 
-from ..models.s4d import as_complex, convolve, recurrence, ssm_kernel, state_matrix
+from ..models.s4d import S4D, as_complex, convolve, recurrence, ssm_kernel
 from .kernels.s4d import S4DScan
 from .layers import Quantized, Stored, act_site
 from .quantizers import PolarQuantizer, Site, SiteQuantizer
 
 
 class QuantS4D(Quantized, nn.Module):
+    A = S4D.A  # the float layer's continuous A (``continuous`` parameterization)
     def __init__(self, ssm, quant):
         super().__init__()
         self.real, self.roles = ssm.real, ssm.roles
@@ -100,10 +101,6 @@ class QuantS4D(Quantized, nn.Module):
         """How many state axes the state quantizer sees as one: 2 (H·n) per element, else 1."""
         quantizer = self._quantizer("state")
         return 2 if quantizer is not None and quantizer.spec.granularity == "per_element" else 1
-
-    def A(self) -> torch.Tensor:
-        """Continuous A, (H, n), complex or real."""
-        return state_matrix(self.log_A_real, None if self.real else self.A_imag)
 
     def dtA(self) -> torch.Tensor:
         """dt·A, (H, n), with dt quantized where role ``ssm.dt`` is."""

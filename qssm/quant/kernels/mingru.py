@@ -5,19 +5,6 @@ import torch
 from . import code_dtype
 
 
-def _quant(p: torch.Tensor, scale, zp, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, x) as ``fake_quant`` computes them, on real parts (…, 2) or real values."""
-    codes = torch.clamp(torch.round(p / scale + zp), qmin, qmax)
-    return codes, (codes - zp) * scale
-
-
-def _ste(g: torch.Tensor, p: torch.Tensor, code: torch.Tensor, scale, zp, qmin, qmax):
-    """Gradient of ``fake_quant`` at p (parts): (∂L/∂p, ∂L/∂scale per element)."""
-    r = torch.round(p / scale + zp)
-    inside = ((r >= qmin) & (r <= qmax)).to(g.dtype)
-    return g * inside, g * ((code - zp) - inside * p / scale)
-
-
 class QuantGateScan(torch.autograd.Function):
     """h_t = Q(keep_t ⊙ h_{t−1} + write_t): the minGRU recurrence with its state quantized every
     step, (B, L, H) → (B, L, H).  Only the state codes are saved; the backward pass rebuilds the
@@ -29,8 +16,9 @@ class QuantGateScan(torch.autograd.Function):
         codes = torch.empty((L, Bsz, H), dtype=code_dtype(qmin, qmax))
         hs = torch.empty_like(keep)
         h = torch.zeros(Bsz, H, dtype=keep.dtype)
-        for t in range(L):
-            code, h = _quant(keep[:, t] * h + write[:, t], scale, zp, qmin, qmax)
+        for t in range(L):  # fake_quant's arithmetic
+            code = torch.clamp(torch.round((keep[:, t] * h + write[:, t]) / scale + zp), qmin, qmax)
+            h = (code - zp) * scale
             codes[t] = code
             hs[:, t] = h
         ctx.save_for_backward(keep, write, codes, scale, zp)
@@ -49,9 +37,11 @@ class QuantGateScan(torch.autograd.Function):
                 (codes[t - 1].to(keep.dtype) - zp) * scale if t > 0 else torch.zeros_like(carry)
             )
             gp = gh_out[:, t] + carry  # ∂L/∂h_t
-            p = keep[:, t] * h_prev + write[:, t]
-            gp, gs = _ste(gp, p, codes[t].to(keep.dtype), scale, zp, qmin, qmax)
-            gscale += gs
+            p = keep[:, t] * h_prev + write[:, t]  # fake_quant's straight-through gradients at p
+            r = torch.round(p / scale + zp)
+            inside = ((r >= qmin) & (r <= qmax)).to(gp.dtype)
+            gscale += gp * ((codes[t].to(keep.dtype) - zp) - inside * p / scale)
+            gp = gp * inside
             gkeep[:, t] = gp * h_prev
             gwrite[:, t] = gp
             carry = gp * keep[:, t]
