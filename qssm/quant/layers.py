@@ -48,9 +48,8 @@ def make_quantizer(site: Site, spec) -> nn.Module:
 
 
 class Quantized:
-    """Mixin of the quantized layers (``qz``: site name → quantizer).  Each layer lists its
-    ``sites()`` and what it ``stored(bits)`` keeps (``bits(site)``: the bits of one of its
-    sites, 32 when it stays float; ``"../site"``: a site of the module above)."""
+    """Mixin of the quantized layers.  ``stored(bits)``: ``bits(site)`` gives the bits of one of
+    the layer's sites (32 when it stays float; ``"../site"``: a site of the module above)."""
 
     def attach(self, name: str, site: Site, spec):
         """Quantize site ``name`` as ``spec``; returns the spec as applied."""

@@ -19,6 +19,7 @@ from .quantizers import PolarQuantizer, Site, SiteQuantizer
 
 class QuantS4D(Quantized, nn.Module):
     A = S4D.A  # the float layer's continuous A (``continuous`` parameterization)
+
     def __init__(self, ssm, quant):
         super().__init__()
         self.real, self.roles = ssm.real, ssm.roles

@@ -33,12 +33,12 @@ class S4DScan(torch.autograd.Function):
     Forward: a numba kernel runs the recurrence block by block (CHUNK timesteps) with the float32
     operations of the step loop in the same order — complex product, + B̄u, ÷ scale, + zp, round
     half to even, clamp, − zp, × scale, no fused multiply-add — and reads the state out as
-    ``S4D.readout`` does (Re(C x) per mode, summed in ``halving_sum``'s order), so codes and
-    outputs are bit-identical to the step loop.  The kernels keep the batch as the innermost
-    axis (state (H, P, n, B)): every inner loop runs over independent sequences with the
-    mode's parameters held in registers, and vectorizes.  Saved, one array per block: the rounded
-    codes before clamping, clipped to one past the range (int8 up to 7 bits, int16 above), from
-    which the backward kernel rebuilds each state and its clamp mask.  (Blocks of a few MB come
+    ``qssm.models.s4d.readout`` does (Re(C x) per mode, summed in ``halving_sum``'s order), so
+    codes and outputs are bit-identical to the step loop.  The kernels keep the batch as the
+    innermost axis (state (H, P, n, B)): every inner loop runs over independent sequences with
+    the mode's parameters held in registers, and vectorizes.  Saved, one array per block: the
+    rounded codes before clamping, clipped to one past the range (int8 up to 7 bits, int16
+    above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of a few MB come
     back from the allocator's free lists step after step; one 100 MB array would be a fresh
     mapping whose pages fault in on every training step.)"""
 
