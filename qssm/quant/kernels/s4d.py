@@ -38,9 +38,9 @@ class S4DScan(torch.autograd.Function):
     innermost axis (state (H, P, n, B)): every inner loop runs over independent sequences with
     the mode's parameters held in registers, and vectorizes.  Saved, one array per block: the
     rounded codes before clamping, clipped to one past the range (int8 up to 7 bits, int16
-    above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of a few MB come
-    back from the allocator's free lists step after step; one 100 MB array would be a fresh
-    mapping whose pages fault in on every training step.)"""
+    above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of
+    a few MB come back from the allocator's free lists step after step; one 100 MB array would
+    be a fresh mapping whose pages fault in on every training step.)"""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
