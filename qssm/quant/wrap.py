@@ -12,6 +12,7 @@ from ..models.s4d import S4D
 from ..models.tags import Tap
 from .layers import QuantDelayConv, Quantized, QuantLinear, act_site, make_quantizer
 from .mingru import QuantMinGRU
+from .quantizers import Site
 from .roles import resolve
 from .s4d import QuantS4D
 
@@ -27,7 +28,7 @@ def swap(module: nn.Module, quant) -> nn.Module:
     return module
 
 
-def model_sites(model: nn.Module) -> list[tuple[str, str, object]]:
+def model_sites(model: nn.Module) -> list[tuple[str, str, Site]]:
     """(module name, site name, Site) for every quantizable tensor of a swapped model."""
     out = []
     for name, module in model.named_modules():
