@@ -5,9 +5,9 @@ import contextlib
 
 import numpy as np
 import torch
+from qssm.models.quantizable import Quantizable
 
 from qssm.models.mingru import MinGRU
-from qssm.models.quantizable import Quantizable
 from qssm.quant.quantizers import SiteQuantizer
 
 from . import intref, onnx_export

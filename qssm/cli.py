@@ -7,14 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+from hwmap.hwaware import hardware_noise
 from hwmap.lower import LoweringError
 from hwmap.mapping import MappingError
-from hwmap.targets import TargetError
+from hwmap.targets import TargetError, load_target
 
 from .data import DataError
 from .io import CheckpointError, read_json, write_json
 from .recipe import RecipeError, load_recipe
 from .runs import (
+    Hardware,
     RunError,
     check_quant,
     eval_run,
@@ -40,6 +42,10 @@ USER_ERRORS = (
 )
 
 
+# hardware-aware QAT: qat.hardware targets and their analog noise come from hwmap
+HARDWARE = Hardware(check=lambda cfg: load_target(cfg.target), noise=hardware_noise)
+
+
 class Regression(Exception):
     """A sweep that moved away from its golden table (exit status 1)."""
 
@@ -54,7 +60,7 @@ def _prepare(args, quant: bool = True, check=None):
     Returns (recipe, data, run dir, float source or None)."""
     recipe = load_recipe(args.recipe)
     if quant:
-        check_quant(recipe, args.recipe)
+        check_quant(recipe, args.recipe, HARDWARE)
     if check is not None:
         check(recipe)
     data = load_data(recipe)
@@ -73,7 +79,7 @@ def cmd_train(args) -> dict:
 
 def cmd_quantize(args) -> dict:
     recipe, data, out, source = _prepare(args)
-    m = quantize_run(recipe, data, out, source, progress=not args.quiet)
+    m = quantize_run(recipe, data, out, source, progress=not args.quiet, hardware=HARDWARE)
     stages = ", ".join(
         f"{k} {100 * m[k]['accuracy']:.2f} %" for k in ("float", "ptq", "qat") if k in m
     )
@@ -158,7 +164,9 @@ def cmd_search(args) -> dict:
         raise RunError(f"search: {err}") from None
     bits = ", ".join(f"{r} {b}" for r, b in sorted(record["chosen_bits"].items()))
     print(f"chosen bits: {bits}")
-    m = quantize_run(chosen, data, out, progress=not args.quiet, extra={"search": record})
+    m = quantize_run(
+        chosen, data, out, progress=not args.quiet, extra={"search": record}, hardware=HARDWARE
+    )
     stage = "qat" if "qat" in m else "ptq"
     print(
         f"{stage.upper()} {100 * m[stage]['accuracy']:.2f} % at "

@@ -9,6 +9,8 @@ import contextlib
 import copy
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +46,17 @@ class RunError(ValueError):
     """A run dir that cannot be used as asked; the message says what to do instead."""
 
 
+@dataclass(frozen=True)
+class Hardware:
+    """What hardware-aware QAT (``qat.hardware``) needs of a hardware package; ``qssm.cli``
+    passes hwmap's.  ``check(cfg)`` raises ValueError for a target it cannot load;
+    ``noise(model, cfg, x)`` (x: the training inputs, numpy) is a context manager inside which
+    the quantized model trains with the target's analog errors, yielding a summary."""
+
+    check: Callable
+    noise: Callable
+
+
 def open_run(out: Path, recipe: Recipe, force: bool) -> Path:
     """Check ``out`` can take this recipe and write the resolved ``recipe.yaml`` into it.
 
@@ -74,11 +87,11 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(header: dict, quant: dict | None = None) -> Classifier:
-    """A model from its description; quantized (sites attached) when ``quant`` is given."""
+def build_model(header: dict, quant: dict | None = None) -> torch.nn.Module:
+    """A model from its description; quantized (``wrap``) when ``quant`` is given."""
     model = Classifier(header["model"], header["d_input"], header["n_classes"])
     if quant is not None:
-        wrap(model, QuantConfig.model_validate(quant))
+        model, _ = wrap(model, QuantConfig.model_validate(quant))
     return model
 
 
@@ -100,7 +113,23 @@ def saved_quant(header: dict) -> dict | None:
     return quant
 
 
-def load_run_model(run_dir: Path, stem: str = "model") -> tuple[Classifier, dict]:
+def saved_tensors(tensors: dict, model: torch.nn.Module) -> dict:
+    """A saved quantized model's tensors under today's names.  Runs saved before the float
+    blocks had activation taps kept an activation quantizer ``<module>.qz.<site>`` where it is
+    now ``<module>.taps.<site>``, and a discrete S4D stored the continuous parameters it no
+    longer uses (dropped)."""
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    out = {}
+    for key, value in tensors.items():
+        moved = re.sub(r"(^|\.)qz\.", r"\1taps.", key, count=1)
+        if moved != key and moved.partition(".quant.")[0] in modules:
+            out[moved] = value
+        elif key in params or not re.search(r"\.ssm\.(log_dt|log_A_real|A_imag|B)$", key):
+            out[key] = value
+    return out
+
+
+def load_run_model(run_dir: Path, stem: str = "model") -> tuple[torch.nn.Module, dict]:
     """Rebuild a run's model (float or quantized) from its files alone (nothing unpickled)."""
     header, tensors = load_model_files(run_dir, stem)
     source = str(run_dir / f"{stem}.safetensors")
@@ -114,7 +143,7 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[Classifier, dict
         load_state(model, tensors, source)
     else:  # Brevitas restores the calibrated scales through its own state-dict hooks
         try:
-            model.load_state_dict(tensors)
+            model.load_state_dict(saved_tensors(tensors, model))
         except RuntimeError as err:
             raise CheckpointError(
                 f"{source}: tensors do not match the described model ({err})"
@@ -223,9 +252,10 @@ def train_run(recipe: Recipe, data: Dataset, out: Path, progress: bool = True) -
     return _finish(out, {"recipe": recipe.name, "float": float_metrics}, recipe, data)
 
 
-def check_quant(recipe: Recipe, source: str = "recipe") -> None:
+def check_quant(recipe: Recipe, source: str = "recipe", hardware: Hardware | None = None) -> None:
     """Resolve the recipe's ``quant`` section against its model before any work is done: unknown
-    combinations and targets that match nothing fail here, naming the recipe key."""
+    combinations and targets that match nothing fail here, naming the recipe key; a
+    ``qat.hardware`` target is checked by ``hardware``."""
     if recipe.quant is None:
         raise RecipeError(
             f"{source}: no `quant` section; add one (see recipes/ptq_8.yaml) "
@@ -242,11 +272,11 @@ def check_quant(recipe: Recipe, source: str = "recipe") -> None:
                 f"{source}: qat.hardware: hardware-aware QAT models the hardware minGRU's analog "
                 f"signals; model.family is {recipe.model.family}, use mingru_hw or drop it"
             )
-        from hwmap.targets import TargetError, load_target
-
+        if hardware is None:
+            raise RecipeError(f"{source}: qat.hardware needs a hardware package (the qssm CLI's)")
         try:
-            load_target(hw.target)
-        except TargetError as err:
+            hardware.check(hw)
+        except ValueError as err:
             raise RecipeError(f"{source}: qat.hardware.target: {err}") from None
 
 
@@ -257,16 +287,18 @@ def quantize_run(
     source: str | None = None,
     progress: bool = True,
     extra: dict | None = None,
+    hardware: Hardware | None = None,
 ) -> dict:
     """``qssm quantize``: float model → PTQ calibration + evaluation → QAT + evaluation.
-    The caller has checked the recipe (``check_quant``) and the source (``float_source``)."""
+    The caller has checked the recipe (``check_quant``) and the source (``float_source``);
+    ``hardware`` gives hardware-aware QAT its noise."""
     model, float_metrics = float_stage(recipe, data, out, source, "float", progress)
     float_params = n_params(model)
     teacher = None
     if recipe.qat.distill > 0:  # the float model, kept unquantized, teaches the QAT model
         teacher = (copy.deepcopy(model).eval(), recipe.float.mode, recipe.qat.distill)
     seed_everything(recipe.seed)
-    table = wrap(model, recipe.quant)
+    model, table = wrap(model, recipe.quant)
     metrics = {"recipe": recipe.name, "float": float_metrics, **(extra or {})}
     t0 = time.perf_counter()
     calibrate(
@@ -286,9 +318,7 @@ def quantize_run(
         t0 = time.perf_counter()
         noise = contextlib.nullcontext()
         if recipe.qat.hardware is not None:  # lowered and mapped with the calibrated scales
-            from hwmap.hwaware import hardware_noise
-
-            noise = hardware_noise(model, recipe.qat.hardware, data.train.x.numpy())
+            noise = hardware.noise(model, recipe.qat.hardware, data.train.x.numpy())
         with noise as summary:
             history = fit(
                 model,

@@ -147,7 +147,7 @@ def _footprint(recipe: Recipe, run_dir: Path, point: dict) -> dict:
     quantizer's scales exist and are counted)."""
     model, _ = load_run_model(run_dir, "float")
     float_params = n_params(model)
-    table = wrap(model, QuantConfig.model_validate(point["quant"]))
+    model, table = wrap(model, QuantConfig.model_validate(point["quant"]))
     model.train()
     with calibration_mode(model), torch.no_grad():
         model(load_data(recipe).train.x[:2], "recurrent")

@@ -140,7 +140,7 @@ def run_point(sweep_dir: str, point: dict) -> dict:
     model, _ = load_run_model(sweep_dir, "float")
     float_params = n_params(model)
     seed_everything(point["seed"])
-    table = wrap(model, QuantConfig.model_validate(point["quant"]))
+    model, table = wrap(model, QuantConfig.model_validate(point["quant"]))
     calibrate(
         model,
         data.train,

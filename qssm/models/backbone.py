@@ -4,14 +4,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant.quantizers import Site
 from .mgrade import MLP, MGradeLayer
 from .mingru import MinGRU
-from .quantizable import QLinear, Quantizable, act_site
 from .s4d import S4D
+from .tags import Tap, tag, taps
 
 
-class S4DBlock(Quantizable, nn.Module):
+class S4DBlock(nn.Module):
     """S4D → GELU → Linear(H → 2H) → GLU, with a residual."""
 
     def __init__(
@@ -19,18 +18,15 @@ class S4DBlock(Quantizable, nn.Module):
     ):
         super().__init__()
         self.ssm = S4D(d_model, d_state, real=real, init=init, dt_min=dt_min, dt_max=dt_max)
-        self.linear = QLinear(d_model, 2 * d_model)
-
-    def sites(self) -> dict[str, Site]:
-        H = self.linear.in_features
-        return {k: act_site("act.output", H) for k in ("gelu", "block")}
+        self.linear = nn.Linear(d_model, 2 * d_model)
+        self.taps = taps(d_model, "gelu", "block")
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
-        h = self.q("gelu", F.gelu(self.ssm(x, mode)))
-        return self.q("block", x + F.glu(self.linear(h), dim=-1))
+        h = self.taps.gelu(F.gelu(self.ssm(x, mode)))  # (B, L, H)
+        return self.taps.block(x + F.glu(self.linear(h), dim=-1))
 
 
-class MinGRUBlock(Quantizable, nn.Module):
+class MinGRUBlock(nn.Module):
     """Standard: x + minGRU(LN x), then x + MLP(LN x).  Hardware: binary minGRU output, no skip."""
 
     def __init__(self, d_model: int, hardware: bool, mlp_ratio: int):
@@ -40,18 +36,13 @@ class MinGRUBlock(Quantizable, nn.Module):
         if not hardware:
             self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
             self.mlp = MLP(d_model, mlp_ratio)
-
-    def sites(self) -> dict[str, Site]:
-        if self.hardware:
-            return {}
-        H = self.norm1.normalized_shape[0]
-        return {k: act_site("act.output", H) for k in ("norm1", "mid", "norm2", "block")}
+        self.taps = taps(d_model, *() if hardware else ("norm1", "mid", "norm2", "block"))
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         if self.hardware:
             return self.gru(x, mode)
-        x = self.q("mid", x + self.gru(self.q("norm1", self.norm1(x)), mode))
-        return self.q("block", x + self.mlp(self.q("norm2", self.norm2(x))))
+        x = self.taps.mid(x + self.gru(self.taps.norm1(self.norm1(x)), mode))
+        return self.taps.block(x + self.mlp(self.taps.norm2(self.norm2(x))))
 
 
 FAMILIES = ("s4d", "s4d_real", "mingru", "mingru_hw", "mgrade")
@@ -69,32 +60,31 @@ def make_block(family: str, d_model: int, cfg: dict) -> nn.Module:
     raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-class Classifier(Quantizable, nn.Module):
+class Classifier(nn.Module):
     def __init__(self, config: dict, d_input: int, n_classes: int):
         """``config``: the recipe's ``model`` section as a dict (family, d_model, …)."""
         super().__init__()
         self.config = dict(config)
         self.d_input, self.n_classes = d_input, n_classes
-        d_model = config["d_model"]
-        self.encoder = QLinear(d_input, d_model, "encoder.weight", "encoder.bias")
+        H = config["d_model"]
+        self.encoder = tag(nn.Linear(d_input, H), weight="encoder.weight", bias="encoder.bias")
         self.blocks = nn.ModuleList(
-            make_block(config["family"], d_model, config) for _ in range(config["n_layers"])
+            make_block(config["family"], H, config) for _ in range(config["n_layers"])
         )
         self.pool = config["pool"]
-        self.decoder = QLinear(d_model, n_classes, "decoder.weight", "decoder.bias")
-
-    def sites(self) -> dict[str, Site]:
-        H = self.encoder.out_features
-        return {
-            "input": act_site("act.input", self.d_input),
-            "encoder": act_site("act.output", H),
-            "pool": act_site("act.output", H, ndim=2),
-        }
+        self.decoder = tag(nn.Linear(H, n_classes), weight="decoder.weight", bias="decoder.bias")
+        self.taps = nn.ModuleDict(
+            {
+                "input": Tap("act.input", d_input),
+                "encoder": Tap("act.output", H),
+                "pool": Tap("act.output", H, ndim=2),  # (B, H)
+            }
+        )
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
         """x (B, L, d_input) → logits (B, n_classes)."""
-        h = self.q("encoder", self.encoder(self.q("input", x)))  # (B, L, H)
+        h = self.taps.encoder(self.encoder(self.taps.input(x)))  # (B, L, H)
         for block in self.blocks:
             h = block(h, mode)
-        h = h.mean(1) if self.pool == "mean" else h[:, -1]
-        return self.decoder(self.q("pool", h))
+        h = h.mean(1) if self.pool == "mean" else h[:, -1]  # (B, H)
+        return self.decoder(self.taps.pool(h))

@@ -11,64 +11,62 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant.quantizers import Site
 from .mingru import MinGRU
-from .quantizable import QLinear, Quantizable, act_site
+from .tags import tag, taps
 
 
-class DelayConv(Quantizable, nn.Module):
-    """With ``integer_delays`` (role ``conv.delay`` quantized) the kernel is an exact delay line:
-    each tap sits at its rounded delay (σ → 0), and the delays no longer move."""
+def interpolated_kernel(weight, delay, max_delay: int, sigma: float) -> torch.Tensor:
+    """Tap weights (H, T) at continuous delays (H, T) → kernel (H, max_delay); index j is
+    delay j."""
+    j = torch.arange(max_delay, dtype=delay.dtype, device=delay.device)
+    d = delay.clamp(0, max_delay - 1).unsqueeze(-1)  # (H, T, 1)
+    g = torch.exp(-((j - d) ** 2) / (2 * sigma**2))  # (H, T, J)
+    g = g / g.sum(-1, keepdim=True)
+    return torch.einsum("ht,htj->hj", weight, g)
 
+
+def causal_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal convolution: u (B, L, H), kernel (H, J) with index j delay j →
+    (B, L, H)."""
+    k = kernel.flip(-1).unsqueeze(1)  # (H, 1, J), conv1d correlates
+    x = F.pad(u.transpose(1, 2), (kernel.shape[-1] - 1, 0))
+    return F.conv1d(x, k, groups=u.shape[-1]).transpose(1, 2)
+
+
+class DelayConv(nn.Module):
     def __init__(self, channels: int, max_delay: int = 64, n_taps: int = 4, sigma: float = 0.5):
         super().__init__()
         self.max_delay, self.sigma = max_delay, sigma
-        self.integer_delays = False
         spread = torch.linspace(0, max_delay - 1, n_taps)  # taps spread over the window
         self.delay = nn.Parameter(spread.repeat(channels, 1))  # (H, n_taps)
         self.weight = nn.Parameter(torch.randn(channels, n_taps) / n_taps**0.5)  # (H, n_taps)
-
-    def sites(self) -> dict[str, Site]:
-        return {"weight": Site("conv.weight", (self.weight.shape[0], 1), 0)}
-
-    def taps(self) -> torch.Tensor:
-        """Integer delays (H, n_taps), as the delay line of the quantized model uses them."""
-        return self.delay.detach().round().clamp(0, self.max_delay - 1).long()
+        tag(self, weight="conv.weight", delay="conv.delay")
 
     def kernel(self) -> torch.Tensor:
         """(H, max_delay); index j is delay j."""
-        weight = self.q("weight", self.weight)
-        if self.integer_delays:
-            onehot = F.one_hot(self.taps(), self.max_delay).to(weight.dtype)  # (H, T, J)
-            return torch.einsum("ht,htj->hj", weight, onehot)
-        j = torch.arange(self.max_delay, dtype=self.delay.dtype, device=self.delay.device)
-        d = self.delay.clamp(0, self.max_delay - 1).unsqueeze(-1)  # (H, T, 1)
-        g = torch.exp(-((j - d) ** 2) / (2 * self.sigma**2))  # (H, T, J)
-        g = g / g.sum(-1, keepdim=True)
-        return torch.einsum("ht,htj->hj", weight, g)
+        return interpolated_kernel(self.weight, self.delay, self.max_delay, self.sigma)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, H) → (B, L, H), causal."""
-        k = self.kernel().flip(-1).unsqueeze(1)  # (H, 1, J), conv1d correlates
-        x = F.pad(u.transpose(1, 2), (self.max_delay - 1, 0))
-        return F.conv1d(x, k, groups=u.shape[-1]).transpose(1, 2)
+        return causal_conv(u, self.kernel())
 
 
-class MLP(Quantizable, nn.Module):
-    """Linear → GELU → Linear, the GELU output quantizable as ``act.output``."""
+class MLP(nn.Module):
+    """Linear → GELU → Linear, the GELU output an ``act.output`` tap."""
 
     def __init__(self, d_model: int, ratio: int):
         super().__init__()
-        self.fc1, self.fc2 = QLinear(d_model, ratio * d_model), QLinear(ratio * d_model, d_model)
-
-    def sites(self) -> dict[str, Site]:
-        return {"gelu": act_site("act.output", self.fc1.out_features)}
+        self.fc1, self.fc2 = (
+            nn.Linear(d_model, ratio * d_model),
+            nn.Linear(ratio * d_model, d_model),
+        )
+        self.taps = taps(ratio * d_model, "gelu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.q("gelu", F.gelu(self.fc1(x))))
+        return self.fc2(self.taps.gelu(F.gelu(self.fc1(x))))
 
 
-class MGradeLayer(Quantizable, nn.Module):
+class MGradeLayer(nn.Module):
     """LayerNorm → delay conv → minGRU → MLP, with a residual around the whole."""
 
     def __init__(self, d_model: int, max_delay: int, n_taps: int, sigma: float, mlp_ratio: int):
@@ -77,11 +75,8 @@ class MGradeLayer(Quantizable, nn.Module):
         self.conv = DelayConv(d_model, max_delay, n_taps, sigma)
         self.gru = MinGRU(d_model, d_model)
         self.mlp = MLP(d_model, mlp_ratio)
-
-    def sites(self) -> dict[str, Site]:
-        H = self.norm.normalized_shape[0]
-        return {k: act_site("act.output", H) for k in ("norm", "conv", "block")}
+        self.taps = taps(d_model, "norm", "conv", "block")  # "norm": the delay line's input
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
-        u = self.q("conv", self.conv(self.q("norm", self.norm(x))))  # delay-line input and output
-        return self.q("block", x + self.mlp(self.gru(u, mode)))
+        u = self.taps.conv(self.conv(self.taps.norm(self.norm(x))))  # (B, L, H)
+        return self.taps.block(x + self.mlp(self.gru(u, mode)))

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -36,3 +39,10 @@ def test_last_step_pooling_ignores_nothing_before_the_end():
     y = x.clone()
     y[:, 0] += 5  # an early change still reaches the last step through the state
     assert not torch.allclose(model(x), model(y))
+
+
+def test_float_model_imports_no_quantization():
+    """qssm.models is float only: importing every family loads nothing of qssm.quant."""
+    code = "import sys, qssm.models.backbone; print([m for m in sys.modules if 'quant' in m])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "qssm.quant" not in out.stdout and "brevitas" not in out.stdout

@@ -55,25 +55,6 @@ def test_discretized_state_matrix_is_stable_and_real_variant_is_charge_sharing()
     assert (S4D(d_model=4, d_state=8).discretize()[0].abs() < 1).all()
 
 
-@pytest.mark.parametrize("real", [False, True])
-@pytest.mark.parametrize("discrete", [False, True])
-def test_folding_b_into_c_keeps_the_outputs_and_drops_b(real, discrete):
-    torch.manual_seed(3)
-    ssm = S4D(d_model=3, d_state=8, real=real).double()
-    if discrete:
-        ssm.make_discrete(polar=False)
-    u = torch.randn(2, 30, 3, dtype=torch.float64)
-    with torch.no_grad():
-        before = ssm(u, "recurrent")
-        ssm.fold_b()
-        after = ssm(u, "recurrent")
-    names = {n for n, _ in ssm.named_parameters()}
-    assert not names & {"B", "B_bar"} and "ssm.B" not in {s.role for s in ssm.sites().values()}
-    assert (ssm.discretize()[1] == 1).all()  # the input enters the state unweighted
-    torch.testing.assert_close(after, before, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ssm(u, "parallel"), after, rtol=1e-9, atol=1e-9)
-
-
 def test_published_small_model_size():
     """H=16, N=64: S4D layer has 2,080 parameters (3,850 in the published classifier)."""
     assert sum(p.numel() for p in S4D(16, 64).parameters()) == 1024 + 1024 + 16 + 512 + 512 + 16

@@ -142,7 +142,9 @@ def test_scale_that_underflows_its_dtype_is_a_recipe_error():
 
     cfg = dict(family="s4d", d_model=2, d_state=4, n_layers=1, pool="mean", init="lin")
     model = Classifier({**cfg, "dt_min": 1e-3, "dt_max": 1e-1}, 1, 2)
-    wrap(model, QuantConfig.model_validate({"default": {"scale_dtype": "float8_e4m3fn"}}))
+    model, _ = wrap(
+        model, QuantConfig.model_validate({"default": {"scale_dtype": "float8_e4m3fn"}})
+    )
     model.train()
     with calibration_mode(model):
         model(torch.full((2, 5, 1), 1e-6), "recurrent")  # e4m3's smallest value is 2^-9

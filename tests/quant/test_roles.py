@@ -20,7 +20,7 @@ S4D = dict(
 
 
 def table_for(quant: dict, model=S4D):
-    return wrap(Classifier(model, 1, 3), QuantConfig.model_validate(quant))
+    return wrap(Classifier(model, 1, 3), QuantConfig.model_validate(quant))[1]
 
 
 def test_default_then_targets_in_order_and_module_patterns():
@@ -81,7 +81,8 @@ def test_settings_the_model_cannot_take_are_errors():
 
 def test_folded_b_is_not_stored():
     model = Classifier(S4D, 1, 3)
-    fp = footprint(model, wrap(model, QuantConfig.model_validate({"fold_b": True})), 0)
+    model, t = wrap(model, QuantConfig.model_validate({"fold_b": True}))
+    fp = footprint(model, t, 0)
     assert "ssm.B" not in fp["per_role"] and "ssm.C" in fp["per_role"]
 
 
@@ -128,7 +129,7 @@ def test_footprint_hand_computed():
     """H=4, n=3 complex modes, 1 layer: Ā, state at 8 bits, everything else at 4."""
     model = Classifier({**S4D, "n_layers": 1}, 1, 3)
     float_params = sum(p.numel() for p in model.parameters())
-    t = wrap(
+    model, t = wrap(
         model,
         QuantConfig.model_validate(
             {"default": {"bits": 4}, "targets": [{"roles": ["ssm.A", "ssm.state"], "bits": 8}]}
@@ -167,7 +168,7 @@ def test_footprint_counts_per_element_state_scales_at_their_dtype():
 
     def scale_bits(quant: dict) -> int:
         model = Classifier({**S4D, "n_layers": 1}, 1, 3)
-        t = wrap(model, QuantConfig.model_validate(quant))
+        model, t = wrap(model, QuantConfig.model_validate(quant))
         fp = footprint(model, t, sum(p.numel() for p in model.parameters()))
         return fp["per_role"]["quantizer scales"]["bits_stored"]
 
@@ -206,7 +207,7 @@ def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():
     model = Classifier(cfg, 1, 3)
     with torch.no_grad():
         model.blocks[0].conv.delay.copy_(torch.tensor([[0.2, 4.6, 9.4]] * 4))
-    t = wrap(model, QuantConfig.model_validate({"default": {"bits": 8}}))
+    model, t = wrap(model, QuantConfig.model_validate({"default": {"bits": 8}}))
     conv = model.blocks[0].conv
     assert conv.integer_delays and conv.taps()[0].tolist() == [0, 5, 9]
     k = conv.kernel()
@@ -218,7 +219,7 @@ def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():
 
 def test_role_at_two_bits_has_at_most_four_values_per_scale_group():
     model = Classifier({**S4D, "n_layers": 1}, 1, 3)
-    wrap(
+    model, _ = wrap(
         model,
         QuantConfig.model_validate(
             {

@@ -1,18 +1,17 @@
-"""The fast recurrences (one autograd node per sequence) against the plain Brevitas step loop:
+"""The fused S4D kernel (one autograd node per sequence) against the plain Brevitas step loop:
 identical forward values (so identical state codes) and equal gradients, clamping included."""
 
 import pytest
 import torch
 from brevitas.graph.calibrate import calibration_mode
 
-from qssm.models.mingru import MinGRU
 from qssm.models.s4d import S4D
 from qssm.quant.wrap import wrap
 from qssm.recipe import QuantConfig
 
 
 def quantized(module, quant: dict, calib: torch.Tensor, *args):
-    wrap(module, QuantConfig.model_validate(quant))
+    module, _ = wrap(module, QuantConfig.model_validate(quant))
     module.train()
     with calibration_mode(module), torch.no_grad():
         module(calib, *args)
@@ -70,27 +69,11 @@ def test_s4d_scan_matches_step_loop(real, quant):
     assert_same(grads(m, lambda: m(u, "recurrent")), grads(m, loop))
 
 
-@pytest.mark.parametrize("hardware", [False, True])
-@pytest.mark.parametrize("state", [{"bits": 8, "granularity": "per_channel"}, {"enabled": False}])
-def test_gate_scan_matches_step_loop(hardware, state):
-    torch.manual_seed(0)
-    quant = {"default": {"bits": 6}, "targets": [{"roles": ["gru.state"], **state}]}
-    m = quantized(MinGRU(3, 5, hardware=hardware), quant, torch.randn(8, 30, 3), "recurrent")
-    x = 2 * torch.randn(4, 30, 3)
-
-    def loop():
-        z = m.q("gate", m.gate(m.Wz(x)))
-        z = m._at_most_one(z) if hardware else z
-        return m.output(m.step_loop(1 - z, z * m.q("cand", m.Wh(x))))
-
-    assert_same(grads(m, lambda: m(x, "recurrent")), grads(m, loop))
-
-
 def test_kernel_sums_modes_in_the_readout_order():
     """The fused kernel's readout adds the modes in ``halving_sum``'s order: bit-identical for
     every length, odd ones included (float32 addition is not associative, so order matters)."""
     from qssm.models.s4d import halving_sum
-    from qssm.quant.scan import _halving_sum
+    from qssm.quant.kernels.s4d import _halving_sum
 
     g = torch.Generator().manual_seed(0)
     differs = 0  # lengths where a left-to-right sum gives another float32: order is visible

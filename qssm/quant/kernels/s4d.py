@@ -1,46 +1,13 @@
-"""Fast quantized recurrences for QAT: one autograd node per sequence instead of ~10 per step.
-
-The plain recurrent loop builds an autograd graph of L × (complex multiply, add, divide, round,
-clamp, multiply, readout) nodes and keeps every intermediate alive for the backward pass; at
-L = 784 that costs seconds per batch and gigabytes.  These functions run the same forward
-arithmetic — the same operations on the same values in the same order, so the state codes are
-bit-identical (for S4D a numba kernel, for minGRU torch ops under ``no_grad``) — keep only the
-integer state codes (int8 up to 7 bits, int16 above), and run a hand-written
-backward-through-time (for S4D a numba kernel, one pass over time in float64) with the
-straight-through estimator of Brevitas' ``IntQuant``: the gradient
-passes the rounding unchanged, the clamp where the code is inside [qmin, qmax], and the scale gets
-∂x/∂s = (code − zp) − [inside]·p/s.
-
-``tests/quant/test_scan.py`` checks forward codes and every gradient against the plain loop.
-"""
+"""The quantized S4D recurrence as one autograd node: numba kernels forward and backward."""
 
 import numba
 import numpy as np
 import torch
 
+from . import code_dtype
+
 # numba's OpenMP layer would share libgomp with torch and reset torch's thread count
 numba.config.THREADING_LAYER = "workqueue"
-
-
-def _code_dtype(qmin: int, qmax: int) -> torch.dtype:
-    for dtype in (torch.int8, torch.int16, torch.int32):
-        info = torch.iinfo(dtype)
-        if info.min <= qmin and qmax <= info.max:
-            return dtype
-    return torch.float32
-
-
-def _quant(p: torch.Tensor, scale, zp, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, x) as ``fake_quant`` computes them, on real parts (…, 2) or real values."""
-    codes = torch.clamp(torch.round(p / scale + zp), qmin, qmax)
-    return codes, (codes - zp) * scale
-
-
-def _ste(g: torch.Tensor, p: torch.Tensor, code: torch.Tensor, scale, zp, qmin, qmax):
-    """Gradient of ``fake_quant`` at p (parts): (∂L/∂p, ∂L/∂scale per element)."""
-    r = torch.round(p / scale + zp)
-    inside = ((r >= qmin) & (r <= qmax)).to(g.dtype)
-    return g * inside, g * ((code - zp) - inside * p / scale)
 
 
 CHUNK = 16  # timesteps per block of saved codes (2 MB at batch 64, 16 bits)
@@ -66,14 +33,14 @@ class S4DScan(torch.autograd.Function):
     Forward: a numba kernel runs the recurrence block by block (CHUNK timesteps) with the float32
     operations of the step loop in the same order — complex product, + B̄u, ÷ scale, + zp, round
     half to even, clamp, − zp, × scale, no fused multiply-add — and reads the state out as
-    ``S4D.readout`` does (Re(C x) per mode, summed in ``halving_sum``'s order), so codes and
-    outputs are bit-identical to the step loop.  The kernels keep the batch as the innermost
-    axis (state (H, P, n, B)): every inner loop runs over independent sequences with the
-    mode's parameters held in registers, and vectorizes.  Saved, one array per block: the rounded
-    codes before clamping, clipped to one past the range (int8 up to 7 bits, int16 above), from
-    which the backward kernel rebuilds each state and its clamp mask.  (Blocks of a few MB come
-    back from the allocator's free lists step after step; one 100 MB array would be a fresh
-    mapping whose pages fault in on every training step.)"""
+    ``qssm.models.s4d.readout`` does (Re(C x) per mode, summed in ``halving_sum``'s order), so
+    codes and outputs are bit-identical to the step loop.  The kernels keep the batch as the
+    innermost axis (state (H, P, n, B)): every inner loop runs over independent sequences with
+    the mode's parameters held in registers, and vectorizes.  Saved, one array per block: the
+    rounded codes before clamping, clipped to one past the range (int8 up to 7 bits, int16
+    above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of
+    a few MB come back from the allocator's free lists step after step; one 100 MB array would
+    be a fresh mapping whose pages fault in on every training step.)"""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
@@ -82,7 +49,7 @@ class S4DScan(torch.autograd.Function):
         full = (*A.shape, 2 if cplx else 1)  # (H, n, P)
         H, n, P = full
         A_, B_, C_, s_, z_ = (_parts_first(t, full, torch.float32) for t in (A, B, C, scale, zp))
-        code = _code_dtype(qmin - 1, qmax + 1)
+        code = code_dtype(qmin - 1, qmax + 1)
         x = np.zeros((H, P, n, Bsz), dtype=np.float32)
         u_ = u.detach().permute(1, 2, 0).contiguous().numpy()  # (L, H, B)
         y = torch.empty(L, H, Bsz, dtype=torch.float32)
@@ -284,58 +251,3 @@ def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, s
 def _threads() -> None:
     """numba's threads follow torch's (``torch.set_num_threads``, ``OMP_NUM_THREADS``)."""
     numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-
-
-class GateScan(torch.autograd.Function):
-    """h_t = Q(keep_t ⊙ h_{t−1} + write_t): the minGRU recurrence, (B, L, H) → (B, L, H).
-    Without a scale the state is analog (no quantization)."""
-
-    @staticmethod
-    def forward(ctx, keep, write, scale, zp, qmin, qmax):
-        Bsz, L, H = keep.shape
-        quantized = scale is not None
-        codes = torch.empty((L, Bsz, H), dtype=_code_dtype(qmin, qmax)) if quantized else None
-        hs = torch.empty_like(keep)
-        h = torch.zeros(Bsz, H, dtype=keep.dtype)
-        for t in range(L):
-            h = keep[:, t] * h + write[:, t]
-            if quantized:
-                code, h = _quant(h, scale, zp, qmin, qmax)
-                codes[t] = code
-            hs[:, t] = h
-        if quantized:  # the states are rebuilt from their codes
-            ctx.save_for_backward(keep, write, codes, scale, zp)
-        else:
-            ctx.save_for_backward(keep, hs)
-        ctx.q = (qmin, qmax, quantized)
-        return hs
-
-    @staticmethod
-    def backward(ctx, gh_out):
-        qmin, qmax, quantized = ctx.q
-        if quantized:
-            keep, write, codes, scale, zp = ctx.saved_tensors
-            gscale = torch.zeros_like(gh_out[:, 0])  # (B, H), reduced to the scale's shape
-        else:
-            keep, hs = ctx.saved_tensors
-
-        def state(t):
-            if t < 0:
-                return torch.zeros_like(keep[:, 0])
-            return (codes[t].to(keep.dtype) - zp) * scale if quantized else hs[:, t]
-
-        gkeep, gwrite = torch.empty_like(keep), torch.empty_like(keep)
-        carry = torch.zeros_like(keep[:, 0])
-        for t in range(keep.shape[1] - 1, -1, -1):
-            h_prev = state(t - 1)
-            gp = gh_out[:, t] + carry  # ∂L/∂h_t
-            if quantized:
-                p = keep[:, t] * h_prev + write[:, t]
-                gp, gs = _ste(gp, p, codes[t].to(keep.dtype), scale, zp, qmin, qmax)
-                gscale += gs
-            gkeep[:, t] = gp * h_prev
-            gwrite[:, t] = gp
-            carry = gp * keep[:, t]
-        if not quantized:
-            return gkeep, gwrite, None, None, None, None
-        return gkeep, gwrite, gscale.sum_to_size(scale.shape), None, None, None
