@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from hwmap import intref
+from hwmap.graph import GraphError, load_graph, save_graph
 from hwmap.lower import lower
-from qssm.io import CheckpointError
 from qssm.runs import load_data, load_run_model
 
 
@@ -35,10 +35,10 @@ def test_streaming_equals_whole_sequences(tiny_run, recipe_of):
 
 def test_graph_files_round_trip_and_corrupt_files_fail(tiny_run, recipe_of, tmp_path):
     graph = lower(load_run_model(tiny_run("s4d_real"))[0])
-    intref.save_graph(graph, tmp_path)
-    again = intref.load_graph(tmp_path)
+    save_graph(graph, tmp_path)
+    again = load_graph(tmp_path)
     x = load_data(recipe_of("s4d_real")).test.x.numpy()[:4]
     assert np.array_equal(intref.run(graph, x)[0], intref.run(again, x)[0])
     (tmp_path / "graph.npz").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="qssm export"):
-        intref.load_graph(tmp_path)
+    with pytest.raises(GraphError, match="qssm export"):
+        load_graph(tmp_path)
