@@ -12,52 +12,41 @@ import numpy as np
 
 from . import intref
 from .graph import Graph
+from .ops import Symbolic
+
+SOURCE = {  # the ops' primitives (see hwmap.ops) as source over float64 arrays
+    "add": "({} + {})",
+    "sub": "({} - {})",
+    "mul": "({} * {})",
+    "div": "({} / {})",
+    "neg": "(-{})",
+    **{f: f"np.{f}({{}})" for f in ("exp", "sqrt", "abs", "sign", "floor")},
+    "clip": "np.minimum(np.maximum({}, {}), {})",
+    "shr": "np.floor({} * 2.0 ** -{})",
+    "float": "{}",
+    "codes": "{}",
+    "arange": "np.arange({})",
+    "positive": "np.where({} > 0.0, 1.0, 0.0)",
+    "drop_last": "{}[..., :-1]",
+    "gather": "{0}[{1}.ravel().astype(np.int64)].reshape({1}.shape)",
+}
+BOUND = {  # not elementwise: each result is bound to a local variable
+    "matmul": "{} @ {}",
+    "sum_last": "{}.sum(axis=-1)",
+    "sum_keep": "np.expand_dims({}.sum(axis=-1), -1)",
+    "unsqueeze_last": "np.expand_dims({}, -1)",
+    "concat_last": "np.concatenate(({}, {}), axis=-1)",
+}
 
 
-class Src:
-    """Source text of an array expression in the generated function (float64 arrays)."""
+class Src(Symbolic):
+    """Source text of an array expression in the generated function."""
 
-    def __init__(self, text: str):
-        self.text = text
+    def __init__(self, text: str, b: "Numba"):
+        self.text, self.b = text, b
 
-    def _op(self, sign: str, other, swap: bool = False) -> "Src":
-        a, b = self.text, lit(other)
-        return Src(f"({b} {sign} {a})" if swap else f"({a} {sign} {b})")
-
-    def __add__(self, o):
-        return self._op("+", o)
-
-    def __radd__(self, o):
-        return self._op("+", o, True)
-
-    def __sub__(self, o):
-        return self._op("-", o)
-
-    def __rsub__(self, o):
-        return self._op("-", o, True)
-
-    def __mul__(self, o):
-        return self._op("*", o)
-
-    def __rmul__(self, o):
-        return self._op("*", o, True)
-
-    def __truediv__(self, o):
-        return self._op("/", o)
-
-    def __rtruediv__(self, o):
-        return self._op("/", o, True)
-
-    def __neg__(self):
-        return Src(f"(-{self.text})")
-
-
-def lit(v) -> str:
-    return v.text if isinstance(v, Src) else repr(float(v))
-
-
-def call(fn: str, *args) -> Src:
-    return Src(f"{fn}({', '.join(lit(a) for a in args)})")
+    def apply(self, prim: str, *args) -> "Src":
+        return self.b.apply(prim, *args)
 
 
 class Numba:
@@ -70,6 +59,18 @@ class Numba:
         self.order: list[str] = []  # the constants the function reads, as globals c0, c1, …
         self.lines: list[str] = []
 
+    def __getattr__(self, prim: str):
+        if prim in SOURCE or prim in BOUND:
+            return lambda *args: self.apply(prim, *args)
+        raise AttributeError(prim)
+
+    def lit(self, v) -> str:
+        return v.text if isinstance(v, Src) else repr(float(v))
+
+    def apply(self, prim: str, *args) -> Src:
+        text = (SOURCE.get(prim) or BOUND[prim]).format(*map(self.lit, args))
+        return self.let(Src(text, self)) if prim in BOUND else Src(text, self)
+
     def get(self, name: str) -> Src:
         if name not in self.names:
             if name in self.consts:
@@ -77,106 +78,52 @@ class Numba:
                 self.order.append(name)
             else:
                 self.names[name] = f"v{len(self.names)}"
-        return Src(self.names[name])
+        return Src(self.names[name], self)
 
-    def let(self, value, name: str | None = None) -> Src:
+    def let(self, value: Src, name: str | None = None) -> Src:
         var = self.get(name).text if name else f"t{len(self.lines)}"
-        self.lines.append(f"{var} = {lit(value)}")
-        return Src(var)
-
-    def exp(self, v):
-        return call("np.exp", v)
-
-    def sqrt(self, v):
-        return call("np.sqrt", v)
-
-    def abs(self, v):
-        return call("np.abs", v)
-
-    def sign(self, v):
-        return call("np.sign", v)
-
-    def floor(self, v):
-        return call("np.floor", v)
-
-    def clip(self, v, lo, hi):
-        return call("np.minimum", call("np.maximum", v, lo), hi)
+        self.lines.append(f"{var} = {value.text}")
+        return Src(var, self)
 
     def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> Src:
-        return Src(f"np.rint({lit(self.get(src))} / {lit(self.get(scale))}).astype(np.float64)")
+        x, s = self.get(src).text, self.get(scale).text
+        return Src(f"np.rint({x} / {s}).astype(np.float64)", self)
 
-    def matmul(self, a, b):
-        return self.let(Src(f"({lit(a)} @ {lit(b)})"))
-
-    def sum_last(self, v, keep=False):
-        s = self.let(Src(f"{lit(v)}.sum(axis=-1)"))
-        return self.unsqueeze_last(s) if keep else s
-
-    def shr(self, v, shift):
-        return self.floor(v * 2.0**-shift)
-
-    def float(self, v):
-        return v
-
-    def codes(self, v):
-        return v
-
-    def halves(self, v):
-        v = self.let(v)
-        h = f"{v.text}.shape[-1] // 2"
-        return Src(f"{v.text}[..., :{h}]"), Src(f"{v.text}[..., {h}:]")
-
-    def gather(self, table, index):
-        i = self.let(index)
-        return self.let(
-            Src(f"{lit(table)}[{i.text}.ravel().astype(np.int64)].reshape({i.text}.shape)")
+    def halves(self, v: Src) -> tuple[Src, Src]:
+        v = self.let(v).text
+        return Src(f"{v}[..., :{v}.shape[-1] // 2]", self), Src(
+            f"{v}[..., {v}.shape[-1] // 2:]", self
         )
 
-    def arange(self, n):
-        return Src(f"(np.arange({n}) * 1.0)")
 
-    def positive(self, v):
-        return Src(f"np.where({lit(v)} > 0.0, 1.0, 0.0)")
+def compile_ops(ops: list, consts: dict, inputs: list[str], outputs: list[str]):
+    """``ops`` as one numba-compiled function of the tensors ``inputs`` (float64 arrays, the
+    float input ``x`` float32) → the tuple of ``outputs``; the constants are frozen in as
+    globals.  Returns (function, its source)."""
+    import numba
 
-    def unsqueeze_last(self, v):
-        return self.let(Src(f"np.expand_dims({lit(v)}, -1)"))
-
-    def drop_last(self, v):
-        return Src(f"{lit(v)}[..., :-1]")
-
-    def concat_last(self, a, b):
-        return self.let(Src(f"np.concatenate(({lit(a)}, {lit(b)}), axis=-1)"))
-
-
-def source(graph: Graph) -> tuple[str, list[str]]:
-    """Python source of ``step(x, *states) -> (*next_states,)`` over globals c0, c1, … (the
-    constants, in the returned order)."""
-    b = Numba(graph.consts)
-    states = [b.get(s.name).text for s in graph.states]
-    for op in graph.step:
+    b = Numba(consts)
+    args = ", ".join(b.get(name).text for name in inputs)
+    for op in ops:
         b.let(op.eval(b), op.out)
-    nexts = ", ".join(b.get(s.next).text for s in graph.states)
-    args = ", ".join(["x", *states])  # the constants are globals: numba freezes them in
-    body = "\n".join("    " + line for line in b.lines)
-    return f"def step({args}):\n{body}\n    return ({nexts},)\n", b.order
+    body = "".join(f"    {line}\n" for line in b.lines)
+    code = f"def f({args}):\n{body}    return ({', '.join(b.get(n).text for n in outputs)},)\n"
+    scope: dict = {"np": np}
+    for i, name in enumerate(b.order):  # float64 integers; the input scale stays float32
+        dtype = np.float32 if consts[name].dtype == np.float32 else np.float64
+        scope[f"c{i}"] = np.ascontiguousarray(consts[name], dtype=dtype)
+    exec(code, scope)  # generated from the ops, nothing external
+    return numba.njit(cache=False)(scope["f"]), code
 
 
 class CompiledStream:
     """``intref.Stream`` with the step compiled: the same states, the same codes."""
 
     def __init__(self, graph: Graph):
-        import numba
-
         self.graph = graph
-        code, order = source(graph)
-        scope: dict = {"np": np}
-        for i, name in enumerate(order):  # float64 integers; the input scale stays float32
-            value = graph.consts[name]
-            dtype = np.float32 if value.dtype == np.float32 else np.float64
-            scope[f"c{i}"] = np.ascontiguousarray(value, dtype=dtype)
-        exec(code, scope)  # generated from the graph's own ops, nothing external
-        self.source = code
-        self._step = numba.njit(cache=False)(scope["step"])
+        states = [s.name for s in graph.states]
+        nexts = [s.next for s in graph.states]
+        self._step, self.source = compile_ops(graph.step, graph.consts, ["x", *states], nexts)
         self.reset()
         self(np.zeros(graph.d_input, dtype=np.float32))  # compile now
         self.reset()

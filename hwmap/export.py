@@ -68,9 +68,8 @@ def staged(out: Path, keep_failed: bool):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _check(result: dict, stage: Path) -> None:
-    """verify.json, then VerifyError if a check failed."""
-    verify.gate(result)
+def _finish(result: dict, stage: Path) -> None:
+    """verify.json (after ``verify.gate``), then VerifyError if a check failed."""
     write_json(stage / "verify.json", result)
     if not result["passed"]:
         raise VerifyError(verify.failure(result))
@@ -124,40 +123,25 @@ def export_run(
     out = out or run_dir / "hw"
     with staged(out, keep_failed) as stage:
         result = _export(run_dir, model, graph, data.test.x.numpy()[:limit], stage, fmt, progress)
-        _check(result, stage)
+        verify.gate(result)
+        _finish(result, stage)
     return result
 
 
-def _jsonable(obj):
-    """The mapping without its arrays (those go to arrays.npz)."""
+def _split(obj, arrays: dict, path: str = ""):
+    """The mapping as JSON: arrays of more than one element go to ``arrays`` by dotted path
+    (arrays.npz), single elements become numbers."""
     if isinstance(obj, dict):
-        return {
-            k: _jsonable(v) for k, v in obj.items() if not isinstance(v, np.ndarray) or v.size == 1
-        }
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, np.ndarray) and v.size > 1:
+                arrays[f"{path}{k}"] = v
+            else:
+                out[k] = _split(v, arrays, f"{path}{k}.")
+        return out
     if isinstance(obj, list):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.item()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _arrays(mapping: dict) -> dict[str, np.ndarray]:
-    out = {}
-
-    def walk(prefix, obj):
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
-            for i, v in enumerate(obj):
-                walk(f"{prefix}.{i}", v)
-        elif isinstance(obj, np.ndarray) and obj.size > 1:
-            out[prefix] = obj
-
-    walk("", mapping)
-    return out
+        return [_split(v, arrays, f"{path}{i}.") for i, v in enumerate(obj)]
+    return obj.item() if isinstance(obj, (np.ndarray, np.generic)) else obj
 
 
 def monte_carlo(graph, mapping_fn, target, x, y, seeds, units, offsets, progress) -> list[dict]:
@@ -208,9 +192,10 @@ def map_run(
     x, y = data.test.x.numpy()[:limit], data.test.y.numpy()[:limit]
     with staged(out, keep_failed) as stage:
         result = _export(run_dir, model, graph, x, stage, "qcdq", progress)
-        write_json(stage / "mapping.json", _jsonable(mapping))
+        arrays: dict[str, np.ndarray] = {}
+        write_json(stage / "mapping.json", _split(mapping, arrays))
         with atomic_path(stage / "arrays.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, **_arrays(mapping))
+            np.savez(f, **arrays)
         result["sim_ideal_vs_intref"] = verify.sim_ideal_vs_intref(graph, mapping, target, x)
         if mc_seeds:
             result["monte_carlo"] = monte_carlo(
@@ -225,6 +210,7 @@ def map_run(
                 progress,
             )
             plot_monte_carlo({recipe.name: result["monte_carlo"]}, stage / "monte_carlo.png")
+        verify.gate(result)
         write_hw_report(stage, recipe.name, mapping, result)
-        _check(result, stage)
-    return {"mapping": _jsonable(mapping), "verify": result}
+        _finish(result, stage)
+    return {"mapping": _split(mapping, {}), "verify": result}

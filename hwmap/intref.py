@@ -11,61 +11,39 @@ import numpy as np
 from .graph import Graph
 from .ops import Op
 
+NUMPY = {  # the ops' primitives over numpy arrays (see hwmap.ops)
+    **{f: getattr(np, f) for f in ("exp", "sqrt", "abs", "sign", "floor", "clip", "matmul")},
+    "arange": np.arange,
+    "sum_last": lambda v: v.sum(-1),
+    "sum_keep": lambda v: v.sum(-1, keepdims=True),
+    "shr": lambda v, shift: v >> shift,
+    "float": lambda v: v.astype(np.float64),
+    "codes": lambda v: v.astype(np.int64),
+    "halves": lambda v: np.split(v, 2, axis=-1),
+    "gather": lambda table, index: table[index],
+    "positive": lambda v: (v > 0).astype(np.int64),
+    "unsqueeze_last": lambda v: v[..., None],
+    "drop_last": lambda v: v[..., :-1],
+    "concat_last": lambda a, b: np.concatenate([a, b], -1),
+}
+
 
 class Numpy:
     """The ops' backend over numpy arrays: int64 codes, float64 reals; tensors from ``env``."""
 
-    exp, sqrt, abs, sign, floor, matmul = np.exp, np.sqrt, np.abs, np.sign, np.floor, np.matmul
-    clip, arange = staticmethod(np.clip), staticmethod(np.arange)
-
     def __init__(self, env: dict, consts: dict):
         self.env, self.consts = env, consts
+
+    def __getattr__(self, prim: str):
+        if prim in NUMPY:
+            return NUMPY[prim]
+        raise AttributeError(prim)
 
     def get(self, name: str) -> np.ndarray:
         return self.env[name] if name in self.env else self.consts[name]
 
     def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> np.ndarray:
         return np.rint(self.get(src).astype(np.float32) / self.get(scale))
-
-    @staticmethod
-    def sum_last(v, keep=False):
-        return v.sum(-1, keepdims=keep)
-
-    @staticmethod
-    def shr(v, shift):
-        return v >> shift
-
-    @staticmethod
-    def float(v):
-        return v.astype(np.float64)
-
-    @staticmethod
-    def codes(v):
-        return v.astype(np.int64)
-
-    @staticmethod
-    def halves(v):
-        return np.split(v, 2, axis=-1)
-
-    @staticmethod
-    def gather(table, index):
-        return table[index]
-
-    @staticmethod
-    def positive(v):
-        return (v > 0).astype(np.int64)
-
-    @staticmethod
-    def unsqueeze_last(v):
-        return v[..., None]
-
-    @staticmethod
-    def drop_last(v):
-        return v[..., :-1]
-
-    @staticmethod
-    def concat_last(a, b):
-        return np.concatenate([a, b], -1)
 
 
 def init_state(graph: Graph, batch: int) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import intref
 from .graph import Graph, State, atomic_path
+from .ops import Symbolic
 
 OPSET = 21
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -131,7 +132,7 @@ class Emitter:
             return self.from_code(stored, 0, np_type, True, name)
         return self.init(name, value.astype(np.float64))
 
-    # ---- the ops' backend: tensors are Val, arithmetic adds nodes named after the op (hint)
+    # ---- the ops' backend: tensors are Val, primitives add nodes named after the op (hint)
 
     def lift(self, v) -> str:
         """A tensor name, a Val, or a number (a float64 scalar initializer)."""
@@ -145,44 +146,16 @@ class Emitter:
         self.nodes.append(helper.make_node(op, names, [out], domain=domain, **attrs))
         return out
 
-    def val(self, op: str, *inputs, **attrs) -> "Val":
+    def apply(self, op: str, *inputs, **attrs) -> "Val":
         return Val(self, self.node(op, list(inputs), **attrs))
+
+    def __getattr__(self, prim: str):
+        if prim in NODES:
+            return lambda *args: NODES[prim](self, *args)
+        raise AttributeError(prim)
 
     def get(self, name: str) -> "Val":
         return Val(self, self.weight(name) if name in self.consts else self.prefix + name)
-
-    def exp(self, v):
-        return self.val("Exp", v)
-
-    def sqrt(self, v):
-        return self.val("Sqrt", v)
-
-    def abs(self, v):
-        return self.val("Abs", v)
-
-    def sign(self, v):
-        return self.val("Sign", v)
-
-    def floor(self, v):
-        return self.val("Floor", v)
-
-    def clip(self, v, lo, hi):
-        return self.val("Clip", v, float(lo), float(hi))
-
-    def matmul(self, a, b):
-        return self.val("MatMul", a, b)
-
-    def sum_last(self, v, keep=False):
-        return self.val("ReduceSum", v, self.axis_last(), keepdims=int(keep))
-
-    def shr(self, v, shift):
-        return self.floor(v * 2.0**-shift)
-
-    def float(self, v):
-        return v
-
-    def codes(self, v):
-        return v
 
     def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> "Val":
         np_type, _, _ = code_type(min(lo + zp, 0), max(hi + zp, 0))
@@ -192,39 +165,14 @@ class Emitter:
         if self.qonnx:  # Quant at scale 1 on x / scale: the same rounding as QuantizeLinear
             code = self.quant(self.node("Div", [x, s]), zp, np_type, hint, dequant=False)
             v = self.node("Sub", [code, self.init(f"c/f{zp}", np.float32(zp))])
-            return self.val("Cast", v, to=TensorProto.DOUBLE)
+            return self.apply("Cast", v, to=TensorProto.DOUBLE)
         code = self.node("QuantizeLinear", [x, s, z])
         return Val(self, self.from_code(code, zp, np_type, True, hint))
 
-    def halves(self, v):
+    def halves(self, v: "Val") -> tuple["Val", "Val"]:
         a, g = self.tmp(self.hint), self.tmp(self.hint)
         self.nodes.append(helper.make_node("Split", [v.name], [a, g], axis=-1, num_outputs=2))
         return Val(self, a), Val(self, g)
-
-    def gather(self, table, index):
-        return self.val("Gather", table, self.val("Cast", index, to=TensorProto.INT64), axis=0)
-
-    def arange(self, n):
-        return Val(self, self.init(f"c/arange{n}", np.arange(n, dtype=np.float64)))
-
-    def positive(self, v):
-        return self.val("Cast", self.val("Greater", v, 0.0), to=TensorProto.DOUBLE)
-
-    def axis_last(self) -> str:
-        return self.init("c/axis_last", np.int64([-1]))
-
-    def unsqueeze_last(self, v):
-        return self.val("Unsqueeze", v, self.axis_last())
-
-    def drop_last(self, v):
-        start, end = (
-            self.init("c/zero_i64", np.int64([0])),
-            self.init("c/minus1_i64", np.int64([-1])),
-        )
-        return self.val("Slice", v, start, end, self.axis_last())
-
-    def concat_last(self, a, b):
-        return self.val("Concat", a, b, axis=-1)
 
     def set(self, value: str, out: str) -> None:
         self.nodes.append(helper.make_node("Identity", [value], [self.prefix + out]))
@@ -234,41 +182,46 @@ class Emitter:
         self.set(op.eval(self).name, op.out)
 
 
-class Val:
-    """A float64 tensor of the ONNX graph being written; its arithmetic adds nodes."""
+INT64, DOUBLE = TensorProto.INT64, TensorProto.DOUBLE
+
+
+def _node(op: str):
+    return lambda e, *inputs: e.apply(op, *inputs)
+
+
+def _last(e: Emitter, name: str = "axis_last", value: int = -1) -> str:
+    return e.init(f"c/{name}", np.int64([value]))
+
+
+NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes over float64 tensors
+    **{
+        p: _node(p.capitalize())
+        for p in ("add", "sub", "mul", "div", "neg", "exp", "sqrt", "abs", "sign", "floor")
+    },
+    "matmul": _node("MatMul"),
+    "clip": lambda e, v, lo, hi: e.apply("Clip", v, float(lo), float(hi)),
+    "sum_last": lambda e, v: e.apply("ReduceSum", v, _last(e), keepdims=0),
+    "sum_keep": lambda e, v: e.apply("ReduceSum", v, _last(e), keepdims=1),
+    "shr": lambda e, v, shift: e.floor(v * 2.0**-shift),
+    "float": lambda e, v: v,
+    "codes": lambda e, v: v,
+    "gather": lambda e, t, i: e.apply("Gather", t, e.apply("Cast", i, to=INT64), axis=0),
+    "arange": lambda e, n: Val(e, e.init(f"c/arange{n}", np.arange(n, dtype=np.float64))),
+    "positive": lambda e, v: e.apply("Cast", e.apply("Greater", v, 0.0), to=DOUBLE),
+    "unsqueeze_last": lambda e, v: e.apply("Unsqueeze", v, _last(e)),
+    "drop_last": lambda e, v: e.apply("Slice", v, _last(e, "zero_i64", 0), _last(e), _last(e)),
+    "concat_last": lambda e, a, b: e.apply("Concat", a, b, axis=-1),
+}
+
+
+class Val(Symbolic):
+    """A float64 tensor of the ONNX graph being written."""
 
     def __init__(self, e: Emitter, name: str):
         self.e, self.name = e, name
 
-    def _op(self, op: str, other, swap: bool = False) -> "Val":
-        return self.e.val(op, other, self) if swap else self.e.val(op, self, other)
-
-    def __add__(self, o):
-        return self._op("Add", o)
-
-    def __radd__(self, o):
-        return self._op("Add", o, True)
-
-    def __sub__(self, o):
-        return self._op("Sub", o)
-
-    def __rsub__(self, o):
-        return self._op("Sub", o, True)
-
-    def __mul__(self, o):
-        return self._op("Mul", o)
-
-    def __rmul__(self, o):
-        return self._op("Mul", o, True)
-
-    def __truediv__(self, o):
-        return self._op("Div", o)
-
-    def __rtruediv__(self, o):
-        return self._op("Div", o, True)
-
-    def __neg__(self):
-        return self.e.val("Neg", self)
+    def apply(self, prim: str, *args) -> "Val":
+        return NODES[prim](self.e, *args)
 
 
 # ------------------------------------------------------------------------------------- graphs
@@ -344,11 +297,7 @@ def sequence_model(graph: Graph) -> onnx.ModelProto:
     """x (B, L, d_input) → (logits, per-site codes (B, L, …)): a ``Scan`` over the step body."""
     e, inputs, state_out, sites = _body(graph, qonnx=False)
     body = helper.make_graph(
-        e.nodes,
-        "qssm_step_body",
-        inputs,
-        state_out + sites,
-        list(e.inits.values()),
+        e.nodes, "qssm_step_body", inputs, state_out + sites, list(e.inits.values())
     )
     outer = Emitter(graph.consts, prefix="seq/")  # one namespace with the body
     batch = outer.node("Shape", ["x"], "batch", start=0, end=1)

@@ -3,7 +3,12 @@
 Every tensor holds *centered* integer codes (code − zero point) or, for the float functions, an
 exact float64 value.  An op is a frozen dataclass (its fields are names of tensors and constants,
 and integers) with one method, ``eval(b)``: its arithmetic, written over a backend ``b`` that
-supplies the tensors (``b.get``) and a few primitives (``b.exp``, ``b.floor``, ``b.clip``, …).
+supplies the tensors (``b.get``) and these primitives: exp sqrt abs sign floor (elementwise),
+clip(v, lo, hi), matmul(a, b), sum_last / sum_keep (Σ over the last axis, without / with it),
+shr(v, S) (floor of v / 2^S), float / codes (the numpy dtypes; no-ops elsewhere),
+quantize(src, scale, zp, lo, hi) (rint(x / scale) of the float32 input), halves, gather(table,
+index), arange(n), positive (1 where > 0), unsqueeze_last, drop_last, concat_last, and the
+operators + − × / and negation.
 Three backends run the same definitions: the numpy integer reference (``hwmap.intref``: int64
 codes, float64 reals), the numba source of the compiled step (``hwmap.compiled``) and ONNX nodes
 (``hwmap.onnx_export``), both float64 holding exact integers — every fixed-point sum stays below
@@ -12,7 +17,9 @@ codes, float64 reals), the numba source of the compiled step (``hwmap.compiled``
 """
 
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from functools import reduce
+from operator import add, mul
+from typing import NamedTuple
 
 
 class Term(NamedTuple):
@@ -33,19 +40,24 @@ def term(b, t: Term):
         return b.matmul(args[0], args[1])
     if t.kind == "dot":
         return b.sum_last(args[0] * args[1])
-    out = args[0]
-    for a in args[1:]:
-        out = out * a
-    return out
+    return reduce(mul, args)
 
 
-def total(values):
-    """Σ values, left to right (the op order every backend follows)."""
-    values = iter(values)
-    out = next(values)
-    for v in values:
-        out = out + v
-    return out
+def _operator(prim: str, swap: bool = False):
+    return lambda a, b: a.apply(prim, b, a) if swap else a.apply(prim, a, b)
+
+
+class Symbolic:
+    """The operators of a backend's symbolic tensor (numba source, ONNX values): each applies
+    the backend's primitive add, sub, mul, div or neg."""
+
+    __add__, __radd__ = _operator("add"), _operator("add", True)
+    __sub__, __rsub__ = _operator("sub"), _operator("sub", True)
+    __mul__, __rmul__ = _operator("mul"), _operator("mul", True)
+    __truediv__, __rtruediv__ = _operator("div"), _operator("div", True)
+
+    def __neg__(self):
+        return self.apply("neg", self)
 
 
 def sigmoid(b, v):
@@ -69,18 +81,24 @@ def erf(b, z):
 @dataclass(frozen=True, kw_only=True)
 class Op:
     """Writes tensor ``out``; ``site`` names the quantization site whose codes it produces
-    (verification compares them with fake-quant's)."""
+    (verification compares them with fake-quant's).  Every kind is a frozen, keyword-only
+    dataclass, made so here; its ``eval(b)`` computes ``out`` over backend ``b``."""
 
-    kind: ClassVar[str]
     out: str
     site: str | None = None
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        dataclass(frozen=True, kw_only=True)(cls)
 
-@dataclass(frozen=True, kw_only=True)
+    @property
+    def kind(self) -> str:
+        return type(self).__name__.lower()
+
+
 class Quantize(Op):
     """float input → codes: clip(rint(x / scale) + zp) − zp, in float32 (as QuantizeLinear)."""
 
-    kind = "quantize"
     src: str
     scale: str
     zp: int
@@ -92,51 +110,43 @@ class Quantize(Op):
         return b.codes(b.clip(codes, self.lo, self.hi))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Affine(Op):
     """Σ term × integer multiplier; with a shift S, (Σ + 2^(S−1)) >> S (round half up); clipped
     to [lo, hi] unless lo is None (an exact accumulator)."""
 
-    kind = "affine"
     terms: tuple[Term, ...]
     shift: int
     lo: int | None
     hi: int | None
 
     def eval(self, b):
-        acc = total(term(b, t) * b.get(t.weight) for t in self.terms)
+        acc = reduce(add, (term(b, t) * b.get(t.weight) for t in self.terms))
         if self.shift:
             acc = b.shr(acc + 2 ** (self.shift - 1), self.shift)
         return acc if self.lo is None else b.clip(acc, self.lo, self.hi)
 
 
-@dataclass(frozen=True, kw_only=True)
 class Real(Op):
     """Σ term × float64 scale → float64 (the input of a float function)."""
 
-    kind = "real"
     terms: tuple[Term, ...]
 
     def eval(self, b):
-        return total(b.float(term(b, t)) * b.get(t.weight) for t in self.terms)
+        return reduce(add, (b.float(term(b, t)) * b.get(t.weight) for t in self.terms))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Sigmoid(Op):
     """float64 → 1 / (1 + e^−v)."""
 
-    kind = "sigmoid"
     src: str
 
     def eval(self, b):
         return sigmoid(b, b.get(self.src))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Glu(Op):
     """float64 (…, 2H) → a · sigmoid(g), a and g the halves of the last axis."""
 
-    kind = "glu"
     src: str
 
     def eval(self, b):
@@ -144,11 +154,9 @@ class Glu(Op):
         return a * sigmoid(b, g)
 
 
-@dataclass(frozen=True, kw_only=True)
 class Gelu(Op):
     """float64 → v/2 · (1 + erf(v/√2)), erf by Abramowitz & Stegun 7.1.26."""
 
-    kind = "gelu"
     src: str
 
     def eval(self, b):
@@ -156,11 +164,9 @@ class Gelu(Op):
         return 0.5 * v * (1.0 + erf(b, v * SQRT1_2))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Round(Op):
     """float64 → codes: clip(floor(v / scale + 1/2))."""
 
-    kind = "round"
     src: str
     scale: str
     lo: int
@@ -171,11 +177,9 @@ class Round(Op):
         return b.codes(b.clip(v, self.lo, self.hi))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Mean(Op):
     """Running-sum codes → mean codes: clip(floor(sum · ratio / count + 1/2))."""
 
-    kind = "mean"
     src: str
     count: str
     ratio: str
@@ -187,12 +191,10 @@ class Mean(Op):
         return b.codes(b.clip(b.floor(v + 0.5), self.lo, self.hi))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Lut(Op):
     """codes → codes through a flat table: entry (code − offset)·channels + c of channel c
     (channels = 1 for one table shared by every channel)."""
 
-    kind = "lut"
     src: str
     table: str
     offset: int
@@ -203,12 +205,10 @@ class Lut(Op):
         return b.gather(b.get(self.table), index)
 
 
-@dataclass(frozen=True, kw_only=True)
 class LayerNorm(Op):
     """LayerNorm of codes from exact integer moments, in float64:
     (H·x − Σx) / sqrt(H·Σx² − (Σx)² + eps) · γ + β (eps holds H²·ε / s²)."""
 
-    kind = "layernorm"
     src: str
     H: int
     eps: str
@@ -217,16 +217,14 @@ class LayerNorm(Op):
 
     def eval(self, b):
         x, H = b.get(self.src), self.H
-        s1, s2 = b.sum_last(x, keep=True), b.sum_last(x * x, keep=True)
+        s1, s2 = b.sum_keep(x), b.sum_keep(x * x)
         den = b.sqrt(b.float(H * s2 - s1 * s1) + b.get(self.eps))
         return b.float(H * x - s1) / den * b.get(self.gamma) + b.get(self.beta)
 
 
-@dataclass(frozen=True, kw_only=True)
 class Shift(Op):
     """The delay line (B, H, J): the newest code enters at delay 0, the oldest leaves."""
 
-    kind = "shift"
     src: str
     buffer: str
 
@@ -234,26 +232,22 @@ class Shift(Op):
         return b.concat_last(b.unsqueeze_last(b.get(self.src)), b.drop_last(b.get(self.buffer)))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Heaviside(Op):
     """codes → 1 where > 0, else 0 (the hardware minGRU's comparator)."""
 
-    kind = "heaviside"
     src: str
 
     def eval(self, b):
         return b.positive(b.get(self.src))
 
 
-@dataclass(frozen=True, kw_only=True)
 class Unsqueeze(Op):
     """Adds a trailing axis."""
 
-    kind = "unsqueeze"
     src: str
 
     def eval(self, b):
         return b.unsqueeze_last(b.get(self.src))
 
 
-OPS: dict[str, type[Op]] = {cls.kind: cls for cls in Op.__subclasses__()}
+OPS: dict[str, type[Op]] = {cls.__name__.lower(): cls for cls in Op.__subclasses__()}

@@ -40,12 +40,16 @@ PARASITIC_SPREAD = 0.10  # σ of the parasitic capacitance around its nominal va
 
 
 class Chips:
-    """Static draws of ``seeds`` chips for every mapped layer."""
+    """Static draws of ``seeds`` chips for every mapped layer (None: that non-ideality is off)."""
 
     def __init__(self, mapping: dict, target: Target, seeds: list[int], on: set[str]):
         self.n = len(seeds)
         rngs = [np.random.default_rng(s) for s in seeds]
-        su = unit_sigma(target)
+
+        def normal(effect: str, sigma, shape):  # (chips, *shape)
+            return np.stack([r.normal(0, sigma, shape) for r in rngs]) if effect in on else None
+
+        su, offset_v = unit_sigma(target), target.comparator.trimmed_offset_mv * 1e-3
         self.layers = []
         for layer in mapping["layers"]:
             d = {}
@@ -54,59 +58,18 @@ class Chips:
                     continue
                 m = layer[key]
                 w_units = m["pos_units"] + m["neg_units"]  # (K, O)
-                d[key] = {
-                    "E": np.stack([r.normal(0, 1, w_units.shape) for r in rngs])
-                    * np.sqrt(w_units)
-                    * su
-                    * np.sign(m["pos_units"] - m["neg_units"])
-                    if "mismatch" in on
-                    else None,
-                    "gain": np.stack(
-                        [
-                            1
-                            / (
-                                1
-                                + PARASITIC_SPREAD
-                                * r.normal(0, 1, m["outputs"])
-                                * m["c_parasitic_ff"]
-                                / m["c_line_ff"]
-                            )
-                            for r in rngs
-                        ]
-                    )
-                    if "parasitic" in on
-                    else None,
-                    "offset": np.stack(
-                        [
-                            r.normal(
-                                0,
-                                target.comparator.trimmed_offset_mv * 1e-3 / m["v_per_unit"],
-                                m["outputs"],
-                            )
-                            for r in rngs
-                        ]
-                    )
-                    if "offset" in on
-                    else None,
-                }
+                E, gain = normal("mismatch", 1, w_units.shape), normal("parasitic", 1, m["outputs"])
+                if E is not None:
+                    E = E * np.sqrt(w_units) * su * np.sign(m["pos_units"] - m["neg_units"])
+                if gain is not None:
+                    gain = 1 / (1 + PARASITIC_SPREAD * gain * m["c_parasitic_ff"] / m["c_line_ff"])
+                offset = normal("offset", offset_v / m["v_per_unit"], m["outputs"])
+                d[key] = {"E": E, "gain": gain, "offset": offset}
             bk = layer["bank"]
             n_eff = bk["units_effective"]
             d["bank"] = {
-                "eps": np.stack([r.normal(0, su, (2, *n_eff.shape)) for r in rngs])
-                if "mismatch" in on
-                else None,
-                "offset": np.stack(
-                    [
-                        r.normal(
-                            0,
-                            target.comparator.trimmed_offset_mv * 1e-3 / bk["v_per_code"],
-                            n_eff.shape[:1],
-                        )
-                        for r in rngs
-                    ]
-                )
-                if "offset" in on
-                else None,
+                "eps": normal("mismatch", su, (2, *n_eff.shape)),
+                "offset": normal("offset", offset_v / bk["v_per_code"], n_eff.shape[:1]),
             }
             self.layers.append(d)
 

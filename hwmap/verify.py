@@ -7,45 +7,46 @@ import numpy as np
 from . import intref, onnx_export, simulate
 from .graph import Graph
 
-CHECKS = [  # (section, figure, threshold): a figure must reach its threshold
-    ("fakequant_vs_intref", "prediction_agreement", 0.999),  # same predictions
-    ("fakequant_vs_intref", "max_code_diff", 1),  # at most 1 LSB per op (an upper bound)
-    ("onnx_vs_intref", "code_agreement", 1.0),
-    ("onnx_vs_intref", "logits_identical", True),
-    ("step_vs_sequence", "code_agreement", 1.0),
-    ("step_vs_sequence", "logits_identical", True),
-    ("sim_ideal_vs_intref", "decision_agreement", 1.0),
-    ("sim_ideal_vs_intref", "logits_identical", True),
-]
-UPPER_BOUNDS = {"max_code_diff"}
+CHECKS = {  # "section.figure" → (threshold, what it checks): each figure must reach its threshold
+    "fakequant_vs_intref.prediction_agreement": (0.999, "fake-quant vs intref: predictions"),
+    "fakequant_vs_intref.max_code_diff": (1, "fake-quant vs intref: LSB per op (forced)"),
+    "onnx_vs_intref.code_agreement": (1.0, "onnxruntime vs intref: codes"),
+    "onnx_vs_intref.logits_identical": (True, "onnxruntime vs intref: logits"),
+    "step_vs_sequence.code_agreement": (1.0, "step vs sequence graph: codes"),
+    "step_vs_sequence.logits_identical": (True, "step vs sequence graph: logits"),
+    "sim_ideal_vs_intref.decision_agreement": (1.0, "ideal simulator vs intref: decisions"),
+    "sim_ideal_vs_intref.logits_identical": (True, "ideal simulator vs intref: logits"),
+}
+AT_MOST = {"fakequant_vs_intref.max_code_diff"}  # an upper bound; the others are lower bounds
 
 
 class VerifyError(Exception):
-    """An export whose verification missed a threshold; the message names the check and its
-    figure (the CLI exits with status 1)."""
+    """An export whose verification missed a threshold; the message names the checks and their
+    figures (the CLI exits with status 1)."""
 
 
 def gate(result: dict) -> None:
-    """Adds ``checks`` (figure → value, threshold, passed) and ``passed`` to the verification
-    results of the sections present."""
-    checks = {}
-    for section, figure, threshold in CHECKS:
+    """Adds ``checks`` ("section.figure" → check, value, threshold, passed) and ``passed`` to
+    the verification results, over the sections present."""
+    result["checks"] = {}
+    for key, (threshold, check) in CHECKS.items():
+        section, figure = key.split(".")
         if section in result:
             value = result[section][figure]
-            ok = value <= threshold if figure in UPPER_BOUNDS else value >= threshold
-            checks[f"{section}.{figure}"] = {"value": value, "threshold": threshold, "passed": ok}
-    result["checks"] = checks
-    result["passed"] = all(c["passed"] for c in checks.values())
+            passed = value <= threshold if key in AT_MOST else value >= threshold
+            entry = {"check": check, "value": value, "threshold": threshold, "passed": passed}
+            result["checks"][key] = entry
+    result["passed"] = all(c["passed"] for c in result["checks"].values())
 
 
 def failure(result: dict) -> str:
     """One line naming the failed checks and their figures."""
-    failed = [(k, c) for k, c in result["checks"].items() if not c["passed"]]
-    return "verification failed: " + "; ".join(
-        f"{k} = {c['value']} ({'≤' if k.split('.')[1] in UPPER_BOUNDS else '≥'} {c['threshold']} "
-        "needed)"
-        for k, c in failed
-    )
+    failed = []
+    for k, c in result["checks"].items():
+        bound = "" if isinstance(c["threshold"], bool) else "≤ " if k in AT_MOST else "≥ "
+        if not c["passed"]:
+            failed.append(f"{k} = {c['value']} (needs {bound}{c['threshold']})")
+    return "verification failed: " + "; ".join(failed)
 
 
 class _Diff:
@@ -112,13 +113,15 @@ def _forced_run(graph: Graph, xb: np.ndarray, seen: dict, diff: _Diff) -> None:
         _, state = intref.step(graph, xb[:, t], state, after=force)
 
 
-def session(path):
+def session(model):
+    """An onnxruntime session (one thread) of an ONNX file or its bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _agreement(pairs) -> dict:
