@@ -365,23 +365,11 @@ def mingru_hw_record(
     keep, share, cand, *bias = h_new.terms  # h, z·h, z·acc, z·bias
     acc = cand.inputs[1]
     cand_offset = b.const(f"{h_new.out}.cand_offset", sum(value(t) for t in bias) + np.int64(0))
-    return MinGRUHw(
-        name,
-        Adc(gate.out, *mac.inputs, mac.weight, offset, gate.shift, gate.lo, gate.hi),
-        Mac(acc, *cand_mac),
-        GatedBank(
-            keep.inputs[0],
-            h_new.out,
-            share.inputs[0],
-            acc,
-            keep.weight,
-            share.weight,
-            cand.weight,
-            cand_offset,
-            h_new.shift,
-        ),
-        out,
-    )
+    h, z = keep.inputs[0], share.inputs[0]
+    weights = (keep.weight, share.weight, cand.weight, cand_offset)
+    bank = GatedBank(h, h_new.out, z, acc, *weights, h_new.shift)
+    adc = Adc(gate.out, *mac.inputs, mac.weight, offset, gate.shift, gate.lo, gate.hi)
+    return MinGRUHw(name, adc, Mac(acc, *cand_mac), bank, out)
 
 
 def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]:
@@ -443,9 +431,7 @@ def layernorm(b: Builder, norm, x: str, qx: Format, name: str) -> str:
     return b.emit(ops.LayerNorm(out=name, src=x, H=H, eps=eps, gamma=gamma, beta=beta))
 
 
-def act_round(
-    b: Builder, module, site: str, v: str, H: int, name: str, why: str
-) -> tuple[str, Format]:
+def act_round(b: Builder, module, site: str, v: str, H: int, name: str, why: str):
     """A float64 tensor onto a quantized activation site."""
     q = need(module, site, (H,), f"{name}.{site}", why)
     return b.round(f"{name}.{site}", v, q, site=f"{name}:{site}"), q
@@ -547,32 +533,15 @@ def lower(model) -> Graph:
         b.bind(count, b.accumulate("pool.count'", [("mul", [count]), ("const", [one])]))
         step, b.ops = b.ops, []
         ratio = b.const("pool.ratio", np.asarray(qh.scale / qp.scale, dtype=np.float64))
-        op = ops.Mean(
-            out="pool",
-            src="pool.sum'",
-            count="pool.count'",
-            ratio=ratio,
-            lo=qp.lo,
-            hi=qp.hi,
-            site=":pool",
-        )
+        sums = {"src": "pool.sum'", "count": "pool.count'", "ratio": ratio}
+        op = ops.Mean(out="pool", **sums, lo=qp.lo, hi=qp.hi, site=":pool")
         pooled = b.emit(op, bound=qp.bound, q=qp)
     else:  # the last step's output, kept as a state so the head sees it after a scan
         b.bind(b.state("pool.last", qh, (H,)), h)
         pooled = b.affine("pool", [("mul", [h], qh.scale)], qp, "pool", site=":pool").out
     b.real("logits", linear_terms(b, model.decoder, pooled, qp, "decoder"))
-    return Graph(
-        model.config["family"],
-        d_in,
-        model.n_classes,
-        h,
-        b.states,
-        step,
-        b.ops,
-        b.consts,
-        b.formats,
-        b.layers,
-    )
+    meta = (model.config["family"], d_in, model.n_classes, h)
+    return Graph(*meta, b.states, step, b.ops, b.consts, b.formats, b.layers)
 
 
 # ------------------------------------------------------------------------------------- torch
@@ -614,8 +583,5 @@ def set_noise(model, noise: list[dict | None]) -> None:
     """Hardware-aware QAT: the Gaussian noise σ (real units) of block i's hardware minGRU
     (``MinGRU.noise``: gate, cand, out), None for none."""
     for block, sigmas in zip(model.blocks, noise, strict=True):
-        block.gru.noise = (
-            None
-            if sigmas is None
-            else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in sigmas.items()}
-        )
+        tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (sigmas or {}).items()}
+        block.gru.noise = tensors if sigmas is not None else None
