@@ -1,8 +1,9 @@
 """Mapping a lowered integer graph onto a switched-capacitor (SC) in-memory-computing target.
 
-Per layer it decides the physical realization of every analog op of the integer graph:
+For each hardware record of the graph (``hwmap.graph``: the tensors and constants of a layer's
+analog parts) it decides their physical realization:
 
-- a **MAC** (``matmul`` term of an affine op): differential unit-capacitor counts per weight code
+- a **MAC** (an integer matrix product x @ W): differential unit-capacitor counts per weight code
   (positive codes on the + line, negative on the − line), every cell padded with dummy units to
   the same total so each column line has the same capacitance; multi-bit inputs applied
   bit-serially (two's complement planes combined by binary weighting); fan-in split into tiles

@@ -1,9 +1,10 @@
 """ONNX export of a lowered graph: a step graph, a sequence graph (``Scan`` around the same step
 body) and a QONNX step graph.
 
-Every op of ``hwmap.lower`` becomes standard ONNX nodes that reproduce the integer reference bit
-for bit: codes travel as float64 tensors holding exact integers (every sum stays below 2^52), the
-fixed-point requantization is Mul by the integer multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
+Every op of ``hwmap.ops`` becomes standard ONNX nodes (``NODES``: its primitives as nodes) that
+reproduce the integer reference bit for bit: codes travel as float64 tensors holding exact
+integers (every sum stays below 2^52), the fixed-point requantization is Mul by the integer
+multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
 Integer tensors enter and leave in QCDQ form: weights and lookup tables are int8/int16
 initializers read through ``DequantizeLinear``; the float input goes through ``QuantizeLinear``
 with its real scale; states and per-site codes leave through ``QuantizeLinear`` (zero point,
