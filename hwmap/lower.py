@@ -153,12 +153,11 @@ class Builder:
                 f"1/{2**MULTIPLIER_SLACK_BITS} of an output step (its inputs are too wide for "
                 "its output scale); give the output more bits or narrow the inputs"
             )
-        out_terms = tuple(
-            Term(
-                kind, tuple(inputs), self.const(f"{out}.M{t}", np.rint(r * 2.0**shift).astype(int))
-            )
-            for t, ((kind, inputs, _), r) in enumerate(zip(terms, ratios, strict=True))
-        )
+        Ms = [
+            self.const(f"{out}.M{t}", np.rint(r * 2.0**shift).astype(np.int64))
+            for t, r in enumerate(ratios)
+        ]
+        out_terms = tuple(Term(k, tuple(i), M) for (k, i, _), M in zip(terms, Ms, strict=True))
         op = ops.Affine(out=out, terms=out_terms, shift=shift, lo=q.lo, hi=q.hi, site=site)
         self.emit(op, bound=q.bound, q=q)
         return op
@@ -280,13 +279,11 @@ def s4d_real_record(b: Builder, ssm, name: str, update: ops.Affine, y: ops.Affin
     a_q = ssm._quantizer("A")
     if a_q is not None and hasattr(a_q, "magnitude"):  # polar: |Ā| on the retention-deficit grid
         deficit = b.const(f"{name}.deficit", _np(a_q.magnitude.qparams()[0]).ravel())
-    x, u = keep.inputs[0], write.inputs[0]
+    (x,), (u,), (u_y,) = keep.inputs, write.inputs, skip.inputs
     return S4DRealHw(
         name,
         Retention(x, update.out, keep.weight, u, write.weight, update.shift, deficit),
-        Readout(
-            y.out, *readout.inputs, readout.weight, *skip.inputs, skip.weight, y.shift, y.lo, y.hi
-        ),
+        Readout(y.out, *readout.inputs, readout.weight, u_y, skip.weight, y.shift, y.lo, y.hi),
     )
 
 
@@ -424,10 +421,8 @@ def layernorm(b: Builder, norm, x: str, qx: Format, name: str) -> str:
         )
     H = norm.normalized_shape[0]
     eps = b.const(f"{name}.eps", np.float64(H * H * norm.eps / float(qx.scale) ** 2))
-    gamma, beta = (
-        b.const(f"{name}.gamma", _np(norm.weight)),
-        b.const(f"{name}.beta", _np(norm.bias)),
-    )
+    gamma = b.const(f"{name}.gamma", _np(norm.weight))
+    beta = b.const(f"{name}.beta", _np(norm.bias))
     return b.emit(ops.LayerNorm(out=name, src=x, H=H, eps=eps, gamma=gamma, beta=beta))
 
 
