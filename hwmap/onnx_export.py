@@ -251,13 +251,12 @@ def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
 def _body(graph: Graph, qonnx: bool) -> tuple[Emitter, list, list, list]:
     """The step: (emitter, inputs, state outputs, site outputs), before the head."""
     e = Emitter(graph.consts, qonnx=qonnx)
-    d_in = graph.d_input
     inputs = []
     for s in graph.states:
         np_type, onnx_type, qdq = _state_type(s)
         inputs.append(_value(f"state:{s.name}", onnx_type, ["batch", *s.shape]))
         e.set(e.from_code(f"state:{s.name}", s.zp, np_type, qdq, s.name), s.name)
-    inputs.append(_value("x", TensorProto.FLOAT, ["batch", d_in]))
+    inputs.append(_value("x", TensorProto.FLOAT, ["batch", graph.d_input]))
     for op in graph.step:
         e.op(op)
     state_out = []
@@ -282,8 +281,7 @@ def step_model(graph: Graph, qonnx: bool = False) -> onnx.ModelProto:
     e, inputs, state_out, sites = _body(graph, qonnx)
     for op in graph.head:
         e.op(op)
-    n_classes = graph.n_classes
-    outputs = [*state_out, _value("logits", TensorProto.DOUBLE, ["batch", n_classes]), *sites]
+    outputs = [*state_out, _value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *sites]
     g = helper.make_graph(e.nodes, "qssm_step", inputs, outputs, list(e.inits.values()))
     return _model(g, qonnx)
 
@@ -328,17 +326,11 @@ def sequence_model(graph: Graph) -> onnx.ModelProto:
     for op in graph.head:
         outer.op(op)
     outer.nodes.append(helper.make_node("Identity", [outer.get("logits").name], ["logits"]))
-    d_in, n_classes = graph.d_input, graph.n_classes
-    outputs = [_value("logits", TensorProto.DOUBLE, ["batch", n_classes])]
-    outputs += seq_codes
-    g = helper.make_graph(
-        outer.nodes,
-        "qssm_sequence",
-        [_value("x", TensorProto.FLOAT, ["batch", "time", d_in])],
-        outputs,
-        list(outer.inits.values()),
+    outputs = [_value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *seq_codes]
+    x = _value("x", TensorProto.FLOAT, ["batch", "time", graph.d_input])
+    return _model(
+        helper.make_graph(outer.nodes, "qssm_sequence", [x], outputs, [*outer.inits.values()])
     )
-    return _model(g)
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, check: bool = True) -> None:
