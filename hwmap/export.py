@@ -1,6 +1,15 @@
 """``qssm export`` and ``qssm map-to-hw``: lower a quantized run, write the integer graph and the
-ONNX files, map it onto an SC-IMC target, simulate, verify."""
+ONNX files, map it onto an SC-IMC target, simulate, verify.
 
+Everything is written into a staging folder inside OUT and promoted into OUT (verify.json last)
+only when every check of ``verify.CHECKS`` passes; a failing run raises ``VerifyError`` and
+leaves OUT's earlier files as they were, with its own results in OUT/verify.failed.json — or,
+with ``keep_failed``, promotes its files anyway (verify.json says ``"passed": false``)."""
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +19,13 @@ from qssm.io import atomic_path, write_json
 from qssm.recipe import load_recipe
 from qssm.runs import RunError, load_data, load_run_model
 
-from . import intref, onnx_export, simulate, verify
-from .intref import save_graph
-from .lower import lower
+from . import onnx_export, simulate, verify
+from .graph import save_graph
+from .lower import fakequant, lower
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges
 from .report import plot_monte_carlo, write_hw_report
 from .targets import load_target
+from .verify import VerifyError
 
 STREAM_CHECK = 50  # sequences streamed through the step graph (784 session calls each batch)
 
@@ -33,42 +43,67 @@ def _load(run_dir: Path, action: str):
     return model, graph, recipe, load_data(recipe)
 
 
-def _export(run_dir, model, graph: dict, x: np.ndarray, out: Path, fmt: str, progress) -> dict:
-    """Write the integer graph and the ONNX files into ``out``; return the verification
-    results (the caller writes verify.json, last)."""
+def _promote(stage: Path, out: Path) -> None:
+    (out / "verify.json").unlink(missing_ok=True)  # a half-promoted export never looks verified
+    for path in sorted(stage.iterdir(), key=lambda p: p.name == "verify.json"):
+        path.replace(out / path.name)
+
+
+@contextmanager
+def staged(out: Path, keep_failed: bool):
+    """A staging folder for an export into ``out``; see the module docstring."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "verify.json").unlink(missing_ok=True)  # an unfinished export never looks verified
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        yield stage
+        (out / "verify.failed.json").unlink(missing_ok=True)
+        _promote(stage, out)
+    except VerifyError:
+        if keep_failed:
+            _promote(stage, out)
+        else:
+            (stage / "verify.json").replace(out / "verify.failed.json")
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _finish(result: dict, stage: Path) -> None:
+    """verify.json (after ``verify.gate``), then VerifyError if a check failed."""
+    write_json(stage / "verify.json", result)
+    if not result["passed"]:
+        raise VerifyError(verify.failure(result))
+
+
+def _export(run_dir, model, graph, x: np.ndarray, out: Path, fmt: str, progress) -> dict:
+    """Write the integer graph and the ONNX files into ``out``; return the verification
+    results."""
     save_graph(graph, out)
-    qcdq = {"step": onnx_export.step_model(graph), "sequence": onnx_export.sequence_model(graph)}
-    paths = {}
-    tmp = out / ".verify"
-    tmp.mkdir(exist_ok=True)
-    for name, model_proto in qcdq.items():
-        path = (out if fmt == "qcdq" else tmp) / f"{name}.onnx"
-        onnx_export.save_onnx(model_proto, path)
-        paths[name] = path
-    files = {p.name: p.stat().st_size for p in paths.values() if p.parent == out}
+    paths = {"step": out / "step.onnx", "sequence": out / "sequence.onnx"}
+    onnx_export.save_onnx(onnx_export.step_model(graph), paths["step"])
+    onnx_export.save_onnx(onnx_export.sequence_model(graph), paths["sequence"])
     if fmt == "qonnx":
         path = out / "step_qonnx.onnx"
         onnx_export.save_onnx(onnx_export.step_model(graph, qonnx=True), path, check=False)
-        files[path.name] = path.stat().st_size
     bar = tqdm(total=len(x), desc="fake-quant vs intref", disable=not progress, leave=False)
+    fq = verify.fakequant_vs_intref(partial(fakequant, model), graph, x, progress=bar.update)
+    bar.close()
     result = {
         "run": str(run_dir),
         "format": fmt,
         "opset": onnx_export.OPSET,
-        "files": files,
+        "files": {},
         "data": {"split": "test", "sequences": len(x), "length": int(x.shape[1])},
-        "fakequant_vs_intref": verify.fakequant_vs_intref(model, graph, x, progress=bar.update),
+        "fakequant_vs_intref": fq,
         "onnx_vs_intref": verify.onnx_vs_intref(graph, paths["sequence"], x),
         "step_vs_sequence": verify.step_vs_sequence(
             graph, paths["step"], paths["sequence"], x[:STREAM_CHECK]
         ),
     }
-    bar.close()
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
+    if fmt == "qonnx":  # the QCDQ graphs only served the checks
+        for path in paths.values():
+            path.unlink()
+    result["files"] = {p.name: p.stat().st_size for p in sorted(out.glob("*.onnx"))}
     return result
 
 
@@ -78,68 +113,35 @@ def export_run(
     fmt: str = "qcdq",
     limit: int | None = None,
     progress: bool = True,
+    keep_failed: bool = False,
 ) -> dict:
     """Lower ``run_dir``'s quantized model into ``out`` (default RUN_DIR/hw): graph.json +
     graph.npz (the integer graph), step.onnx + sequence.onnx (QCDQ) or step_qonnx.onnx, and
-    verify.json (written last) with the checks of the verification chain on the test split."""
+    verify.json (written last) with the checks of the verification chain on the test split
+    (all of it unless ``limit``).  Raises VerifyError when a check fails."""
     model, graph, _, data = _load(run_dir, "export")
     out = out or run_dir / "hw"
-    result = _export(run_dir, model, graph, data.test.x.numpy()[:limit], out, fmt, progress)
-    write_json(out / "verify.json", result)
+    with staged(out, keep_failed) as stage:
+        result = _export(run_dir, model, graph, data.test.x.numpy()[:limit], stage, fmt, progress)
+        verify.gate(result)
+        _finish(result, stage)
     return result
 
 
-def _jsonable(obj):
-    """The mapping without its arrays (those go to arrays.npz)."""
+def _split(obj, arrays: dict, path: str = ""):
+    """The mapping as JSON: arrays of more than one element go to ``arrays`` by dotted path
+    (arrays.npz), single elements become numbers."""
     if isinstance(obj, dict):
-        return {
-            k: _jsonable(v) for k, v in obj.items() if not isinstance(v, np.ndarray) or v.size == 1
-        }
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, np.ndarray) and v.size > 1:
+                arrays[f"{path}{k}"] = v
+            else:
+                out[k] = _split(v, arrays, f"{path}{k}.")
+        return out
     if isinstance(obj, list):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.item()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _arrays(mapping: dict) -> dict[str, np.ndarray]:
-    out = {}
-
-    def walk(prefix, obj):
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
-            for i, v in enumerate(obj):
-                walk(f"{prefix}.{i}", v)
-        elif isinstance(obj, np.ndarray) and obj.size > 1:
-            out[prefix] = obj
-
-    walk("", mapping)
-    return out
-
-
-def ideal_check(graph: dict, mapping: dict, target, x: np.ndarray) -> dict:
-    """The simulator with every non-ideality off against the integer reference: the decisions
-    of every analog op that is a quantization site (gate codes, comparator outputs, S4D output
-    codes) at every timestep, and the logits."""
-    sim = simulate.Simulator(graph, mapping, target, on=(), seeds=[0])
-    logits, traced = sim.run(x, trace=True)
-    ref_logits, ref = intref.run(graph, x, trace=True)
-    sites = {op["out"]: op["site"] for op in graph["step"] if "site" in op}
-    equal = total = 0
-    for out, codes in traced.items():
-        if out in sites:
-            equal += int((codes[0] == ref[sites[out]]).sum())
-            total += codes[0].size
-    return {
-        "decision_agreement": equal / total,
-        "decisions": total,
-        "logits_identical": bool(np.array_equal(logits[0], ref_logits)),
-        "sequences": len(x),
-    }
+        return [_split(v, arrays, f"{path}{i}.") for i, v in enumerate(obj)]
+    return obj.item() if isinstance(obj, (np.ndarray, np.generic)) else obj
 
 
 def monte_carlo(graph, mapping_fn, target, x, y, seeds, units, offsets, progress) -> list[dict]:
@@ -177,33 +179,38 @@ def map_run(
     offsets=(0.5, 1.0, 2.0, 5.0),
     limit: int | None = None,
     progress: bool = True,
+    keep_failed: bool = False,
 ) -> dict:
     """``qssm map-to-hw``: everything of ``export_run`` plus mapping.json, arrays.npz, the
-    simulator checks and the Monte-Carlo table in verify.json, and report.md."""
+    simulator checks and the Monte-Carlo table in verify.json, and report.md.  Raises
+    VerifyError when a check fails."""
     target = load_target(target_path)
     model, graph, recipe, data = _load(run_dir, "map")
     ranges = observed_ranges(graph, data.train.x.numpy()[:RANGE_SEQUENCES])
-    mapping = map_graph(graph, target, model, ranges=ranges)  # MappingError: nothing written
+    mapping = map_graph(graph, target, ranges=ranges)  # MappingError: nothing written
     out = out or run_dir / "hw"
     x, y = data.test.x.numpy()[:limit], data.test.y.numpy()[:limit]
-    verify_result = _export(run_dir, model, graph, x, out, "qcdq", progress)
-    write_json(out / "mapping.json", _jsonable(mapping))
-    with atomic_path(out / "arrays.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **_arrays(mapping))
-    verify_result["sim_ideal_vs_intref"] = ideal_check(graph, mapping, target, x)
-    if mc_seeds:
-        verify_result["monte_carlo"] = monte_carlo(
-            graph,
-            lambda t: map_graph(graph, t, model, ranges=ranges),
-            target,
-            x[:mc_limit],
-            y[:mc_limit],
-            list(range(mc_seeds)),
-            units,
-            offsets,
-            progress,
-        )
-        plot_monte_carlo({recipe.name: verify_result["monte_carlo"]}, out / "monte_carlo.png")
-    write_hw_report(out, recipe.name, mapping, verify_result)
-    write_json(out / "verify.json", verify_result)
-    return {"mapping": _jsonable(mapping), "verify": verify_result}
+    with staged(out, keep_failed) as stage:
+        result = _export(run_dir, model, graph, x, stage, "qcdq", progress)
+        arrays: dict[str, np.ndarray] = {}
+        write_json(stage / "mapping.json", _split(mapping, arrays))
+        with atomic_path(stage / "arrays.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        result["sim_ideal_vs_intref"] = verify.sim_ideal_vs_intref(graph, mapping, target, x)
+        if mc_seeds:
+            result["monte_carlo"] = monte_carlo(
+                graph,
+                lambda t: map_graph(graph, t, ranges=ranges),
+                target,
+                x[:mc_limit],
+                y[:mc_limit],
+                list(range(mc_seeds)),
+                units,
+                offsets,
+                progress,
+            )
+            plot_monte_carlo({recipe.name: result["monte_carlo"]}, stage / "monte_carlo.png")
+        verify.gate(result)
+        write_hw_report(stage, recipe.name, mapping, result)
+        _finish(result, stage)
+    return {"mapping": _split(mapping, {}), "verify": result}

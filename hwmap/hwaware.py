@@ -12,19 +12,17 @@ import contextlib
 import math
 
 import numpy as np
-import torch
 
-from .lower import lower
+from .graph import Graph, MinGRUHw
+from .lower import lower, set_noise
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges, unit_sigma
 from .targets import load_target
 
 
-def layer_sigmas(graph: dict, layer: dict, target) -> dict[str, np.ndarray]:
-    consts, formats = graph["consts"], graph["formats"]
-    ops = {op["out"]: op for op in graph["step"]}
-    gate, state = ops[layer["ops"]["gate"]], ops[layer["ops"]["state"]]
-    s_g = float(np.max(formats[gate["out"]]["scale"]))
-    s_h = float(np.max(formats[state["out"]]["scale"]))
+def layer_sigmas(graph: Graph, rec: MinGRUHw, layer: dict, target) -> dict[str, np.ndarray]:
+    consts, formats, gate, bank = graph.consts, graph.formats, rec.gate, rec.bank
+    s_g = float(np.max(formats[gate.out].scale))
+    s_h = float(np.max(formats[bank.out].scale))
     comparator_v = (
         math.hypot(target.comparator.trimmed_offset_mv, target.comparator.noise_mv) * 1e-3
     )
@@ -37,10 +35,10 @@ def layer_sigmas(graph: dict, layer: dict, target) -> dict[str, np.ndarray]:
         units = m["ktc_sigma_units"] ** 2 + mismatch**2
         if key == "gate":  # the ADC's comparators; s_W·s_x = 4·s_g·M/2^S (hard sigmoid's /4)
             units = units + (comparator_v / m["v_per_unit"]) ** 2
-            real = 4 * s_g * np.asarray(consts[gate["terms"][0][2]], float) / 2.0 ** gate["shift"]
+            real = 4 * s_g * np.asarray(consts[gate.M], float) / 2.0**gate.shift
         else:  # the state update's z·acc term: M = s_g·s_W·s_x/s_h·2^S
-            M = np.asarray(consts[state["terms"][2][2]], float)
-            real = M * s_h / (2.0 ** state["shift"] * s_g)
+            M = np.asarray(consts[bank.cand], float)
+            real = M * s_h / (2.0**bank.shift * s_g)
         out[key] = np.sqrt(units) * real
     out["out"] = np.asarray(comparator_v / layer["bank"]["v_per_code"] * s_h)
     return out
@@ -58,15 +56,15 @@ def hardware_noise(model, cfg, x: np.ndarray):
         target = target.with_offset(cfg.offset_mv)
     graph = lower(model)
     ranges = observed_ranges(graph, x[:RANGE_SEQUENCES])
-    mapping = map_graph(graph, target, model, strict=False, ranges=ranges)
-    summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff, "layers": []}
-    grus = [model.blocks[i].gru for i in range(len(mapping["layers"]))]
-    for gru, layer in zip(grus, mapping["layers"], strict=True):
-        sig = layer_sigmas(graph, layer, target)
-        gru.noise = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in sig.items()}
-        summary["layers"].append({k: float(np.mean(v)) for k, v in sig.items()})
+    mapping = map_graph(graph, target, strict=False, ranges=ranges)
+    sigmas = [
+        layer_sigmas(graph, rec, layer, target)
+        for rec, layer in zip(graph.layers, mapping["layers"], strict=True)
+    ]
+    set_noise(model, sigmas)
+    summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff}
+    summary["layers"] = [{k: float(np.mean(v)) for k, v in sig.items()} for sig in sigmas]
     try:
         yield summary
     finally:
-        for gru in grus:
-            gru.noise = None
+        set_noise(model, [None] * len(sigmas))

@@ -2,170 +2,98 @@
 
 Integer tensors are int64 and every fixed-point sum is exact (the lowering keeps it below 2^52);
 the float functions of the graph run in float64 in the same order as the ONNX graph.  This is the
-golden model: onnxruntime and the switched-capacitor simulator are checked against it.
+golden model: onnxruntime, the compiled step and the switched-capacitor simulator are checked
+against it.
 """
-
-from pathlib import Path
 
 import numpy as np
 
-from qssm.io import CheckpointError, atomic_path, read_json, write_json
+from .graph import Graph
+from .ops import Op
+
+NUMPY = {  # the ops' primitives over numpy arrays (see hwmap.ops)
+    **{f: getattr(np, f) for f in ("exp", "sqrt", "abs", "sign", "floor", "clip", "matmul")},
+    "arange": np.arange,
+    "sum_last": lambda v: v.sum(-1),
+    "sum_keep": lambda v: v.sum(-1, keepdims=True),
+    "shr": lambda v, shift: v >> shift,
+    "float": lambda v: v.astype(np.float64),
+    "codes": lambda v: v.astype(np.int64),
+    "halves": lambda v: np.split(v, 2, axis=-1),
+    "gather": lambda table, index: table[index],
+    "positive": lambda v: (v > 0).astype(np.int64),
+    "unsqueeze_last": lambda v: v[..., None],
+    "drop_last": lambda v: v[..., :-1],
+    "concat_last": lambda a, b: np.concatenate([a, b], -1),
+}
 
 
-def save_graph(graph: dict, out: Path) -> None:
-    """``graph.json`` + ``graph.npz`` (loads without pickle)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "graph.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **graph["consts"])
-    write_json(out / "graph.json", {k: v for k, v in graph.items() if k != "consts"})
+class Numpy:
+    """The ops' backend over numpy arrays: int64 codes, float64 reals; tensors from ``env``."""
+
+    def __init__(self, env: dict, consts: dict):
+        self.env, self.consts = env, consts
+
+    def __getattr__(self, prim: str):
+        if prim in NUMPY:
+            return NUMPY[prim]
+        raise AttributeError(prim)
+
+    def get(self, name: str) -> np.ndarray:
+        return self.env[name] if name in self.env else self.consts[name]
+
+    def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> np.ndarray:
+        return np.rint(self.get(src).astype(np.float32) / self.get(scale))
 
 
-def load_graph(path: Path) -> dict:
-    try:
-        graph = read_json(path / "graph.json")
-        with np.load(path / "graph.npz", allow_pickle=False) as z:
-            graph["consts"] = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"{path}: not a lowered graph ({err}); run `qssm export RUN_DIR` again"
-        ) from None
-    return graph
+def init_state(graph: Graph, batch: int) -> dict[str, np.ndarray]:
+    return {s.name: np.zeros((batch, *s.shape), dtype=np.int64) for s in graph.states}
 
 
-SQRT1_2 = 0.7071067811865476
-ERF_P = 0.3275911  # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); onnxruntime has no
-ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # float64 Erf
-
-
-def erf(z: np.ndarray) -> np.ndarray:
-    """erf in the exact op order of the ONNX graph."""
-    a = np.abs(z)
-    t = 1.0 / (1.0 + ERF_P * a)
-    poly = ERF_A[4]
-    for c in ERF_A[3::-1]:
-        poly = poly * t + c
-    return np.sign(z) * (1.0 - poly * t * np.exp(-(a * a)))
-
-
-def _term(kind: str, args: list[np.ndarray]) -> np.ndarray:
-    if kind == "matmul":
-        return args[0] @ args[1]
-    if kind == "dot":
-        return (args[0] * args[1]).sum(-1)
-    out = args[0]
-    for a in args[1:]:
-        out = out * a
-    return out
-
-
-def term_values(terms: list, get) -> list[np.ndarray]:
-    """Each term of an affine op times its multiplier (exact integers)."""
-    return [_term(k, [get(i) for i in ins]) * get(m) for k, ins, m in terms]
-
-
-def requantize(acc: np.ndarray, op: dict) -> np.ndarray:
-    """clip((acc + 2^(S−1)) >> S): round half up, then the output range."""
-    shift = op["shift"]
-    out = (acc + (1 << (shift - 1))) >> shift if shift else acc
-    return out if op["lo"] is None else np.clip(out, op["lo"], op["hi"])
-
-
-def _run_op(op: dict, env: dict, consts: dict) -> None:
-    def get(name):
-        return env[name] if name in env else consts[name]
-
-    kind = op["op"]
-    if kind == "quantize":
-        x = get(op["in"]).astype(np.float32)
-        code = np.rint(x / get(op["scale"])) + op["zp"]
-        out = np.clip(code - op["zp"], op["lo"], op["hi"]).astype(np.int64)
-    elif kind == "affine":
-        out = requantize(sum(term_values(op["terms"], get)), op)
-    elif kind == "real":
-        out = None
-        for k, ins, s in op["terms"]:
-            t = _term(k, [get(i) for i in ins]).astype(np.float64) * get(s)
-            out = t if out is None else out + t
-    elif kind == "sigmoid":
-        out = 1.0 / (1.0 + np.exp(-get(op["in"])))
-    elif kind == "glu":
-        a, g = np.split(get(op["in"]), 2, axis=-1)
-        out = a * (1.0 / (1.0 + np.exp(-g)))
-    elif kind == "round":
-        out = np.floor(get(op["in"]) / get(op["scale"]) + 0.5)
-        out = np.clip(out, op["lo"], op["hi"]).astype(np.int64)
-    elif kind == "mean":
-        v = get(op["in"]).astype(np.float64) * get(op["ratio"])
-        out = np.floor(v / get(op["count"]).astype(np.float64) + 0.5)
-        out = np.clip(out, op["lo"], op["hi"]).astype(np.int64)
-    elif kind == "lut":
-        C = op["channels"]
-        out = get(op["table"])[(get(op["in"]) - op["offset"]) * C + np.arange(C)]
-    elif kind == "layernorm":
-        x, H = get(op["in"]), op["H"]
-        s1, s2 = x.sum(-1, keepdims=True), (x * x).sum(-1, keepdims=True)
-        den = np.sqrt((H * s2 - s1 * s1).astype(np.float64) + get(op["eps"]))
-        out = (H * x - s1).astype(np.float64) / den * get(op["gamma"]) + get(op["beta"])
-    elif kind == "gelu":
-        v = get(op["in"])
-        out = 0.5 * v * (1.0 + erf(v * SQRT1_2))
-    elif kind == "shift":  # delay line: the newest code enters at delay 0
-        out = np.concatenate([get(op["in"])[..., None], get(op["buffer"])[..., :-1]], -1)
-    elif kind == "heaviside":
-        out = (get(op["in"]) > 0).astype(np.int64)
-    elif kind == "unsqueeze":
-        out = get(op["in"])[..., None]
-    else:
-        raise ValueError(f"unknown op {kind!r}")
-    env[op["out"]] = out
-
-
-def init_state(graph: dict, batch: int) -> dict[str, np.ndarray]:
-    return {s["name"]: np.zeros((batch, *s["shape"]), dtype=np.int64) for s in graph["states"]}
-
-
-def step(graph: dict, x_t: np.ndarray, state: dict, after=None) -> tuple[dict, dict]:
+def step(graph: Graph, x_t: np.ndarray, state: dict, after=None) -> tuple[dict, dict]:
     """One timestep: x_t (B, d_input) float → (env of every tensor, next state).
     ``after(op, env)``, when given, runs after each op (verification forces codes there)."""
     env = {"x": x_t, **state}
-    for op in graph["step"]:
-        _run_op(op, env, graph["consts"])
+    b = Numpy(env, graph.consts)
+    for op in graph.step:
+        env[op.out] = op.eval(b)
         if after is not None:
             after(op, env)
-    return env, {s["name"]: env[s["next"]] for s in graph["states"]}
+    return env, {s.name: env[s.next] for s in graph.states}
 
 
-def head(graph: dict, env: dict) -> np.ndarray:
+def head(graph: Graph, env: dict) -> np.ndarray:
     """Pooling and decoder on the state after a step → logits (B, n_classes), float64."""
-    for op in graph["head"]:
-        _run_op(op, env, graph["consts"])
+    b = Numpy(env, graph.consts)
+    for op in graph.head:
+        env[op.out] = op.eval(b)
     return env["logits"]
 
 
-def site_ops(graph: dict) -> list[dict]:
-    return [op for op in graph["step"] if "site" in op]
+def site_ops(graph: Graph) -> list[Op]:
+    return [op for op in graph.step if op.site is not None]
 
 
-def run(graph: dict, x: np.ndarray, trace: bool = False) -> tuple[np.ndarray, dict]:
+def run(graph: Graph, x: np.ndarray, trace: bool = False) -> tuple[np.ndarray, dict]:
     """Whole sequences x (B, L, d_input) → (logits, trace: site → codes (B, L, ...))."""
     state = init_state(graph, x.shape[0])
     sites = site_ops(graph) if trace else []
-    traced = {op["site"]: [] for op in sites}
+    traced = {op.site: [] for op in sites}
     for t in range(x.shape[1]):
         env, state = step(graph, x[:, t], state)
         for op in sites:
-            traced[op["site"]].append(env[op["out"]])
+            traced[op.site].append(env[op.out])
     logits = head(graph, env)
-    for op in graph["head"]:
-        if "site" in op:
-            traced[op["site"]] = env[op["out"]]
+    for op in graph.head:
+        if op.site is not None:
+            traced[op.site] = env[op.out]
     return logits, {k: np.stack(v, 1) if isinstance(v, list) else v for k, v in traced.items()}
 
 
 class Stream:
     """Streaming inference at batch 1: holds the state between calls."""
 
-    def __init__(self, graph: dict):
+    def __init__(self, graph: Graph):
         self.graph = graph
         self.reset()
 
@@ -176,7 +104,7 @@ class Stream:
     def __call__(self, x_t: np.ndarray) -> np.ndarray:
         """x_t (d_input,) → the state's new value; ``logits()`` reads the classifier."""
         self.env, self.state = step(self.graph, np.asarray(x_t).reshape(1, -1), self.state)
-        return self.env[self.graph["meta"]["output"]][0]
+        return self.env[self.graph.output][0]
 
     def logits(self) -> np.ndarray:
         return head(self.graph, dict(self.env))[0]

@@ -1,4 +1,5 @@
-"""Integer lowering: a quantized run's model → an integer graph (ops over named tensors).
+"""Integer lowering: a quantized run's model → an integer graph (``hwmap.graph``), and the other
+places the hardware side needs the torch model (fake-quant codes, hardware-aware QAT noise).
 
 Every tensor of the graph holds *centered* integer codes (code − zero point) whose real scale is
 known at lowering time, or, for the few float functions (sigmoid of a wide accumulator, GLU), an
@@ -6,26 +7,12 @@ exact float64 value.  Requantization is a fixed-point sum: each term (an element
 integer tensors, a matmul with integer weight codes, or a dot over the state axis) is multiplied by
 an integer multiplier M, and the output code is ``clip((Σ term·M + 2^(S−1)) >> S)``.  S is chosen
 per op so that the sum stays below 2^52: exact in int64 (numpy) and in float64 (onnxruntime).
-
-Ops (dicts, JSON-serializable; ``hwmap.intref`` executes them, ``hwmap.onnx_export`` writes them):
-
-- ``quantize``  float input → codes: clip(rint(x / scale) + zp) − zp (float32, as QuantizeLinear)
-- ``affine``    terms × integer multipliers, shift, round half up, clip (no shift/clip: exact sum)
-- ``real``      Σ term × float64 scale → float64 (the input of a float function)
-- ``sigmoid``, ``glu``   float64 functions
-- ``round``     float64 → codes: clip(floor(v / scale + 1/2))
-- ``mean``      running-sum codes → mean codes: clip(floor(sum · ratio / count + 1/2))
-- ``lut``       codes → codes through a table (GELU of a quantized input; per channel or not)
-- ``heaviside`` codes → 1 where > 0 else 0 (the comparator of the hardware minGRU)
-- ``unsqueeze`` add a trailing axis
-
-Term kinds: ``mul`` (broadcast product of its inputs), ``matmul`` (x (B, K) @ W (K, O)), ``dot``
-(Σ over the last axis of x (B, H, n) · W (H, n)), ``const`` (a constant broadcast over the batch),
-``float`` (a float64 tensor, only in ``real``).
+The ops are defined in ``hwmap.ops``.  The layers a switched-capacitor core runs (the hardware
+minGRU, S4D-Real) also get a hardware record naming their analog parts' tensors and constants.
+This is the only hwmap module that imports torch, Brevitas or qssm's models.
 """
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,12 +20,29 @@ import torch.nn.functional as F
 
 from qssm.models.backbone import MinGRUBlock, S4DBlock
 from qssm.models.mgrade import MGradeLayer
-from qssm.quant.quantizers import PolarQuantizer
+from qssm.models.mingru import MinGRU
+from qssm.models.quantizable import Quantizable
+from qssm.quant.quantizers import PolarQuantizer, SiteQuantizer
+
+from . import ops
+from .graph import (
+    ANALOG_BITS,
+    Adc,
+    Format,
+    GatedBank,
+    Graph,
+    Mac,
+    MinGRUHw,
+    Readout,
+    Retention,
+    S4DRealHw,
+    State,
+)
+from .ops import Term
 
 PRECISION = 52  # fixed-point sums stay below 2^52: exact in int64 and float64
 MULTIPLIER_SLACK_BITS = 4  # rounded multipliers move a sum by < 1/16 of an output step
 FIXED_BITS = 16  # weights folded with per-element scales become 16-bit fixed point
-ANALOG_BITS = 20  # an unquantized ("analog") state: fixed point with 2^20 steps over its range
 INT32 = 2**31 - 1
 
 
@@ -46,23 +50,7 @@ class LoweringError(ValueError):
     """The model holds something the integer graph cannot express; names the module and the fix."""
 
 
-@dataclass
-class Q:
-    """Format of an integer tensor: real value = centered code × scale; stored code = centered +
-    zp; centered codes lie in [lo, hi]."""
-
-    scale: np.ndarray  # float64, broadcastable to the tensor's per-sample shape
-    zp: int
-    lo: int
-    hi: int
-    analog: bool = False
-
-    @property
-    def bound(self) -> int:
-        return max(abs(self.lo), abs(self.hi))
-
-
-def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Q | None:
+def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Format | None:
     """The format of a quantized activation site (None when the site is not quantized).
     ``shape``: the per-sample channel shape of a per-channel scale."""
     quantizer = module._quantizer(site)
@@ -87,10 +75,10 @@ def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Q | N
             "make the role symmetric or per_tensor"
         )
     z = int(round(float(zp.ravel()[0])))
-    return Q(scale, z, qmin - z, qmax - z)
+    return Format(scale, z, qmin - z, qmax - z)
 
 
-def need(module, site: str, shape, name: str, why: str) -> Q:
+def need(module, site: str, shape, name: str, why: str) -> Format:
     q = site_q(module, site, shape, name)
     if q is None:
         role = module.sites()[site].role
@@ -106,14 +94,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class Builder:
-    """Collects ops, constants, per-tensor bounds (largest |centered code|) and states."""
+    """Collects ops, constants, per-tensor bounds (largest |centered code|), states, formats and
+    hardware records."""
 
     def __init__(self):
-        self.ops: list[dict] = []
+        self.ops: list[ops.Op] = []
         self.consts: dict[str, np.ndarray] = {}
         self.bounds: dict[str, float] = {}
-        self.states: list[dict] = []
-        self.formats: dict[str, dict] = {}
+        self.states: list[State] = []
+        self.formats: dict[str, Format] = {}
+        self.layers: list = []
 
     def const(self, name: str, value) -> str:
         value = np.asarray(value)
@@ -122,30 +112,22 @@ class Builder:
         self.bounds[name] = float(np.abs(value).max()) if value.size else 0.0
         return name
 
-    def state(self, name: str, q: Q, shape: tuple[int, ...]) -> str:
+    def state(self, name: str, q: Format, shape: tuple[int, ...]) -> str:
         """A recurrent tensor; its next value is bound later with :meth:`bind`."""
-        self.states.append({"name": name, "shape": list(shape), "zp": q.zp, "lo": q.lo, "hi": q.hi})
+        self.states.append(State(name, tuple(shape), q.zp, q.lo, q.hi))
         self.bounds[name] = q.bound
         return name
 
     def bind(self, name: str, nxt: str) -> None:
-        next(s for s in self.states if s["name"] == name)["next"] = nxt
+        next(s for s in self.states if s.name == name).next = nxt
 
-    def emit(self, op: dict, bound: float | None = None, q: Q | None = None, site=None) -> str:
-        if site is not None:
-            op["site"] = site
+    def emit(self, op: ops.Op, bound: float | None = None, q: Format | None = None) -> str:
         self.ops.append(op)
         if bound is not None:
-            self.bounds[op["out"]] = bound
+            self.bounds[op.out] = bound
         if q is not None:
-            self.formats[op["out"]] = {
-                "scale": np.asarray(q.scale).tolist(),
-                "zp": q.zp,
-                "lo": q.lo,
-                "hi": q.hi,
-                "analog": q.analog,
-            }
-        return op["out"]
+            self.formats[op.out] = Format(np.asarray(q.scale), q.zp, q.lo, q.hi, q.analog)
+        return op.out
 
     def _term_bound(self, kind: str, inputs: list[str]) -> float:
         bound = math.prod(self.bounds[i] for i in inputs)
@@ -155,7 +137,7 @@ class Builder:
             bound *= self.consts[inputs[1]].shape[-1]
         return bound
 
-    def affine(self, out: str, terms: list, q: Q, name: str, site=None) -> str:
+    def affine(self, out: str, terms: list, q: Format, name: str, site=None) -> ops.Affine:
         """Requantize Σ terms (kind, inputs, real scale of one unit) into format ``q``."""
         ratios = [np.asarray(scale, dtype=np.float64) / q.scale for _, _, scale in terms]
         total = sum(
@@ -171,43 +153,39 @@ class Builder:
                 f"1/{2**MULTIPLIER_SLACK_BITS} of an output step (its inputs are too wide for "
                 "its output scale); give the output more bits or narrow the inputs"
             )
-        out_terms = []
-        for t, ((kind, inputs, _), r) in enumerate(zip(terms, ratios, strict=True)):
-            M = self.const(f"{out}.M{t}", np.rint(r * 2.0**shift).astype(np.int64))
-            out_terms.append([kind, list(inputs), M])
-        op = {
-            "op": "affine",
-            "out": out,
-            "terms": out_terms,
-            "shift": shift,
-            "lo": q.lo,
-            "hi": q.hi,
-        }
-        return self.emit(op, bound=q.bound, q=q, site=site)
+        Ms = [
+            self.const(f"{out}.M{t}", np.rint(r * 2.0**shift).astype(np.int64))
+            for t, r in enumerate(ratios)
+        ]
+        out_terms = tuple(Term(k, tuple(i), M) for (k, i, _), M in zip(terms, Ms, strict=True))
+        op = ops.Affine(out=out, terms=out_terms, shift=shift, lo=q.lo, hi=q.hi, site=site)
+        self.emit(op, bound=q.bound, q=q)
+        return op
 
     def accumulate(self, out: str, terms: list) -> str:
         """An exact integer sum of terms (multipliers 1, no shift, no clip)."""
         one = np.int64(1)
-        out_terms = []
-        for t, (kind, inputs) in enumerate(terms):
-            out_terms.append([kind, list(inputs), self.const(f"{out}.M{t}", one)])
+        out_terms = tuple(
+            Term(kind, tuple(inputs), self.const(f"{out}.M{t}", one))
+            for t, (kind, inputs) in enumerate(terms)
+        )
         bound = sum(self._term_bound(k, i) for k, i in terms)
         if bound >= 2.0**PRECISION:
             raise LoweringError(f"{out}: an accumulator would exceed 2^{PRECISION}")
-        op = {"op": "affine", "out": out, "terms": out_terms, "shift": 0, "lo": None, "hi": None}
-        return self.emit(op, bound=bound)
+        return self.emit(ops.Affine(out=out, terms=out_terms, shift=0, lo=None, hi=None), bound)
 
     def real(self, out: str, terms: list) -> str:
         """Σ terms × float64 scale → a float64 tensor."""
-        out_terms = []
-        for t, (kind, inputs, scale) in enumerate(terms):
-            s = self.const(f"{out}.s{t}", np.asarray(scale, dtype=np.float64))
-            out_terms.append([kind, list(inputs), s])
-        return self.emit({"op": "real", "out": out, "terms": out_terms})
+        out_terms = tuple(
+            Term(kind, tuple(inputs), self.const(f"{out}.s{t}", np.asarray(s, dtype=np.float64)))
+            for t, (kind, inputs, s) in enumerate(terms)
+        )
+        return self.emit(ops.Real(out=out, terms=out_terms))
 
-    def round(self, out: str, src: str, q: Q, site=None) -> str:
-        op = {"op": "round", "out": out, "in": src, "scale": self.const(f"{out}.scale", q.scale)}
-        return self.emit({**op, "lo": q.lo, "hi": q.hi}, bound=q.bound, q=q, site=site)
+    def round(self, out: str, src: str, q: Format, site=None) -> str:
+        scale = self.const(f"{out}.scale", q.scale)
+        op = ops.Round(out=out, src=src, scale=scale, lo=q.lo, hi=q.hi, site=site)
+        return self.emit(op, bound=q.bound, q=q)
 
 
 # ------------------------------------------------------------------------------------- pieces
@@ -230,7 +208,7 @@ def codes_or_fixed(w: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, 
     return fixed(w)
 
 
-def linear_terms(b: Builder, lin, x: str, qx: Q, name: str) -> list:
+def linear_terms(b: Builder, lin, x: str, qx: Format, name: str) -> list:
     """Terms of W x + bias for a QLinear on codes ``x`` of format ``qx``."""
     if lin._quantizer("weight") is None:
         raise LoweringError(
@@ -272,7 +250,7 @@ def real_bound(b: Builder, terms: list) -> float:
     return sum(b._term_bound(k, i) * np.abs(s).max() for k, i, s in terms)
 
 
-def lut(b: Builder, module, site: str, fn, x: str, qx: Q, name: str) -> tuple[str, Q]:
+def lut(b: Builder, module, site: str, fn, x: str, qx: Format, name: str) -> tuple[str, Format]:
     """codes → fn → the site's quantizer, tabulated over every input code (exactly the
     fake-quant arithmetic: the table is computed by the same float32 torch ops)."""
     channels = np.shape(qx.scale)
@@ -284,17 +262,32 @@ def lut(b: Builder, module, site: str, fn, x: str, qx: Q, name: str) -> tuple[st
     with torch.no_grad():
         y = _np(module.q(site, fn(x_real[None]))[0])  # (K, C)
     table = np.rint(y / np.reshape(q.scale, (1, -1))).astype(np.int64)
-    op = {"op": "lut", "out": f"{name}.{site}", "in": x, "offset": int(qx.lo)}
     # flat, row k·C + c: entry c of code k (C = 1 for a per-tensor table)
-    op["table"] = b.const(f"{name}.{site}.table", table.reshape(-1))
-    op["channels"] = table.shape[1]
-    return b.emit(op, bound=q.bound, q=q, site=f"{name}:{site}"), q
+    flat = b.const(f"{name}.{site}.table", table.reshape(-1))
+    out, where = f"{name}.{site}", f"{name}:{site}"
+    op = ops.Lut(out=out, src=x, table=flat, offset=int(qx.lo), channels=table.shape[1], site=where)
+    return b.emit(op, bound=q.bound, q=q), q
 
 
 # ------------------------------------------------------------------------------------- blocks
 
 
-def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[str, Q]:
+def s4d_real_record(b: Builder, ssm, name: str, update: ops.Affine, y: ops.Affine) -> S4DRealHw:
+    keep, write = update.terms
+    readout, skip = y.terms
+    deficit = None
+    a_q = ssm._quantizer("A")
+    if a_q is not None and hasattr(a_q, "magnitude"):  # polar: |Ā| on the retention-deficit grid
+        deficit = b.const(f"{name}.deficit", _np(a_q.magnitude.qparams()[0]).ravel())
+    (x,), (u,), (u_y,) = keep.inputs, write.inputs, skip.inputs
+    return S4DRealHw(
+        name,
+        Retention(x, update.out, keep.weight, u, write.weight, update.shift, deficit),
+        Readout(y.out, *readout.inputs, readout.weight, u_y, skip.weight, y.shift, y.lo, y.hi),
+    )
+
+
+def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tuple[str, Format]:
     ssm, sname = block.ssm, f"{name}.ssm"
     H, n = ssm.C.shape[:2]
     with torch.no_grad():
@@ -305,13 +298,13 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[st
     if qx is None:  # analog state: |x| ≤ max|u|·|B̄| / (1 − |Ā|), fixed point over the largest
         top = float((qu.bound * np.max(qu.scale) * np.abs(B_) / (1 - np.abs(A))).max())
         span = 2**ANALOG_BITS + 2
-        qx = Q(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
+        qx = Format(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
     if qx.zp != 0:
         raise LoweringError(
             f"{sname}.state: an asymmetric state cannot be lowered; make it symmetric"
         )
     sx, su = qx.scale, np.reshape(qu.scale, (-1, 1)) if np.ndim(qu.scale) else qu.scale
-    u3 = b.emit({"op": "unsqueeze", "out": f"{sname}.u", "in": u}, bound=qu.bound)
+    u3 = b.emit(ops.Unsqueeze(out=f"{sname}.u", src=u), bound=qu.bound)
     parts = ["re", "im"] if not ssm.real else ["re"]
     x = {p: b.state(f"{sname}.x_{p}", qx, (H, n)) for p in parts}
     if ssm.real:
@@ -334,7 +327,7 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[st
     new = {}
     for p in parts:
         new[p] = b.affine(f"{sname}.x_{p}'", update[p], qx, f"{sname}.state")
-        b.bind(x[p], new[p])
+        b.bind(x[p], new[p].out)
     qy = need(ssm, "output", (H,), f"{sname}.output", "GELU is a lookup table over its codes")
     terms = []
     c_q = ssm._quantizer("C")
@@ -345,18 +338,38 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Q) -> tuple[st
         if c_q is not None and not isinstance(c_q, PolarQuantizer) and sx_row is not None:
             rows = (2 if not ssm.real else 1) * _np(c_q.qparams()[0]).reshape(-1, 1) * sx_row
         w, s = codes_or_fixed(readout[p] * sx, rows)
-        terms.append(("dot", [new[p], b.const(f"{sname}.C_{p}", w)], s.ravel()))
+        terms.append(("dot", [new[p].out, b.const(f"{sname}.C_{p}", w)], s.ravel()))
     terms.append(("mul", [u], D * np.ravel(qu.scale) if np.ndim(qu.scale) else D * qu.scale))
     y = b.affine(f"{sname}.output", terms, qy, sname, site=f"{sname}:output")
-    g, qg = lut(b, block, "gelu", F.gelu, y, qy, name)
+    if ssm.real:
+        b.layers.append(s4d_real_record(b, ssm, sname, new["re"], y))
+    g, qg = lut(b, block, "gelu", F.gelu, y.out, qy, name)
     v = b.real(f"{name}.linear", linear_terms(b, block.linear, g, qg, f"{name}.linear"))
-    glu = b.emit({"op": "glu", "out": f"{name}.glu", "in": v})
+    glu = b.emit(ops.Glu(out=f"{name}.glu", src=v))
     qb = need(block, "block", (H,), f"{name}.block", "the block output is a code")
     r = b.real(f"{name}.residual", [("mul", [u], qu.scale), ("float", [glu], 1.0)])
     return b.round(f"{name}.block", r, qb, site=f"{name}:block"), qb
 
 
-def mingru(b: Builder, gru, name: str, x: str, qx: Q) -> tuple[str, Q]:
+def mingru_hw_record(
+    b: Builder, name: str, gate: ops.Affine, cand_mac: list, h_new: ops.Affine, out: str
+) -> MinGRUHw:
+    def value(t: Term):  # a constant (the last input) times its multiplier, exact integers
+        return b.consts[t.inputs[-1]] * b.consts[t.weight]
+
+    mac, *offsets = gate.terms  # the MAC, then the bias and the hard sigmoid's ½
+    offset = b.const(f"{gate.out}.offset", sum(value(t) for t in offsets))
+    keep, share, cand, *bias = h_new.terms  # h, z·h, z·acc, z·bias
+    acc = cand.inputs[1]
+    cand_offset = b.const(f"{h_new.out}.cand_offset", sum(value(t) for t in bias) + np.int64(0))
+    h, z = keep.inputs[0], share.inputs[0]
+    weights = (keep.weight, share.weight, cand.weight, cand_offset)
+    bank = GatedBank(h, h_new.out, z, acc, *weights, h_new.shift)
+    adc = Adc(gate.out, *mac.inputs, mac.weight, offset, gate.shift, gate.lo, gate.hi)
+    return MinGRUHw(name, adc, Mac(acc, *cand_mac), bank, out)
+
+
+def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]:
     H = gru.Wz.out_features
     qg = need(gru, "gate", (H,), f"{name}.gate", "the gate multiplies the state in codes")
     z_terms = linear_terms(b, gru.Wz, x, qx, f"{name}.Wz")
@@ -364,39 +377,42 @@ def mingru(b: Builder, gru, name: str, x: str, qx: Q) -> tuple[str, Q]:
         one = b.const(f"{name}.one", np.int64(1))
         terms = [(k, i, s / 4) for k, i, s in z_terms] + [("const", [one], 0.5)]
         top = math.floor(1 / float(np.max(qg.scale)))  # z = k·s ≤ 1 (MinGRU._at_most_one)
-        qz = Q(qg.scale, qg.zp, max(qg.lo, 0), min(qg.hi, top))
-        z = b.affine(f"{name}.gate", terms, qz, f"{name}.gate", site=f"{name}:gate")
+        qz = Format(qg.scale, qg.zp, max(qg.lo, 0), min(qg.hi, top))
+        gate = b.affine(f"{name}.gate", terms, qz, f"{name}.gate", site=f"{name}:gate")
+        z = gate.out
     else:
         v = b.real(f"{name}.pre_gate", z_terms)
-        s = b.emit({"op": "sigmoid", "out": f"{name}.sigmoid", "in": v})
+        s = b.emit(ops.Sigmoid(out=f"{name}.sigmoid", src=v))
         z = b.round(f"{name}.gate", s, qg, site=f"{name}:gate")
     c_terms = linear_terms(b, gru.Wh, x, qx, f"{name}.Wh")
     qc = site_q(gru, "cand", (H,), f"{name}.cand")
     if qc is not None:
         cand = b.affine(f"{name}.cand", c_terms, qc, f"{name}.cand", site=f"{name}:cand")
-        c_terms = [("mul", [cand], qc.scale)]
+        c_terms = [("mul", [cand.out], qc.scale)]
     qh = site_q(gru, "state", (H,), f"{name}.state")
     if qh is None:  # analog state: |h| ≤ max |h̃| (a convex combination), fixed point over it
         top = real_bound(b, c_terms)
         span = 2**ANALOG_BITS + 2  # rounding may step past the bound by one
-        qh = Q(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
+        qh = Format(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
     h = b.state(f"{name}.h", qh, (H,))
     terms = [("mul", [h], qh.scale), ("mul", [z, h], -qg.scale * qh.scale)]
     h_new = b.affine(
         f"{name}.h'", terms + times(b, z, qg.scale, c_terms, name), qh, f"{name}.state"
     )
-    b.bind(h, h_new)
+    b.bind(h, h_new.out)
     if gru.hardware:  # comparator: binary output
-        one = Q(np.float64(1.0), 0, 0, 1)
-        op = {"op": "heaviside", "out": f"{name}.out", "in": h_new}
-        return b.emit(op, bound=1, q=one, site=f"{name}:comparator"), one
+        one = Format(np.float64(1.0), 0, 0, 1)
+        op = ops.Heaviside(out=f"{name}.out", src=h_new.out, site=f"{name}:comparator")
+        out = b.emit(op, bound=1, q=one)
+        if qc is None:  # the analog candidate: a MAC feeding the state bank
+            b.layers.append(mingru_hw_record(b, name, gate, c_terms[0][1], h_new, out))
+        return out, one
     qo = need(gru, "output", (H,), f"{name}.output", "the output is a code")
-    return b.affine(
-        f"{name}.out", [("mul", [h_new], qh.scale)], qo, name, site=f"{name}:output"
-    ), qo
+    out = b.affine(f"{name}.out", [("mul", [h_new.out], qh.scale)], qo, name, site=f"{name}:output")
+    return out.out, qo
 
 
-def layernorm(b: Builder, norm, x: str, qx: Q, name: str) -> str:
+def layernorm(b: Builder, norm, x: str, qx: Format, name: str) -> str:
     """LayerNorm of codes, in float64 from exact integer moments:
     (H·x − Σx) / sqrt(H·Σx² − (Σx)² + H²·eps/s²) · γ + β."""
     if np.ndim(qx.scale):
@@ -404,40 +420,41 @@ def layernorm(b: Builder, norm, x: str, qx: Q, name: str) -> str:
             f"{name}: LayerNorm over a per-channel scale; make its input per_tensor"
         )
     H = norm.normalized_shape[0]
-    op = {"op": "layernorm", "out": name, "in": x, "H": H}
-    op["eps"] = b.const(f"{name}.eps", np.float64(H * H * norm.eps / float(qx.scale) ** 2))
-    op["gamma"] = b.const(f"{name}.gamma", _np(norm.weight))
-    op["beta"] = b.const(f"{name}.beta", _np(norm.bias))
-    return b.emit(op)
+    eps = b.const(f"{name}.eps", np.float64(H * H * norm.eps / float(qx.scale) ** 2))
+    gamma = b.const(f"{name}.gamma", _np(norm.weight))
+    beta = b.const(f"{name}.beta", _np(norm.bias))
+    return b.emit(ops.LayerNorm(out=name, src=x, H=H, eps=eps, gamma=gamma, beta=beta))
 
 
-def act_round(b: Builder, module, site: str, v: str, H: int, name: str, why: str) -> tuple[str, Q]:
+def act_round(b: Builder, module, site: str, v: str, H: int, name: str, why: str):
     """A float64 tensor onto a quantized activation site."""
     q = need(module, site, (H,), f"{name}.{site}", why)
     return b.round(f"{name}.{site}", v, q, site=f"{name}:{site}"), q
 
 
-def normalized(b: Builder, block, site: str, norm, x: str, qx: Q, name: str, why: str):
+def normalized(b: Builder, block, site: str, norm, x: str, qx: Format, name: str, why: str):
     """LayerNorm of codes onto the block's quantized site that follows it."""
     H = norm.normalized_shape[0]
     v = layernorm(b, norm, x, qx, f"{name}.{site}.ln")
     return act_round(b, block, site, v, H, name, why)
 
 
-def residual(b: Builder, module, x: str, qx: Q, v: str, H: int, site: str, name: str):
+def residual(b: Builder, module, x: str, qx: Format, v: str, H: int, site: str, name: str):
     r = b.real(f"{name}.{site}.sum", [("mul", [x], qx.scale), ("float", [v], 1.0)])
     return act_round(b, module, site, r, H, name, "the residual sum is a code")
 
 
-def mlp(b: Builder, m, x: str, qx: Q, name: str) -> str:
+def mlp(b: Builder, m, x: str, qx: Format, name: str) -> str:
     """fc1 → GELU → the gelu site → fc2, as float64 (the residual adds it)."""
     v = b.real(f"{name}.fc1", linear_terms(b, m.fc1, x, qx, f"{name}.fc1"))
-    g = b.emit({"op": "gelu", "out": f"{name}.gelu_f", "in": v})
+    g = b.emit(ops.Gelu(out=f"{name}.gelu_f", src=v))
     g, qg = act_round(b, m, "gelu", g, m.fc1.out_features, name, "fc2 takes codes")
     return b.real(f"{name}.fc2", linear_terms(b, m.fc2, g, qg, f"{name}.fc2"))
 
 
-def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Q) -> tuple[str, Q]:
+def mingru_block(
+    b: Builder, block: MinGRUBlock, name: str, x: str, qx: Format
+) -> tuple[str, Format]:
     if block.hardware:
         return mingru(b, block.gru, f"{name}.gru", x, qx)
     H = block.norm1.normalized_shape[0]
@@ -449,7 +466,7 @@ def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Q) -> tu
     return residual(b, block, mid, qm, mlp(b, block.mlp, n2, q2, f"{name}.mlp"), H, "block", name)
 
 
-def delay_line(b: Builder, conv, x: str, qx: Q, name: str) -> tuple[str, str, np.ndarray]:
+def delay_line(b: Builder, conv, x: str, qx: Format, name: str) -> tuple[str, str, np.ndarray]:
     """The integer-delay convolution as a buffer of the last max_delay input codes (a state)
     and the kernel codes (H, max_delay) with their per-channel scale."""
     if not conv.integer_delays:
@@ -461,13 +478,15 @@ def delay_line(b: Builder, conv, x: str, qx: Q, name: str) -> tuple[str, str, np
         kernel = _np(conv.kernel())  # (H, J): tap weights at their integer delays
     s_w = _np(conv._quantizer("weight").qparams()[0]).reshape(-1, 1)  # (H, 1)
     buf = b.state(f"{name}.buffer", qx, (H, J))
-    new = b.emit({"op": "shift", "out": f"{name}.buffer'", "in": x, "buffer": buf}, bound=qx.bound)
+    new = b.emit(ops.Shift(out=f"{name}.buffer'", src=x, buffer=buf), bound=qx.bound)
     b.bind(buf, new)
     codes = b.const(f"{name}.K", np.rint(kernel / s_w).astype(np.int64))
     return new, codes, s_w.ravel() * qx.scale
 
 
-def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Q) -> tuple[str, Q]:
+def mgrade_block(
+    b: Builder, block: MGradeLayer, name: str, x: str, qx: Format
+) -> tuple[str, Format]:
     H = block.norm.normalized_shape[0]
     n, qn = normalized(b, block, "norm", block.norm, x, qx, name, "the delay line holds codes")
     buf, K, scale = delay_line(b, block.conv, n, qn, f"{name}.conv")
@@ -475,79 +494,89 @@ def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Q) -> tu
     u = b.affine(
         f"{name}.conv", [("dot", [buf, K], scale)], qc, f"{name}.conv", site=f"{name}:conv"
     )
-    g, qg = mingru(b, block.gru, f"{name}.gru", u, qc)
+    g, qg = mingru(b, block.gru, f"{name}.gru", u.out, qc)
     return residual(b, block, x, qx, mlp(b, block.mlp, g, qg, f"{name}.mlp"), H, "block", name)
 
 
 BLOCKS = {S4DBlock: s4d_block, MinGRUBlock: mingru_block, MGradeLayer: mgrade_block}
 
 
-def lower(model) -> dict:
-    """A quantized Classifier → {"meta", "states", "step", "head", "consts", "formats"}."""
+def lower(model) -> Graph:
+    """A quantized Classifier → its integer graph."""
     b = Builder()
     d_in, H = model.d_input, model.encoder.out_features
     qi = need(model, "input", (d_in,), "input", "the graph takes codes")
-    x = b.emit(
-        {
-            "op": "quantize",
-            "out": "input",
-            "in": "x",
-            "zp": qi.zp,
-            "lo": qi.lo,
-            "hi": qi.hi,
-            "scale": b.const("input.scale", np.float32(qi.scale)),
-        },
-        bound=qi.bound,
-        q=qi,
-        site=":input",
+    scale = b.const("input.scale", np.float32(qi.scale))
+    op = ops.Quantize(
+        out="input", src="x", scale=scale, zp=qi.zp, lo=qi.lo, hi=qi.hi, site=":input"
     )
+    x = b.emit(op, bound=qi.bound, q=qi)
     qe = need(model, "encoder", (H,), "encoder output", "it feeds the first block")
-    h = b.affine(
-        "encoder", linear_terms(b, model.encoder, x, qi, "encoder"), qe, "encoder", site=":encoder"
-    )
-    qh = qe
+    terms = linear_terms(b, model.encoder, x, qi, "encoder")
+    h, qh = b.affine("encoder", terms, qe, "encoder", site=":encoder").out, qe
     for i, block in enumerate(model.blocks):
         h, qh = BLOCKS[type(block)](b, block, f"blocks.{i}", h, qh)
     step = list(b.ops)
     b.ops = []
     qp = need(model, "pool", (H,), "pooled features", "the decoder takes codes")
     if model.pool == "mean":
-        total = b.state("pool.sum", Q(np.float64(1), 0, -INT32, INT32), (H,))
-        count = b.state("pool.count", Q(np.float64(1), 0, 0, INT32), (1,))
+        total = b.state("pool.sum", Format(np.float64(1), 0, -INT32, INT32), (H,))
+        count = b.state("pool.count", Format(np.float64(1), 0, 0, INT32), (1,))
         one = b.const("pool.one", np.int64(1))
         b.ops = step
         b.bind(total, b.accumulate("pool.sum'", [("mul", [total]), ("mul", [h])]))
         b.bind(count, b.accumulate("pool.count'", [("mul", [count]), ("const", [one])]))
         step, b.ops = b.ops, []
         ratio = b.const("pool.ratio", np.asarray(qh.scale / qp.scale, dtype=np.float64))
-        pooled = b.emit(
-            {
-                "op": "mean",
-                "out": "pool",
-                "in": "pool.sum'",
-                "count": "pool.count'",
-                "ratio": ratio,
-                "lo": qp.lo,
-                "hi": qp.hi,
-            },
-            bound=qp.bound,
-            q=qp,
-            site=":pool",
-        )
+        sums = {"src": "pool.sum'", "count": "pool.count'", "ratio": ratio}
+        op = ops.Mean(out="pool", **sums, lo=qp.lo, hi=qp.hi, site=":pool")
+        pooled = b.emit(op, bound=qp.bound, q=qp)
     else:  # the last step's output, kept as a state so the head sees it after a scan
         b.bind(b.state("pool.last", qh, (H,)), h)
-        pooled = b.affine("pool", [("mul", [h], qh.scale)], qp, "pool", site=":pool")
+        pooled = b.affine("pool", [("mul", [h], qh.scale)], qp, "pool", site=":pool").out
     b.real("logits", linear_terms(b, model.decoder, pooled, qp, "decoder"))
-    return {
-        "meta": {
-            "family": model.config["family"],
-            "d_input": d_in,
-            "n_classes": model.n_classes,
-            "output": h,
-        },
-        "states": b.states,
-        "step": step,
-        "head": b.ops,
-        "consts": b.consts,
-        "formats": b.formats,
-    }
+    meta = (model.config["family"], d_in, model.n_classes, h)
+    return Graph(*meta, b.states, step, b.ops, b.consts, b.formats, b.layers)
+
+
+# ------------------------------------------------------------------------------------- torch
+
+
+def fakequant(model, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Brevitas fake-quant on sequences x (B, L, d) → (logits, site key → the centered codes
+    (value / scale) of every activation site at every step (B, L, …), and the hardware minGRU's
+    comparator decisions)."""
+    seen: dict[str, list[np.ndarray]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        qz = module._modules.get("qz") if isinstance(module, Quantizable) else None
+        for site, q in (qz or {}).items():
+            if not isinstance(q, SiteQuantizer):
+                continue
+
+            def hook(q, args, out, key=f"{name}:{site}"):
+                scale = q.qparams()[0]
+                seen.setdefault(key, []).append(torch.round(out / scale).detach().numpy())
+
+            hooks.append(q.register_forward_hook(hook))
+        if isinstance(module, MinGRU) and module.hardware:  # comparator decisions, 0 or 1
+
+            def decisions(m, args, out, key=f"{name}:comparator"):
+                seen.setdefault(key, []).append(out.detach().numpy())
+
+            hooks.append(module.register_forward_hook(decisions))
+    try:
+        with torch.no_grad():
+            logits = model(torch.as_tensor(x), mode="recurrent").numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, {k: v[-1].astype(np.int64) for k, v in seen.items()}
+
+
+def set_noise(model, noise: list[dict | None]) -> None:
+    """Hardware-aware QAT: the Gaussian noise σ (real units) of block i's hardware minGRU
+    (``MinGRU.noise``: gate, cand, out), None for none."""
+    for block, sigmas in zip(model.blocks, noise, strict=True):
+        tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (sigmas or {}).items()}
+        block.gru.noise = tensors if sigmas is not None else None

@@ -1,8 +1,9 @@
 """Mapping a lowered integer graph onto a switched-capacitor (SC) in-memory-computing target.
 
-Per layer it decides the physical realization of every analog op of the integer graph:
+For each hardware record of the graph (``hwmap.graph``: the tensors and constants of a layer's
+analog parts) it decides their physical realization:
 
-- a **MAC** (``matmul`` term of an affine op): differential unit-capacitor counts per weight code
+- a **MAC** (an integer matrix product x @ W): differential unit-capacitor counts per weight code
   (positive codes on the + line, negative on the − line), every cell padded with dummy units to
   the same total so each column line has the same capacitance; multi-bit inputs applied
   bit-serially (two's complement planes combined by binary weighting); fan-in split into tiles
@@ -26,6 +27,7 @@ import math
 import numpy as np
 
 from . import intref
+from .graph import Adc, Graph, MinGRUHw, S4DRealHw
 from .targets import Target
 
 BOLTZMANN = 1.380649e-23
@@ -35,18 +37,6 @@ RANGE_SEQUENCES = 64  # training sequences that set each analog state's voltage 
 
 class MappingError(ValueError):
     """The model cannot run on the target; the message names the layer, the reason, the fix."""
-
-
-def _blocks(graph: dict) -> list[int]:
-    out = set()
-    for op in graph["step"]:
-        if op["out"].startswith("blocks."):
-            out.add(int(op["out"].split(".")[1]))
-    return sorted(out)
-
-
-def _op(graph: dict, out: str) -> dict:
-    return next(op for op in graph["step"] if op["out"] == out)
 
 
 def swing(target: Target) -> float:
@@ -130,24 +120,18 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
     }
 
 
-def thresholds(op: dict, consts: dict, term: int, target: Target, v_per_unit: float) -> dict:
-    """Thresholds (accumulator units of term ``term``'s MAC) of an affine op's output codes:
-    code ≥ c ⇔ acc ≥ t_c, t_c = ⌈(c·2^S − 2^(S−1) − rest) / M⌉, placed at t_c − ½; ``rest`` is
-    the constant terms (bias, offsets) folded in."""
-    S, lo, hi = op["shift"], op["lo"], op["hi"]
-    M = np.atleast_1d(consts[op["terms"][term][2]]).astype(np.float64)
-    rest = 0.0
-    for t, (kind, ins, m) in enumerate(op["terms"]):
-        if t != term:
-            if kind != "const":
-                raise ValueError("only constant terms fold into thresholds")
-            rest = rest + consts[ins[0]] * consts[m]
-    rest = np.asarray(rest, dtype=np.float64)
+def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float) -> dict:
+    """Thresholds (accumulator units of the ADC's MAC) of its output codes: code ≥ c ⇔
+    acc ≥ t_c, t_c = ⌈(c·2^S − 2^(S−1) − offset) / M⌉, placed at t_c − ½ (the offset folds in
+    the constant terms: bias, offsets)."""
+    S, lo, hi = adc.shift, adc.lo, adc.hi
+    M = np.atleast_1d(consts[adc.M]).astype(np.float64)
+    rest = np.asarray(consts[adc.offset], dtype=np.float64)
     shape = np.broadcast_shapes(M.shape, rest.shape, (1,))  # one row per output channel
     M, rest = np.broadcast_to(M, shape), np.broadcast_to(rest, shape)
     codes = np.arange(lo + 1, hi + 1)
     if np.any(M <= 0):
-        raise MappingError(f"{op['out']}: a non-positive multiplier cannot become a threshold")
+        raise MappingError(f"{adc.out}: a non-positive multiplier cannot become a threshold")
     t = np.ceil((codes[None, :] * 2.0**S - 2.0 ** (S - 1) - rest[:, None]) / M[:, None]) - 0.5
     volts = t * v_per_unit
     step = 2 * swing(target) / 2**target.comparator.dac_bits
@@ -206,19 +190,19 @@ def _bits(lo: int, hi: int) -> int:
     return max(1, math.ceil(math.log2(hi - lo + 1)))
 
 
-def state_range(graph: dict, name: str, ranges: dict | None) -> float:
+def state_range(graph: Graph, name: str, ranges: dict | None) -> float:
     """Largest |state code| the state's voltage range must hold: observed on data (×
     RANGE_MARGIN) when given, else the worst case the lowering assumed."""
-    state = next(s for s in graph["states"] if s["next"] == name)
-    worst = max(abs(state["lo"]), state["hi"])
+    state = next(s for s in graph.states if s.next == name)
+    worst = max(abs(state.lo), state.hi)
     if ranges is None or name not in ranges:
         return worst
     return min(worst, max(1.0, RANGE_MARGIN * ranges[name]))
 
 
-def observed_ranges(graph: dict, x: np.ndarray) -> dict[str, float]:
+def observed_ranges(graph: Graph, x: np.ndarray) -> dict[str, float]:
     """Largest |code| of every state over sequences ``x`` (integer reference)."""
-    top = {s["next"]: 0.0 for s in graph["states"]}
+    top = {s.next: 0.0 for s in graph.states}
     state = intref.init_state(graph, len(x))
     for t in range(x.shape[1]):
         env, state = intref.step(graph, x[:, t], state)
@@ -227,73 +211,68 @@ def observed_ranges(graph: dict, x: np.ndarray) -> dict[str, float]:
     return top
 
 
-def map_mingru_hw(
-    graph: dict, i: int, target: Target, in_q: dict, strict: bool = True, ranges=None
-) -> dict:
-    p, consts = f"blocks.{i}.gru", graph["consts"]
-    gate, acc, state, out = (_op(graph, f"{p}.{s}") for s in ("gate", "acc0", "h'", "out"))
-    in_bits = _bits(in_q["lo"], in_q["hi"])
-    mac_z = mac(f"{p}.Wz", consts[f"{p}.Wz.W"], in_bits, None, target)
-    mac_h = mac(f"{p}.Wh", consts[f"{p}.Wh.W"], in_bits, None, target)
-    th = thresholds(gate, consts, 0, target, mac_z["v_per_unit"])
-    M0, M1 = float(consts[state["terms"][0][2]]), float(consts[state["terms"][1][2]])
-    s_gate = -M1 / M0  # the state update is h − k·s·h + k·s·h̃
-    v_h = swing(target) / state_range(graph, state["out"], ranges)  # its range spans the swing
-    bk = bank(f"{p}.state", np.full(mac_z["outputs"], 1 / s_gate), gate["hi"], v_h, target, strict)
-    comparators = mac_z["outputs"] * (len(th["acc"][0]) + 1)
+def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = True, ranges=None):
+    consts, gate, bank_ = graph.consts, rec.gate, rec.bank
+    x = graph.formats[gate.x]
+    in_bits = _bits(x.lo, x.hi)
+    mac_z = mac(f"{rec.name}.Wz", consts[gate.W], in_bits, None, target)
+    mac_h = mac(f"{rec.name}.Wh", consts[rec.cand.W], in_bits, None, target)
+    th = thresholds(gate, consts, target, mac_z["v_per_unit"])
+    s_gate = -float(consts[bank_.share]) / float(consts[bank_.keep])  # h − k·s·h + k·s·h̃
+    v_h = swing(target) / state_range(graph, bank_.out, ranges)  # its range spans the swing
+    n_eff = np.full(mac_z["outputs"], 1 / s_gate)
+    bk = bank(f"{rec.name}.state", n_eff, gate.hi, v_h, target, strict)
     return {
         "kind": "mingru_hw",
-        "ops": {"gate": gate["out"], "cand": acc["out"], "state": state["out"], "out": out["out"]},
+        "layer": rec.name,
         "gate_mac": mac_z,
         "cand_mac": mac_h,
         "gate_thresholds": th,
-        "gate_to_units": list(range(gate["hi"] + 1)),
+        "gate_to_units": list(range(gate.hi + 1)),
         "s_gate": s_gate,
         "bank": bk,
-        "comparators": comparators,
-        "adc_bits": _bits(gate["lo"], gate["hi"]),
+        "comparators": mac_z["outputs"] * (len(th["acc"][0]) + 1),
+        "adc_bits": _bits(gate.lo, gate.hi),
     }
 
 
-def map_s4d_real(graph: dict, i: int, target: Target, model, ranges=None) -> dict:
-    p, consts = f"blocks.{i}.ssm", graph["consts"]
-    state, y = _op(graph, f"{p}.x_re'"), _op(graph, f"{p}.output")
-    ssm = model.blocks[i].ssm
-    d_q = ssm._quantizer("A")
-    if d_q is None or not hasattr(d_q, "magnitude"):
+def map_s4d_real(graph: Graph, rec: S4DRealHw, target: Target, ranges=None) -> dict:
+    consts, ret, y = graph.consts, rec.retention, rec.readout
+    if ret.deficit is None:
         raise MappingError(
-            f"{p}: the retention 1 − Ā must be on a unit grid; quantize ssm.A with complex: polar "
-            "(the retention-deficit grid)"
+            f"{rec.name}: the retention 1 − Ā must be on a unit grid; quantize ssm.A with "
+            "complex: polar (the retention-deficit grid)"
         )
-    s_d = d_q.magnitude.qparams()[0].detach().double().numpy().ravel()  # (H,) or (1,)
-    H, n = consts[state["terms"][0][2]].shape
-    M0 = consts[state["terms"][0][2]].astype(np.float64) / 2.0 ** state["shift"]  # Ā
-    k = np.rint((1 - M0) / s_d.reshape(-1, 1))  # retention 1 − Ā in units of the bank
-    W = consts[y["terms"][0][1][1]]  # (H, n): the readout weights, one column per channel
+    s_d = consts[ret.deficit]  # (H,) or (1,)
+    H, n = consts[ret.keep].shape
+    A = consts[ret.keep].astype(np.float64) / 2.0**ret.shift
+    k = np.rint((1 - A) / s_d.reshape(-1, 1))  # retention 1 − Ā in units of the bank
+    W = consts[y.C]  # (H, n): the readout weights, one column per channel
     if np.abs(W).max() > target.weights.max_units:
         raise MappingError(
-            f"{p}.C: readout weights need {int(np.abs(W).max())} levels per side (per-element "
-            f"state scales fold into them as 16-bit fixed point); {target.name} holds "
-            f"{target.weights.max_units}. Set ssm.state granularity: per_tensor or per_channel"
+            f"{rec.name}.C: readout weights need {int(np.abs(W).max())} levels per side "
+            "(per-element state scales fold into them as 16-bit fixed point); "
+            f"{target.name} holds {target.weights.max_units}. Set ssm.state granularity: "
+            "per_tensor or per_channel"
         )
-    v_x = swing(target) / state_range(graph, state["out"], ranges)  # the range spans the swing
-    cols = mac(f"{p}.C", W.T, 1, v_x, target)  # analog inputs: the state voltages
+    v_x = swing(target) / state_range(graph, ret.out, ranges)  # the range spans the swing
+    cols = mac(f"{rec.name}.C", W.T, 1, v_x, target)  # analog inputs: the state voltages
     n_eff = np.broadcast_to(1 / s_d.reshape(-1, 1), (H, n))
-    bk = bank(f"{p}.state", n_eff, int(k.max()), v_x, target)
+    bk = bank(f"{rec.name}.state", n_eff, int(k.max()), v_x, target)
     return {
         "kind": "s4d_real",
-        "ops": {"retention": state["out"], "output": y["out"]},
+        "layer": rec.name,
         "retention_units": k.astype(np.int64),
         "readout_mac": cols,
         "bank": bk,
-        "output_levels": y["hi"] - y["lo"] + 1,
-        "comparators": H * (y["hi"] - y["lo"]),
-        "adc_bits": _bits(y["lo"], y["hi"]),
+        "output_levels": y.hi - y.lo + 1,
+        "comparators": H * (y.hi - y.lo),
+        "adc_bits": _bits(y.lo, y.hi),
     }
 
 
-def check_mappable(graph: dict, target: Target) -> None:
-    family = graph["meta"]["family"]
+def check_mappable(graph: Graph, target: Target) -> None:
+    family = graph.family
     if family == "s4d" and target.state_bank.passive:
         raise MappingError(
             "complex S4D modes rotate the state (Ā has an imaginary part); a passive "
@@ -306,23 +285,26 @@ def check_mappable(graph: dict, target: Target) -> None:
             "mapping here; map a mingru_hw or s4d_real model (the digital parts of those — "
             "encoder, pooling, decoder, the S4D block's GELU/GLU — stay in the periphery)"
         )
+    if not graph.layers:
+        raise MappingError(
+            f"{family}: the quantized candidate (role gru.cand) leaves no analog MAC to map; "
+            "disable gru.cand in the recipe's quant section"
+        )
 
 
-def map_graph(graph: dict, target: Target, model, strict: bool = True, ranges=None) -> dict:
-    """The mapping of every block; raises MappingError for what cannot be mapped.  Without
-    ``strict`` the state-bank capacity is not checked (hardware-aware QAT needs only the noise
-    magnitudes, before training has settled the gate scale).  ``ranges`` (from
+def map_graph(graph: Graph, target: Target, strict: bool = True, ranges=None) -> dict:
+    """The mapping of every hardware layer of the graph; raises MappingError for what cannot be
+    mapped.  Without ``strict`` the state-bank capacity is not checked (hardware-aware QAT needs
+    only the noise magnitudes, before training has settled the gate scale).  ``ranges`` (from
     :func:`observed_ranges`) scales each state's voltage to the range it takes on data, as a
     designer sets the bank's reference; without it the worst-case range spans the swing."""
     check_mappable(graph, target)
-    layers = []
-    q = graph["formats"]["encoder"]
-    for i in _blocks(graph):
-        if graph["meta"]["family"] == "mingru_hw":
-            layers.append(map_mingru_hw(graph, i, target, q, strict, ranges))
-            q = {"lo": 0, "hi": 1}  # binary comparator outputs feed the next layer
-        else:
-            layers.append(map_s4d_real(graph, i, target, model, ranges))
+    layers = [
+        map_mingru_hw(graph, rec, target, strict, ranges)
+        if isinstance(rec, MinGRUHw)
+        else map_s4d_real(graph, rec, target, ranges)
+        for rec in graph.layers
+    ]
     return {"target": target.name, "layers": layers, "totals": totals(layers, target)}
 
 

@@ -1,9 +1,10 @@
 """ONNX export of a lowered graph: a step graph, a sequence graph (``Scan`` around the same step
 body) and a QONNX step graph.
 
-Every op of ``hwmap.lower`` becomes standard ONNX nodes that reproduce the integer reference bit
-for bit: codes travel as float64 tensors holding exact integers (every sum stays below 2^52), the
-fixed-point requantization is Mul by the integer multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
+Every op of ``hwmap.ops`` becomes standard ONNX nodes (``NODES``: its primitives as nodes) that
+reproduce the integer reference bit for bit: codes travel as float64 tensors holding exact
+integers (every sum stays below 2^52), the fixed-point requantization is Mul by the integer
+multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
 Integer tensors enter and leave in QCDQ form: weights and lookup tables are int8/int16
 initializers read through ``DequantizeLinear``; the float input goes through ``QuantizeLinear``
 with its real scale; states and per-site codes leave through ``QuantizeLinear`` (zero point,
@@ -19,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qssm.io import atomic_path
-
 from . import intref
+from .graph import Graph, State, atomic_path
+from .ops import Symbolic
 
 OPSET = 21
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -52,15 +53,11 @@ class Emitter:
         self.inits: dict[str, onnx.TensorProto] = {}
         self.weights: dict[str, str] = {}
         self.n = 0
+        self.hint = ""  # the output of the op being written: its nodes are named after it
 
     def tmp(self, hint: str) -> str:
         self.n += 1
         return f"{self.prefix}{hint}/{self.n}"
-
-    def node(self, op: str, inputs: list[str], hint: str, domain=None, **attrs) -> str:
-        out = self.tmp(hint)
-        self.nodes.append(helper.make_node(op, inputs, [out], domain=domain, **attrs))
-        return out
 
     def init(self, name: str, value) -> str:
         name = self.prefix + name
@@ -136,191 +133,137 @@ class Emitter:
             return self.from_code(stored, 0, np_type, True, name)
         return self.init(name, value.astype(np.float64))
 
-    # ---- ops
+    # ---- the ops' backend: tensors are Val, primitives add nodes named after the op (hint)
 
-    def get(self, name: str) -> str:
-        return self.weight(name) if name in self.consts else self.prefix + name
+    def lift(self, v) -> str:
+        """A tensor name, a Val, or a number (a float64 scalar initializer)."""
+        if isinstance(v, str):
+            return v
+        return v.name if isinstance(v, Val) else self.scalar(float(v))
 
-    def term(self, kind: str, inputs: list[str], hint: str) -> str:
-        args = [self.get(i) for i in inputs]
-        if kind == "matmul":
-            return self.node("MatMul", args, hint)
-        if kind == "dot":
-            prod = self.node("Mul", args, hint)
-            return self.node(
-                "ReduceSum", [prod, self.init("c/axis_last", np.int64([-1]))], hint, keepdims=0
-            )
-        if kind == "const" or len(args) == 1:
-            return args[0]
-        out = args[0]
-        for a in args[1:]:
-            out = self.node("Mul", [out, a], hint)
+    def node(self, op: str, inputs: list, hint: str | None = None, domain=None, **attrs) -> str:
+        out = self.tmp(hint or self.hint)
+        names = [self.lift(i) for i in inputs]
+        self.nodes.append(helper.make_node(op, names, [out], domain=domain, **attrs))
         return out
 
-    def mul(self, a: str, b: str, hint: str) -> str:
-        return self.node("Mul", [a, b], hint)
+    def apply(self, op: str, *inputs, **attrs) -> "Val":
+        return Val(self, self.node(op, list(inputs), **attrs))
 
-    def erf(self, z: str, hint: str) -> str:
-        """``intref.erf``, op for op."""
-        a = self.node("Abs", [z], hint)
-        t = self.mul(self.scalar(intref.ERF_P), a, hint)
-        t = self.node(
-            "Div", [self.scalar(1.0), self.node("Add", [self.scalar(1.0), t], hint)], hint
-        )
-        poly = self.scalar(intref.ERF_A[4])
-        for c in intref.ERF_A[3::-1]:
-            poly = self.node("Add", [self.mul(poly, t, hint), self.scalar(c)], hint)
-        e = self.node("Exp", [self.node("Neg", [self.mul(a, a, hint)], hint)], hint)
-        tail = self.mul(self.mul(poly, t, hint), e, hint)
-        one_minus = self.node("Sub", [self.scalar(1.0), tail], hint)
-        return self.mul(self.node("Sign", [z], hint), one_minus, hint)
+    def __getattr__(self, prim: str):
+        if prim in NODES:
+            return lambda *args: NODES[prim](self, *args)
+        raise AttributeError(prim)
+
+    def get(self, name: str) -> "Val":
+        return Val(self, self.weight(name) if name in self.consts else self.prefix + name)
+
+    def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> "Val":
+        np_type, _, _ = code_type(min(lo + zp, 0), max(hi + zp, 0))
+        s = self.init(scale, self.consts[scale].astype(np.float32))
+        z = self.init(f"c/zp_{np.dtype(np_type).name}_{zp}", np.asarray(zp, dtype=np_type))
+        x, hint = self.get(src), self.hint
+        if self.qonnx:  # Quant at scale 1 on x / scale: the same rounding as QuantizeLinear
+            code = self.quant(self.node("Div", [x, s]), zp, np_type, hint, dequant=False)
+            v = self.node("Sub", [code, self.init(f"c/f{zp}", np.float32(zp))])
+            return self.apply("Cast", v, to=TensorProto.DOUBLE)
+        code = self.node("QuantizeLinear", [x, s, z])
+        return Val(self, self.from_code(code, zp, np_type, True, hint))
+
+    def halves(self, v: "Val") -> tuple["Val", "Val"]:
+        a, g = self.tmp(self.hint), self.tmp(self.hint)
+        self.nodes.append(helper.make_node("Split", [v.name], [a, g], axis=-1, num_outputs=2))
+        return Val(self, a), Val(self, g)
 
     def set(self, value: str, out: str) -> None:
         self.nodes.append(helper.make_node("Identity", [value], [self.prefix + out]))
 
-    def clip(self, v: str, lo, hi, hint: str) -> str:
-        return self.node("Clip", [v, self.scalar(float(lo)), self.scalar(float(hi))], hint)
+    def op(self, op) -> None:
+        self.hint = op.out
+        self.set(op.eval(self).name, op.out)
 
-    def op(self, op: dict) -> None:
-        kind, out = op["op"], op["out"]
-        if kind == "quantize":
-            zp, (lo, hi) = op["zp"], (op["lo"] + op["zp"], op["hi"] + op["zp"])
-            np_type, _, _ = code_type(min(lo, 0), max(hi, 0))
-            scale = self.init(op["scale"], self.consts[op["scale"]].astype(np.float32))
-            z = self.init(f"c/zp_{np.dtype(np_type).name}_{zp}", np.asarray(zp, dtype=np_type))
-            if self.qonnx:  # Quant at scale 1 on x / scale: the same rounding as QuantizeLinear
-                d = self.node("Div", [self.get(op["in"]), scale], out)
-                code = self.quant(d, zp, np_type, out, dequant=False)
-                v = self.node("Sub", [code, self.init(f"c/f{zp}", np.float32(zp))], out)
-                v = self.node("Cast", [v], out, to=TensorProto.DOUBLE)
-            else:
-                code = self.node("QuantizeLinear", [self.get(op["in"]), scale, z], out)
-                v = self.from_code(code, zp, np_type, True, out)
-            return self.set(self.clip(v, op["lo"], op["hi"], out), out)
-        if kind in ("affine", "real"):
-            acc = None
-            for k, ins, m in op["terms"]:
-                t = self.node("Mul", [self.term(k, ins, out), self.get(m)], out)
-                acc = t if acc is None else self.node("Add", [acc, t], out)
-            if kind == "affine" and op["shift"]:
-                acc = self.node("Add", [acc, self.scalar(2.0 ** (op["shift"] - 1))], out)
-                acc = self.node(
-                    "Floor", [self.node("Mul", [acc, self.scalar(2.0 ** -op["shift"])], out)], out
-                )
-            if kind == "affine" and op["lo"] is not None:
-                acc = self.clip(acc, op["lo"], op["hi"], out)
-            return self.set(acc, out)
-        if kind in ("sigmoid", "glu"):
-            x = self.get(op["in"])
-            if kind == "glu":  # a · sigmoid(g), the halves of the last axis
-                a, g = self.tmp(out), self.tmp(out)
-                self.nodes.append(helper.make_node("Split", [x], [a, g], axis=-1, num_outputs=2))
-                x = g
-            e = self.node("Exp", [self.node("Neg", [x], out)], out)
-            s = self.node(
-                "Div", [self.scalar(1.0), self.node("Add", [self.scalar(1.0), e], out)], out
-            )
-            return self.set(self.node("Mul", [a, s], out) if kind == "glu" else s, out)
-        if kind == "round":
-            v = self.node("Div", [self.get(op["in"]), self.get(op["scale"])], out)
-            v = self.node("Floor", [self.node("Add", [v, self.scalar(0.5)], out)], out)
-            return self.set(self.clip(v, op["lo"], op["hi"], out), out)
-        if kind == "mean":
-            v = self.node("Mul", [self.get(op["in"]), self.get(op["ratio"])], out)
-            v = self.node("Div", [v, self.get(op["count"])], out)
-            v = self.node("Floor", [self.node("Add", [v, self.scalar(0.5)], out)], out)
-            return self.set(self.clip(v, op["lo"], op["hi"], out), out)
-        if kind == "lut":
-            C = op["channels"]  # index (code − offset)·C + c into the flat table
-            idx = self.node("Sub", [self.get(op["in"]), self.scalar(float(op["offset"]))], out)
-            idx = self.node("Mul", [idx, self.scalar(float(C))], out)
-            channel = self.init(f"{out}.channels", np.arange(C, dtype=np.float64))
-            idx = self.node("Add", [idx, channel], out)
-            flat = self.weight(op["table"])
-            idx = self.node("Cast", [idx], out, to=TensorProto.INT64)
-            return self.set(self.node("Gather", [flat, idx], out, axis=0), out)
-        if kind == "layernorm":
-            x, H = self.get(op["in"]), float(op["H"])
-            axes = self.init("c/axis_last", np.int64([-1]))
-            s1 = self.node("ReduceSum", [x, axes], out, keepdims=1)
-            s2 = self.node("ReduceSum", [self.node("Mul", [x, x], out), axes], out, keepdims=1)
-            var = self.node(
-                "Sub", [self.mul(self.scalar(H), s2, out), self.node("Mul", [s1, s1], out)], out
-            )
-            den = self.node("Sqrt", [self.node("Add", [var, self.get(op["eps"])], out)], out)
-            num = self.node("Sub", [self.mul(self.scalar(H), x, out), s1], out)
-            v = self.node("Mul", [self.node("Div", [num, den], out), self.get(op["gamma"])], out)
-            return self.set(self.node("Add", [v, self.get(op["beta"])], out), out)
-        if kind == "gelu":
-            v = self.get(op["in"])
-            e = self.erf(self.mul(v, self.scalar(intref.SQRT1_2), out), out)
-            half = self.mul(self.scalar(0.5), v, out)
-            return self.set(self.mul(half, self.node("Add", [self.scalar(1.0), e], out), out), out)
-        if kind == "shift":
-            buf = self.get(op["buffer"])
-            new = self.node(
-                "Unsqueeze", [self.get(op["in"]), self.init("c/axis_last", np.int64([-1]))], out
-            )
-            old = self.node(
-                "Slice",
-                [
-                    buf,
-                    self.init("c/zero_i64", np.int64([0])),
-                    self.init("c/minus1_i64", np.int64([-1])),
-                    self.init("c/axis_last", np.int64([-1])),
-                ],
-                out,
-            )
-            return self.set(self.node("Concat", [new, old], out, axis=-1), out)
-        if kind == "heaviside":
-            g = self.node("Greater", [self.get(op["in"]), self.scalar(0.0)], out)
-            return self.set(self.node("Cast", [g], out, to=TensorProto.DOUBLE), out)
-        if kind == "unsqueeze":
-            axes = self.init("c/axis_last", np.int64([-1]))
-            return self.set(self.node("Unsqueeze", [self.get(op["in"]), axes], out), out)
-        raise ValueError(f"unknown op {kind!r}")
+
+INT64, DOUBLE = TensorProto.INT64, TensorProto.DOUBLE
+
+
+def _node(op: str):
+    return lambda e, *inputs: e.apply(op, *inputs)
+
+
+def _last(e: Emitter, name: str = "axis_last", value: int = -1) -> str:
+    return e.init(f"c/{name}", np.int64([value]))
+
+
+NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes over float64 tensors
+    **{
+        p: _node(p.capitalize())
+        for p in ("add", "sub", "mul", "div", "neg", "exp", "sqrt", "abs", "sign", "floor")
+    },
+    "matmul": _node("MatMul"),
+    "clip": lambda e, v, lo, hi: e.apply("Clip", v, float(lo), float(hi)),
+    "sum_last": lambda e, v: e.apply("ReduceSum", v, _last(e), keepdims=0),
+    "sum_keep": lambda e, v: e.apply("ReduceSum", v, _last(e), keepdims=1),
+    "shr": lambda e, v, shift: e.floor(v * 2.0**-shift),
+    "float": lambda e, v: v,
+    "codes": lambda e, v: v,
+    "gather": lambda e, t, i: e.apply("Gather", t, e.apply("Cast", i, to=INT64), axis=0),
+    "arange": lambda e, n: Val(e, e.init(f"c/arange{n}", np.arange(n, dtype=np.float64))),
+    "positive": lambda e, v: e.apply("Cast", e.apply("Greater", v, 0.0), to=DOUBLE),
+    "unsqueeze_last": lambda e, v: e.apply("Unsqueeze", v, _last(e)),
+    "drop_last": lambda e, v: e.apply("Slice", v, _last(e, "zero_i64", 0), _last(e), _last(e)),
+    "concat_last": lambda e, a, b: e.apply("Concat", a, b, axis=-1),
+}
+
+
+class Val(Symbolic):
+    """A float64 tensor of the ONNX graph being written."""
+
+    def __init__(self, e: Emitter, name: str):
+        self.e, self.name = e, name
+
+    def apply(self, prim: str, *args) -> "Val":
+        return NODES[prim](self.e, *args)
 
 
 # ------------------------------------------------------------------------------------- graphs
 
 
-def _state_type(s: dict):
-    return code_type(s["lo"] + s["zp"], s["hi"] + s["zp"])
+def _state_type(s: State):
+    return code_type(s.lo + s.zp, s.hi + s.zp)
 
 
 def _value(name: str, elem_type, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
-def _site_outputs(e: Emitter, graph: dict) -> list[onnx.ValueInfoProto]:
+def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
     """Every traced site's centered codes as int32 outputs ``code:<site>`` (B, …)."""
-    x = np.zeros((1, graph["meta"]["d_input"]), dtype=np.float32)
+    x = np.zeros((1, graph.d_input), dtype=np.float32)
     env, _ = intref.step(graph, x, intref.init_state(graph, 1))  # per-sample shapes
     outputs = []
     for op in intref.site_ops(graph):
-        name = f"code:{op['site']}"
-        e.nodes.append(helper.make_node("Cast", [e.get(op["out"])], [name], to=TensorProto.INT32))
-        outputs.append(_value(name, TensorProto.INT32, ["batch", *env[op["out"]].shape[1:]]))
+        name = f"code:{op.site}"
+        e.nodes.append(helper.make_node("Cast", [e.get(op.out).name], [name], to=TensorProto.INT32))
+        outputs.append(_value(name, TensorProto.INT32, ["batch", *env[op.out].shape[1:]]))
     return outputs
 
 
-def _body(graph: dict, qonnx: bool) -> tuple[Emitter, list, list, list]:
+def _body(graph: Graph, qonnx: bool) -> tuple[Emitter, list, list, list]:
     """The step: (emitter, inputs, state outputs, site outputs), before the head."""
-    e = Emitter(dict(graph["consts"]), qonnx=qonnx)
-    d_in = graph["meta"]["d_input"]
+    e = Emitter(graph.consts, qonnx=qonnx)
     inputs = []
-    for s in graph["states"]:
+    for s in graph.states:
         np_type, onnx_type, qdq = _state_type(s)
-        inputs.append(_value(f"state:{s['name']}", onnx_type, ["batch", *s["shape"]]))
-        e.set(e.from_code(f"state:{s['name']}", s["zp"], np_type, qdq, s["name"]), s["name"])
-    inputs.append(_value("x", TensorProto.FLOAT, ["batch", d_in]))
-    for op in graph["step"]:
+        inputs.append(_value(f"state:{s.name}", onnx_type, ["batch", *s.shape]))
+        e.set(e.from_code(f"state:{s.name}", s.zp, np_type, qdq, s.name), s.name)
+    inputs.append(_value("x", TensorProto.FLOAT, ["batch", graph.d_input]))
+    for op in graph.step:
         e.op(op)
     state_out = []
-    for s in graph["states"]:
+    for s in graph.states:
         np_type, onnx_type, qdq = _state_type(s)
-        e.to_code(e.get(s["next"]), s["zp"], np_type, onnx_type, qdq, f"next:{s['name']}")
-        state_out.append(_value(f"next:{s['name']}", onnx_type, ["batch", *s["shape"]]))
+        e.to_code(e.get(s.next).name, s.zp, np_type, onnx_type, qdq, f"next:{s.name}")
+        state_out.append(_value(f"next:{s.name}", onnx_type, ["batch", *s.shape]))
     return e, inputs, state_out, _site_outputs(e, graph)
 
 
@@ -333,13 +276,12 @@ def _model(g: onnx.GraphProto, qonnx: bool = False) -> onnx.ModelProto:
     return model
 
 
-def step_model(graph: dict, qonnx: bool = False) -> onnx.ModelProto:
+def step_model(graph: Graph, qonnx: bool = False) -> onnx.ModelProto:
     """(x_t, states) → (next states, logits, per-site codes) for streaming."""
     e, inputs, state_out, sites = _body(graph, qonnx)
-    for op in graph["head"]:
+    for op in graph.head:
         e.op(op)
-    n_classes = graph["meta"]["n_classes"]
-    outputs = [*state_out, _value("logits", TensorProto.DOUBLE, ["batch", n_classes]), *sites]
+    outputs = [*state_out, _value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *sites]
     g = helper.make_graph(e.nodes, "qssm_step", inputs, outputs, list(e.inits.values()))
     return _model(g, qonnx)
 
@@ -350,26 +292,22 @@ def _sequence_of(v: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return _value("codes:" + v.name[len("code:") :], TensorProto.INT32, ["batch", "time", *dims])
 
 
-def sequence_model(graph: dict) -> onnx.ModelProto:
+def sequence_model(graph: Graph) -> onnx.ModelProto:
     """x (B, L, d_input) → (logits, per-site codes (B, L, …)): a ``Scan`` over the step body."""
     e, inputs, state_out, sites = _body(graph, qonnx=False)
     body = helper.make_graph(
-        e.nodes,
-        "qssm_step_body",
-        inputs,
-        state_out + sites,
-        list(e.inits.values()),
+        e.nodes, "qssm_step_body", inputs, state_out + sites, list(e.inits.values())
     )
-    outer = Emitter(dict(graph["consts"]), prefix="seq/")  # one namespace with the body
+    outer = Emitter(graph.consts, prefix="seq/")  # one namespace with the body
     batch = outer.node("Shape", ["x"], "batch", start=0, end=1)
     init_states = []
-    for s in graph["states"]:
+    for s in graph.states:
         np_type, onnx_type, _ = _state_type(s)
-        per_sample = outer.init(f"shape/{s['name']}", np.int64(s["shape"]))
-        shape = outer.node("Concat", [batch, per_sample], s["name"], axis=0)
-        zero = numpy_helper.from_array(np.asarray([s["zp"]], dtype=np_type))
-        init_states.append(outer.node("ConstantOfShape", [shape], s["name"], value=zero))
-    finals = [f"final:{s['name']}" for s in graph["states"]]
+        per_sample = outer.init(f"shape/{s.name}", np.int64(s.shape))
+        shape = outer.node("Concat", [batch, per_sample], s.name, axis=0)
+        zero = numpy_helper.from_array(np.asarray([s.zp], dtype=np_type))
+        init_states.append(outer.node("ConstantOfShape", [shape], s.name, value=zero))
+    finals = [f"final:{s.name}" for s in graph.states]
     seq_codes = [_sequence_of(v) for v in sites]
     outer.nodes.append(
         helper.make_node(
@@ -382,25 +320,17 @@ def sequence_model(graph: dict) -> onnx.ModelProto:
             scan_output_axes=[1] * len(sites),
         )
     )
-    for s in graph["states"]:
+    for s in graph.states:
         np_type, _, qdq = _state_type(s)
-        outer.set(
-            outer.from_code(f"final:{s['name']}", s["zp"], np_type, qdq, s["next"]), s["next"]
-        )
-    for op in graph["head"]:
+        outer.set(outer.from_code(f"final:{s.name}", s.zp, np_type, qdq, s.next), s.next)
+    for op in graph.head:
         outer.op(op)
-    outer.nodes.append(helper.make_node("Identity", [outer.get("logits")], ["logits"]))
-    d_in, n_classes = graph["meta"]["d_input"], graph["meta"]["n_classes"]
-    outputs = [_value("logits", TensorProto.DOUBLE, ["batch", n_classes])]
-    outputs += seq_codes
-    g = helper.make_graph(
-        outer.nodes,
-        "qssm_sequence",
-        [_value("x", TensorProto.FLOAT, ["batch", "time", d_in])],
-        outputs,
-        list(outer.inits.values()),
+    outer.nodes.append(helper.make_node("Identity", [outer.get("logits").name], ["logits"]))
+    outputs = [_value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *seq_codes]
+    x = _value("x", TensorProto.FLOAT, ["batch", "time", graph.d_input])
+    return _model(
+        helper.make_graph(outer.nodes, "qssm_sequence", [x], outputs, [*outer.inits.values()])
     )
-    return _model(g)
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, check: bool = True) -> None:
@@ -408,17 +338,3 @@ def save_onnx(model: onnx.ModelProto, path: Path, check: bool = True) -> None:
         onnx.checker.check_model(model, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(model, tmp)
-
-
-def export(graph: dict, out: Path) -> dict[str, Path]:
-    """Write step.onnx, sequence.onnx (QCDQ) and step_qonnx.onnx into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "step": out / "step.onnx",
-        "sequence": out / "sequence.onnx",
-        "qonnx": out / "step_qonnx.onnx",
-    }
-    save_onnx(step_model(graph), paths["step"])
-    save_onnx(sequence_model(graph), paths["sequence"])
-    save_onnx(step_model(graph, qonnx=True), paths["qonnx"], check=False)
-    return paths

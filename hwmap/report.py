@@ -6,6 +6,17 @@ import matplotlib.pyplot as plt
 
 from qssm.report import save_figure, table, write_report
 
+COLUMNS = {  # the tables' headers
+    "totals": "capacitance (pF) | area (mm²) | switches | comparators | energy / step (pJ) | "
+    "time / step (ns)",
+    "macs": "layer | MAC | fan-in × out | units/side | tiles | input bits | C_line (fF) | "
+    "µV / acc unit | kT/C σ (acc units)",
+    "banks": "layer | kind | switchable units | effective units | kT/C σ (state codes) | "
+    "ADC bits | comparators",
+    "monte_carlo": "sweep | C_u (fF) | offset σ (mV) | mean acc (%) | std (%) | chips | sequences",
+    "checks": "check | result | threshold | passed",
+}
+
 
 def plot_monte_carlo(mc: dict, path: Path) -> None:
     """Accuracy (mean ± std over chips) against unit capacitance and comparator offset."""
@@ -34,155 +45,58 @@ def plot_monte_carlo(mc: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _layer_rows(mapping: dict) -> list[list]:
+def _table(name: str, rows: list[list]) -> str:
+    return table(COLUMNS[name].split(" | "), rows)
+
+
+def _mac_rows(mapping: dict) -> list[list]:
     rows = []
     for i, layer in enumerate(mapping["layers"]):
         for key in ("gate_mac", "cand_mac", "readout_mac"):
             if key in layer:
                 m = layer[key]
-                rows.append(
-                    [
-                        i,
-                        key.replace("_mac", ""),
-                        f"{m['fan_in']} × {m['outputs']}",
-                        m["units_per_side"],
-                        m["tiles"],
-                        m["input_bits"],
-                        f"{m['c_line_ff']:.1f}",
-                        f"{1e6 * m['v_per_unit']:.1f}",
-                        f"{m['ktc_sigma_units']:.2f}",
-                    ]
-                )
+                rows.append([i, key.replace("_mac", ""), f"{m['fan_in']} × {m['outputs']}"])
+                rows[-1] += [m["units_per_side"], m["tiles"], m["input_bits"]]
+                rows[-1] += [f"{m['c_line_ff']:.1f}", f"{1e6 * m['v_per_unit']:.1f}"]
+                rows[-1] += [f"{m['ktc_sigma_units']:.2f}"]
     return rows
 
 
+def _figure(value) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, float) else str(value)
+
+
 def write_hw_report(out: Path, run: str, mapping: dict, verify: dict) -> None:
-    t = mapping["totals"]
-    totals = table(
-        [
-            "capacitance (pF)",
-            "area (mm²)",
-            "switches",
-            "comparators",
-            "energy / step (pJ)",
-            "time / step (ns)",
-        ],
-        [
-            [
-                f"{t['capacitance_pf']:.2f}",
-                f"{t['area_mm2']:.4f}",
-                t["switches"],
-                t["comparators"],
-                f"{t['energy_per_step_pj']:.1f}",
-                f"{t['time_per_step_ns']:.0f}",
-            ]
-        ],
-    )
-    energy = table(
-        ["part", "pJ / step"], [[k, f"{v:.2f}"] for k, v in t["energy_breakdown_pj"].items()]
-    )
-    layers = table(
-        [
-            "layer",
-            "MAC",
-            "fan-in × out",
-            "units/side",
-            "tiles",
-            "input bits",
-            "C_line (fF)",
-            "µV / acc unit",
-            "kT/C σ (acc units)",
-        ],
-        _layer_rows(mapping),
-    )
-    banks = table(
-        [
-            "layer",
-            "kind",
-            "switchable units",
-            "effective units",
-            "kT/C σ (state codes)",
-            "ADC bits",
-            "comparators",
-        ],
-        [
-            [
-                i,
-                L["kind"],
-                L["bank"]["switchable_units"],
-                f"{float(L['bank']['units_effective'].max()):.2f}",
-                f"{L['bank']['ktc_sigma_codes']:.3g}",
-                L["adc_bits"],
-                L["comparators"],
-            ]
-            for i, L in enumerate(mapping["layers"])
-        ],
-    )
-    ideal = verify["sim_ideal_vs_intref"]
-    checks = table(
-        ["check", "result"],
-        [
-            [
-                "fake-quant vs intref: same predictions",
-                f"{100 * verify['fakequant_vs_intref']['prediction_agreement']:.2f} %",
-            ],
-            [
-                "fake-quant vs intref: largest code difference per op",
-                f"{verify['fakequant_vs_intref']['max_code_diff']} LSB",
-            ],
-            [
-                "onnxruntime vs intref: identical codes",
-                f"{100 * verify['onnx_vs_intref']['code_agreement']:.2f} %",
-            ],
-            [
-                "step vs sequence graph",
-                f"{100 * verify['step_vs_sequence']['code_agreement']:.2f} %",
-            ],
-            [
-                "ideal simulator vs intref: identical decisions",
-                f"{100 * ideal['decision_agreement']:.2f} % of {ideal['decisions']}",
-            ],
-            ["ideal simulator vs intref: identical logits", str(ideal["logits_identical"])],
-        ],
-    )
+    """``verify``: the verification results after ``hwmap.verify.gate``."""
+    t, layers = mapping["totals"], mapping["layers"]
+    totals = [f"{t['capacitance_pf']:.2f}", f"{t['area_mm2']:.4f}", t["switches"]]
+    totals += [t["comparators"], f"{t['energy_per_step_pj']:.1f}", f"{t['time_per_step_ns']:.0f}"]
+    banks = []
+    for i, L in enumerate(layers):
+        bank = L["bank"]
+        banks.append([i, L["kind"], bank["switchable_units"]])
+        banks[-1] += [f"{float(bank['units_effective'].max()):.2f}"]
+        banks[-1] += [f"{bank['ktc_sigma_codes']:.3g}", L["adc_bits"], L["comparators"]]
+    checks = [
+        [c["check"], _figure(c["value"]), _figure(c["threshold"]), ("FAIL", "pass")[c["passed"]]]
+        for c in verify["checks"].values()
+    ]
+    parts = [(k, f"{v:.2f}") for k, v in t["energy_breakdown_pj"].items()]
     sections = [
         ("Target", f"`{mapping['target']}` — model `{run}`"),
-        ("Totals", totals),
-        ("Energy per timestep", energy),
-        ("MAC arrays", layers),
-        ("State banks and comparators", banks),
-        ("Verification", checks),
+        ("Totals", _table("totals", [totals])),
+        ("Energy per timestep", table(["part", "pJ / step"], parts)),
+        ("MAC arrays", _table("macs", _mac_rows(mapping))),
+        ("State banks and comparators", _table("banks", banks)),
+        ("Verification", _table("checks", checks)),
     ]
     mc = verify.get("monte_carlo")
     if mc:
         rows = [
-            [
-                r["sweep"],
-                r["unit_ff"],
-                r["offset_mv"],
-                f"{100 * r['mean']:.2f}",
-                f"{100 * r['std']:.2f}",
-                r["seeds"],
-                r["sequences"],
-            ]
+            [r["sweep"], r["unit_ff"], r["offset_mv"], f"{100 * r['mean']:.2f}"]
+            + [f"{100 * r['std']:.2f}", r["seeds"], r["sequences"]]
             for r in mc
         ]
-        sections.append(
-            (
-                "Monte-Carlo (all non-idealities on)",
-                table(
-                    [
-                        "sweep",
-                        "C_u (fF)",
-                        "offset σ (mV)",
-                        "mean acc (%)",
-                        "std (%)",
-                        "chips",
-                        "sequences",
-                    ],
-                    rows,
-                )
-                + "\n\n![Monte-Carlo](monte_carlo.png)",
-            )
-        )
+        mc_table = _table("monte_carlo", rows) + "\n\n![Monte-Carlo](monte_carlo.png)"
+        sections.append(("Monte-Carlo (all non-idealities on)", mc_table))
     write_report(out / "report.md", f"{run} on {mapping['target']}", sections)

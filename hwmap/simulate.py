@@ -1,8 +1,8 @@
 """Behavioural simulator of a mapped model on a switched-capacitor target, with switchable
 non-idealities and many chips at once (the seed axis is folded into the batch).
 
-It executes the lowered integer graph; the ops the mapping placed in the analog core are
-replaced by their charge-domain versions:
+It executes the lowered integer graph; the tensors of each layer's hardware record (the analog
+core the mapping placed) are computed by their charge-domain versions instead:
 
 - the gate ADC (hardware minGRU) decides through the mapped thresholds: code = number of
   thresholds the MAC output passes (exact integer thresholds when ideal);
@@ -20,8 +20,8 @@ identical decisions and outputs on every timestep).
 
 import numpy as np
 
-from . import intref
-from .lower import ANALOG_BITS
+from .graph import ANALOG_BITS, Graph, MinGRUHw
+from .intref import Numpy, head, init_state
 from .mapping import unit_sigma
 from .targets import Target
 
@@ -40,12 +40,16 @@ PARASITIC_SPREAD = 0.10  # σ of the parasitic capacitance around its nominal va
 
 
 class Chips:
-    """Static draws of ``seeds`` chips for every mapped layer."""
+    """Static draws of ``seeds`` chips for every mapped layer (None: that non-ideality is off)."""
 
     def __init__(self, mapping: dict, target: Target, seeds: list[int], on: set[str]):
         self.n = len(seeds)
         rngs = [np.random.default_rng(s) for s in seeds]
-        su = unit_sigma(target)
+
+        def normal(effect: str, sigma, shape):  # (chips, *shape)
+            return np.stack([r.normal(0, sigma, shape) for r in rngs]) if effect in on else None
+
+        su, offset_v = unit_sigma(target), target.comparator.trimmed_offset_mv * 1e-3
         self.layers = []
         for layer in mapping["layers"]:
             d = {}
@@ -54,65 +58,24 @@ class Chips:
                     continue
                 m = layer[key]
                 w_units = m["pos_units"] + m["neg_units"]  # (K, O)
-                d[key] = {
-                    "E": np.stack([r.normal(0, 1, w_units.shape) for r in rngs])
-                    * np.sqrt(w_units)
-                    * su
-                    * np.sign(m["pos_units"] - m["neg_units"])
-                    if "mismatch" in on
-                    else None,
-                    "gain": np.stack(
-                        [
-                            1
-                            / (
-                                1
-                                + PARASITIC_SPREAD
-                                * r.normal(0, 1, m["outputs"])
-                                * m["c_parasitic_ff"]
-                                / m["c_line_ff"]
-                            )
-                            for r in rngs
-                        ]
-                    )
-                    if "parasitic" in on
-                    else None,
-                    "offset": np.stack(
-                        [
-                            r.normal(
-                                0,
-                                target.comparator.trimmed_offset_mv * 1e-3 / m["v_per_unit"],
-                                m["outputs"],
-                            )
-                            for r in rngs
-                        ]
-                    )
-                    if "offset" in on
-                    else None,
-                }
+                E, gain = normal("mismatch", 1, w_units.shape), normal("parasitic", 1, m["outputs"])
+                if E is not None:
+                    E = E * np.sqrt(w_units) * su * np.sign(m["pos_units"] - m["neg_units"])
+                if gain is not None:
+                    gain = 1 / (1 + PARASITIC_SPREAD * gain * m["c_parasitic_ff"] / m["c_line_ff"])
+                offset = normal("offset", offset_v / m["v_per_unit"], m["outputs"])
+                d[key] = {"E": E, "gain": gain, "offset": offset}
             bk = layer["bank"]
             n_eff = bk["units_effective"]
             d["bank"] = {
-                "eps": np.stack([r.normal(0, su, (2, *n_eff.shape)) for r in rngs])
-                if "mismatch" in on
-                else None,
-                "offset": np.stack(
-                    [
-                        r.normal(
-                            0,
-                            target.comparator.trimmed_offset_mv * 1e-3 / bk["v_per_code"],
-                            n_eff.shape[:1],
-                        )
-                        for r in rngs
-                    ]
-                )
-                if "offset" in on
-                else None,
+                "eps": normal("mismatch", su, (2, *n_eff.shape)),
+                "offset": normal("offset", offset_v / bk["v_per_code"], n_eff.shape[:1]),
             }
             self.layers.append(d)
 
 
 class Simulator:
-    def __init__(self, graph: dict, mapping: dict, target: Target, on=(), seeds=(0,)):
+    def __init__(self, graph: Graph, mapping: dict, target: Target, on=(), seeds=(0,)):
         unknown = set(on) - set(NONIDEALITIES)
         if unknown:
             raise ValueError(f"unknown non-ideality {sorted(unknown)}; choose from {NONIDEALITIES}")
@@ -120,13 +83,16 @@ class Simulator:
         self.seeds = list(seeds)
         self.chips = Chips(mapping, target, self.seeds, self.on)
         self.rng = np.random.default_rng([*self.seeds, 7919])
-        self.ops = {}
-        self.thresholds = {}  # gate ADC: code ≥ c ⇔ acc ≥ t_c (integers: exact when ideal)
-        for index, layer in enumerate(mapping["layers"]):
-            for role, out in layer["ops"].items():
-                self.ops[out] = (index, role)
-            if "gate_thresholds" in layer:
-                self.thresholds[index] = np.ceil(layer["gate_thresholds"]["acc"])
+        self.analog = {}  # tensor → (the layer's part that computes it, record, mapping, draws)
+        for rec, layer, draws in zip(
+            graph.layers, mapping["layers"], self.chips.layers, strict=True
+        ):
+            if isinstance(rec, MinGRUHw):
+                parts = {rec.gate.out: self._gate, rec.cand.out: self._cand}
+                parts |= {rec.bank.out: self._gated_state, rec.out: self._comparator}
+            else:
+                parts = {rec.retention.out: self._retention, rec.readout.out: self._s4d_output}
+            self.analog |= {out: (fn, rec, layer, draws) for out, fn in parts.items()}
 
     # ---------------------------------------------------------------- per-op physics
 
@@ -159,22 +125,22 @@ class Simulator:
             )
         return err
 
-    def _gate(self, op, layer, draws, env, get, index):
+    def _gate(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
         """The gate ADC: thresholds of the mapping, the MAC output with its errors."""
-        x = get(op["terms"][0][1][0])
-        acc = intref._term("matmul", [x, get(op["terms"][0][1][1])])  # (S·B, O) integers
+        x = b.get(rec.gate.x)
+        acc = x @ b.get(rec.gate.W)  # (S·B, O) integers
         m = layer["gate_mac"]
         analog = self._mac_error(m, draws["gate_mac"], x, acc) + self._decide(
             m, draws["gate_mac"], acc.shape
         )
-        passed = (acc + analog)[..., None] >= self.thresholds[index]
-        env[op["out"]] = layer["gate_thresholds"]["lo"] + passed.sum(-1)
+        passed = (acc + analog)[..., None] >= np.ceil(layer["gate_thresholds"]["acc"])
+        return layer["gate_thresholds"]["lo"] + passed.sum(-1)
 
-    def _cand(self, op, layer, draws, env, get, index):
-        x = get(op["terms"][0][1][0])
-        acc = intref._term("matmul", [x, get(op["terms"][0][1][1])])
+    def _cand(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+        x = b.get(rec.cand.x)
+        acc = x @ b.get(rec.cand.W)
         err = self._mac_error(layer["cand_mac"], draws["cand_mac"], x, acc)
-        env[op["out"]] = acc + err if err.any() else acc
+        return acc + err if err.any() else acc
 
     def _bank(self, x: np.ndarray, bk: dict) -> np.ndarray:
         """kT/C noise, charge injection and leakage droop of a charge-sharing bank, in codes."""
@@ -186,16 +152,18 @@ class Simulator:
             x = x * (1 - self.target.leakage.droop_per_step)
         return x
 
-    def _gated_state(self, op, layer, draws, env, get, index):
+    def _gated_state(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
         """h ← h + z (h̃ − h) through the chip's bank; exact integer sum when ideal."""
-        h, k = get(op["terms"][0][1][0]), get(op["terms"][1][1][0])
-        cand_acc = get(op["terms"][2][1][1])  # the candidate MAC: float once it carries errors
+        bank_ = rec.bank
+        h, k = b.get(bank_.h), b.get(bank_.z)
+        cand_acc = b.get(bank_.acc)  # the candidate MAC: float once it carries errors
         if not self.on & BANK_ERRORS and cand_acc.dtype.kind == h.dtype.kind == "i":
-            env[op["out"]] = intref.requantize(sum(intref.term_values(op["terms"], get)), op)
-            return
-        c = self.graph["consts"]
-        M = [np.asarray(c[t[2]], dtype=np.float64) for t in op["terms"]]
-        cand = (cand_acc * M[2] + get(op["terms"][3][1][1]) * M[3]) / -M[1]
+            return op.eval(b)
+        M_share, M_cand, offset = (
+            np.asarray(b.get(n), dtype=np.float64)
+            for n in (bank_.share, bank_.cand, bank_.cand_offset)
+        )
+        cand = (cand_acc * M_cand + offset) / -M_share
         z = k * layer["s_gate"]
         bk, eps = layer["bank"], draws["bank"]["eps"]
         if eps is not None:  # Σ of the first k unit errors, and of all of them
@@ -208,10 +176,10 @@ class Simulator:
         h_new = self._bank(h + z * (cand - h), bk)
         if "clipping" in self.on:
             h_new = np.clip(h_new, -(2**ANALOG_BITS), 2**ANALOG_BITS)
-        env[op["out"]] = h_new
+        return h_new
 
-    def _comparator(self, op, layer, draws, env, get, index):
-        h = get(op["in"])
+    def _comparator(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+        h = b.get(rec.bank.out)
         bk = layer["bank"]
         err = np.zeros(h.shape)
         if draws["bank"]["offset"] is not None:
@@ -220,18 +188,18 @@ class Simulator:
             err += self.rng.normal(
                 0, self.target.comparator.noise_mv * 1e-3 / bk["v_per_code"], h.shape
             )
-        env[op["out"]] = (h + err > 0).astype(np.int64)
+        return (h + err > 0).astype(np.int64)
 
-    def _retention(self, op, layer, draws, env, get, index):
+    def _retention(self, op, rec, layer, draws, b: Numpy):
         """x ← (1 − z) x + B̄u through the S4D-Real retention bank, re-quantized as the graph
         does."""
         if not self.on & BANK_ERRORS:
-            env[op["out"]] = intref.requantize(sum(intref.term_values(op["terms"], get)), op)
-            return
-        S = 2.0 ** op["shift"]
-        x = get(op["terms"][0][1][0]).astype(np.float64)
-        keep = np.asarray(self.graph["consts"][op["terms"][0][2]], dtype=np.float64) / S  # Ā
-        write = intref.term_values(op["terms"][1:], get)[0] / S  # B̄u
+            return op.eval(b)
+        ret = rec.retention
+        S = 2.0**ret.shift
+        x = b.get(ret.x).astype(np.float64)
+        keep = np.asarray(b.get(ret.keep), dtype=np.float64) / S  # Ā
+        write = b.get(ret.u) * b.get(ret.write) / S  # B̄u
         bk, eps = layer["bank"], draws["bank"]["eps"]
         if eps is not None:
             k, n_eff = layer["retention_units"], bk["units_effective"]
@@ -239,14 +207,14 @@ class Simulator:
             z = (k + e1) / (n_eff + e1 + e2)  # (S, H, n)
             keep = np.repeat(1 - z, x.shape[0] // self.chips.n, axis=0)
         x_new = self._bank(keep * x + write, bk)
-        env[op["out"]] = np.clip(np.floor(x_new + 0.5), op["lo"], op["hi"]).astype(np.int64)
+        return np.clip(np.floor(x_new + 0.5), op.lo, op.hi).astype(np.int64)
 
-    def _s4d_output(self, op, layer, draws, env, get, index):
-        m = layer["readout_mac"]
-        dot_in = get(op["terms"][0][1][0])  # (S·B, H, n) state codes
-        acc = intref._term("dot", [dot_in, get(op["terms"][0][1][1])])
-        M0 = get(op["terms"][0][2])
-        values = [acc * M0, *intref.term_values(op["terms"][1:], get)]
+    def _s4d_output(self, op, rec, layer, draws, b: Numpy):
+        y, m = rec.readout, layer["readout_mac"]
+        dot_in = b.get(y.x)  # (S·B, H, n) state codes
+        acc = (dot_in * b.get(y.C)).sum(-1)
+        M = b.get(y.M)
+        values = [acc * M, b.get(y.u) * b.get(y.skip)]
         err = np.zeros(acc.shape)
         if draws["readout_mac"]["E"] is not None:  # E (S, n, H): per channel column
             E = draws["readout_mac"]["E"]
@@ -257,49 +225,33 @@ class Simulator:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
         err += self._decide(m, draws["readout_mac"], acc.shape)
         if not err.any():
-            env[op["out"]] = intref.requantize(sum(values), op)
-            return
-        z = sum(v.astype(np.float64) for v in values) + err * M0
-        code = np.floor(z / 2.0 ** op["shift"] + 0.5)
-        env[op["out"]] = np.clip(code, op["lo"], op["hi"]).astype(np.int64)
-
-    ROLES = {
-        "gate": _gate,
-        "cand": _cand,
-        "state": _gated_state,
-        "out": _comparator,
-        "retention": _retention,
-        "output": _s4d_output,
-    }
-
-    def _run_op(self, op: dict, env: dict) -> None:
-        if op["out"] not in self.ops:
-            return intref._run_op(op, env, self.graph["consts"])
-        index, role = self.ops[op["out"]]
-        layer, draws = self.mapping["layers"][index], self.chips.layers[index]
-
-        def get(name):
-            return env[name] if name in env else self.graph["consts"][name]
-
-        self.ROLES[role](self, op, layer, draws, env, get, index)
+            return op.eval(b)
+        z = sum(v.astype(np.float64) for v in values) + err * M
+        code = np.floor(z / 2.0**y.shift + 0.5)
+        return np.clip(code, y.lo, y.hi).astype(np.int64)
 
     # ---------------------------------------------------------------- sequences
 
     def run(self, x: np.ndarray, trace: bool = False) -> tuple[np.ndarray, dict]:
-        """x (B, L, d) for every chip → logits (S, B, C) and, with ``trace``, the decisions of
-        every analog op (S, B, L, …)."""
+        """x (B, L, d) for every chip → logits (S, B, C) and, with ``trace``, the outputs of
+        every analog part, by tensor (S, B, L, …)."""
         xs = np.tile(x, (self.chips.n, 1, 1))
         graph = self.graph
-        state = intref.init_state(graph, len(xs))
-        traced = {out: [] for out in self.ops} if trace else {}
+        state = init_state(graph, len(xs))
+        traced = {out: [] for out in self.analog} if trace else {}
         for t in range(x.shape[1]):
             env = {"x": xs[:, t], **state}
-            for op in graph["step"]:
-                self._run_op(op, env)
-            state = {s["name"]: env[s["next"]] for s in graph["states"]}
+            b = Numpy(env, graph.consts)
+            for op in graph.step:
+                if op.out in self.analog:
+                    fn, *part = self.analog[op.out]
+                    env[op.out] = fn(op, *part, b)
+                else:
+                    env[op.out] = op.eval(b)
+            state = {s.name: env[s.next] for s in graph.states}
             for out in traced:
                 traced[out].append(env[out])
-        logits = intref.head(graph, env)
+        logits = head(graph, env)
         traced = {k: self._split(np.stack(v, 1)) for k, v in traced.items()}
         return self._split(logits), traced
 

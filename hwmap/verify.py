@@ -1,53 +1,52 @@
-"""Checks of the verification chain: Brevitas fake-quant vs the integer reference, onnxruntime vs
-the integer reference, the streamed step graph vs the sequence graph."""
-
-import contextlib
+"""The verification chain and its gate: Brevitas fake-quant vs the integer reference,
+onnxruntime vs the integer reference, the streamed step graph vs the sequence graph, the ideal
+simulator vs the integer reference.  ``gate`` holds each figure to its threshold (``CHECKS``)."""
 
 import numpy as np
-import torch
-from qssm.models.quantizable import Quantizable
 
-from qssm.models.mingru import MinGRU
-from qssm.quant.quantizers import SiteQuantizer
+from . import intref, onnx_export, simulate
+from .graph import Graph
 
-from . import intref, onnx_export
-
-
-@contextlib.contextmanager
-def fakequant_codes(model):
-    """Records, for every activation site the model quantizes in one call, the centered codes
-    (value / scale) it produced, and the hardware minGRU's comparator decisions: site key → list
-    of arrays."""
-    seen: dict[str, list[np.ndarray]] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        qz = module._modules.get("qz") if isinstance(module, Quantizable) else None
-        for site, q in (qz or {}).items():
-            if not isinstance(q, SiteQuantizer):
-                continue
-
-            def hook(q, args, out, key=f"{name}:{site}"):
-                scale = q.qparams()[0]
-                seen.setdefault(key, []).append(torch.round(out / scale).detach().numpy())
-
-            hooks.append(q.register_forward_hook(hook))
-        if isinstance(module, MinGRU) and module.hardware:  # comparator decisions, 0 or 1
-
-            def decisions(m, args, out, key=f"{name}:comparator"):
-                seen.setdefault(key, []).append(out.detach().numpy())
-
-            hooks.append(module.register_forward_hook(decisions))
-    try:
-        yield seen
-    finally:
-        for h in hooks:
-            h.remove()
+CHECKS = {  # "section.figure" → (threshold, what it checks): each figure must reach its threshold
+    "fakequant_vs_intref.prediction_agreement": (0.999, "fake-quant vs intref: predictions"),
+    "fakequant_vs_intref.max_code_diff": (1, "fake-quant vs intref: LSB per op (forced)"),
+    "onnx_vs_intref.code_agreement": (1.0, "onnxruntime vs intref: codes"),
+    "onnx_vs_intref.logits_identical": (True, "onnxruntime vs intref: logits"),
+    "step_vs_sequence.code_agreement": (1.0, "step vs sequence graph: codes"),
+    "step_vs_sequence.logits_identical": (True, "step vs sequence graph: logits"),
+    "sim_ideal_vs_intref.decision_agreement": (1.0, "ideal simulator vs intref: decisions"),
+    "sim_ideal_vs_intref.logits_identical": (True, "ideal simulator vs intref: logits"),
+}
+AT_MOST = {"fakequant_vs_intref.max_code_diff"}  # an upper bound; the others are lower bounds
 
 
-def _fakequant(model, xb: np.ndarray) -> tuple[np.ndarray, dict]:
-    with torch.no_grad(), fakequant_codes(model) as seen:
-        logits = model(torch.as_tensor(xb), mode="recurrent").numpy()
-    return logits, {k: v[-1].astype(np.int64) for k, v in seen.items()}
+class VerifyError(Exception):
+    """An export whose verification missed a threshold; the message names the checks and their
+    figures (the CLI exits with status 1)."""
+
+
+def gate(result: dict) -> None:
+    """Adds ``checks`` ("section.figure" → check, value, threshold, passed) and ``passed`` to
+    the verification results, over the sections present."""
+    result["checks"] = {}
+    for key, (threshold, check) in CHECKS.items():
+        section, figure = key.split(".")
+        if section in result:
+            value = result[section][figure]
+            passed = value <= threshold if key in AT_MOST else value >= threshold
+            entry = {"check": check, "value": value, "threshold": threshold, "passed": passed}
+            result["checks"][key] = entry
+    result["passed"] = all(c["passed"] for c in result["checks"].values())
+
+
+def failure(result: dict) -> str:
+    """One line naming the failed checks and their figures."""
+    failed = []
+    for k, c in result["checks"].items():
+        bound = "" if isinstance(c["threshold"], bool) else "≤ " if k in AT_MOST else "≥ "
+        if not c["passed"]:
+            failed.append(f"{k} = {c['value']} (needs {bound}{c['threshold']})")
+    return "verification failed: " + "; ".join(failed)
 
 
 class _Diff:
@@ -68,8 +67,11 @@ class _Diff:
         return max((e["max_diff"] for e in self.sites.values()), default=0)
 
 
-def fakequant_vs_intref(model, graph: dict, x: np.ndarray, batch: int = 250, progress=None) -> dict:
-    """Brevitas fake-quant against the integer reference on sequences ``x``.
+def fakequant_vs_intref(
+    fakequant, graph: Graph, x: np.ndarray, batch: int = 250, progress=None
+) -> dict:
+    """Brevitas fake-quant (``fakequant(x) → (logits, site → codes)``, ``hwmap.lower.fakequant``)
+    against the integer reference on sequences ``x``.
 
     Free-running, the two models agree on predictions and on almost every code; a code that
     differs (float32 rounding in fake-quant, a tie rounded the other way) then propagates, so the
@@ -79,7 +81,7 @@ def fakequant_vs_intref(model, graph: dict, x: np.ndarray, batch: int = 250, pro
     agree, free, forced = 0, _Diff(), _Diff()
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
-        fq_logits, seen = _fakequant(model, xb)
+        fq_logits, seen = fakequant(xb)
         ir_logits, trace = intref.run(graph, xb, trace=True)
         agree += int((fq_logits.argmax(-1) == ir_logits.argmax(-1)).sum())
         for site, codes in trace.items():
@@ -98,27 +100,28 @@ def fakequant_vs_intref(model, graph: dict, x: np.ndarray, batch: int = 250, pro
     }
 
 
-def _forced_run(graph: dict, xb: np.ndarray, seen: dict, diff: _Diff) -> None:
+def _forced_run(graph: Graph, xb: np.ndarray, seen: dict, diff: _Diff) -> None:
     state = intref.init_state(graph, len(xb))
     for t in range(xb.shape[1]):
 
         def force(op, env, t=t):
-            site = op.get("site")
-            if site in seen:
-                target = seen[site][:, t].reshape(env[op["out"]].shape)
-                diff.add(site, env[op["out"]], target)
-                env[op["out"]] = target
+            if op.site in seen:
+                target = seen[op.site][:, t].reshape(env[op.out].shape)
+                diff.add(op.site, env[op.out], target)
+                env[op.out] = target
 
         _, state = intref.step(graph, xb[:, t], state, after=force)
 
 
-def session(path):
+def session(model):
+    """An onnxruntime session (one thread) of an ONNX file or its bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _agreement(pairs) -> dict:
@@ -133,7 +136,7 @@ def _agreement(pairs) -> dict:
     return {"code_agreement": equal / total, "logits_identical": identical_logits, "codes": total}
 
 
-def onnx_vs_intref(graph: dict, sequence_path, x: np.ndarray, batch: int = 250) -> dict:
+def onnx_vs_intref(graph: Graph, sequence_path, x: np.ndarray, batch: int = 250) -> dict:
     """The sequence graph run by onnxruntime against the integer reference: every site code at
     every timestep, and the logits."""
     sess = session(sequence_path)
@@ -148,12 +151,12 @@ def onnx_vs_intref(graph: dict, sequence_path, x: np.ndarray, batch: int = 250) 
     return {**_agreement(pairs), "sequences": len(x)}
 
 
-def stream_onnx(graph: dict, sess, x: np.ndarray) -> tuple[np.ndarray, dict]:
+def stream_onnx(graph: Graph, sess, x: np.ndarray) -> tuple[np.ndarray, dict]:
     """The step graph called once per timestep, its state fed back: (logits, site codes)."""
     states = {}
-    for s in graph["states"]:
-        np_type = onnx_export.code_type(s["lo"] + s["zp"], s["hi"] + s["zp"])[0]
-        states[f"state:{s['name']}"] = np.full((len(x), *s["shape"]), s["zp"], dtype=np_type)
+    for s in graph.states:
+        np_type = onnx_export.code_type(s.lo + s.zp, s.hi + s.zp)[0]
+        states[f"state:{s.name}"] = np.full((len(x), *s.shape), s.zp, dtype=np_type)
     names = [o.name for o in sess.get_outputs()]
     codes: dict[str, list] = {}
     for t in range(x.shape[1]):
@@ -165,7 +168,7 @@ def stream_onnx(graph: dict, sess, x: np.ndarray) -> tuple[np.ndarray, dict]:
     return out["logits"], {k: np.stack(v, 1) for k, v in codes.items()}
 
 
-def step_vs_sequence(graph: dict, step_path, sequence_path, x: np.ndarray) -> dict:
+def step_vs_sequence(graph: Graph, step_path, sequence_path, x: np.ndarray) -> dict:
     """The streamed step graph against the sequence graph (both onnxruntime)."""
     seq = session(sequence_path)
     names = [o.name for o in seq.get_outputs()]
@@ -174,3 +177,24 @@ def step_vs_sequence(graph: dict, step_path, sequence_path, x: np.ndarray) -> di
     pairs = [("logits", logits, out["logits"])]
     pairs += [(s, c, out[f"codes:{s}"]) for s, c in codes.items()]
     return {**_agreement(pairs), "sequences": len(x)}
+
+
+def sim_ideal_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> dict:
+    """The simulator with every non-ideality off against the integer reference: the decisions
+    of every analog part that is a quantization site (gate codes, comparator outputs, S4D
+    output codes) at every timestep, and the logits."""
+    sim = simulate.Simulator(graph, mapping, target, on=(), seeds=[0])
+    logits, traced = sim.run(x, trace=True)
+    ref_logits, ref = intref.run(graph, x, trace=True)
+    sites = {op.out: op.site for op in intref.site_ops(graph)}
+    equal = total = 0
+    for out, codes in traced.items():
+        if out in sites:
+            equal += int((codes[0] == ref[sites[out]]).sum())
+            total += codes[0].size
+    return {
+        "decision_agreement": equal / total,
+        "decisions": total,
+        "logits_identical": bool(np.array_equal(logits[0], ref_logits)),
+        "sequences": len(x),
+    }

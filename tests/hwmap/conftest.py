@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from hwmap.graph import Graph
+from hwmap.ops import Affine, Quantize, Real, Term
 from qssm.runs import load_data, open_run, quantize_run
 
 MODELS = {
@@ -74,24 +76,12 @@ def recipe_of(tiny_recipe):
 
 
 @pytest.fixture
-def hand_graph() -> dict:
+def hand_graph() -> Graph:
     """x → codes at scale 0.5 (4 bits) → requantized by 3/4 (M = 3, shift 2) → logits."""
-    return {
-        "meta": {"family": "hand", "d_input": 3, "n_classes": 3, "output": "y"},
-        "states": [],
-        "step": [
-            {"op": "quantize", "out": "c", "in": "x", "scale": "s", "zp": 0, "lo": -8, "hi": 7},
-            {
-                "op": "affine",
-                "out": "y",
-                "terms": [["mul", ["c"], "M"]],
-                "shift": 2,
-                "lo": -8,
-                "hi": 7,
-                "site": "y",
-            },
-        ],
-        "head": [{"op": "real", "out": "logits", "terms": [["mul", ["y"], "one"]]}],
-        "consts": {"s": np.float32(0.5), "M": np.int64(3), "one": np.float64(1.0)},
-        "formats": {},
-    }
+    step = [
+        Quantize(out="c", src="x", scale="s", zp=0, lo=-8, hi=7),
+        Affine(out="y", terms=(Term("mul", ("c",), "M"),), shift=2, lo=-8, hi=7, site="y"),
+    ]
+    head = [Real(out="logits", terms=(Term("mul", ("y",), "one"),))]
+    consts = {"s": np.float32(0.5), "M": np.int64(3), "one": np.float64(1.0)}
+    return Graph("hand", 3, 3, "y", [], step, head, consts, {})

@@ -1,11 +1,9 @@
-"""The integer reference: hand-computed requantization, streaming = whole sequences, files."""
+"""The integer reference: hand-computed requantization, streaming = whole sequences."""
 
 import numpy as np
-import pytest
 
 from hwmap import intref
 from hwmap.lower import lower
-from qssm.io import CheckpointError
 from qssm.runs import load_data, load_run_model
 
 
@@ -31,14 +29,3 @@ def test_streaming_equals_whole_sequences(tiny_run, recipe_of):
         assert np.array_equal(stream.logits(), logits[i])
     stream.reset()
     assert all(not v.any() for v in stream.state.values())
-
-
-def test_graph_files_round_trip_and_corrupt_files_fail(tiny_run, recipe_of, tmp_path):
-    graph = lower(load_run_model(tiny_run("s4d_real"))[0])
-    intref.save_graph(graph, tmp_path)
-    again = intref.load_graph(tmp_path)
-    x = load_data(recipe_of("s4d_real")).test.x.numpy()[:4]
-    assert np.array_equal(intref.run(graph, x)[0], intref.run(again, x)[0])
-    (tmp_path / "graph.npz").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="qssm export"):
-        intref.load_graph(tmp_path)

@@ -1,12 +1,13 @@
 """Lowering: Brevitas fake-quant and the integer reference agree; what cannot be lowered says so."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 
 from hwmap import verify
-from hwmap.lower import LoweringError, lower
+from hwmap.lower import LoweringError, fakequant, lower
 from qssm.runs import build_model, load_data, load_run_model, open_run, quantize_run
 
 FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade"]
@@ -18,7 +19,7 @@ def test_fakequant_and_intref_agree(family, tiny_run, recipe_of):
     model, _ = load_run_model(run)
     graph = lower(model)
     x = load_data(recipe_of(family)).test.x.numpy()
-    r = verify.fakequant_vs_intref(model, graph, x)
+    r = verify.fakequant_vs_intref(partial(fakequant, model), graph, x)
     assert r["prediction_agreement"] >= 0.98  # 64 sequences: at most one may flip
     assert r["max_code_diff"] <= 1  # per op, given the same input codes
     traced = r["forced_per_site"]
@@ -52,7 +53,8 @@ def test_folded_power_of_two_model_lowers_within_one_code(tmp_path, recipe_of):
     out = open_run(tmp_path / "run", r, force=False)
     quantize_run(r, load_data(r), out, progress=False)
     model, _ = load_run_model(out)
-    res = verify.fakequant_vs_intref(model, lower(model), load_data(r).test.x.numpy())
+    x = load_data(r).test.x.numpy()
+    res = verify.fakequant_vs_intref(partial(fakequant, model), lower(model), x)
     assert res["prediction_agreement"] >= 0.98 and res["max_code_diff"] <= 1
 
 
@@ -60,22 +62,22 @@ def test_per_channel_state_keeps_the_readout_in_codes(recipe_of):
     quant = {"default": {"bits": 4, "granularity": "per_channel"}}
     quant["targets"] = [{"roles": ["ssm.state"], "bits": 8}]  # one scale per SSM channel
     graph = lower(_model(recipe_of, "s4d_real", quant))
-    assert np.abs(graph["consts"]["blocks.0.ssm.C_re"]).max() <= 8  # 4-bit codes, not 16-bit
+    assert np.abs(graph.consts["blocks.0.ssm.C_re"]).max() <= 8  # 4-bit codes, not 16-bit
 
 
 def test_states_and_formats_are_described(tiny_run):
     graph = lower(load_run_model(tiny_run("s4d"))[0])
-    names = [s["name"] for s in graph["states"]]
+    names = [s.name for s in graph.states]
     assert names == ["blocks.0.ssm.x_re", "blocks.0.ssm.x_im", "pool.sum", "pool.count"]
-    assert all("next" in s for s in graph["states"])
-    state = graph["states"][0]
-    assert (state["lo"], state["hi"]) == (-127, 127) or (state["lo"], state["hi"]) == (-128, 127)
-    fmt = graph["formats"]["blocks.0.ssm.output"]
-    assert fmt["hi"] == 7 and np.ndim(fmt["scale"]) == 0  # 4-bit, per tensor
-    for op in graph["step"]:  # every requantization is a fixed-point multiplier and a shift
-        if op["op"] == "affine" and op["shift"]:
-            for _, _, m in op["terms"]:
-                assert graph["consts"][m].dtype == np.int64
+    assert all(s.next for s in graph.states)
+    state = graph.states[0]
+    assert (state.lo, state.hi) == (-127, 127) or (state.lo, state.hi) == (-128, 127)
+    fmt = graph.formats["blocks.0.ssm.output"]
+    assert fmt.hi == 7 and np.ndim(fmt.scale) == 0  # 4-bit, per tensor
+    for op in graph.step:  # every requantization is a fixed-point multiplier and a shift
+        if op.kind == "affine" and op.shift:
+            for t in op.terms:
+                assert graph.consts[t.weight].dtype == np.int64
 
 
 def _model(recipe_of, family: str, quant: dict):

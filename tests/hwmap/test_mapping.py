@@ -3,21 +3,21 @@
 import numpy as np
 import pytest
 
-from hwmap import intref
+from hwmap.intref import Numpy
 from hwmap.lower import lower
 from hwmap.mapping import MappingError, map_graph
+from hwmap.ops import Affine, Term
 from hwmap.targets import load_target
 from qssm.runs import load_run_model
 
 
 def mapped(tiny_run, family, target="minimalist_like", **changes):
     """The tiny run mapped onto ``target`` with some of its sections changed."""
-    model, _ = load_run_model(tiny_run(family))
-    graph = lower(model)
+    graph = lower(load_run_model(tiny_run(family))[0])
     t = load_target(target)
     for section, fields in changes.items():
         t = t.model_copy(update={section: getattr(t, section).model_copy(update=fields)})
-    return graph, map_graph(graph, t, model), t
+    return graph, map_graph(graph, t), t
 
 
 def test_differential_units_with_constant_column_totals(tiny_run):
@@ -28,7 +28,7 @@ def test_differential_units_with_constant_column_totals(tiny_run):
             assert np.all(m["pos_units"] + m["dummy_pos"] == m["units_per_side"])
             assert np.all(m["neg_units"] + m["dummy_neg"] == m["units_per_side"])
             assert np.all(np.minimum(m["pos_units"], m["neg_units"]) == 0)
-    W = graph["consts"]["blocks.0.gru.Wz.W"]
+    W = graph.consts["blocks.0.gru.Wz.W"]
     m = mapping["layers"][0]["gate_mac"]
     assert np.array_equal(m["pos_units"] - m["neg_units"], W)
 
@@ -36,15 +36,16 @@ def test_differential_units_with_constant_column_totals(tiny_run):
 def test_gate_thresholds_reproduce_the_integer_codes(tiny_run):
     """Exhaustively over every accumulator value the MAC can reach."""
     graph, mapping, _ = mapped(tiny_run, "mingru_hw")
-    op = next(o for o in graph["step"] if o["out"] == "blocks.0.gru.gate")
+    op = next(o for o in graph.step if o.out == "blocks.0.gru.gate")
     layer = mapping["layers"][0]
-    W = graph["consts"][op["terms"][0][1][1]]  # (K, O)
+    mac, *rest = op.terms
+    W = graph.consts[mac.inputs[1]]  # (K, O)
     reach = int(np.abs(W).sum(0).max() * 128)
     acc = np.arange(-reach, reach + 1)[:, None] * np.ones((1, W.shape[1]), dtype=np.int64)
-    values = [acc * graph["consts"][op["terms"][0][2]]]
-    for _, ins, m in op["terms"][1:]:
-        values.append(np.broadcast_to(graph["consts"][ins[0]] * graph["consts"][m], acc.shape))
-    expected = intref.requantize(sum(values), op)
+    # the gate op with its MAC's accumulator given as a tensor
+    terms = (Term("mul", ("acc",), mac.weight), *rest)
+    fake = Affine(out="gate", terms=terms, shift=op.shift, lo=op.lo, hi=op.hi)
+    expected = fake.eval(Numpy({"acc": acc}, graph.consts))
     t = np.ceil(layer["gate_thresholds"]["acc"])  # (O, codes)
     got = layer["gate_thresholds"]["lo"] + (acc[..., None] >= t).sum(-1)
     assert np.array_equal(got, expected)
@@ -66,12 +67,8 @@ def test_s4d_real_retention_units(tiny_run):
     graph, mapping, t = mapped(tiny_run, "s4d_real_hw", "generic_28nm")
     layer = mapping["layers"][0]
     k, n_eff = layer["retention_units"], layer["bank"]["units_effective"]
-    M = (
-        graph["consts"][
-            next(o for o in graph["step"] if o["out"] == "blocks.0.ssm.x_re'")["terms"][0][2]
-        ]
-        / 2.0 ** next(o for o in graph["step"] if o["out"] == "blocks.0.ssm.x_re'")["shift"]
-    )
+    op = next(o for o in graph.step if o.out == "blocks.0.ssm.x_re'")
+    M = graph.consts[op.terms[0].weight] / 2.0**op.shift
     assert np.all(k >= 1) and np.all(k <= n_eff)  # |Ā| < 1: at least one unit shares
     assert np.allclose(1 - k / n_eff, M, atol=1e-6)  # Ā = 1 − k/N
 

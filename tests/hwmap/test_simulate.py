@@ -4,26 +4,25 @@ import numpy as np
 import pytest
 
 from hwmap import simulate
-from hwmap.export import ideal_check
 from hwmap.lower import lower
 from hwmap.mapping import map_graph
 from hwmap.targets import load_target
+from hwmap.verify import sim_ideal_vs_intref
 from qssm.runs import load_data, load_run_model
 
 CASES = [("mingru_hw", "minimalist_like"), ("s4d_real_hw", "generic_28nm")]
 
 
 def setup(tiny_run, recipe_of, family, target):
-    model, _ = load_run_model(tiny_run(family))
-    graph, t = lower(model), load_target(target)
+    graph, t = lower(load_run_model(tiny_run(family))[0]), load_target(target)
     test = load_data(recipe_of(family)).test
-    return graph, map_graph(graph, t, model), t, test.x.numpy()[:16], test.y.numpy()[:16]
+    return graph, map_graph(graph, t), t, test.x.numpy()[:16], test.y.numpy()[:16]
 
 
 @pytest.mark.parametrize("family, target", CASES)
 def test_ideal_simulator_is_the_integer_reference(tiny_run, recipe_of, family, target):
     graph, mapping, t, x, _ = setup(tiny_run, recipe_of, family, target)
-    r = ideal_check(graph, mapping, t, x)
+    r = sim_ideal_vs_intref(graph, mapping, t, x)
     assert r["decision_agreement"] == 1.0 and r["decisions"] > 0 and r["logits_identical"]
 
 
