@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 from qssm.models.backbone import MinGRUBlock, S4DBlock
 from qssm.models.mgrade import MGradeLayer
-from qssm.models.mingru import MinGRU
-from qssm.models.quantizable import Quantizable
+from qssm.models.tags import Tap
+from qssm.quant.layers import Quantized
+from qssm.quant.mingru import QuantMinGRU
 from qssm.quant.quantizers import PolarQuantizer, SiteQuantizer
+from qssm.quant.wrap import quantizers
 
 from . import ops
 from .graph import (
@@ -50,10 +52,18 @@ class LoweringError(ValueError):
     """The model holds something the integer graph cannot express; names the module and the fix."""
 
 
+def site_quantizer(module, site: str):
+    """The quantizer of a quantized layer's site or of a block's activation tap (None: float)."""
+    if isinstance(module, Quantized):
+        return module._quantizer(site)
+    tap = module.taps[site]
+    return None if isinstance(tap, Tap) else tap
+
+
 def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Format | None:
     """The format of a quantized activation site (None when the site is not quantized).
     ``shape``: the per-sample channel shape of a per-channel scale."""
-    quantizer = module._quantizer(site)
+    quantizer = site_quantizer(module, site)
     if quantizer is None:
         return None
     if isinstance(quantizer, PolarQuantizer):
@@ -81,7 +91,7 @@ def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Forma
 def need(module, site: str, shape, name: str, why: str) -> Format:
     q = site_q(module, site, shape, name)
     if q is None:
-        role = module.sites()[site].role
+        role = (module.sites()[site] if isinstance(module, Quantized) else module.taps[site]).role
         raise LoweringError(
             f"{name} is not quantized, but {why}; quantize role {role} in the recipe's "
             "quant section"
@@ -260,7 +270,7 @@ def lut(b: Builder, module, site: str, fn, x: str, qx: Format, name: str) -> tup
         raise LoweringError(f"{name}: a {qx.hi - qx.lo + 1}-entry lookup table is too large")
     x_real = torch.tensor(codes[:, None] * np.reshape(qx.scale, (1, -1)), dtype=torch.float32)
     with torch.no_grad():
-        y = _np(module.q(site, fn(x_real[None]))[0])  # (K, C)
+        y = _np(site_quantizer(module, site)(fn(x_real[None]))[0])  # (K, C)
     table = np.rint(y / np.reshape(q.scale, (1, -1))).astype(np.int64)
     # flat, row k·C + c: entry c of code k (C = 1 for a per-tensor table)
     flat = b.const(f"{name}.{site}.table", table.reshape(-1))
@@ -376,7 +386,7 @@ def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]
     if gru.hardware:  # hard sigmoid: clamp(v/4 + 1/2, 0, 1) is a requantization with a clip
         one = b.const(f"{name}.one", np.int64(1))
         terms = [(k, i, s / 4) for k, i, s in z_terms] + [("const", [one], 0.5)]
-        top = math.floor(1 / float(np.max(qg.scale)))  # z = k·s ≤ 1 (MinGRU._at_most_one)
+        top = math.floor(1 / float(np.max(qg.scale)))  # z = k·s ≤ 1 (QuantMinGRU._at_most_one)
         qz = Format(qg.scale, qg.zp, max(qg.lo, 0), min(qg.hi, top))
         gate = b.affine(f"{name}.gate", terms, qz, f"{name}.gate", site=f"{name}:gate")
         z = gate.out
@@ -548,18 +558,16 @@ def fakequant(model, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     comparator decisions)."""
     seen: dict[str, list[np.ndarray]] = {}
     hooks = []
-    for name, module in model.named_modules():
-        qz = module._modules.get("qz") if isinstance(module, Quantizable) else None
-        for site, q in (qz or {}).items():
-            if not isinstance(q, SiteQuantizer):
-                continue
+    for key, q in quantizers(model).items():
+        if isinstance(q, SiteQuantizer):
 
-            def hook(q, args, out, key=f"{name}:{site}"):
+            def hook(q, args, out, key=key):
                 scale = q.qparams()[0]
                 seen.setdefault(key, []).append(torch.round(out / scale).detach().numpy())
 
             hooks.append(q.register_forward_hook(hook))
-        if isinstance(module, MinGRU) and module.hardware:  # comparator decisions, 0 or 1
+    for name, module in model.named_modules():
+        if isinstance(module, QuantMinGRU) and module.hardware:  # comparator decisions, 0 or 1
 
             def decisions(m, args, out, key=f"{name}:comparator"):
                 seen.setdefault(key, []).append(out.detach().numpy())
@@ -576,7 +584,6 @@ def fakequant(model, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 def set_noise(model, noise: list[dict | None]) -> None:
     """Hardware-aware QAT: the Gaussian noise σ (real units) of block i's hardware minGRU
-    (``MinGRU.noise``: gate, cand, out), None for none."""
+    (``QuantMinGRU.noise``: gate, cand, out), None for none."""
     for block, sigmas in zip(model.blocks, noise, strict=True):
-        tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (sigmas or {}).items()}
-        block.gru.noise = tensors if sigmas is not None else None
+        block.gru.noise = sigmas

@@ -50,6 +50,23 @@ class Regression(Exception):
     """A sweep that moved away from its golden table (exit status 1)."""
 
 
+class CheckFailed(Exception):
+    """An export whose verification chain missed a threshold (exit status 1)."""
+
+
+def _gated(run, args, **kw) -> dict:
+    """``hwmap.export``'s ``run`` with the --keep-failed flag; a failed check is exit 1."""
+    from hwmap.verify import VerifyError
+
+    try:
+        return run(**kw, keep_failed=args.keep_failed, progress=not args.quiet)
+    except VerifyError as err:
+        kept = "its files are in" if args.keep_failed else "--keep-failed keeps its files; see"
+        out = kw["out"] or kw["run_dir"] / "hw"
+        name = "verify.json" if args.keep_failed else "verify.failed.json"
+        raise CheckFailed(f"{err} ({kept} {out}/{name})") from None
+
+
 def _out(args, recipe) -> Path:
     return Path(args.out) if args.out else Path("runs") / recipe.name
 
@@ -190,7 +207,7 @@ def cmd_export(args) -> dict:
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else None
-    r = export_run(run_dir, out, args.format, args.limit, progress=not args.quiet)
+    r = _gated(export_run, args, run_dir=run_dir, out=out, fmt=args.format, limit=args.limit)
     fq, ox, st = r["fakequant_vs_intref"], r["onnx_vs_intref"], r["step_vs_sequence"]
     print(
         f"fake-quant vs intref: {100 * fq['prediction_agreement']:.2f} % same predictions, "
@@ -205,16 +222,17 @@ def cmd_map(args) -> dict:
     from hwmap.export import map_run
 
     run_dir = Path(args.run_dir)
-    r = map_run(
-        run_dir,
-        args.target,
-        Path(args.out) if args.out else None,
-        args.mc_seeds,
-        args.mc_limit,
-        args.mc_units,
-        args.mc_offsets,
-        args.limit,
-        progress=not args.quiet,
+    r = _gated(
+        map_run,
+        args,
+        run_dir=run_dir,
+        target_path=args.target,
+        out=Path(args.out) if args.out else None,
+        mc_seeds=args.mc_seeds,
+        mc_limit=args.mc_limit,
+        units=args.mc_units,
+        offsets=args.mc_offsets,
+        limit=args.limit,
     )
     t, ideal = r["mapping"]["totals"], r["verify"]["sim_ideal_vs_intref"]
     print(
@@ -265,6 +283,11 @@ def _hw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output dir (default RUN_DIR/hw)")
     p.add_argument("--limit", type=int, help="verify on the first N test sequences only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="when a verification check fails (exit 1), still write the files (for debugging)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -420,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     except Regression as err:
         if args.json:
             print(json.dumps(err.args[0], indent=2))
+        return 1
+    except CheckFailed as err:
+        print(f"qssm: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("qssm: interrupted; run the same command again to resume", file=sys.stderr)

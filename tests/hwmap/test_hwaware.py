@@ -3,9 +3,8 @@
 import json
 
 import pytest
-import torch
 
-from qssm.cli import main
+from qssm.cli import HARDWARE, main
 from qssm.recipe import RecipeError, parse_recipe
 from qssm.runs import check_quant, load_data, open_run, quantize_run
 
@@ -18,9 +17,9 @@ def hw_recipe(recipe_of, family="mingru_hw"):
 
 def test_hardware_aware_qat_injects_the_mapped_noise_while_training(recipe_of, tmp_path):
     r = hw_recipe(recipe_of)
-    check_quant(r)
+    check_quant(r, hardware=HARDWARE)
     out = open_run(tmp_path / "run", r, force=False)
-    metrics = quantize_run(r, load_data(r), out, progress=False)
+    metrics = quantize_run(r, load_data(r), out, progress=False, hardware=HARDWARE)
     noise = metrics["hardware_noise"]
     assert noise["target"] == "minimalist_like" and noise["unit_ff"] == 0.5
     assert len(noise["layers"]) == 2
@@ -28,31 +27,13 @@ def test_hardware_aware_qat_injects_the_mapped_noise_while_training(recipe_of, t
     assert "qat" in metrics
 
 
-def test_noise_is_applied_only_in_training():
-    from qssm.models.mingru import MinGRU
-
-    gru = MinGRU(3, 4, hardware=True)
-    gru.noise = {
-        "gate": torch.full((4,), 5.0),
-        "cand": torch.full((4,), 5.0),
-        "out": torch.tensor(5.0),
-    }
-    x = torch.randn(2, 6, 3)
-    gru.eval()
-    assert torch.equal(gru(x, "recurrent"), gru(x, "recurrent"))
-    gru.train()
-    torch.manual_seed(0)
-    a = gru(x, "recurrent")
-    assert not torch.equal(a, gru(x, "recurrent"))
-
-
 def test_hardware_aware_qat_needs_the_hardware_minigru(recipe_of):
     with pytest.raises(RecipeError, match="mingru_hw"):
-        check_quant(hw_recipe(recipe_of, "s4d_real"))
+        check_quant(hw_recipe(recipe_of, "s4d_real"), hardware=HARDWARE)
     r = recipe_of("mingru_hw").model_dump(mode="json")
     r["qat"]["hardware"] = {"target": "no_such_chip"}
     with pytest.raises(RecipeError, match="qat.hardware.target"):
-        check_quant(parse_recipe(r))
+        check_quant(parse_recipe(r), hardware=HARDWARE)
 
 
 def test_map_to_hw_command(tiny_run, tmp_path, capsys):

@@ -69,3 +69,16 @@ def test_an_onnx_emission_that_differs_from_intref_fails_export(tiny_run, tmp_pa
     ):
         export_run(tiny_run("s4d_real"), tmp_path / "hw", limit=8, progress=False)
     assert not (tmp_path / "hw" / "graph.json").exists()
+
+
+def test_qssm_export_exits_1_naming_the_failed_check(tiny_run, tmp_path, monkeypatch, capsys):
+    from qssm.cli import main
+
+    run, out = tiny_run("s4d_real"), tmp_path / "hw"
+    monkeypatch.setattr(export, "lower", _broken_lowering)
+    assert main(["export", str(run), "--out", str(out), "--limit", "8", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qssm: error: verification failed: fakequant_vs_intref.")
+    assert "fakequant_vs_intref.max_code_diff = " in err
+    assert f"--keep-failed keeps its files; see {out}/verify.failed.json" in err
+    assert len(err.splitlines()) == 1 and not (out / "verify.json").exists()
