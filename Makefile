@@ -14,8 +14,9 @@ install: $(BIN)/qssm
 demo: install  ## the main job on the embedded default data: float, PTQ, QAT, report
 	$(BIN)/qssm quantize --recipe recipes/hetero_4_8.yaml --force
 
-test: install  ## lint + the default test suite (slow tests excluded)
+test: install  ## lint, the layer contracts (pyproject.toml), the default test suite (no slow tests)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-all: install

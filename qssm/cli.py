@@ -14,6 +14,7 @@ from hwmap.targets import TargetError, load_target
 
 from .data import DataError
 from .io import CheckpointError, read_json, write_json
+from .quant.calibrate import CalibrationError
 from .recipe import RecipeError, load_recipe
 from .runs import (
     Hardware,
@@ -33,6 +34,7 @@ from .sweep import check_points, compare, read_csv, sweep
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 USER_ERRORS = (
     RecipeError,
+    CalibrationError,
     RunError,
     CheckpointError,
     DataError,

@@ -5,9 +5,12 @@ from brevitas.graph.calibrate import calibration_mode
 from tqdm import tqdm
 
 from ..data import Split
-from ..recipe import RecipeError
 from .quantizers import OFFSET_BITS, exponent_bits, stored_scale
 from .wrap import quantizers
+
+
+class CalibrationError(ValueError):
+    """A calibrated scale that its ``scale_dtype`` cannot store (names the role and the fix)."""
 
 
 @torch.no_grad()
@@ -51,7 +54,7 @@ def check_scales(model) -> None:
                 if exponent_bits(part.spec.scale_dtype) is not None:  # the 8-bit offset
                     ok &= torch.log2(kept).max().abs() < 2 ** (OFFSET_BITS - 1)
                 if not bool(torch.all(ok)):
-                    raise RecipeError(
+                    raise CalibrationError(
                         f"quant: a calibrated scale of {name} ({part.site.role}) spans "
                         f"{p.abs().min().item():.3g}…{p.abs().max().item():.3g}, outside what "
                         f"scale_dtype {part.spec.scale_dtype} stores; give this role a wider "

@@ -136,9 +136,9 @@ def test_power_of_two_scales_keep_k_bit_exponents_below_the_largest():
 
 def test_scale_that_underflows_its_dtype_is_a_recipe_error():
     from qssm.models.backbone import Classifier
-    from qssm.quant.calibrate import check_scales
+    from qssm.quant.calibrate import CalibrationError, check_scales
     from qssm.quant.wrap import wrap
-    from qssm.recipe import QuantConfig, RecipeError
+    from qssm.recipe import QuantConfig
 
     cfg = dict(family="s4d", d_model=2, d_state=4, n_layers=1, pool="mean", init="lin")
     model = Classifier({**cfg, "dt_min": 1e-3, "dt_max": 1e-1}, 1, 2)
@@ -148,7 +148,7 @@ def test_scale_that_underflows_its_dtype_is_a_recipe_error():
     model.train()
     with calibration_mode(model):
         model(torch.full((2, 5, 1), 1e-6), "recurrent")  # e4m3's smallest value is 2^-9
-    with pytest.raises(RecipeError, match="wider scale_dtype"):
+    with pytest.raises(CalibrationError, match="wider scale_dtype"):
         check_scales(model)
 
 
