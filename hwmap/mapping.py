@@ -92,11 +92,8 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
     planes = 1 if analog_input or in_bits == 1 else 2 ** (in_bits - 1)  # MSB plane weight 1
     v_code = v_in if analog_input else swing(target) / planes  # volts per input code
     v_lsb = v_code * cu / c_line  # volts per accumulator unit
-    ktc = (
-        math.sqrt(2)
-        * ktc_volts(target, c_line)
-        * math.sqrt(sum(4.0 ** (b - (cycles - 1)) for b in range(cycles)))
-    )
+    plane_power = sum(4.0 ** (b - (cycles - 1)) for b in range(cycles))  # Σ (plane weight)²
+    ktc = math.sqrt(2) * ktc_volts(target, c_line) * math.sqrt(plane_power)
     # half the units toggle per cycle on both lines: C (fF) · V² = energy (fJ)
     energy = cycles * 0.5 * 2 * units * n_out * cu * swing(target) ** 2
     return {
@@ -135,11 +132,8 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float) -> dic
     t = np.ceil((codes[None, :] * 2.0**S - 2.0 ** (S - 1) - rest[:, None]) / M[:, None]) - 0.5
     volts = t * v_per_unit
     step = 2 * swing(target) / 2**target.comparator.dac_bits
-    dac = np.clip(
-        np.rint(volts / step),
-        -(2 ** (target.comparator.dac_bits - 1)),
-        2 ** (target.comparator.dac_bits - 1) - 1,
-    )
+    half = 2 ** (target.comparator.dac_bits - 1)
+    dac = np.clip(np.rint(volts / step), -half, half - 1)
     return {
         "acc": t,  # (O, codes)
         "volts": volts,
@@ -312,8 +306,7 @@ def totals(layers: list[dict], target: Target) -> dict:
     cap = switches = comparators = cycles = 0.0
     breakdown = {"mac": 0.0, "state_banks": 0.0, "comparators": 0.0, "switches": 0.0}
     for layer in layers:
-        macs = [v for k, v in layer.items() if k.endswith("_mac")]
-        for m in macs:
+        for m in (v for k, v in layer.items() if k.endswith("_mac")):
             cap += m["capacitance_ff"]
             switches += m["switches"]
             breakdown["mac"] += m["energy_fj"]

@@ -18,6 +18,8 @@ With every non-ideality off the simulator computes exactly the integer reference
 identical decisions and outputs on every timestep).
 """
 
+from functools import partial
+
 import numpy as np
 
 from .graph import ANALOG_BITS, Graph, MinGRUHw
@@ -25,16 +27,7 @@ from .intref import Numpy, head, init_state
 from .mapping import unit_sigma
 from .targets import Target
 
-NONIDEALITIES = (
-    "mismatch",
-    "parasitic",
-    "ktc",
-    "offset",
-    "noise",
-    "injection",
-    "leakage",
-    "clipping",
-)
+NONIDEALITIES = tuple("mismatch parasitic ktc offset noise injection leakage clipping".split())
 BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # they move a bank's state
 PARASITIC_SPREAD = 0.10  # σ of the parasitic capacitance around its nominal value, per chip
 
@@ -83,7 +76,7 @@ class Simulator:
         self.seeds = list(seeds)
         self.chips = Chips(mapping, target, self.seeds, self.on)
         self.rng = np.random.default_rng([*self.seeds, 7919])
-        self.analog = {}  # tensor → (the layer's part that computes it, record, mapping, draws)
+        self.analog = {}  # tensor → the layer's part that computes it (op, backend) → value
         for rec, layer, draws in zip(
             graph.layers, mapping["layers"], self.chips.layers, strict=True
         ):
@@ -92,7 +85,7 @@ class Simulator:
                 parts |= {rec.bank.out: self._gated_state, rec.out: self._comparator}
             else:
                 parts = {rec.retention.out: self._retention, rec.readout.out: self._s4d_output}
-            self.analog |= {out: (fn, rec, layer, draws) for out, fn in parts.items()}
+            self.analog |= {out: partial(fn, rec, layer, draws) for out, fn in parts.items()}
 
     # ---------------------------------------------------------------- per-op physics
 
@@ -105,38 +98,35 @@ class Simulator:
         if draws["E"] is not None:  # x (S·B, K) @ E (S, K, O)
             err += (self._split(x.astype(np.float64)) @ draws["E"]).reshape(acc.shape)
         if draws["gain"] is not None:  # gain (S, O) per column and chip
-            err += (self._split(acc.astype(np.float64)) * (draws["gain"][:, None] - 1)).reshape(
-                acc.shape
-            )
+            gain = draws["gain"][:, None] - 1
+            err += (self._split(acc.astype(np.float64)) * gain).reshape(acc.shape)
         if "ktc" in self.on:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
         if "injection" in self.on:
             err += self.target.leakage.charge_injection_mv * 1e-3 / m["v_per_unit"]
         return err
 
-    def _decide(self, m: dict, draws: dict, shape) -> np.ndarray:
-        """Input-referred comparator offset (static per chip) and noise, accumulator units."""
+    def _decide(self, offset: np.ndarray | None, v_per_unit: float, shape) -> np.ndarray:
+        """Input-referred comparator offset (static per chip: ``offset`` (S, …), None when off)
+        and noise, in units of ``v_per_unit`` volts."""
         err = np.zeros(shape)
-        if draws["offset"] is not None:
-            err += np.repeat(draws["offset"], shape[0] // self.chips.n, axis=0)
+        if offset is not None:
+            err += np.repeat(offset, shape[0] // self.chips.n, axis=0)
         if "noise" in self.on:
-            err += self.rng.normal(
-                0, self.target.comparator.noise_mv * 1e-3 / m["v_per_unit"], shape
-            )
+            err += self.rng.normal(0, self.target.comparator.noise_mv * 1e-3 / v_per_unit, shape)
         return err
 
-    def _gate(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The gate ADC: thresholds of the mapping, the MAC output with its errors."""
         x = b.get(rec.gate.x)
         acc = x @ b.get(rec.gate.W)  # (S·B, O) integers
-        m = layer["gate_mac"]
-        analog = self._mac_error(m, draws["gate_mac"], x, acc) + self._decide(
-            m, draws["gate_mac"], acc.shape
-        )
+        m, d = layer["gate_mac"], draws["gate_mac"]
+        analog = self._mac_error(m, d, x, acc)  # then the comparators' offset and noise
+        analog += self._decide(d["offset"], m["v_per_unit"], acc.shape)
         passed = (acc + analog)[..., None] >= np.ceil(layer["gate_thresholds"]["acc"])
         return layer["gate_thresholds"]["lo"] + passed.sum(-1)
 
-    def _cand(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         x = b.get(rec.cand.x)
         acc = x @ b.get(rec.cand.W)
         err = self._mac_error(layer["cand_mac"], draws["cand_mac"], x, acc)
@@ -152,7 +142,7 @@ class Simulator:
             x = x * (1 - self.target.leakage.droop_per_step)
         return x
 
-    def _gated_state(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """h ← h + z (h̃ − h) through the chip's bank; exact integer sum when ideal."""
         bank_ = rec.bank
         h, k = b.get(bank_.h), b.get(bank_.z)
@@ -178,19 +168,12 @@ class Simulator:
             h_new = np.clip(h_new, -(2**ANALOG_BITS), 2**ANALOG_BITS)
         return h_new
 
-    def _comparator(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    def _comparator(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         h = b.get(rec.bank.out)
-        bk = layer["bank"]
-        err = np.zeros(h.shape)
-        if draws["bank"]["offset"] is not None:
-            err += np.repeat(draws["bank"]["offset"], h.shape[0] // self.chips.n, axis=0)
-        if "noise" in self.on:
-            err += self.rng.normal(
-                0, self.target.comparator.noise_mv * 1e-3 / bk["v_per_code"], h.shape
-            )
+        err = self._decide(draws["bank"]["offset"], layer["bank"]["v_per_code"], h.shape)
         return (h + err > 0).astype(np.int64)
 
-    def _retention(self, op, rec, layer, draws, b: Numpy):
+    def _retention(self, rec, layer, draws, op, b: Numpy):
         """x ← (1 − z) x + B̄u through the S4D-Real retention bank, re-quantized as the graph
         does."""
         if not self.on & BANK_ERRORS:
@@ -209,7 +192,7 @@ class Simulator:
         x_new = self._bank(keep * x + write, bk)
         return np.clip(np.floor(x_new + 0.5), op.lo, op.hi).astype(np.int64)
 
-    def _s4d_output(self, op, rec, layer, draws, b: Numpy):
+    def _s4d_output(self, rec, layer, draws, op, b: Numpy):
         y, m = rec.readout, layer["readout_mac"]
         dot_in = b.get(y.x)  # (S·B, H, n) state codes
         acc = (dot_in * b.get(y.C)).sum(-1)
@@ -223,7 +206,7 @@ class Simulator:
             )
         if "ktc" in self.on:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
-        err += self._decide(m, draws["readout_mac"], acc.shape)
+        err += self._decide(draws["readout_mac"]["offset"], m["v_per_unit"], acc.shape)
         if not err.any():
             return op.eval(b)
         z = sum(v.astype(np.float64) for v in values) + err * M
@@ -243,11 +226,7 @@ class Simulator:
             env = {"x": xs[:, t], **state}
             b = Numpy(env, graph.consts)
             for op in graph.step:
-                if op.out in self.analog:
-                    fn, *part = self.analog[op.out]
-                    env[op.out] = fn(op, *part, b)
-                else:
-                    env[op.out] = op.eval(b)
+                env[op.out] = self.analog[op.out](op, b) if op.out in self.analog else op.eval(b)
             state = {s.name: env[s.next] for s in graph.states}
             for out in traced:
                 traced[out].append(env[out])
