@@ -124,8 +124,7 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float) -> dic
     S, lo, hi = adc.shift, adc.lo, adc.hi
     M = np.atleast_1d(consts[adc.M]).astype(np.float64)
     rest = np.asarray(consts[adc.offset], dtype=np.float64)
-    shape = np.broadcast_shapes(M.shape, rest.shape, (1,))  # one row per output channel
-    M, rest = np.broadcast_to(M, shape), np.broadcast_to(rest, shape)
+    M, rest = np.broadcast_arrays(M, rest)  # one row per output channel
     codes = np.arange(lo + 1, hi + 1)
     if np.any(M <= 0):
         raise MappingError(f"{adc.out}: a non-positive multiplier cannot become a threshold")
@@ -180,8 +179,9 @@ def bank(
     }
 
 
-def _bits(lo: int, hi: int) -> int:
-    return max(1, math.ceil(math.log2(hi - lo + 1)))
+def _bits(codes) -> int:
+    """Bits of the codes in [codes.lo, codes.hi] (a format or a record)."""
+    return max(1, math.ceil(math.log2(codes.hi - codes.lo + 1)))
 
 
 def state_range(graph: Graph, name: str, ranges: dict | None) -> float:
@@ -207,8 +207,7 @@ def observed_ranges(graph: Graph, x: np.ndarray) -> dict[str, float]:
 
 def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = True, ranges=None):
     consts, gate, bank_ = graph.consts, rec.gate, rec.bank
-    x = graph.formats[gate.x]
-    in_bits = _bits(x.lo, x.hi)
+    in_bits = _bits(graph.formats[gate.x])
     mac_z = mac(f"{rec.name}.Wz", consts[gate.W], in_bits, None, target)
     mac_h = mac(f"{rec.name}.Wh", consts[rec.cand.W], in_bits, None, target)
     th = thresholds(gate, consts, target, mac_z["v_per_unit"])
@@ -226,7 +225,7 @@ def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = Tr
         "s_gate": s_gate,
         "bank": bk,
         "comparators": mac_z["outputs"] * (len(th["acc"][0]) + 1),
-        "adc_bits": _bits(gate.lo, gate.hi),
+        "adc_bits": _bits(gate),
     }
 
 
@@ -261,7 +260,7 @@ def map_s4d_real(graph: Graph, rec: S4DRealHw, target: Target, ranges=None) -> d
         "bank": bk,
         "output_levels": y.hi - y.lo + 1,
         "comparators": H * (y.hi - y.lo),
-        "adc_bits": _bits(y.lo, y.hi),
+        "adc_bits": _bits(y),
     }
 
 

@@ -29,16 +29,8 @@ def plot_monte_carlo(mc: dict, path: Path) -> None:
             pts = sorted((r[key], r) for r in rows if r["sweep"] == key)
             if not pts:
                 continue
-            xs = [p[0] for p in pts]
-            ax.errorbar(
-                xs,
-                [100 * p[1]["mean"] for p in pts],
-                [100 * p[1]["std"] for p in pts],
-                marker="o",
-                ms=4,
-                capsize=3,
-                label=model,
-            )
+            mean, std = ([100 * r[k] for _, r in pts] for k in ("mean", "std"))
+            ax.errorbar([p[0] for p in pts], mean, std, marker="o", ms=4, capsize=3, label=model)
         ax.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

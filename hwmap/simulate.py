@@ -142,6 +142,13 @@ class Simulator:
             x = x * (1 - self.target.leakage.droop_per_step)
         return x
 
+    @staticmethod
+    def _share(eps: np.ndarray, k, n_eff) -> np.ndarray:
+        """The charge that k switched units take of a bank of n_eff units on each chip: the unit
+        errors eps (S, 2, …) summed over the first k units and over the other n_eff − k."""
+        e1, e2 = eps[:, 0] * np.sqrt(k), eps[:, 1] * np.sqrt(n_eff - k)
+        return (k + e1) / (n_eff + e1 + e2)
+
     def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """h ← h + z (h̃ − h) through the chip's bank; exact integer sum when ideal."""
         bank_ = rec.bank
@@ -156,13 +163,8 @@ class Simulator:
         cand = (cand_acc * M_cand + offset) / -M_share
         z = k * layer["s_gate"]
         bk, eps = layer["bank"], draws["bank"]["eps"]
-        if eps is not None:  # Σ of the first k unit errors, and of all of them
-            n_eff = bk["units_effective"]
-            idx = np.arange(n_eff.size)
-            on_k = self._split(k)  # (S, B, O)
-            e1 = eps[:, 0][:, None, idx] * np.sqrt(on_k)
-            e2 = eps[:, 1][:, None, idx] * np.sqrt(n_eff - on_k)
-            z = ((on_k + e1) / (n_eff + e1 + e2)).reshape(k.shape)
+        if eps is not None:  # per chip (S, B, O)
+            z = self._share(eps[:, :, None], self._split(k), bk["units_effective"]).reshape(k.shape)
         h_new = self._bank(h + z * (cand - h), bk)
         if "clipping" in self.on:
             h_new = np.clip(h_new, -(2**ANALOG_BITS), 2**ANALOG_BITS)
@@ -185,9 +187,7 @@ class Simulator:
         write = b.get(ret.u) * b.get(ret.write) / S  # B̄u
         bk, eps = layer["bank"], draws["bank"]["eps"]
         if eps is not None:
-            k, n_eff = layer["retention_units"], bk["units_effective"]
-            e1, e2 = eps[:, 0] * np.sqrt(k), eps[:, 1] * np.sqrt(n_eff - k)
-            z = (k + e1) / (n_eff + e1 + e2)  # (S, H, n)
+            z = self._share(eps, layer["retention_units"], bk["units_effective"])  # (S, H, n)
             keep = np.repeat(1 - z, x.shape[0] // self.chips.n, axis=0)
         x_new = self._bank(keep * x + write, bk)
         return np.clip(np.floor(x_new + 0.5), op.lo, op.hi).astype(np.int64)
