@@ -46,9 +46,7 @@ class Chips:
         self.layers = []
         for layer in mapping["layers"]:
             d = {}
-            for key in ("gate_mac", "cand_mac", "readout_mac"):
-                if key not in layer:
-                    continue
+            for key in (k for k in layer if k.endswith("_mac")):  # in the mapping's order
                 m = layer[key]
                 w_units = m["pos_units"] + m["neg_units"]  # (K, O)
                 E, gain = normal("mismatch", 1, w_units.shape), normal("parasitic", 1, m["outputs"])
@@ -69,8 +67,7 @@ class Chips:
 
 class Simulator:
     def __init__(self, graph: Graph, mapping: dict, target: Target, on=(), seeds=(0,)):
-        unknown = set(on) - set(NONIDEALITIES)
-        if unknown:
+        if unknown := set(on) - set(NONIDEALITIES):
             raise ValueError(f"unknown non-ideality {sorted(unknown)}; choose from {NONIDEALITIES}")
         self.graph, self.mapping, self.target, self.on = graph, mapping, target, set(on)
         self.seeds = list(seeds)
@@ -199,14 +196,13 @@ class Simulator:
         M = b.get(y.M)
         values = [acc * M, b.get(y.u) * b.get(y.skip)]
         err = np.zeros(acc.shape)
-        if draws["readout_mac"]["E"] is not None:  # E (S, n, H): per channel column
-            E = draws["readout_mac"]["E"]
-            err += np.einsum("sbhn,snh->sbh", self._split(dot_in.astype(np.float64)), E).reshape(
-                acc.shape
-            )
+        d = draws["readout_mac"]
+        if d["E"] is not None:  # E (S, n, H): per channel column
+            x = self._split(dot_in.astype(np.float64))
+            err += np.einsum("sbhn,snh->sbh", x, d["E"]).reshape(acc.shape)
         if "ktc" in self.on:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
-        err += self._decide(draws["readout_mac"]["offset"], m["v_per_unit"], acc.shape)
+        err += self._decide(d["offset"], m["v_per_unit"], acc.shape)
         if not err.any():
             return op.eval(b)
         z = sum(v.astype(np.float64) for v in values) + err * M
