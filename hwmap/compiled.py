@@ -137,9 +137,8 @@ class CompiledStream:
 
     def codes(self) -> dict[str, np.ndarray]:
         """The state as int64 codes, keyed like ``intref.Stream.state``."""
-        return {
-            s.name: v.astype(np.int64) for s, v in zip(self.graph.states, self.state, strict=True)
-        }
+        names = [s.name for s in self.graph.states]
+        return {n: v.astype(np.int64) for n, v in zip(names, self.state, strict=True)}
 
     def logits(self) -> np.ndarray:
         nexts = [s.next for s in self.graph.states]  # the head reads the state's last value

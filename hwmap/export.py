@@ -80,9 +80,9 @@ def _export(run_dir, model, graph, x: np.ndarray, out: Path, fmt: str, progress)
     """Write the integer graph and the ONNX files into ``out``; return the verification
     results."""
     save_graph(graph, out)
-    paths = {"step": out / "step.onnx", "sequence": out / "sequence.onnx"}
-    save_onnx(step_model(graph), paths["step"])
-    save_onnx(sequence_model(graph), paths["sequence"])
+    step, sequence = out / "step.onnx", out / "sequence.onnx"
+    save_onnx(step_model(graph), step)
+    save_onnx(sequence_model(graph), sequence)
     if fmt == "qonnx":
         save_onnx(step_model(graph, qonnx=True), out / "step_qonnx.onnx", check=False)
     bar = tqdm(total=len(x), desc="fake-quant vs intref", disable=not progress, leave=False)
@@ -95,14 +95,12 @@ def _export(run_dir, model, graph, x: np.ndarray, out: Path, fmt: str, progress)
         "files": {},
         "data": {"split": "test", "sequences": len(x), "length": int(x.shape[1])},
         "fakequant_vs_intref": fq,
-        "onnx_vs_intref": verify.onnx_vs_intref(graph, paths["sequence"], x),
-        "step_vs_sequence": verify.step_vs_sequence(
-            graph, paths["step"], paths["sequence"], x[:STREAM_CHECK]
-        ),
+        "onnx_vs_intref": verify.onnx_vs_intref(graph, sequence, x),
+        "step_vs_sequence": verify.step_vs_sequence(graph, step, sequence, x[:STREAM_CHECK]),
     }
     if fmt == "qonnx":  # the QCDQ graphs only served the checks
-        for path in paths.values():
-            path.unlink()
+        step.unlink()
+        sequence.unlink()
     result["files"] = {p.name: p.stat().st_size for p in sorted(out.glob("*.onnx"))}
     return result
 

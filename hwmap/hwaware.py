@@ -56,10 +56,8 @@ def hardware_noise(model, cfg, x: np.ndarray):
     graph = lower(model)
     ranges = observed_ranges(graph, x[:RANGE_SEQUENCES])
     mapping = map_graph(graph, target, strict=False, ranges=ranges)
-    sigmas = [
-        layer_sigmas(graph, rec, layer, target)
-        for rec, layer in zip(graph.layers, mapping["layers"], strict=True)
-    ]
+    layers = zip(graph.layers, mapping["layers"], strict=True)
+    sigmas = [layer_sigmas(graph, rec, layer, target) for rec, layer in layers]
     set_noise(model, sigmas)
     summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff}
     summary["layers"] = [{k: float(np.mean(v)) for k, v in sig.items()} for sig in sigmas]

@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from .graph import ANALOG_BITS, Graph, MinGRUHw
-from .intref import Numpy, head, init_state
+from .intref import Numpy, head, init_state, step
 from .mapping import unit_sigma
 from .targets import Target
 
@@ -56,12 +56,9 @@ class Chips:
                     gain = 1 / (1 + PARASITIC_SPREAD * gain * m["c_parasitic_ff"] / m["c_line_ff"])
                 offset = normal("offset", offset_v / m["v_per_unit"], m["outputs"])
                 d[key] = {"E": E, "gain": gain, "offset": offset}
-            bk = layer["bank"]
-            n_eff = bk["units_effective"]
-            d["bank"] = {
-                "eps": normal("mismatch", su, (2, *n_eff.shape)),
-                "offset": normal("offset", offset_v / bk["v_per_code"], n_eff.shape[:1]),
-            }
+            n_eff, v_code = layer["bank"]["units_effective"], layer["bank"]["v_per_code"]
+            eps = normal("mismatch", su, (2, *n_eff.shape))  # the first k units, the others
+            d["bank"] = {"eps": eps, "offset": normal("offset", offset_v / v_code, n_eff.shape[:1])}
             self.layers.append(d)
 
 
@@ -74,9 +71,8 @@ class Simulator:
         self.chips = Chips(mapping, target, self.seeds, self.on)
         self.rng = np.random.default_rng([*self.seeds, 7919])
         self.analog = {}  # tensor → the layer's part that computes it (op, backend) → value
-        for rec, layer, draws in zip(
-            graph.layers, mapping["layers"], self.chips.layers, strict=True
-        ):
+        layers = zip(graph.layers, mapping["layers"], self.chips.layers, strict=True)
+        for rec, layer, draws in layers:
             if isinstance(rec, MinGRUHw):
                 parts = {rec.gate.out: self._gate, rec.cand.out: self._cand}
                 parts |= {rec.bank.out: self._gated_state, rec.out: self._comparator}
@@ -215,20 +211,14 @@ class Simulator:
         """x (B, L, d) for every chip → logits (S, B, C) and, with ``trace``, the outputs of
         every analog part, by tensor (S, B, L, …)."""
         xs = np.tile(x, (self.chips.n, 1, 1))
-        graph = self.graph
-        state = init_state(graph, len(xs))
+        state = init_state(self.graph, len(xs))
         traced = {out: [] for out in self.analog} if trace else {}
         for t in range(x.shape[1]):
-            env = {"x": xs[:, t], **state}
-            b = Numpy(env, graph.consts)
-            for op in graph.step:
-                env[op.out] = self.analog[op.out](op, b) if op.out in self.analog else op.eval(b)
-            state = {s.name: env[s.next] for s in graph.states}
+            env, state = step(self.graph, xs[:, t], state, parts=self.analog)
             for out in traced:
                 traced[out].append(env[out])
-        logits = head(graph, env)
         traced = {k: self._split(np.stack(v, 1)) for k, v in traced.items()}
-        return self._split(logits), traced
+        return self._split(head(self.graph, env)), traced
 
 
 def accuracy(sim: Simulator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
