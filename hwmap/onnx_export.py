@@ -103,13 +103,14 @@ class Emitter:
 
     def quant(self, f: str, zp: int, np_type, hint: str, dequant: bool) -> str:
         """QONNX ``Quant``: the stored integer grid of ``np_type`` at scale 1 around ``zp``."""
-        info, fzp = np.iinfo(np_type), self.init(f"c/f{zp}", np.float32(zp))
-        shifted = f if dequant else self.node("Add", [f, fzp], hint)
+        info = np.iinfo(np_type)
+        if not dequant:
+            f = self.node("Add", [f, self.init(f"c/f{zp}", np.float32(zp))], hint)
         one, zero = self.init("c/one_f32", np.float32(1)), self.init("c/zero_f32", np.float32(0))
         bits = self.init(f"c/bits{info.bits}", np.float32(info.bits))
         attrs = {"signed": int(info.min < 0), "narrow": 0, "rounding_mode": "ROUND"}
-        q = self.node("Quant", [shifted, one, zero, bits], hint, domain=QONNX_DOMAIN, **attrs)
-        return self.node("Sub", [q, fzp], hint) if dequant else q
+        q = self.node("Quant", [f, one, zero, bits], hint, domain=QONNX_DOMAIN, **attrs)
+        return self.node("Sub", [q, self.init(f"c/f{zp}", np.float32(zp))], hint) if dequant else q
 
     def weight(self, name: str) -> str:
         """A constant as float64: integer constants through Q/DQ, the rest as float64 (once)."""
