@@ -44,9 +44,8 @@ def _table(name: str, rows: list[list]) -> str:
 def _mac_rows(mapping: dict) -> list[list]:
     rows = []
     for i, layer in enumerate(mapping["layers"]):
-        for key in ("gate_mac", "cand_mac", "readout_mac"):
-            if key in layer:
-                m = layer[key]
+        for key, m in layer.items():
+            if key.endswith("_mac"):  # gate_mac, cand_mac or readout_mac
                 rows.append([i, key.replace("_mac", ""), f"{m['fan_in']} × {m['outputs']}"])
                 rows[-1] += [m["units_per_side"], m["tiles"], m["input_bits"]]
                 rows[-1] += [f"{m['c_line_ff']:.1f}", f"{1e6 * m['v_per_unit']:.1f}"]
