@@ -91,9 +91,8 @@ class Numba:
 
     def halves(self, v: Src) -> tuple[Src, Src]:
         v = self.let(v).text
-        return Src(f"{v}[..., :{v}.shape[-1] // 2]", self), Src(
-            f"{v}[..., {v}.shape[-1] // 2:]", self
-        )
+        mid = f"{v}.shape[-1] // 2"
+        return Src(f"{v}[..., :{mid}]", self), Src(f"{v}[..., {mid}:]", self)
 
 
 def compile_ops(ops: list, consts: dict, inputs: list[str], outputs: list[str]):
@@ -138,12 +137,9 @@ class CompiledStream:
 
     def codes(self) -> dict[str, np.ndarray]:
         """The state as int64 codes, keyed like ``intref.Stream.state``."""
-        return {
-            s.name: v.astype(np.int64) for s, v in zip(self.graph.states, self.state, strict=True)
-        }
+        names = [s.name for s in self.graph.states]
+        return {n: v.astype(np.int64) for n, v in zip(names, self.state, strict=True)}
 
     def logits(self) -> np.ndarray:
-        env = {
-            s.next: v.astype(np.int64) for s, v in zip(self.graph.states, self.state, strict=True)
-        }
-        return intref.head(self.graph, env)[0]
+        nexts = [s.next for s in self.graph.states]  # the head reads the state's last value
+        return intref.head(self.graph, dict(zip(nexts, self.codes().values(), strict=True)))[0]

@@ -19,10 +19,11 @@ from qssm.io import atomic_path, write_json
 from qssm.recipe import load_recipe
 from qssm.runs import RunError, load_data, load_run_model
 
-from . import onnx_export, simulate, verify
+from . import simulate, verify
 from .graph import save_graph
 from .lower import fakequant, lower
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges
+from .onnx_export import OPSET, save_onnx, sequence_model, step_model
 from .report import plot_monte_carlo, write_hw_report
 from .targets import load_target
 from .verify import VerifyError
@@ -79,30 +80,27 @@ def _export(run_dir, model, graph, x: np.ndarray, out: Path, fmt: str, progress)
     """Write the integer graph and the ONNX files into ``out``; return the verification
     results."""
     save_graph(graph, out)
-    paths = {"step": out / "step.onnx", "sequence": out / "sequence.onnx"}
-    onnx_export.save_onnx(onnx_export.step_model(graph), paths["step"])
-    onnx_export.save_onnx(onnx_export.sequence_model(graph), paths["sequence"])
+    step, sequence = out / "step.onnx", out / "sequence.onnx"
+    save_onnx(step_model(graph), step)
+    save_onnx(sequence_model(graph), sequence)
     if fmt == "qonnx":
-        path = out / "step_qonnx.onnx"
-        onnx_export.save_onnx(onnx_export.step_model(graph, qonnx=True), path, check=False)
+        save_onnx(step_model(graph, qonnx=True), out / "step_qonnx.onnx", check=False)
     bar = tqdm(total=len(x), desc="fake-quant vs intref", disable=not progress, leave=False)
     fq = verify.fakequant_vs_intref(partial(fakequant, model), graph, x, progress=bar.update)
     bar.close()
     result = {
         "run": str(run_dir),
         "format": fmt,
-        "opset": onnx_export.OPSET,
+        "opset": OPSET,
         "files": {},
         "data": {"split": "test", "sequences": len(x), "length": int(x.shape[1])},
         "fakequant_vs_intref": fq,
-        "onnx_vs_intref": verify.onnx_vs_intref(graph, paths["sequence"], x),
-        "step_vs_sequence": verify.step_vs_sequence(
-            graph, paths["step"], paths["sequence"], x[:STREAM_CHECK]
-        ),
+        "onnx_vs_intref": verify.onnx_vs_intref(graph, sequence, x),
+        "step_vs_sequence": verify.step_vs_sequence(graph, step, sequence, x[:STREAM_CHECK]),
     }
     if fmt == "qonnx":  # the QCDQ graphs only served the checks
-        for path in paths.values():
-            path.unlink()
+        step.unlink()
+        sequence.unlink()
     result["files"] = {p.name: p.stat().st_size for p in sorted(out.glob("*.onnx"))}
     return result
 
@@ -154,18 +152,9 @@ def monte_carlo(graph, mapping_fn, target, x, y, seeds, units, offsets, progress
         t = target.with_unit(unit_ff).with_offset(offset_mv)
         sim = simulate.Simulator(graph, mapping_fn(t), t, simulate.NONIDEALITIES, seeds)
         acc = simulate.accuracy(sim, x, y)
-        rows.append(
-            {
-                "sweep": sweep,
-                "unit_ff": unit_ff,
-                "offset_mv": offset_mv,
-                "mean": float(acc.mean()),
-                "std": float(acc.std()),
-                "seeds": len(seeds),
-                "sequences": len(x),
-                "accuracies": acc.tolist(),
-            }
-        )
+        row = {"sweep": sweep, "unit_ff": unit_ff, "offset_mv": offset_mv}
+        row |= {"mean": float(acc.mean()), "std": float(acc.std()), "seeds": len(seeds)}
+        rows.append(row | {"sequences": len(x), "accuracies": acc.tolist()})
     return rows
 
 
@@ -198,18 +187,11 @@ def map_run(
             np.savez(f, **arrays)
         result["sim_ideal_vs_intref"] = verify.sim_ideal_vs_intref(graph, mapping, target, x)
         if mc_seeds:
-            result["monte_carlo"] = monte_carlo(
-                graph,
-                lambda t: map_graph(graph, t, ranges=ranges),
-                target,
-                x[:mc_limit],
-                y[:mc_limit],
-                list(range(mc_seeds)),
-                units,
-                offsets,
-                progress,
-            )
-            plot_monte_carlo({recipe.name: result["monte_carlo"]}, stage / "monte_carlo.png")
+            fit = partial(map_graph, graph, ranges=ranges)  # a target → its mapping
+            x_mc, y_mc, seeds = x[:mc_limit], y[:mc_limit], list(range(mc_seeds))
+            mc = monte_carlo(graph, fit, target, x_mc, y_mc, seeds, units, offsets, progress)
+            result["monte_carlo"] = mc
+            plot_monte_carlo({recipe.name: mc}, stage / "monte_carlo.png")
         verify.gate(result)
         write_hw_report(stage, recipe.name, mapping, result)
         _finish(result, stage)

@@ -186,11 +186,11 @@ def atomic_path(path: Path):
 
 def _jsonable(obj):
     if isinstance(obj, Op):
-        return {"op": obj.kind, **{k: _jsonable(v) for k, v in vars(obj).items()}}
+        return {"op": obj.kind, **_jsonable(vars(obj))}
     if hasattr(obj, "_asdict") and not isinstance(obj, Term):  # a record
-        return {k: _jsonable(v) for k, v in obj._asdict().items()}
-    if dataclasses.is_dataclass(obj):
-        return {k: _jsonable(v) for k, v in vars(obj).items()}
+        obj = obj._asdict()
+    elif dataclasses.is_dataclass(obj):
+        obj = vars(obj)
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -23,9 +23,8 @@ def layer_sigmas(graph: Graph, rec: MinGRUHw, layer: dict, target) -> dict[str, 
     consts, formats, gate, bank = graph.consts, graph.formats, rec.gate, rec.bank
     s_g = float(np.max(formats[gate.out].scale))
     s_h = float(np.max(formats[bank.out].scale))
-    comparator_v = (
-        math.hypot(target.comparator.trimmed_offset_mv, target.comparator.noise_mv) * 1e-3
-    )
+    comparator = target.comparator  # its offset and noise, both input-referred
+    comparator_v = math.hypot(comparator.trimmed_offset_mv, comparator.noise_mv) * 1e-3
     out = {}
     for key, mac_key in (("gate", "gate_mac"), ("cand", "cand_mac")):
         m = layer[mac_key]
@@ -57,10 +56,8 @@ def hardware_noise(model, cfg, x: np.ndarray):
     graph = lower(model)
     ranges = observed_ranges(graph, x[:RANGE_SEQUENCES])
     mapping = map_graph(graph, target, strict=False, ranges=ranges)
-    sigmas = [
-        layer_sigmas(graph, rec, layer, target)
-        for rec, layer in zip(graph.layers, mapping["layers"], strict=True)
-    ]
+    layers = zip(graph.layers, mapping["layers"], strict=True)
+    sigmas = [layer_sigmas(graph, rec, layer, target) for rec, layer in layers]
     set_noise(model, sigmas)
     summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff}
     summary["layers"] = [{k: float(np.mean(v)) for k, v in sig.items()} for sig in sigmas]

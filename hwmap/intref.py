@@ -50,13 +50,14 @@ def init_state(graph: Graph, batch: int) -> dict[str, np.ndarray]:
     return {s.name: np.zeros((batch, *s.shape), dtype=np.int64) for s in graph.states}
 
 
-def step(graph: Graph, x_t: np.ndarray, state: dict, after=None) -> tuple[dict, dict]:
+def step(graph: Graph, x_t: np.ndarray, state: dict, after=None, parts=None) -> tuple[dict, dict]:
     """One timestep: x_t (B, d_input) float → (env of every tensor, next state).
-    ``after(op, env)``, when given, runs after each op (verification forces codes there)."""
+    ``after(op, env)``, when given, runs after each op (verification forces codes there);
+    ``parts``: tensor → ``fn(op, backend)`` that computes it instead of the op (the simulator)."""
     env = {"x": x_t, **state}
     b = Numpy(env, graph.consts)
     for op in graph.step:
-        env[op.out] = op.eval(b)
+        env[op.out] = parts[op.out](op, b) if parts and op.out in parts else op.eval(b)
         if after is not None:
             after(op, env)
     return env, {s.name: env[s.next] for s in graph.states}

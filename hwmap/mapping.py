@@ -92,11 +92,8 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
     planes = 1 if analog_input or in_bits == 1 else 2 ** (in_bits - 1)  # MSB plane weight 1
     v_code = v_in if analog_input else swing(target) / planes  # volts per input code
     v_lsb = v_code * cu / c_line  # volts per accumulator unit
-    ktc = (
-        math.sqrt(2)
-        * ktc_volts(target, c_line)
-        * math.sqrt(sum(4.0 ** (b - (cycles - 1)) for b in range(cycles)))
-    )
+    plane_power = sum(4.0 ** (b - (cycles - 1)) for b in range(cycles))  # Σ (plane weight)²
+    ktc = math.sqrt(2) * ktc_volts(target, c_line) * math.sqrt(plane_power)
     # half the units toggle per cycle on both lines: C (fF) · V² = energy (fJ)
     energy = cycles * 0.5 * 2 * units * n_out * cu * swing(target) ** 2
     return {
@@ -127,19 +124,15 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float) -> dic
     S, lo, hi = adc.shift, adc.lo, adc.hi
     M = np.atleast_1d(consts[adc.M]).astype(np.float64)
     rest = np.asarray(consts[adc.offset], dtype=np.float64)
-    shape = np.broadcast_shapes(M.shape, rest.shape, (1,))  # one row per output channel
-    M, rest = np.broadcast_to(M, shape), np.broadcast_to(rest, shape)
+    M, rest = np.broadcast_arrays(M, rest)  # one row per output channel
     codes = np.arange(lo + 1, hi + 1)
     if np.any(M <= 0):
         raise MappingError(f"{adc.out}: a non-positive multiplier cannot become a threshold")
     t = np.ceil((codes[None, :] * 2.0**S - 2.0 ** (S - 1) - rest[:, None]) / M[:, None]) - 0.5
     volts = t * v_per_unit
     step = 2 * swing(target) / 2**target.comparator.dac_bits
-    dac = np.clip(
-        np.rint(volts / step),
-        -(2 ** (target.comparator.dac_bits - 1)),
-        2 ** (target.comparator.dac_bits - 1) - 1,
-    )
+    half = 2 ** (target.comparator.dac_bits - 1)
+    dac = np.clip(np.rint(volts / step), -half, half - 1)
     return {
         "acc": t,  # (O, codes)
         "volts": volts,
@@ -186,8 +179,9 @@ def bank(
     }
 
 
-def _bits(lo: int, hi: int) -> int:
-    return max(1, math.ceil(math.log2(hi - lo + 1)))
+def _bits(codes) -> int:
+    """Bits of the codes in [codes.lo, codes.hi] (a format or a record)."""
+    return max(1, math.ceil(math.log2(codes.hi - codes.lo + 1)))
 
 
 def state_range(graph: Graph, name: str, ranges: dict | None) -> float:
@@ -213,8 +207,7 @@ def observed_ranges(graph: Graph, x: np.ndarray) -> dict[str, float]:
 
 def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = True, ranges=None):
     consts, gate, bank_ = graph.consts, rec.gate, rec.bank
-    x = graph.formats[gate.x]
-    in_bits = _bits(x.lo, x.hi)
+    in_bits = _bits(graph.formats[gate.x])
     mac_z = mac(f"{rec.name}.Wz", consts[gate.W], in_bits, None, target)
     mac_h = mac(f"{rec.name}.Wh", consts[rec.cand.W], in_bits, None, target)
     th = thresholds(gate, consts, target, mac_z["v_per_unit"])
@@ -232,7 +225,7 @@ def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = Tr
         "s_gate": s_gate,
         "bank": bk,
         "comparators": mac_z["outputs"] * (len(th["acc"][0]) + 1),
-        "adc_bits": _bits(gate.lo, gate.hi),
+        "adc_bits": _bits(gate),
     }
 
 
@@ -267,7 +260,7 @@ def map_s4d_real(graph: Graph, rec: S4DRealHw, target: Target, ranges=None) -> d
         "bank": bk,
         "output_levels": y.hi - y.lo + 1,
         "comparators": H * (y.hi - y.lo),
-        "adc_bits": _bits(y.lo, y.hi),
+        "adc_bits": _bits(y),
     }
 
 
@@ -312,8 +305,7 @@ def totals(layers: list[dict], target: Target) -> dict:
     cap = switches = comparators = cycles = 0.0
     breakdown = {"mac": 0.0, "state_banks": 0.0, "comparators": 0.0, "switches": 0.0}
     for layer in layers:
-        macs = [v for k, v in layer.items() if k.endswith("_mac")]
-        for m in macs:
+        for m in (v for k, v in layer.items() if k.endswith("_mac")):
             cap += m["capacitance_ff"]
             switches += m["switches"]
             breakdown["mac"] += m["energy_fj"]

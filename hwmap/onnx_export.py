@@ -70,17 +70,23 @@ class Emitter:
 
     # ---- the integer boundary: codes of an integer type ↔ exact float64 values
 
+    def zero_point(self, np_type, zp: int) -> str:
+        z = np.asarray(zp, dtype=np_type)
+        return self.init(f"c/zp_{z.dtype.name}_{zp}", z)
+
+    def unit_scale(self, np_type, zp: int) -> list[str]:
+        """Scale 1 and the zero point: the parameters of a Q/DQ pair over stored codes."""
+        return [self.init("c/one_f32", np.float32(1)), self.zero_point(np_type, zp)]
+
     def from_code(self, code: str, zp: int, np_type, qdq: bool, hint: str) -> str:
         if not qdq:
             return self.node("Cast", [code], hint, to=TensorProto.DOUBLE)
         if self.qonnx:  # a Quant node over the float codes (scale 1, the zero point, the width)
             f = self.node("Cast", [code], hint, to=TensorProto.FLOAT)
             v = self.quant(f, zp, np_type, hint, dequant=True)
-            return self.node("Cast", [v], hint, to=TensorProto.DOUBLE)
-        one = self.init("c/one_f32", np.float32(1))
-        z = self.init(f"c/zp_{np.dtype(np_type).name}_{zp}", np.asarray(zp, dtype=np_type))
-        f = self.node("DequantizeLinear", [code, one, z], hint)
-        return self.node("Cast", [f], hint, to=TensorProto.DOUBLE)
+        else:
+            v = self.node("DequantizeLinear", [code, *self.unit_scale(np_type, zp)], hint)
+        return self.node("Cast", [v], hint, to=TensorProto.DOUBLE)
 
     def to_code(self, value: str, zp: int, np_type, onnx_type, qdq: bool, out: str) -> None:
         if not qdq:
@@ -91,47 +97,33 @@ class Emitter:
         if self.qonnx:
             q = self.quant(f, zp, np_type, out, dequant=False)
             self.nodes.append(helper.make_node("Cast", [q], [out], to=onnx_type))
-            return
-        one = self.init("c/one_f32", np.float32(1))
-        z = self.init(f"c/zp_{np.dtype(np_type).name}_{zp}", np.asarray(zp, dtype=np_type))
-        self.nodes.append(helper.make_node("QuantizeLinear", [f, one, z], [out]))
+        else:
+            q_inputs = [f, *self.unit_scale(np_type, zp)]
+            self.nodes.append(helper.make_node("QuantizeLinear", q_inputs, [out]))
 
     def quant(self, f: str, zp: int, np_type, hint: str, dequant: bool) -> str:
         """QONNX ``Quant``: the stored integer grid of ``np_type`` at scale 1 around ``zp``."""
         info = np.iinfo(np_type)
-        bits = info.bits
-        shifted = (
-            f if dequant else self.node("Add", [f, self.init(f"c/f{zp}", np.float32(zp))], hint)
-        )
-        q = self.node(
-            "Quant",
-            [
-                shifted,
-                self.init("c/one_f32", np.float32(1)),
-                self.init("c/zero_f32", np.float32(0)),
-                self.init(f"c/bits{bits}", np.float32(bits)),
-            ],
-            hint,
-            domain=QONNX_DOMAIN,
-            signed=int(info.min < 0),
-            narrow=0,
-            rounding_mode="ROUND",
-        )
+        if not dequant:
+            f = self.node("Add", [f, self.init(f"c/f{zp}", np.float32(zp))], hint)
+        one, zero = self.init("c/one_f32", np.float32(1)), self.init("c/zero_f32", np.float32(0))
+        bits = self.init(f"c/bits{info.bits}", np.float32(info.bits))
+        attrs = {"signed": int(info.min < 0), "narrow": 0, "rounding_mode": "ROUND"}
+        q = self.node("Quant", [f, one, zero, bits], hint, domain=QONNX_DOMAIN, **attrs)
         return self.node("Sub", [q, self.init(f"c/f{zp}", np.float32(zp))], hint) if dequant else q
 
     def weight(self, name: str) -> str:
         """A constant as float64: integer constants through Q/DQ, the rest as float64 (once)."""
-        if name not in self.weights:
-            self.weights[name] = self._weight(name)
-        return self.weights[name]
-
-    def _weight(self, name: str) -> str:
+        if name in self.weights:
+            return self.weights[name]
         value = self.consts[name]
         if value.dtype.kind in "iu" and value.size > 1 and np.abs(value).max() < 2**15:
             np_type, _, _ = code_type(int(value.min()), int(value.max()))
             stored = self.init(f"{name}:code", value.astype(np_type))
-            return self.from_code(stored, 0, np_type, True, name)
-        return self.init(name, value.astype(np.float64))
+            self.weights[name] = self.from_code(stored, 0, np_type, True, name)
+        else:
+            self.weights[name] = self.init(name, value.astype(np.float64))
+        return self.weights[name]
 
     # ---- the ops' backend: tensors are Val, primitives add nodes named after the op (hint)
 
@@ -161,7 +153,7 @@ class Emitter:
     def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> "Val":
         np_type, _, _ = code_type(min(lo + zp, 0), max(hi + zp, 0))
         s = self.init(scale, self.consts[scale].astype(np.float32))
-        z = self.init(f"c/zp_{np.dtype(np_type).name}_{zp}", np.asarray(zp, dtype=np_type))
+        z = self.zero_point(np_type, zp)
         x, hint = self.get(src), self.hint
         if self.qonnx:  # Quant at scale 1 on x / scale: the same rounding as QuantizeLinear
             code = self.quant(self.node("Div", [x, s]), zp, np_type, hint, dequant=False)
@@ -181,6 +173,9 @@ class Emitter:
     def op(self, op) -> None:
         self.hint = op.out
         self.set(op.eval(self).name, op.out)
+
+    def graph(self, name: str, inputs: list, outputs: list) -> onnx.GraphProto:
+        return helper.make_graph(self.nodes, name, inputs, outputs, list(self.inits.values()))
 
 
 INT64, DOUBLE = TensorProto.INT64, TensorProto.DOUBLE
@@ -232,8 +227,7 @@ def _state_type(s: State):
     return code_type(s.lo + s.zp, s.hi + s.zp)
 
 
-def _value(name: str, elem_type, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, shape)
+_value = helper.make_tensor_value_info  # (name, element type, shape)
 
 
 def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
@@ -282,8 +276,7 @@ def step_model(graph: Graph, qonnx: bool = False) -> onnx.ModelProto:
     for op in graph.head:
         e.op(op)
     outputs = [*state_out, _value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *sites]
-    g = helper.make_graph(e.nodes, "qssm_step", inputs, outputs, list(e.inits.values()))
-    return _model(g, qonnx)
+    return _model(e.graph("qssm_step", inputs, outputs), qonnx)
 
 
 def _sequence_of(v: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
@@ -295,9 +288,7 @@ def _sequence_of(v: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
 def sequence_model(graph: Graph) -> onnx.ModelProto:
     """x (B, L, d_input) → (logits, per-site codes (B, L, …)): a ``Scan`` over the step body."""
     e, inputs, state_out, sites = _body(graph, qonnx=False)
-    body = helper.make_graph(
-        e.nodes, "qssm_step_body", inputs, state_out + sites, list(e.inits.values())
-    )
+    body = e.graph("qssm_step_body", inputs, state_out + sites)
     outer = Emitter(graph.consts, prefix="seq/")  # one namespace with the body
     batch = outer.node("Shape", ["x"], "batch", start=0, end=1)
     init_states = []
@@ -307,19 +298,10 @@ def sequence_model(graph: Graph) -> onnx.ModelProto:
         shape = outer.node("Concat", [batch, per_sample], s.name, axis=0)
         zero = numpy_helper.from_array(np.asarray([s.zp], dtype=np_type))
         init_states.append(outer.node("ConstantOfShape", [shape], s.name, value=zero))
-    finals = [f"final:{s.name}" for s in graph.states]
     seq_codes = [_sequence_of(v) for v in sites]
-    outer.nodes.append(
-        helper.make_node(
-            "Scan",
-            [*init_states, "x"],
-            finals + [v.name for v in seq_codes],
-            body=body,
-            num_scan_inputs=1,
-            scan_input_axes=[1],
-            scan_output_axes=[1] * len(sites),
-        )
-    )
+    scan_out = [f"final:{s.name}" for s in graph.states] + [v.name for v in seq_codes]
+    scan = {"num_scan_inputs": 1, "scan_input_axes": [1], "scan_output_axes": [1] * len(sites)}
+    outer.nodes.append(helper.make_node("Scan", [*init_states, "x"], scan_out, body=body, **scan))
     for s in graph.states:
         np_type, _, qdq = _state_type(s)
         outer.set(outer.from_code(f"final:{s.name}", s.zp, np_type, qdq, s.next), s.next)
@@ -328,9 +310,7 @@ def sequence_model(graph: Graph) -> onnx.ModelProto:
     outer.nodes.append(helper.make_node("Identity", [outer.get("logits").name], ["logits"]))
     outputs = [_value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *seq_codes]
     x = _value("x", TensorProto.FLOAT, ["batch", "time", graph.d_input])
-    return _model(
-        helper.make_graph(outer.nodes, "qssm_sequence", [x], outputs, [*outer.inits.values()])
-    )
+    return _model(outer.graph("qssm_sequence", [x], outputs))
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, check: bool = True) -> None:

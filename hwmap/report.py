@@ -29,16 +29,8 @@ def plot_monte_carlo(mc: dict, path: Path) -> None:
             pts = sorted((r[key], r) for r in rows if r["sweep"] == key)
             if not pts:
                 continue
-            xs = [p[0] for p in pts]
-            ax.errorbar(
-                xs,
-                [100 * p[1]["mean"] for p in pts],
-                [100 * p[1]["std"] for p in pts],
-                marker="o",
-                ms=4,
-                capsize=3,
-                label=model,
-            )
+            mean, std = ([100 * r[k] for _, r in pts] for k in ("mean", "std"))
+            ax.errorbar([p[0] for p in pts], mean, std, marker="o", ms=4, capsize=3, label=model)
         ax.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -52,9 +44,8 @@ def _table(name: str, rows: list[list]) -> str:
 def _mac_rows(mapping: dict) -> list[list]:
     rows = []
     for i, layer in enumerate(mapping["layers"]):
-        for key in ("gate_mac", "cand_mac", "readout_mac"):
-            if key in layer:
-                m = layer[key]
+        for key, m in layer.items():
+            if key.endswith("_mac"):  # gate_mac, cand_mac or readout_mac
                 rows.append([i, key.replace("_mac", ""), f"{m['fan_in']} × {m['outputs']}"])
                 rows[-1] += [m["units_per_side"], m["tiles"], m["input_bits"]]
                 rows[-1] += [f"{m['c_line_ff']:.1f}", f"{1e6 * m['v_per_unit']:.1f}"]

@@ -18,23 +18,16 @@ With every non-ideality off the simulator computes exactly the integer reference
 identical decisions and outputs on every timestep).
 """
 
+from functools import partial
+
 import numpy as np
 
 from .graph import ANALOG_BITS, Graph, MinGRUHw
-from .intref import Numpy, head, init_state
+from .intref import Numpy, head, init_state, step
 from .mapping import unit_sigma
 from .targets import Target
 
-NONIDEALITIES = (
-    "mismatch",
-    "parasitic",
-    "ktc",
-    "offset",
-    "noise",
-    "injection",
-    "leakage",
-    "clipping",
-)
+NONIDEALITIES = tuple("mismatch parasitic ktc offset noise injection leakage clipping".split())
 BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # they move a bank's state
 PARASITIC_SPREAD = 0.10  # σ of the parasitic capacitance around its nominal value, per chip
 
@@ -53,9 +46,7 @@ class Chips:
         self.layers = []
         for layer in mapping["layers"]:
             d = {}
-            for key in ("gate_mac", "cand_mac", "readout_mac"):
-                if key not in layer:
-                    continue
+            for key in (k for k in layer if k.endswith("_mac")):  # in the mapping's order
                 m = layer[key]
                 w_units = m["pos_units"] + m["neg_units"]  # (K, O)
                 E, gain = normal("mismatch", 1, w_units.shape), normal("parasitic", 1, m["outputs"])
@@ -65,34 +56,29 @@ class Chips:
                     gain = 1 / (1 + PARASITIC_SPREAD * gain * m["c_parasitic_ff"] / m["c_line_ff"])
                 offset = normal("offset", offset_v / m["v_per_unit"], m["outputs"])
                 d[key] = {"E": E, "gain": gain, "offset": offset}
-            bk = layer["bank"]
-            n_eff = bk["units_effective"]
-            d["bank"] = {
-                "eps": normal("mismatch", su, (2, *n_eff.shape)),
-                "offset": normal("offset", offset_v / bk["v_per_code"], n_eff.shape[:1]),
-            }
+            n_eff, v_code = layer["bank"]["units_effective"], layer["bank"]["v_per_code"]
+            eps = normal("mismatch", su, (2, *n_eff.shape))  # the first k units, the others
+            d["bank"] = {"eps": eps, "offset": normal("offset", offset_v / v_code, n_eff.shape[:1])}
             self.layers.append(d)
 
 
 class Simulator:
     def __init__(self, graph: Graph, mapping: dict, target: Target, on=(), seeds=(0,)):
-        unknown = set(on) - set(NONIDEALITIES)
-        if unknown:
+        if unknown := set(on) - set(NONIDEALITIES):
             raise ValueError(f"unknown non-ideality {sorted(unknown)}; choose from {NONIDEALITIES}")
         self.graph, self.mapping, self.target, self.on = graph, mapping, target, set(on)
         self.seeds = list(seeds)
         self.chips = Chips(mapping, target, self.seeds, self.on)
         self.rng = np.random.default_rng([*self.seeds, 7919])
-        self.analog = {}  # tensor → (the layer's part that computes it, record, mapping, draws)
-        for rec, layer, draws in zip(
-            graph.layers, mapping["layers"], self.chips.layers, strict=True
-        ):
+        self.analog = {}  # tensor → the layer's part that computes it (op, backend) → value
+        layers = zip(graph.layers, mapping["layers"], self.chips.layers, strict=True)
+        for rec, layer, draws in layers:
             if isinstance(rec, MinGRUHw):
                 parts = {rec.gate.out: self._gate, rec.cand.out: self._cand}
                 parts |= {rec.bank.out: self._gated_state, rec.out: self._comparator}
             else:
                 parts = {rec.retention.out: self._retention, rec.readout.out: self._s4d_output}
-            self.analog |= {out: (fn, rec, layer, draws) for out, fn in parts.items()}
+            self.analog |= {out: partial(fn, rec, layer, draws) for out, fn in parts.items()}
 
     # ---------------------------------------------------------------- per-op physics
 
@@ -105,38 +91,35 @@ class Simulator:
         if draws["E"] is not None:  # x (S·B, K) @ E (S, K, O)
             err += (self._split(x.astype(np.float64)) @ draws["E"]).reshape(acc.shape)
         if draws["gain"] is not None:  # gain (S, O) per column and chip
-            err += (self._split(acc.astype(np.float64)) * (draws["gain"][:, None] - 1)).reshape(
-                acc.shape
-            )
+            gain = draws["gain"][:, None] - 1
+            err += (self._split(acc.astype(np.float64)) * gain).reshape(acc.shape)
         if "ktc" in self.on:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
         if "injection" in self.on:
             err += self.target.leakage.charge_injection_mv * 1e-3 / m["v_per_unit"]
         return err
 
-    def _decide(self, m: dict, draws: dict, shape) -> np.ndarray:
-        """Input-referred comparator offset (static per chip) and noise, accumulator units."""
+    def _decide(self, offset: np.ndarray | None, v_per_unit: float, shape) -> np.ndarray:
+        """Input-referred comparator offset (static per chip: ``offset`` (S, …), None when off)
+        and noise, in units of ``v_per_unit`` volts."""
         err = np.zeros(shape)
-        if draws["offset"] is not None:
-            err += np.repeat(draws["offset"], shape[0] // self.chips.n, axis=0)
+        if offset is not None:
+            err += np.repeat(offset, shape[0] // self.chips.n, axis=0)
         if "noise" in self.on:
-            err += self.rng.normal(
-                0, self.target.comparator.noise_mv * 1e-3 / m["v_per_unit"], shape
-            )
+            err += self.rng.normal(0, self.target.comparator.noise_mv * 1e-3 / v_per_unit, shape)
         return err
 
-    def _gate(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The gate ADC: thresholds of the mapping, the MAC output with its errors."""
         x = b.get(rec.gate.x)
         acc = x @ b.get(rec.gate.W)  # (S·B, O) integers
-        m = layer["gate_mac"]
-        analog = self._mac_error(m, draws["gate_mac"], x, acc) + self._decide(
-            m, draws["gate_mac"], acc.shape
-        )
+        m, d = layer["gate_mac"], draws["gate_mac"]
+        analog = self._mac_error(m, d, x, acc)  # then the comparators' offset and noise
+        analog += self._decide(d["offset"], m["v_per_unit"], acc.shape)
         passed = (acc + analog)[..., None] >= np.ceil(layer["gate_thresholds"]["acc"])
         return layer["gate_thresholds"]["lo"] + passed.sum(-1)
 
-    def _cand(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         x = b.get(rec.cand.x)
         acc = x @ b.get(rec.cand.W)
         err = self._mac_error(layer["cand_mac"], draws["cand_mac"], x, acc)
@@ -152,7 +135,14 @@ class Simulator:
             x = x * (1 - self.target.leakage.droop_per_step)
         return x
 
-    def _gated_state(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    @staticmethod
+    def _share(eps: np.ndarray, k, n_eff) -> np.ndarray:
+        """The charge that k switched units take of a bank of n_eff units on each chip: the unit
+        errors eps (S, 2, …) summed over the first k units and over the other n_eff − k."""
+        e1, e2 = eps[:, 0] * np.sqrt(k), eps[:, 1] * np.sqrt(n_eff - k)
+        return (k + e1) / (n_eff + e1 + e2)
+
+    def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """h ← h + z (h̃ − h) through the chip's bank; exact integer sum when ideal."""
         bank_ = rec.bank
         h, k = b.get(bank_.h), b.get(bank_.z)
@@ -166,31 +156,19 @@ class Simulator:
         cand = (cand_acc * M_cand + offset) / -M_share
         z = k * layer["s_gate"]
         bk, eps = layer["bank"], draws["bank"]["eps"]
-        if eps is not None:  # Σ of the first k unit errors, and of all of them
-            n_eff = bk["units_effective"]
-            idx = np.arange(n_eff.size)
-            on_k = self._split(k)  # (S, B, O)
-            e1 = eps[:, 0][:, None, idx] * np.sqrt(on_k)
-            e2 = eps[:, 1][:, None, idx] * np.sqrt(n_eff - on_k)
-            z = ((on_k + e1) / (n_eff + e1 + e2)).reshape(k.shape)
+        if eps is not None:  # per chip (S, B, O)
+            z = self._share(eps[:, :, None], self._split(k), bk["units_effective"]).reshape(k.shape)
         h_new = self._bank(h + z * (cand - h), bk)
         if "clipping" in self.on:
             h_new = np.clip(h_new, -(2**ANALOG_BITS), 2**ANALOG_BITS)
         return h_new
 
-    def _comparator(self, op, rec: MinGRUHw, layer, draws, b: Numpy):
+    def _comparator(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         h = b.get(rec.bank.out)
-        bk = layer["bank"]
-        err = np.zeros(h.shape)
-        if draws["bank"]["offset"] is not None:
-            err += np.repeat(draws["bank"]["offset"], h.shape[0] // self.chips.n, axis=0)
-        if "noise" in self.on:
-            err += self.rng.normal(
-                0, self.target.comparator.noise_mv * 1e-3 / bk["v_per_code"], h.shape
-            )
+        err = self._decide(draws["bank"]["offset"], layer["bank"]["v_per_code"], h.shape)
         return (h + err > 0).astype(np.int64)
 
-    def _retention(self, op, rec, layer, draws, b: Numpy):
+    def _retention(self, rec, layer, draws, op, b: Numpy):
         """x ← (1 − z) x + B̄u through the S4D-Real retention bank, re-quantized as the graph
         does."""
         if not self.on & BANK_ERRORS:
@@ -202,28 +180,25 @@ class Simulator:
         write = b.get(ret.u) * b.get(ret.write) / S  # B̄u
         bk, eps = layer["bank"], draws["bank"]["eps"]
         if eps is not None:
-            k, n_eff = layer["retention_units"], bk["units_effective"]
-            e1, e2 = eps[:, 0] * np.sqrt(k), eps[:, 1] * np.sqrt(n_eff - k)
-            z = (k + e1) / (n_eff + e1 + e2)  # (S, H, n)
+            z = self._share(eps, layer["retention_units"], bk["units_effective"])  # (S, H, n)
             keep = np.repeat(1 - z, x.shape[0] // self.chips.n, axis=0)
         x_new = self._bank(keep * x + write, bk)
         return np.clip(np.floor(x_new + 0.5), op.lo, op.hi).astype(np.int64)
 
-    def _s4d_output(self, op, rec, layer, draws, b: Numpy):
+    def _s4d_output(self, rec, layer, draws, op, b: Numpy):
         y, m = rec.readout, layer["readout_mac"]
         dot_in = b.get(y.x)  # (S·B, H, n) state codes
         acc = (dot_in * b.get(y.C)).sum(-1)
         M = b.get(y.M)
         values = [acc * M, b.get(y.u) * b.get(y.skip)]
         err = np.zeros(acc.shape)
-        if draws["readout_mac"]["E"] is not None:  # E (S, n, H): per channel column
-            E = draws["readout_mac"]["E"]
-            err += np.einsum("sbhn,snh->sbh", self._split(dot_in.astype(np.float64)), E).reshape(
-                acc.shape
-            )
+        d = draws["readout_mac"]
+        if d["E"] is not None:  # E (S, n, H): per channel column
+            x = self._split(dot_in.astype(np.float64))
+            err += np.einsum("sbhn,snh->sbh", x, d["E"]).reshape(acc.shape)
         if "ktc" in self.on:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
-        err += self._decide(m, draws["readout_mac"], acc.shape)
+        err += self._decide(d["offset"], m["v_per_unit"], acc.shape)
         if not err.any():
             return op.eval(b)
         z = sum(v.astype(np.float64) for v in values) + err * M
@@ -236,24 +211,14 @@ class Simulator:
         """x (B, L, d) for every chip → logits (S, B, C) and, with ``trace``, the outputs of
         every analog part, by tensor (S, B, L, …)."""
         xs = np.tile(x, (self.chips.n, 1, 1))
-        graph = self.graph
-        state = init_state(graph, len(xs))
+        state = init_state(self.graph, len(xs))
         traced = {out: [] for out in self.analog} if trace else {}
         for t in range(x.shape[1]):
-            env = {"x": xs[:, t], **state}
-            b = Numpy(env, graph.consts)
-            for op in graph.step:
-                if op.out in self.analog:
-                    fn, *part = self.analog[op.out]
-                    env[op.out] = fn(op, *part, b)
-                else:
-                    env[op.out] = op.eval(b)
-            state = {s.name: env[s.next] for s in graph.states}
+            env, state = step(self.graph, xs[:, t], state, parts=self.analog)
             for out in traced:
                 traced[out].append(env[out])
-        logits = head(graph, env)
         traced = {k: self._split(np.stack(v, 1)) for k, v in traced.items()}
-        return self._split(logits), traced
+        return self._split(head(self.graph, env)), traced
 
 
 def accuracy(sim: Simulator, x: np.ndarray, y: np.ndarray) -> np.ndarray:

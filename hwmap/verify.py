@@ -187,14 +187,11 @@ def sim_ideal_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> d
     logits, traced = sim.run(x, trace=True)
     ref_logits, ref = intref.run(graph, x, trace=True)
     sites = {op.out: op.site for op in intref.site_ops(graph)}
-    equal = total = 0
-    for out, codes in traced.items():
-        if out in sites:
-            equal += int((codes[0] == ref[sites[out]]).sum())
-            total += codes[0].size
+    pairs = [(out, codes[0], ref[sites[out]]) for out, codes in traced.items() if out in sites]
+    a = _agreement([*pairs, ("logits", logits[0], ref_logits)])
     return {
-        "decision_agreement": equal / total,
-        "decisions": total,
-        "logits_identical": bool(np.array_equal(logits[0], ref_logits)),
+        "decision_agreement": a["code_agreement"],
+        "decisions": a["codes"],
+        "logits_identical": a["logits_identical"],
         "sequences": len(x),
     }

@@ -39,37 +39,11 @@ def test_hardware_aware_qat_needs_the_hardware_minigru(recipe_of):
 def test_map_to_hw_command(tiny_run, tmp_path, capsys):
     run = tiny_run("s4d_real_hw")
     out = tmp_path / "hw"
-    args = [
-        "--json",
-        "map-to-hw",
-        str(run),
-        "--target",
-        "generic_28nm",
-        "--out",
-        str(out),
-        "--limit",
-        "6",
-        "--mc-seeds",
-        "2",
-        "--mc-limit",
-        "4",
-        "--mc-units",
-        "0.5",
-        "4",
-        "--mc-offsets",
-        "1",
-        "--quiet",
-    ]
+    args = ["--json", "map-to-hw", str(run), "--target", "generic_28nm", "--out", str(out)]
+    args += "--limit 6 --mc-seeds 2 --mc-limit 4 --mc-units 0.5 4 --mc-offsets 1 --quiet".split()
     assert main(args) == 0
-    for name in (
-        "mapping.json",
-        "arrays.npz",
-        "step.onnx",
-        "sequence.onnx",
-        "verify.json",
-        "report.md",
-        "monte_carlo.png",
-    ):
+    files = "mapping.json arrays.npz step.onnx sequence.onnx verify.json report.md monte_carlo.png"
+    for name in files.split():
         assert (out / name).exists(), name
     verify = json.loads((out / "verify.json").read_text())
     assert verify["sim_ideal_vs_intref"]["decision_agreement"] == 1.0
@@ -79,20 +53,9 @@ def test_map_to_hw_command(tiny_run, tmp_path, capsys):
     assert mapping["totals"]["capacitance_pf"] > 0
     assert "Monte-Carlo" in (out / "report.md").read_text()
 
-    complex_run = tiny_run("s4d")  # refused, nothing written
-    assert (
-        main(
-            [
-                "map-to-hw",
-                str(complex_run),
-                "--target",
-                "generic_28nm",
-                "--out",
-                str(tmp_path / "refused"),
-            ]
-        )
-        == 2
-    )
+    refused = tmp_path / "refused"  # a complex S4D run: refused, nothing written
+    args = ["map-to-hw", str(tiny_run("s4d")), "--target", "generic_28nm", "--out", str(refused)]
+    assert main(args) == 2
     assert "s4d_real" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     assert main(["map-to-hw", str(run), "--target", "nowhere.yaml"]) == 2

@@ -73,25 +73,18 @@ def test_s4d_real_retention_units(tiny_run):
     assert np.allclose(1 - k / n_eff, M, atol=1e-6)  # Ā = 1 − k/N
 
 
+MINGRU_HW = ("mingru_hw", "minimalist_like")
+
+
 @pytest.mark.parametrize(
     "family, target, changes, words",
     [
         ("s4d", "generic_28nm", {}, ["complex S4D", "s4d_real"]),
         ("mgrade", "generic_28nm", {}, ["mgrade", "mingru_hw"]),
-        (
-            "mingru_hw",
-            "minimalist_like",
-            {"weights": {"max_units": 1}},
-            ["blocks.0.gru.Wz", "weights.max_units"],
-        ),
-        (
-            "mingru_hw",
-            "minimalist_like",
-            {"inputs": {"encoding": "binary"}},
-            ["bit-serial", "inputs.encoding"],
-        ),
-        ("mingru_hw", "minimalist_like", {"array": {"rows": 4, "tiling": False}}, ["array.tiling"]),
-        ("mingru_hw", "minimalist_like", {"state_bank": {"units": 32}}, ["state_bank.units"]),
+        (*MINGRU_HW, {"weights": {"max_units": 1}}, ["blocks.0.gru.Wz", "weights.max_units"]),
+        (*MINGRU_HW, {"inputs": {"encoding": "binary"}}, ["bit-serial", "inputs.encoding"]),
+        (*MINGRU_HW, {"array": {"rows": 4, "tiling": False}}, ["array.tiling"]),
+        (*MINGRU_HW, {"state_bank": {"units": 32}}, ["state_bank.units"]),
         ("s4d_real", "generic_28nm", {}, ["complex: polar"]),
     ],
 )

@@ -36,9 +36,8 @@ def test_onnxruntime_matches_intref_and_step_matches_sequence(family, exported, 
 def test_hand_graph_in_onnxruntime(hand_graph, tmp_path):
     graph = hand_graph
     onnx_export.save_onnx(onnx_export.step_model(graph), tmp_path / "step.onnx")
-    out = verify.session(tmp_path / "step.onnx").run(
-        ["logits"], {"x": np.array([[1.3, -0.7, 0.25], [100, -100, 0]], dtype=np.float32)}
-    )
+    x = np.array([[1.3, -0.7, 0.25], [100, -100, 0]], dtype=np.float32)
+    out = verify.session(tmp_path / "step.onnx").run(["logits"], {"x": x})
     assert out[0].tolist() == [[2, -1, 0], [5, -6, 0]]
 
 

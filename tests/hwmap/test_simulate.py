@@ -32,22 +32,16 @@ def test_every_nonideality_moves_the_outputs_and_chips_are_seeded(
 ):
     graph, mapping, t, x, y = setup(tiny_run, recipe_of, family, target)
     t = t.with_unit(0.1).with_offset(20.0)  # exaggerated, so every effect shows on 16 sequences
-    t = t.model_copy(
-        update={
-            "leakage": t.leakage.model_copy(
-                update={"droop_per_step": 0.2, "charge_injection_mv": 50.0}
-            )
-        }
-    )
+    leakage = t.leakage.model_copy(update={"droop_per_step": 0.2, "charge_injection_mv": 50.0})
+    t = t.model_copy(update={"leakage": leakage})
     _, ideal = simulate.Simulator(graph, mapping, t, on=[], seeds=[0]).run(x, trace=True)
     skip = {"parasitic", "clipping"} if family == "s4d_real_hw" else {"clipping"}
     for name in set(simulate.NONIDEALITIES) - skip:  # each moves some analog op's outputs
         _, trace = simulate.Simulator(graph, mapping, t, on=[name], seeds=[0]).run(x, trace=True)
         assert any(not np.array_equal(trace[k], ideal[k]) for k in ideal), name
     if family == "mingru_hw":  # clipping holds the state inside the rails injection pushes past
-        rail = t.model_copy(
-            update={"leakage": t.leakage.model_copy(update={"charge_injection_mv": 2000.0})}
-        )
+        leakage = t.leakage.model_copy(update={"charge_injection_mv": 2000.0})
+        rail = t.model_copy(update={"leakage": leakage})
         for on, inside in ((["injection"], False), (["injection", "clipping"], True)):
             sim = simulate.Simulator(graph, mapping, rail, on=on, seeds=[0])
             _, trace = sim.run(x, trace=True)
