@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hwmap import intref, ops, verify
+from hwmap.graph import load_graph, save_graph
 from hwmap.lower import LoweringError, fakequant, lower
 from qssm.models.s4d import recurrence
 from qssm.runs import build_model, load_data, load_run_model, open_run, quantize_run
@@ -51,7 +52,7 @@ HETERO = {  # recipes/hetero_4_8.yaml's style: B̄ folded, per-element state, po
 }
 
 
-def test_folded_power_of_two_model_lowers_within_one_code(tmp_path, recipe_of):
+def test_folded_power_of_two_model_lowers_code_for_code(tmp_path, recipe_of):
     r = recipe_of("s4d", HETERO)
     out = open_run(tmp_path / "run", r, force=False)
     quantize_run(r, load_data(r), out, progress=False)
@@ -60,6 +61,8 @@ def test_folded_power_of_two_model_lowers_within_one_code(tmp_path, recipe_of):
     res = verify.fakequant_vs_intref(partial(fakequant, model), graph, x)
     assert res["prediction_agreement"] == 1 and res["free_running_max_code_diff"] == 0
     assert _state_differs(model, graph, x) is None
+    save_graph(graph, tmp_path / "graph")  # the float32 ops' tuples of constants round-trip
+    assert load_graph(tmp_path / "graph").step == graph.step
 
 
 def _state_differs(model, graph, x: np.ndarray):
