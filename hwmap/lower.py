@@ -7,6 +7,9 @@ exact float64 value.  Requantization is a fixed-point sum: each term (an element
 integer tensors, a matmul with integer weight codes, or a dot over the state axis) is multiplied by
 an integer multiplier M, and the output code is ``clip((Σ term·M + 2^(S−1)) >> S)``.  S is chosen
 per op so that the sum stays below 2^52: exact in int64 (numpy) and in float64 (onnxruntime).
+A quantized S4D state update and its readout are evaluated instead as fake-quant evaluates them,
+in float32, rounded half to even (``Float32Update``, ``Float32Readout``: fake-quant's ties and
+float32 near-ties would otherwise stay in the recurrence); they keep their fixed-point terms.
 The ops are defined in ``hwmap.ops``.  The layers a switched-capacitor core runs (the hardware
 minGRU, S4D-Real) also get a hardware record naming their analog parts' tensors and constants.
 This is the only hwmap module that imports torch, Brevitas or qssm's models.

@@ -13,7 +13,8 @@ the operators + − × / and negation.
 Three backends run the same definitions: the numpy integer reference (``hwmap.intref``: int64
 codes, float64 reals), the numba source of the compiled step (``hwmap.compiled``) and ONNX nodes
 (``hwmap.onnx_export``), both float64 holding exact integers — every fixed-point sum stays below
-2^52.  Float functions run in the same op order everywhere, so the three agree bit for bit.
+2^52.  Float functions (and the float32 ops) run in the same op order everywhere, so the three
+agree bit for bit.
 ``OPS`` looks a kind up by name (``graph.json``'s ``"op"``).
 """
 
