@@ -29,6 +29,8 @@ SOURCE = {  # the ops' primitives (see hwmap.ops) as source over float64 arrays
     "positive": "np.where({} > 0.0, 1.0, 0.0)",
     "drop_last": "{}[..., :-1]",
     "gather": "{0}[{1}.ravel().astype(np.int64)].reshape({1}.shape)",
+    "f32": "{}.astype(np.float32)",
+    "rint": "np.rint({}).astype(np.float64)",
 }
 BOUND = {  # not elementwise: each result is bound to a local variable
     "matmul": "{} @ {}",
@@ -88,6 +90,11 @@ class Numba:
     def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> Src:
         x, s = self.get(src).text, self.get(scale).text
         return Src(f"np.rint({x} / {s}).astype(np.float64)", self)
+
+    def slice_last(self, v: Src, a: int, c: int) -> Src:
+        if not v.text.isidentifier():  # bound once, its slices read the variable
+            v.text = self.let(v).text
+        return Src(f"{v.text}[..., {a}:{c}]", self)
 
     def halves(self, v: Src) -> tuple[Src, Src]:
         v = self.let(v).text

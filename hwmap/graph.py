@@ -199,7 +199,7 @@ def _jsonable(obj):
 
 
 def _op(d: dict) -> Op:
-    d = dict(d)
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # JSON lists: tuples
     if "terms" in d:
         d["terms"] = tuple(Term(k, tuple(i), w) for k, i, w in d["terms"])
     return OPS[d.pop("op")](**d)

@@ -25,6 +25,9 @@ NUMPY = {  # the ops' primitives over numpy arrays (see hwmap.ops)
     "unsqueeze_last": lambda v: v[..., None],
     "drop_last": lambda v: v[..., :-1],
     "concat_last": lambda a, b: np.concatenate([a, b], -1),
+    "slice_last": lambda v, a, c: v[..., a:c],
+    "f32": lambda v: v.astype(np.float32),
+    "rint": np.rint,
 }
 
 

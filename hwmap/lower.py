@@ -7,6 +7,9 @@ exact float64 value.  Requantization is a fixed-point sum: each term (an element
 integer tensors, a matmul with integer weight codes, or a dot over the state axis) is multiplied by
 an integer multiplier M, and the output code is ``clip((Σ term·M + 2^(S−1)) >> S)``.  S is chosen
 per op so that the sum stays below 2^52: exact in int64 (numpy) and in float64 (onnxruntime).
+A quantized S4D state update and its readout are evaluated instead as fake-quant evaluates them,
+in float32, rounded half to even (``Float32Update``, ``Float32Readout``: fake-quant's ties and
+float32 near-ties would otherwise stay in the recurrence); they keep their fixed-point terms.
 The ops are defined in ``hwmap.ops``.  The layers a switched-capacitor core runs (the hardware
 minGRU, S4D-Real) also get a hardware record naming their analog parts' tensors and constants.
 This is the only hwmap module that imports torch, Brevitas or qssm's models.
@@ -282,6 +285,23 @@ def lut(b: Builder, module, site: str, fn, x: str, qx: Format, name: str) -> tup
 # ------------------------------------------------------------------------------------- blocks
 
 
+def float32(b: Builder, op: ops.Affine, kind, factors, scales, out_scale, **more) -> ops.Affine:
+    """``op``, just emitted, as ``kind`` (``Float32Update``, ``Float32Readout``): evaluated in
+    fake-quant's float32 arithmetic (``S4DScan``'s kernel, ``S4D.step_loop``/``readout``) with
+    these factors, input scales and output scale — the float32 values fake-quant computes with."""
+
+    def const(name: str, v) -> str:
+        f = np.asarray(v, dtype=np.float32)
+        assert np.array_equal(f, np.asarray(v)), name  # float32 values, kept exactly
+        return b.const(f"{op.out}.{name}", f)
+
+    fields = {"factors": tuple(const(f"f{t}", v) for t, v in enumerate(factors))}
+    fields["scales"] = tuple(const(f"g{t}", v) for t, v in enumerate(scales))
+    assert b.ops[-1] is op
+    b.ops[-1] = kind(**vars(op), **fields, out_scale=const("scale", out_scale), **more)
+    return b.ops[-1]
+
+
 def s4d_real_record(b: Builder, ssm, name: str, update: ops.Affine, y: ops.Affine) -> S4DRealHw:
     keep, write = update.terms
     readout, skip = y.terms
@@ -317,26 +337,22 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tup
     u3 = b.emit(ops.Unsqueeze(out=f"{sname}.u", src=u), bound=qu.bound)
     parts = ["re", "im"] if not ssm.real else ["re"]
     x = {p: b.state(f"{sname}.x_{p}", qx, (H, n)) for p in parts}
-    if ssm.real:
-        update = {"re": [("mul", [x["re"]], A * sx), ("mul", [u3], B_ * su)]}
+    if ssm.real:  # per part: (input, factor, input scale) of each term of the update
+        update = {"re": [(x["re"], A, sx), (u3, B_, su)]}
         readout = {"re": C}
-    else:
+    else:  # (Ā_re·x_re − Ā_im·x_im) + B̄_re·u and (Ā_im·x_re + Ā_re·x_im) + B̄_im·u
         update = {
-            "re": [
-                ("mul", [x["re"]], A.real * sx),
-                ("mul", [x["im"]], -A.imag * sx),
-                ("mul", [u3], B_.real * su),
-            ],
-            "im": [
-                ("mul", [x["re"]], A.imag * sx),
-                ("mul", [x["im"]], A.real * sx),
-                ("mul", [u3], B_.imag * su),
-            ],
+            "re": [(x["re"], A.real, sx), (x["im"], -A.imag, sx), (u3, B_.real, su)],
+            "im": [(x["re"], A.imag, sx), (x["im"], A.real, sx), (u3, B_.imag, su)],
         }
         readout = {"re": 2 * C.real, "im": -2 * C.imag}
     new = {}
     for p in parts:
-        new[p] = b.affine(f"{sname}.x_{p}'", update[p], qx, f"{sname}.state")
+        terms = [("mul", [i], f * s) for i, f, s in update[p]]
+        new[p] = b.affine(f"{sname}.x_{p}'", terms, qx, f"{sname}.state")
+        if not qx.analog:  # rounded as fake-quant's recurrence rounds it: bit for bit
+            _, factors, scales = zip(*update[p], strict=True)
+            new[p] = float32(b, new[p], ops.Float32Update, factors, scales, sx)
         b.bind(x[p], new[p].out)
     qy = need(ssm, "output", (H,), f"{sname}.output", "GELU is a lookup table over its codes")
     terms = []
@@ -351,6 +367,10 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tup
         terms.append(("dot", [new[p].out, b.const(f"{sname}.C_{p}", w)], s.ravel()))
     terms.append(("mul", [u], D * np.ravel(qu.scale) if np.ndim(qu.scale) else D * qu.scale))
     y = b.affine(f"{sname}.output", terms, qy, sname, site=f"{sname}:output")
+    if not qx.analog and qy.zp == 0:  # read out as fake-quant reads it out: bit for bit
+        su_y = np.ravel(qu.scale) if np.ndim(qu.scale) else qu.scale
+        factors, scales = [readout[p] for p in parts] + [D], [sx] * len(parts) + [su_y]
+        y = float32(b, y, ops.Float32Readout, factors, scales, qy.scale, modes=n)
     if ssm.real:
         b.layers.append(s4d_real_record(b, ssm, sname, new["re"], y))
     g, qg = lut(b, block, "gelu", F.gelu, y.out, qy, name)

@@ -207,6 +207,11 @@ NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes over float64 tens
     "unsqueeze_last": lambda e, v: e.apply("Unsqueeze", v, _last(e)),
     "drop_last": lambda e, v: e.apply("Slice", v, _last(e, "zero_i64", 0), _last(e), _last(e)),
     "concat_last": lambda e, a, b: e.apply("Concat", a, b, axis=-1),
+    "slice_last": lambda e, v, a, c: e.apply(
+        "Slice", v, _last(e, f"i{a}", a), _last(e, f"i{c}", c), _last(e)
+    ),
+    "f32": lambda e, v: e.apply("Cast", v, to=TensorProto.FLOAT),
+    "rint": lambda e, v: e.apply("Cast", e.apply("Round", v), to=DOUBLE),  # half to even
 }
 
 

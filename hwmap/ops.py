@@ -7,12 +7,14 @@ supplies the tensors (``b.get``) and these primitives: exp sqrt abs sign floor (
 clip(v, lo, hi), matmul(a, b), sum_last / sum_keep (Σ over the last axis, without / with it),
 shr(v, S) (floor of v / 2^S), float / codes (the numpy dtypes; no-ops elsewhere),
 quantize(src, scale, zp, lo, hi) (rint(x / scale) of the float32 input), halves, gather(table,
-index), arange(n), positive (1 where > 0), unsqueeze_last, drop_last, concat_last, and the
-operators + − × / and negation.
+index), arange(n), positive (1 where > 0), unsqueeze_last, drop_last, concat_last,
+slice_last(v, a, c) (v[..., a:c]), f32 (to float32), rint (half to even, to exact integers), and
+the operators + − × / and negation.
 Three backends run the same definitions: the numpy integer reference (``hwmap.intref``: int64
 codes, float64 reals), the numba source of the compiled step (``hwmap.compiled``) and ONNX nodes
 (``hwmap.onnx_export``), both float64 holding exact integers — every fixed-point sum stays below
-2^52.  Float functions run in the same op order everywhere, so the three agree bit for bit.
+2^52.  Float functions (and the float32 ops) run in the same op order everywhere, so the three
+agree bit for bit.
 ``OPS`` looks a kind up by name (``graph.json``'s ``"op"``).
 """
 
@@ -124,6 +126,45 @@ class Affine(Op):
         if self.shift:
             acc = b.shr(acc + 2 ** (self.shift - 1), self.shift)
         return acc if self.lo is None else b.clip(acc, self.lo, self.hi)
+
+
+class Float32Update(Affine):
+    """An affine op evaluated as fake-quant evaluates it (the quantized S4D state): each term
+    factor · (code · scale) in float32, added left to right, ÷ out_scale, rounded half to even,
+    clipped.  The exact fixed-point sum of ``terms`` (kept: the hardware records and the mapping
+    read its multipliers) would round fake-quant's ties up and miss its float32 near-ties."""
+
+    factors: tuple[str, ...]
+    scales: tuple[str, ...]
+    out_scale: str
+
+    def products(self, b) -> list:
+        f32 = lambda name: b.f32(b.get(name))  # noqa: E731
+        args = zip(self.terms, self.factors, self.scales, strict=True)
+        return [f32(f) * (f32(t.inputs[0]) * f32(s)) for t, f, s in args]
+
+    def rounded(self, b, v):
+        return b.codes(b.clip(b.rint(v / b.f32(b.get(self.out_scale))), self.lo, self.hi))
+
+    def eval(self, b):
+        return self.rounded(b, reduce(add, self.products(b)))
+
+
+class Float32Readout(Float32Update):
+    """The S4D readout as fake-quant evaluates it: the products of all terms but the last (the
+    state parts, ×2 folded into complex C) added per mode, summed over the last axis (``modes``)
+    in ``halving_sum``'s order, + the last term's product (D·u), then as ``Float32Update``."""
+
+    modes: int
+
+    def eval(self, b):
+        *parts, skip = self.products(b)
+        t, m = reduce(add, parts), self.modes
+        while m > 1:  # second half onto the first, an odd last mode carried over
+            h = m // 2
+            s = b.slice_last(t, 0, h) + b.slice_last(t, h, 2 * h)
+            t, m = (b.concat_last(s, b.slice_last(t, 2 * h, m)) if m % 2 else s), h + m % 2
+        return self.rounded(b, b.sum_last(t) + skip)  # Σ over one mode: that mode
 
 
 class Real(Op):
@@ -250,4 +291,8 @@ class Unsqueeze(Op):
         return b.unsqueeze_last(b.get(self.src))
 
 
-OPS: dict[str, type[Op]] = {cls.__name__.lower(): cls for cls in Op.__subclasses__()}
+def _kinds(cls) -> list:
+    return [k for sub in cls.__subclasses__() for k in (sub, *_kinds(sub))]
+
+
+OPS: dict[str, type[Op]] = {cls.__name__.lower(): cls for cls in _kinds(Op)}

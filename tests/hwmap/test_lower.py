@@ -1,13 +1,17 @@
 """Lowering: Brevitas fake-quant and the integer reference agree; what cannot be lowered says so."""
 
+import dataclasses
 import json
 from functools import partial
 
 import numpy as np
 import pytest
+import torch
 
-from hwmap import verify
+from hwmap import intref, ops, verify
+from hwmap.graph import load_graph, save_graph
 from hwmap.lower import LoweringError, fakequant, lower
+from qssm.models.s4d import recurrence
 from qssm.runs import build_model, load_data, load_run_model, open_run, quantize_run
 
 FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade"]
@@ -48,14 +52,64 @@ HETERO = {  # recipes/hetero_4_8.yaml's style: B̄ folded, per-element state, po
 }
 
 
-def test_folded_power_of_two_model_lowers_within_one_code(tmp_path, recipe_of):
+def test_folded_power_of_two_model_lowers_code_for_code(tmp_path, recipe_of):
     r = recipe_of("s4d", HETERO)
     out = open_run(tmp_path / "run", r, force=False)
     quantize_run(r, load_data(r), out, progress=False)
     model, _ = load_run_model(out)
-    x = load_data(r).test.x.numpy()
-    res = verify.fakequant_vs_intref(partial(fakequant, model), lower(model), x)
-    assert res["prediction_agreement"] >= 0.98 and res["max_code_diff"] <= 1
+    x, graph = load_data(r).test.x.numpy(), lower(model)
+    res = verify.fakequant_vs_intref(partial(fakequant, model), graph, x)
+    assert res["prediction_agreement"] == 1 and res["free_running_max_code_diff"] == 0
+    assert _state_differs(model, graph, x) is None
+    save_graph(graph, tmp_path / "graph")  # the float32 ops' tuples of constants round-trip
+    assert load_graph(tmp_path / "graph").step == graph.step
+
+
+def _state_differs(model, graph, x: np.ndarray):
+    """The first (step, part) where the integer reference's S4D state, free-running, leaves
+    fake-quant's codes (None: equal code for code; the recurrence would keep a code rounded
+    otherwise).  Fake-quant's states: the step loop's recurrence (bit-identical to the
+    ``S4DScan`` kernel) on the block's input."""
+    ssm, inputs = model.blocks[0].ssm, []
+    hook = ssm.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+    with torch.no_grad():
+        model(torch.as_tensor(x), mode="recurrent")
+        hook.remove()
+        step = ssm.stepper("state", complex_state=not ssm.real, flat=ssm._state_flat())
+        states = []
+        recurrence(inputs[0], *ssm.quantized()[:3], step, states)
+    fq = torch.stack([torch.view_as_real(s) if s.is_complex() else s[..., None] for s in states])
+    scale = graph.formats["blocks.0.ssm.x_re'"].scale[..., None]
+    codes = np.rint(fq.double().numpy() / scale).astype(np.int64)  # (L, B, H, n, parts)
+    state = intref.init_state(graph, len(x))
+    for t in range(x.shape[1]):
+        env, state = intref.step(graph, x[:, t], state)
+        for i, part in enumerate(["re", "im"][: codes.shape[-1]]):
+            if not np.array_equal(env[f"blocks.0.ssm.x_{part}'"], codes[t, ..., i]):
+                return t, part
+    return None
+
+
+def _exact_sums(graph):
+    """The graph with its float32 ops as the exact fixed-point Affine they carry."""
+    fields = [f.name for f in dataclasses.fields(ops.Affine)]
+    step = [
+        ops.Affine(**{k: getattr(op, k) for k in fields}) if isinstance(op, ops.Affine) else op
+        for op in graph.step
+    ]
+    return dataclasses.replace(graph, step=step)
+
+
+@pytest.mark.parametrize("family", ["s4d", "s4d_real"])
+def test_quantized_s4d_state_is_fakequants_code_for_code(family, tiny_run, recipe_of):
+    model, _ = load_run_model(tiny_run(family))
+    graph, x = lower(model), load_data(recipe_of(family)).test.x.numpy()
+    assert any(op.kind == "float32update" for op in graph.step)
+    if family == "s4d":  # 1,024 sequences: enough state codes (10^7) for ties and near-ties
+        noisy = [x + np.random.default_rng(i).normal(0, 0.3, x.shape) for i in range(15)]
+        x = np.concatenate([x, *noisy]).astype(np.float32)
+        assert _state_differs(model, _exact_sums(graph), x) is not None  # rounded half up
+    assert _state_differs(model, graph, x) is None
 
 
 def test_per_channel_state_keeps_the_readout_in_codes(recipe_of):

@@ -24,6 +24,33 @@ CONSTS = {
     "zero": np.float64(0.0),
     "one": np.float64([1.0, 1.0, 1.0]),
     "none": np.float64([0.0, 0.0, 0.0]),
+    # hetero_4_8's S4D state update x_re' = Ā_re·x_re − Ā_im·x_im + u, two modes (float32)
+    "a0": np.float32([0.984375, 0.9671022295951843]),  # Ā_re; mode 0: 1 − 2^−6, phase 0
+    "na1": np.float32([-0.0, 0.060522712767124176]),  # −Ā_im
+    "unit": np.float32(1.0),  # B̄ folded into C
+    "sx": np.float32([2.0, 0.5]),  # per-element state scales
+    "su": np.float32(0.0625),
+    # a readout over three modes: factors 2·C_re, −2·C_im and D
+    "cr": np.float32([[0.5, 0.25, 1.0]]),
+    "ci": np.float32([[1.0, 7.0, 0.5]]),
+    "D": np.float32([0.5]),
+}
+S = 40  # the same sums as fixed point: multipliers (factor · input scale / output scale)·2^S
+
+
+def _fixed(v) -> np.ndarray:
+    return np.rint(np.asarray(v, dtype=np.float64) * 2.0**S).astype(np.int64)
+
+
+CONSTS |= {
+    "M0": _fixed(CONSTS["a0"]),
+    "M1": _fixed(CONSTS["na1"]),
+    "M2": _fixed(0.0625 / CONSTS["sx"].astype(np.float64)),
+    "Mr": _fixed(CONSTS["cr"]),
+    "Mi": _fixed(CONSTS["ci"]),
+    "Mu": _fixed(0.5 * 0.5),  # D · the input scale 0.5
+    "s_u": np.float32(0.5),
+    "M_1": np.int64(1),
 }
 INPUTS = {  # tensor → value (B = 1): x the float32 input, float64 reals, int64 codes
     "x": np.float32([[1.3, -0.7, 0.25, 100.0]]),
@@ -38,7 +65,19 @@ INPUTS = {  # tensor → value (B = 1): x the float32 input, float64 reals, int6
     "n": np.int64([[1, 2, 3]]),
     "new": np.int64([[5, 6]]),
     "buf": np.int64([[[1, 2, 3], [4, 5, 6]]]),
+    "xr": np.int64([[96, 30]]),
+    "xi": np.int64([[0, -25]]),
+    "u0": np.int64([[0, 0]]),
+    "sr": np.int64([[[1, 2, 3]]]),
+    "si": np.int64([[[1, 0, -1]]]),
+    "uy": np.int64([[8]]),
 }
+UPDATE = tuple(Term("mul", (i,), M) for i, M in (("xr", "M0"), ("xi", "M1"), ("u0", "M2")))
+READOUT = (
+    Term("dot", ("sr", "Mr"), "M_1"),
+    Term("dot", ("si", "Mi"), "M_1"),
+    Term("mul", ("uy",), "Mu"),
+)
 FLOATS = {k: v if k == "x" else v.astype(np.float64) for k, v in INPUTS.items()}  # ONNX, numba
 FLOAT_KINDS = {"real", "sigmoid", "glu", "gelu", "layernorm"}
 CASES = [  # (op, its output computed by hand)
@@ -78,6 +117,39 @@ CASES = [  # (op, its output computed by hand)
     (ops.Shift(out="sh", src="new", buffer="buf"), [[[5, 1, 2], [6, 4, 5]]]),
     (ops.Heaviside(out="hv", src="k"), [[0, 0, 1]]),
     (ops.Unsqueeze(out="us", src="new"), [[[5], [6]]]),
+    # the exact sum rounds half up where fake-quant's float32 rounds half to even: 96·63/64 =
+    # 94.5 → 95 (fake-quant 94); 27.49999907 → 27, which float32 makes 27.5 → 28 (fake-quant 28)
+    (ops.Affine(out="x_exact", terms=UPDATE, shift=S, lo=-128, hi=127), [[95, 27]]),
+    (
+        ops.Float32Update(
+            out="x_f32",
+            terms=UPDATE,
+            shift=S,
+            lo=-128,
+            hi=127,
+            factors=("a0", "na1", "unit"),
+            scales=("sx", "sx", "su"),
+            out_scale="sx",
+        ),
+        [[94, 28]],
+    ),
+    # per mode C·x: 0.5 + 1, 0.5 + 0, 3 − 0.5; halving: (1.5 + 0.5) + 2.5 = 4.5; + D·u =
+    # 0.5·(8·0.5) = 2 → 6.5 (output scale 1): half to even 6 (the exact sum, half up: 7)
+    (ops.Affine(out="y_exact", terms=READOUT, shift=S, lo=-8, hi=7), [[7]]),
+    (
+        ops.Float32Readout(
+            out="y_f32",
+            terms=READOUT,
+            shift=S,
+            lo=-8,
+            hi=7,
+            factors=("cr", "ci", "D"),
+            scales=("unit", "unit", "s_u"),
+            out_scale="unit",
+            modes=3,
+        ),
+        [[6]],
+    ),
 ]
 
 
