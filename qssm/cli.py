@@ -74,14 +74,14 @@ def _out(args, recipe) -> Path:
 
 
 def _prepare(args, quant: bool = True, check=None):
-    """Load and check every input — recipe, quant section against the model, ``check(recipe)``,
-    the float source, the data — and only then open the run dir, so bad input touches nothing.
-    Returns (recipe, data, run dir, float source or None)."""
+    """Load and check every input — recipe, quant section against the model, ``check(args,
+    recipe)``, the float source, the data — and only then open the run dir, so bad input touches
+    nothing.  Returns (recipe, data, run dir, float source or None)."""
     recipe = load_recipe(args.recipe)
     if quant:
         check_quant(recipe, args.recipe, HARDWARE)
     if check is not None:
-        check(recipe)
+        check(args, recipe)
     data = load_data(recipe)
     source = getattr(args, "from_run", None) or recipe.float.checkpoint
     if source:
@@ -90,6 +90,8 @@ def _prepare(args, quant: bool = True, check=None):
 
 
 def cmd_train(args) -> dict:
+    """Seeded float training with evaluation every epoch and a cosine schedule. An interrupted run
+    resumes from its last epoch when run again."""
     recipe, data, out, _ = _prepare(args, quant=False)
     metrics = train_run(recipe, data, out, progress=not args.quiet)
     print(f"float test accuracy {100 * metrics['float']['accuracy']:.2f} % → {out}/report.md")
@@ -97,6 +99,10 @@ def cmd_train(args) -> dict:
 
 
 def cmd_quantize(args) -> dict:
+    """Float pre-training (or --from a finished float run), post-training quantization (Brevitas
+    calibration) and evaluation, then quantization-aware training in recurrent mode with the state
+    quantized every step. Writes model files, report.md with accuracy, per-role bits and footprint,
+    and metrics.json."""
     recipe, data, out, source = _prepare(args)
     m = quantize_run(recipe, data, out, source, progress=not args.quiet, hardware=HARDWARE)
     stages = ", ".join(
@@ -106,17 +112,14 @@ def cmd_quantize(args) -> dict:
     return m
 
 
-def _check_sweep(args):
-    def check(recipe):
-        if recipe.sweep is None:
-            raise RecipeError(f"{args.recipe}: no `sweep` section; see recipes/sweeps/")
-        check_points(recipe, args.recipe)
-        if args.check and not Path(args.check).is_file():
-            raise RunError(f"--check {args.check}: no such golden table")
-        if args.executor == "ray" and importlib.util.find_spec("ray") is None:
-            raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
-
-    return check
+def _check_sweep(args, recipe) -> None:
+    if recipe.sweep is None:
+        raise RecipeError(f"{args.recipe}: no `sweep` section; see recipes/sweeps/")
+    check_points(recipe, args.recipe)
+    if args.check and not Path(args.check).is_file():
+        raise RunError(f"--check {args.check}: no such golden table")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
 
 
 def _search_record(args) -> dict:
@@ -127,24 +130,25 @@ def _search_record(args) -> dict:
     }
 
 
-def _check_search(args):
-    def check(recipe):
-        if any(b < 1 or b > 32 for b in args.bits) or len(set(args.bits)) < 2:
-            raise RunError("--bits: give at least two bit-widths in 1..32")
-        if (args.budget_kib or args.budget_reduction or 0) <= 0:
-            raise RunError("the budget must be positive")
-        old = _out(args, recipe) / "search.json"
-        if old.exists() and not args.force and read_json(old) != _search_record(args):
-            raise RunError(
-                f"{old.parent} holds a search with another budget or --bits; pass "
-                "--force to start over, or --out DIR"
-            )
-
-    return check
+def _check_search(args, recipe) -> None:
+    if any(b < 1 or b > 32 for b in args.bits) or len(set(args.bits)) < 2:
+        raise RunError("--bits: give at least two bit-widths in 1..32")
+    if (args.budget_kib or args.budget_reduction or 0) <= 0:
+        raise RunError("the budget must be positive")
+    old = _out(args, recipe) / "search.json"
+    if old.exists() and not args.force and read_json(old) != _search_record(args):
+        raise RunError(
+            f"{old.parent} holds a search with another budget or --bits; pass "
+            "--force to start over, or --out DIR"
+        )
 
 
 def cmd_sweep(args) -> dict:
-    recipe, data, out, source = _prepare(args, check=_check_sweep(args))
+    """Runs the grid of the recipe's `sweep` section on one float model and writes results.csv,
+    report.md and plots into the run dir. An interrupted sweep resumes without recomputing finished
+    points. With --check GOLDEN.csv it exits 1 when an accuracy moved by more than sweep.tolerance
+    or a footprint changed, printing the differences."""
+    recipe, data, out, source = _prepare(args, check=_check_sweep)
     model, float_metrics = float_stage(recipe, data, out, source, "float", not args.quiet)
     rows = sweep(recipe, out, args.workers, args.executor, args.address, not args.quiet)
     result = {
@@ -166,7 +170,11 @@ def cmd_sweep(args) -> dict:
 
 
 def cmd_search(args) -> dict:
-    recipe, data, out, source = _prepare(args, check=_check_search(args))
+    """Measures each stored role's PTQ sensitivity at every candidate bit-width, allocates bits
+    greedily (least accuracy lost per bit saved) until parameters + state fit the budget, then runs
+    PTQ and QAT of the chosen configuration like `qssm quantize`. The report lists the chosen bits
+    per role, the footprint and the accuracy."""
+    recipe, data, out, source = _prepare(args, check=_check_search)
     write_json(out / "search.json", _search_record(args))
     float_stage(recipe, data, out, source, "float", not args.quiet)
     try:
@@ -205,6 +213,11 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_export(args) -> dict:
+    """Lowers a quantized run to an integer graph (graph.json + graph.npz: codes, fixed-point
+    multipliers and shifts, lookup tables), writes ONNX files that onnxruntime runs (qcdq: step.onnx
+    for streaming and sequence.onnx, a Scan around the same step; qonnx: step_qonnx.onnx with Quant
+    nodes) and verify.json: Brevitas fake-quant vs the integer reference, onnxruntime vs the integer
+    reference, and the streamed step graph vs the sequence graph, on the recipe's test split."""
     from hwmap.export import export_run  # onnx and onnxruntime load only when exporting
 
     run_dir = Path(args.run_dir)
@@ -221,6 +234,13 @@ def cmd_export(args) -> dict:
 
 
 def cmd_map(args) -> dict:
+    """Everything `qssm export` writes, plus: the mapping onto the target (mapping.json, arrays.npz:
+    differential unit-capacitor counts with dummies, comparator thresholds in volts and DAC codes,
+    gate code → switched units, retention units; capacitance, area, energy per timestep), the
+    behavioural simulator with every non-ideality off checked against the integer reference, and a
+    Monte-Carlo over chips with every non-ideality on, swept over unit capacitance and comparator
+    offset (report.md, monte_carlo.png). Models the target cannot run are refused with the reason
+    and the recipe change that fixes it."""
     from hwmap.export import map_run
 
     run_dir = Path(args.run_dir)
@@ -264,6 +284,13 @@ def cmd_recipes(args) -> dict:
     return found
 
 
+def _command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """Subcommand ``name``, run by ``func`` and described by its docstring."""
+    p = sub.add_parser(name, help=help, description=func.__doc__)
+    p.set_defaults(func=func)
+    return p
+
+
 def _run_args(p: argparse.ArgumentParser, recipe_help: str, from_run: bool = True) -> None:
     """The arguments every command that fills a run dir takes."""
     p.add_argument("--recipe", required=True, help=recipe_help)
@@ -304,37 +331,25 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser(
-        "train",
-        help="float training of the recipe's model",
-        description="Seeded float training with evaluation every epoch and a cosine "
-        "schedule. An interrupted run resumes from its last epoch when run again.",
-    )
+    t = _command(sub, "train", cmd_train, "float training of the recipe's model")
     _run_args(t, "recipe YAML (see `qssm recipes`)", from_run=False)
-    t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser(
+    q = _command(
+        sub,
         "quantize",
-        help="float pre-training, PTQ and QAT of the recipe's model, with a report",
-        description="Float pre-training (or --from a finished float run), post-training "
-        "quantization (Brevitas calibration) and evaluation, then quantization-aware training in "
-        "recurrent mode with the state quantized every step. Writes model files, report.md with "
-        "accuracy, per-role bits and footprint, and metrics.json.",
+        cmd_quantize,
+        "float pre-training, PTQ and QAT of the recipe's model, with a report",
     )
     _run_args(q, "recipe YAML with a `quant` section")
-    q.set_defaults(func=cmd_quantize)
 
-    e = sub.add_parser("eval", help="re-evaluate a finished run from its saved files")
+    e = _command(sub, "eval", cmd_eval, "re-evaluate a finished run from its saved files")
     e.add_argument("run_dir")
-    e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser(
+    s = _command(
+        sub,
         "sweep",
-        help="bit-accuracy tables: per-role sensitivity, uniform bits, Pareto front",
-        description="Runs the grid of the recipe's `sweep` section on one float model and writes "
-        "results.csv, report.md and plots into the run dir. An interrupted sweep resumes without "
-        "recomputing finished points. With --check GOLDEN.csv it exits 1 when an accuracy moved "
-        "by more than sweep.tolerance or a footprint changed, printing the differences.",
+        cmd_sweep,
+        "bit-accuracy tables: per-role sensitivity, uniform bits, Pareto front",
     )
     _run_args(s, "recipe YAML with `quant` and `sweep` sections")
     s.add_argument("--workers", type=int, default=1, help="points in parallel processes")
@@ -346,16 +361,8 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     s.add_argument("--check", metavar="GOLDEN_CSV", help="compare with a golden results table")
-    s.set_defaults(func=cmd_sweep)
 
-    h = sub.add_parser(
-        "search",
-        help="choose bits per role under a memory budget, then QAT",
-        description="Measures each stored role's PTQ sensitivity at every candidate bit-width, "
-        "allocates bits greedily (least accuracy lost per bit saved) until parameters + state "
-        "fit the budget, then runs PTQ and QAT of the chosen configuration like `qssm quantize`. "
-        "The report lists the chosen bits per role, the footprint and the accuracy.",
-    )
+    h = _command(sub, "search", cmd_search, "choose bits per role under a memory budget, then QAT")
     _run_args(h, "recipe YAML with a `quant` section")
     budget = h.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-kib", type=float, help="parameters + state budget in KiB")
@@ -375,33 +382,18 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument(
         "--workers", type=int, default=1, help="sensitivity points in parallel processes"
     )
-    h.set_defaults(func=cmd_search)
 
-    x = sub.add_parser(
-        "export",
-        help="integer graph, ONNX files and verification of a quantized run",
-        description="Lowers a quantized run to an integer graph (graph.json + graph.npz: codes, "
-        "fixed-point multipliers and shifts, lookup tables), writes ONNX files that "
-        "onnxruntime runs (qcdq: step.onnx for streaming and sequence.onnx, a Scan around the "
-        "same step; qonnx: step_qonnx.onnx with Quant nodes) and verify.json: Brevitas "
-        "fake-quant vs the integer reference, onnxruntime vs the integer reference, and the "
-        "streamed step graph vs the sequence graph, on the recipe's test split.",
+    x = _command(
+        sub, "export", cmd_export, "integer graph, ONNX files and verification of a quantized run"
     )
     _hw_args(x)
     x.add_argument("--format", choices=["qcdq", "qonnx"], default="qcdq", help="ONNX flavour")
-    x.set_defaults(func=cmd_export)
 
-    m = sub.add_parser(
+    m = _command(
+        sub,
         "map-to-hw",
-        help="map a quantized run onto a switched-capacitor IMC target and simulate it",
-        description="Everything `qssm export` writes, plus: the mapping onto the target "
-        "(mapping.json, arrays.npz: differential unit-capacitor counts with dummies, comparator "
-        "thresholds in volts and DAC codes, gate code → switched units, retention units; "
-        "capacitance, area, energy per timestep), the behavioural simulator with every "
-        "non-ideality off checked against the integer reference, and a Monte-Carlo over chips "
-        "with every non-ideality on, swept over unit capacitance and comparator offset "
-        "(report.md, monte_carlo.png). Models the target cannot run are refused with the "
-        "reason and the recipe change that fixes it.",
+        cmd_map,
+        "map a quantized run onto a switched-capacitor IMC target and simulate it",
     )
     _hw_args(m)
     m.add_argument(
@@ -413,24 +405,13 @@ def parser() -> argparse.ArgumentParser:
         "--mc-seeds", type=int, default=20, help="chips per Monte-Carlo setting (0: none)"
     )
     m.add_argument("--mc-limit", type=int, default=100, help="test sequences per Monte-Carlo run")
-    m.add_argument(
-        "--mc-units",
-        type=float,
-        nargs="+",
-        default=[0.5, 1.0, 2.0, 4.0],
-        help="unit capacitances (fF) swept",
-    )
-    m.add_argument(
-        "--mc-offsets",
-        type=float,
-        nargs="+",
-        default=[0.5, 1.0, 2.0, 5.0],
-        help="trimmed comparator offsets σ (mV) swept",
-    )
-    m.set_defaults(func=cmd_map)
+    for flag, default, swept in (  # the Monte-Carlo grid
+        ("--mc-units", [0.5, 1.0, 2.0, 4.0], "unit capacitances (fF)"),
+        ("--mc-offsets", [0.5, 1.0, 2.0, 5.0], "trimmed comparator offsets σ (mV)"),
+    ):
+        m.add_argument(flag, type=float, nargs="+", default=default, help=f"{swept} swept")
 
-    r = sub.add_parser("recipes", help="list the shipped recipes")
-    r.set_defaults(func=cmd_recipes)
+    _command(sub, "recipes", cmd_recipes, "list the shipped recipes")
     return p
 
 

@@ -16,12 +16,12 @@ Available datasets (see each builder's docstring for its options):
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.client
 import inspect
 import os
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io import atomic_write
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -118,12 +120,7 @@ def register(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Data
 
 
 def load_dataset(
-    name: str,
-    *,
-    seed: int = 0,
-    root: str | None = None,
-    download: bool = False,
-    **options,
+    name: str, *, seed: int = 0, root: str | None = None, download: bool = False, **options
 ) -> Dataset:
     """Build dataset ``name``.
 
@@ -150,12 +147,8 @@ def load_dataset(
         if value is not None and (type(value) is not int or value < 1):
             raise DataError(f"{key} must be a positive integer, got {value!r}")
     dataset = builder(**{k: v for k, v in context.items() if k in params}, **options)
-    return Dataset(
-        name=dataset.name,
-        train=_prefix(dataset.train, limits["limit_train"]),
-        test=_prefix(dataset.test, limits["limit_test"]),
-        n_classes=dataset.n_classes,
-    )
+    limited = {s: _prefix(getattr(dataset, s), limits[f"limit_{s}"]) for s in ("train", "test")}
+    return dataclasses.replace(dataset, **limited)
 
 
 def _prefix(split: Split, n: int | None) -> Split:
@@ -169,6 +162,12 @@ def _split(x: np.ndarray, y: np.ndarray) -> Split:
         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
         torch.from_numpy(y.astype(np.int64)),
     )
+
+
+def _indexed(name: str, x: np.ndarray, y: np.ndarray, train_idx, test_idx) -> Dataset:
+    """The 10-class dataset ``name`` whose splits are rows ``train_idx`` / ``test_idx``."""
+    train, test = _split(x[train_idx], y[train_idx]), _split(x[test_idx], y[test_idx])
+    return Dataset(name=name, train=train, test=test, n_classes=10)
 
 
 def _stratified_split(
@@ -221,13 +220,7 @@ def _smnist5k(*, seed: int) -> Dataset:
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)  # (5000, 785)
     pixels, labels = table[:, :-1], table[:, -1]
     train_idx, test_idx = _stratified_split(labels, 0.2, seed)
-    x = _mnist_sequences(pixels)  # (5000, 784, 1)
-    return Dataset(
-        name="smnist5k",
-        train=_split(x[train_idx], labels[train_idx]),
-        test=_split(x[test_idx], labels[test_idx]),
-        n_classes=10,
-    )
+    return _indexed("smnist5k", _mnist_sequences(pixels), labels, train_idx, test_idx)
 
 
 # --------------------------------------------------------------------------- smnist
@@ -292,7 +285,6 @@ def _find_or_fetch(root: Path, gz_name: str, download: bool) -> Path:
 def _download(root: Path, gz_name: str) -> Path:
     """Fetch ``gz_name`` from the first working mirror, check its MD5, write it atomically."""
     root.mkdir(parents=True, exist_ok=True)
-    target = root / gz_name
     errors = []
     for mirror in MNIST_MIRRORS:
         url = mirror + gz_name
@@ -306,15 +298,8 @@ def _download(root: Path, gz_name: str) -> Path:
         if digest != MNIST_FILES[gz_name]:
             errors.append(f"{url}: MD5 {digest} != expected {MNIST_FILES[gz_name]}")
             continue
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{gz_name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        atomic_write(root / gz_name, payload)
+        return root / gz_name
     raise DataError(
         f"could not download {gz_name}: "
         + "; ".join(errors)
@@ -322,8 +307,9 @@ def _download(root: Path, gz_name: str) -> Path:
     )
 
 
-def _mnist_split(root: Path, prefix: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 28, 28) uint8 images and (N,) labels of the 'train' or 't10k' files."""
+def _mnist_split(root: Path, prefix: str, download: bool) -> Split:
+    """The split of the 'train' or 't10k' files: (N, 28, 28) uint8 images and (N,) labels, the
+    images as sequences (:func:`_mnist_sequences`)."""
     images_path = _find_or_fetch(root, f"{prefix}-images-idx3-ubyte.gz", download)
     labels_path = _find_or_fetch(root, f"{prefix}-labels-idx1-ubyte.gz", download)
     images, labels = read_idx(images_path), read_idx(labels_path)
@@ -337,7 +323,7 @@ def _mnist_split(root: Path, prefix: str, download: bool) -> tuple[np.ndarray, n
         )
     if labels.max(initial=0) > 9:
         raise DataError(f"{labels_path}: labels must be 0-9, found {labels.max()}")
-    return images, labels
+    return _split(_mnist_sequences(images), labels)
 
 
 @register("smnist")
@@ -348,14 +334,8 @@ def _smnist(*, root: str | None, download: bool) -> Dataset:
     x: (N, 784, 1), pixels/255 then (v - 0.1307) / 0.3081.
     """
     directory = mnist_root(root)
-    train_images, train_labels = _mnist_split(directory, "train", download)
-    test_images, test_labels = _mnist_split(directory, "t10k", download)
-    return Dataset(
-        name="smnist",
-        train=_split(_mnist_sequences(train_images), train_labels),
-        test=_split(_mnist_sequences(test_images), test_labels),
-        n_classes=10,
-    )
+    train, test = (_mnist_split(directory, prefix, download) for prefix in ("train", "t10k"))
+    return Dataset(name="smnist", train=train, test=test, n_classes=10)
 
 
 # --------------------------------------------------------------------------- psmnist
@@ -372,12 +352,8 @@ def _psmnist(
         raise DataError(f"psmnist base must be 'smnist' or 'smnist5k', got {base!r}")
     source = load_dataset(base, seed=seed, root=root, download=download)
     perm = torch.from_numpy(np.random.default_rng(permutation_seed).permutation(MNIST_PIXELS))
-    return Dataset(
-        name="psmnist",
-        train=Split(source.train.x[:, perm], source.train.y),
-        test=Split(source.test.x[:, perm], source.test.y),
-        n_classes=10,
-    )
+    train, test = (Split(split.x[:, perm], split.y) for split in (source.train, source.test))
+    return Dataset(name="psmnist", train=train, test=test, n_classes=10)
 
 
 # --------------------------------------------------------------------------- sdigits
@@ -399,13 +375,7 @@ def _sdigits(*, seed: int, test_fraction: float = 0.2) -> Dataset:
     y = digits.target
     train_idx, test_idx = _stratified_split(y, test_fraction, seed)
     mean, std = x[train_idx].mean(), x[train_idx].std()
-    x = (x - mean) / std
-    return Dataset(
-        name="sdigits",
-        train=_split(x[train_idx], y[train_idx]),
-        test=_split(x[test_idx], y[test_idx]),
-        n_classes=10,
-    )
+    return _indexed("sdigits", (x - mean) / std, y, train_idx, test_idx)
 
 
 # --------------------------------------------------------------------------- multiscale

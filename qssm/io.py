@@ -53,12 +53,6 @@ def read_json(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({err}); the file is damaged") from None
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors, written atomically."""
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-
-
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -73,43 +67,42 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(
-    run_dir: str | Path, model: torch.nn.Module, meta: dict, stem: str = "model"
+    run_dir: str | Path, model: torch.nn.Module | dict, meta: dict, stem: str = "model"
 ) -> None:
-    """``<stem>.safetensors`` (weights) + ``<stem>.json`` (architecture and ``meta``)."""
+    """``<stem>.safetensors`` (the weights of ``model``, or a dict of tensors) + ``<stem>.json``
+    (architecture and ``meta``), read back by :func:`load_model_files`."""
     run_dir = Path(run_dir)
-    save_tensors(run_dir / f"{stem}.safetensors", model.state_dict())
-    header = {"format": FORMAT, "version": VERSION, **meta}
-    write_json(run_dir / f"{stem}.json", header)
+    tensors = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    with atomic_path(run_dir / f"{stem}.safetensors") as tmp:  # safetensors, written atomically
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+    write_json(run_dir / f"{stem}.json", {"format": FORMAT, "version": VERSION, **meta})
 
 
 def load_model_files(
     run_dir: str | Path, stem: str = "model"
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """(header, tensors) after checking the header is ours."""
-    run_dir = Path(run_dir)
-    header = read_json(run_dir / f"{stem}.json")
+    path = Path(run_dir) / f"{stem}.json"
+    header = read_json(path)
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{run_dir / f'{stem}.json'}: not a qssm model description")
+        raise CheckpointError(f"{path}: not a qssm model description")
     if header.get("version") != VERSION:
         raise CheckpointError(
-            f"{run_dir / f'{stem}.json'}: format version {header.get('version')}, "
-            f"this qssm reads version {VERSION}"
+            f"{path}: format version {header.get('version')}, this qssm reads version {VERSION}"
         )
-    return header, load_tensors(run_dir / f"{stem}.safetensors")
+    return header, load_tensors(path.with_suffix(".safetensors"))
 
 
 def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with an error that names the file and the mismatching keys."""
-    missing, unexpected = (
-        module.state_dict().keys() - tensors.keys(),
-        tensors.keys() - module.state_dict().keys(),
-    )
+    expected = module.state_dict()
+    missing, unexpected = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: tensors do not match the described model "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
-    for k, v in module.state_dict().items():
+    for k, v in expected.items():
         if v.shape != tensors[k].shape:
             raise CheckpointError(
                 f"{source}: {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}"

@@ -11,14 +11,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data import DATASETS
 from .quant.roles import ALL_ROLES, grid
@@ -145,18 +138,9 @@ Observer = Literal["minmax", "percentile", "mse"]
 # per_element: one scale per element of the S4D state (ssm.state only)
 Granularity = Literal["per_tensor", "per_channel", "per_element"]
 # po2_<k>bit: powers of two, stored as k-bit exponents below the quantizer's largest (8-bit offset)
+PO2_DTYPES = tuple(f"po2_{k}bit" for k in range(1, 7))
 ScaleDtype = Literal[
-    "float32",
-    "float16",
-    "bfloat16",
-    "float8_e5m2",
-    "float8_e4m3fn",
-    "po2_1bit",
-    "po2_2bit",
-    "po2_3bit",
-    "po2_4bit",
-    "po2_5bit",
-    "po2_6bit",
+    ("float32", "float16", "bfloat16", "float8_e5m2", "float8_e4m3fn", *PO2_DTYPES)
 ]
 
 

@@ -10,7 +10,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .io import atomic_path, atomic_write  # noqa: E402
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path, legend_axes=()) -> None:
+    """Write ``fig`` as a PNG and close it; ``legend_axes`` first get a light grid and a legend."""
+    for ax in legend_axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -25,10 +29,7 @@ def plot_curves(histories: dict[str, list[dict]], path: Path) -> None:
         ax_loss.plot(epochs, [h["loss"] for h in hist], marker="o", ms=3, label=stage)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)")
     ax_loss.set(xlabel="epoch", ylabel="test loss")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    save_figure(fig, path)
+    save_figure(fig, path, (ax_acc, ax_loss))
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -67,14 +68,8 @@ def plot_footprint(fp: dict, path: Path) -> None:
 
 def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
     f = metrics["float"]
-    rows = [
-        [
-            "float",
-            _pct(f["accuracy"]),
-            f.get("epochs", "—"),
-            f"{f['seconds_per_epoch']:.1f} s/epoch" if f.get("seconds_per_epoch") else "—",
-        ]
-    ]
+    per_epoch = f"{f['seconds_per_epoch']:.1f} s/epoch" if f.get("seconds_per_epoch") else "—"
+    rows = [["float", _pct(f["accuracy"]), f.get("epochs", "—"), per_epoch]]
     for stage in ("ptq", "qat"):
         if stage in metrics:
             m = metrics[stage]
@@ -114,13 +109,8 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
             ],
         )
         plot_footprint(fp, out / "footprint.png")
-        sections.append(
-            (
-                "Footprint",
-                f"{fp['reduction']:.2f}× smaller than float32\n\n{totals}\n\n"
-                f"{per_role}\n\n![footprint per role](footprint.png)",
-            )
-        )
+        text = f"{fp['reduction']:.2f}× smaller than float32\n\n{totals}\n\n{per_role}"
+        sections.append(("Footprint", f"{text}\n\n![footprint per role](footprint.png)"))
     if "search" in metrics:
         s = metrics["search"]
         drop = s["accuracy_drop"]
@@ -178,12 +168,8 @@ def write_sweep_report(out: Path, recipe, rows: list[dict]) -> None:
             )
             fig.colorbar(im, ax=ax)
             save_figure(fig, out / f"per_role_{stage}.png")
-            sections.append(
-                (
-                    f"Per-role sensitivity ({stage.upper()})",
-                    f"{body}\n\n![per-role](per_role_{stage}.png)",
-                )
-            )
+            title = f"Per-role sensitivity ({stage.upper()})"
+            sections.append((title, f"{body}\n\n![per-role](per_role_{stage}.png)"))
     uniform = [r for r in rows if r["table"] == "uniform"]
     if uniform:
         acc = _mean_by(uniform, lambda r: (r["stage"], int(r["bits"])))
@@ -199,9 +185,7 @@ def write_sweep_report(out: Path, recipe, rows: list[dict]) -> None:
                 bits, [100 * acc.get((s, b), float("nan")) for b in bits], "o-", label=s.upper()
             )
         ax.set(xlabel="bits (every site)", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        save_figure(fig, out / "uniform.png")
+        save_figure(fig, out / "uniform.png", [ax])
         sections.append(("Uniform bit-width", f"{body}\n\n![uniform](uniform.png)"))
     pareto = [r for r in rows if r["table"] in ("pareto", "uniform", "per_role")]
     if any(r["table"] == "pareto" for r in rows):
@@ -211,23 +195,14 @@ def write_sweep_report(out: Path, recipe, rows: list[dict]) -> None:
         ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], s=12, alpha=0.5, label="configs")
         ax.plot([p[0] for p in front], [100 * p[1] for p in front], "r.-", label="Pareto front")
         ax.set(xlabel="footprint (KiB: parameters + state)", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        save_figure(fig, out / "pareto.png")
-        rows_p = sorted(
-            (r for r in rows if r["table"] == "pareto"), key=lambda r: int(r["total_bits"])
-        )
+        save_figure(fig, out / "pareto.png", [ax])
         body = table(
             ["config", "stage", "KiB", "reduction", "accuracy"],
             [
-                [
-                    r["config"],
-                    r["stage"],
-                    f"{int(r['total_bits']) / 8192:.2f}",
-                    f"{float(r['reduction']):.2f}×",
-                    _pct(float(r["accuracy"])),
-                ]
-                for r in rows_p
+                [r["config"], r["stage"], f"{int(r['total_bits']) / 8192:.2f}"]
+                + [f"{float(r['reduction']):.2f}×", _pct(float(r["accuracy"]))]
+                for r in sorted(pareto, key=lambda r: int(r["total_bits"]))
+                if r["table"] == "pareto"
             ],
         )
         sections.append(("Accuracy–footprint Pareto front", f"{body}\n\n![pareto](pareto.png)"))

@@ -175,14 +175,11 @@ def float_source(recipe: Recipe, source: str, data: Dataset | None = None) -> tu
             f"{run} does not hold a float model of this recipe's `model` section; "
             "point --from / float.checkpoint at a float run of the same model"
         )
-    if data is not None and (header.get("d_input"), header.get("n_classes")) != (
-        data.d_input,
-        data.n_classes,
-    ):
+    d_input, n_classes = header.get("d_input"), header.get("n_classes")
+    if data is not None and (d_input, n_classes) != (data.d_input, data.n_classes):
         raise RunError(
-            f"{run} was trained on {header.get('d_input')} input channels and "
-            f"{header.get('n_classes')} classes; this recipe's data has {data.d_input} and "
-            f"{data.n_classes}"
+            f"{run} was trained on {d_input} input channels and {n_classes} classes; this "
+            f"recipe's data has {data.d_input} and {data.n_classes}"
         )
     return run, stem
 
@@ -191,49 +188,55 @@ def float_stage(
     recipe: Recipe, data: Dataset, out: Path, source: str | None, stem: str, progress: bool
 ) -> tuple[Classifier, dict]:
     """The float model: reused from ``source`` (a finished run dir), resumed from ``out/<stem>``,
-    or trained now.  Returns (model, float metrics)."""
+    or trained now; saved as ``out/<stem>`` (the run dir stands alone).  Returns (model, float
+    metrics)."""
     source = source or recipe.float.checkpoint
+    if not source and stem == "float" and (out / "float.json").exists():
+        model, header = load_run_model(out, stem)  # done before an interruption
+        return model, header["metrics"]
     if source:
         model, _ = load_run_model(*float_source(recipe, source))
         stored = read_json(Path(source) / "metrics.json").get("float", {})
-        result = evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode)
         metrics = {
-            **result,
+            **evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode),
             "source": str(source),
             "params": n_params(model),
             "history": stored.get("history", []),
             "seconds_per_epoch": stored.get("seconds_per_epoch"),
         }
-        if stem == "float":  # the run dir keeps its own copy: it stands alone
-            save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
-        return model, metrics
-    if stem == "float" and (out / "float.json").exists():  # done before an interruption
-        model, header = load_run_model(out, stem)
-        return model, header["metrics"]
-    seed_everything(recipe.seed)
-    model = Classifier(recipe.model_dict(), data.d_input, data.n_classes)
-    history = fit(
+    else:
+        seed_everything(recipe.seed)
+        model = Classifier(recipe.model_dict(), data.d_input, data.n_classes)
+        history = _fit(model, recipe, data, out, "float", progress)
+        seconds = [h["seconds"] for h in history]
+        metrics = {
+            **evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode),
+            "params": n_params(model),
+            "epochs": len(history),
+            "history": history,
+            "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+        }
+    save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
+    return model, metrics
+
+
+def _fit(model, recipe: Recipe, data: Dataset, out: Path, stage: str, progress: bool, teacher=None):
+    """:func:`~qssm.train.fit` for a run's ``float`` stage (in ``float.mode``, resumable from
+    ``train_state``) or its ``QAT`` stage (recurrent, resumable from ``qat_state``)."""
+    qat = stage == "QAT"
+    return fit(
         model,
         data.train,
         data.test,
-        recipe.float,
+        recipe.qat if qat else recipe.float,
         seed=recipe.seed,
-        mode=recipe.float.mode,
-        state_path=out / "train_state",
+        mode="recurrent" if qat else recipe.float.mode,
+        state_path=out / ("qat_state" if qat else "train_state"),
         eval_batch=recipe.eval.batch_size,
-        desc="float",
+        desc=stage,
         progress=progress,
+        teacher=teacher,
     )
-    seconds = [h["seconds"] for h in history]
-    metrics = {
-        **evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode),
-        "params": n_params(model),
-        "epochs": len(history),
-        "history": history,
-        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
-    }
-    save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
-    return model, metrics
 
 
 def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
@@ -246,9 +249,7 @@ def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
 
 def train_run(recipe: Recipe, data: Dataset, out: Path, progress: bool = True) -> dict:
     """``qssm train``: float training only."""
-    model, float_metrics = float_stage(recipe, data, out, None, "model", progress)
-    if recipe.float.checkpoint:
-        save_model(out, model, _header(recipe, data, "float", metrics=float_metrics))
+    _, float_metrics = float_stage(recipe, data, out, None, "model", progress)
     return _finish(out, {"recipe": recipe.name, "float": float_metrics}, recipe, data)
 
 
@@ -301,14 +302,7 @@ def quantize_run(
     model, table = wrap(model, recipe.quant)
     metrics = {"recipe": recipe.name, "float": float_metrics, **(extra or {})}
     t0 = time.perf_counter()
-    calibrate(
-        model,
-        data.train,
-        recipe.ptq.calibration_batches,
-        recipe.ptq.batch_size,
-        seed=recipe.seed,
-        progress=progress,
-    )
+    calibrate(model, data.train, recipe.ptq, seed=recipe.seed, progress=progress)
     metrics["ptq"] = {
         **evaluate(model, data.test, recipe.eval.batch_size, "recurrent"),
         "seconds": time.perf_counter() - t0,
@@ -320,19 +314,7 @@ def quantize_run(
         if recipe.qat.hardware is not None:  # lowered and mapped with the calibrated scales
             noise = hardware.noise(model, recipe.qat.hardware, data.train.x.numpy())
         with noise as summary:
-            history = fit(
-                model,
-                data.train,
-                data.test,
-                recipe.qat,
-                seed=recipe.seed,
-                mode="recurrent",
-                state_path=out / "qat_state",
-                eval_batch=recipe.eval.batch_size,
-                desc="QAT",
-                progress=progress,
-                teacher=teacher,
-            )
+            history = _fit(model, recipe, data, out, "QAT", progress, teacher)
         if summary is not None:
             metrics["hardware_noise"] = summary
         metrics["qat"] = {
@@ -344,18 +326,9 @@ def quantize_run(
         print(f"QAT test accuracy {100 * metrics['qat']['accuracy']:.2f} %")
     metrics["footprint"] = footprint(model, table, float_params)
     quant = recipe.quant.model_dump(mode="json")
-    save_model(
-        out,
-        model,
-        _header(
-            recipe,
-            data,
-            "qat" if "qat" in metrics else "ptq",
-            quant=quant,
-            quant_format=QUANT_FORMAT,
-            sites=table,
-        ),
-    )
+    stage = "qat" if "qat" in metrics else "ptq"
+    header = _header(recipe, data, stage, quant=quant, quant_format=QUANT_FORMAT, sites=table)
+    save_model(out, model, header)
     return _finish(out, metrics, recipe, data)
 
 

@@ -22,38 +22,21 @@ from .quant.footprint import footprint
 from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe
 from .runs import load_data, load_run_model, n_params
-from .sweep import run_point, run_points, with_bits
+from .sweep import make_point, run_point, run_points, with_bits
 
 SKIP = ("layernorm (float)", "quantizer scales", "conv.buffer", "conv.delay")
 
 
 def sensitivity_points(recipe: Recipe, roles: list[str], bits: list[int]) -> list[dict]:
-    base = with_bits(recipe.quant.model_dump(mode="json"), max(bits))
-    out = [
-        {
-            "id": f"search-base-{max(bits)}",
-            "table": "search",
-            "config": "base",
-            "bits": max(bits),
-            "stage": "ptq",
-            "seed": recipe.seed,
-            "quant": base,
-        }
-    ]
+    top = max(bits)
+    base = with_bits(recipe.quant.model_dump(mode="json"), top)
+    out = [make_point(f"search-base-{top}", "search", "base", top, "ptq", recipe.seed, base)]
     for role in roles:
         for b in bits[:-1]:
             q = copy.deepcopy(base)
             q["targets"].append({"roles": [role], "bits": b})
             out.append(
-                {
-                    "id": f"search-{role}-{b}-of-{max(bits)}",
-                    "table": "search",
-                    "config": role,
-                    "bits": b,
-                    "stage": "ptq",
-                    "seed": recipe.seed,
-                    "quant": q,
-                }
+                make_point(f"search-{role}-{b}-of-{top}", "search", role, b, "ptq", recipe.seed, q)
             )
     return out
 

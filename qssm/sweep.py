@@ -31,21 +31,9 @@ from .report import write_sweep_report
 from .runs import QUANT_FORMAT, load_data, load_run_model, n_params
 from .train import evaluate, fit, seed_everything
 
-COLUMNS = [
-    "id",
-    "table",
-    "config",
-    "bits",
-    "stage",
-    "seed",
-    "accuracy",
-    "param_bits",
-    "state_bits",
-    "buffer_bits",
-    "total_bits",
-    "reduction",
-]
 FOOTPRINT_COLUMNS = ["param_bits", "state_bits", "buffer_bits", "total_bits"]
+POINT_COLUMNS = ["id", "table", "config", "bits", "stage", "seed"]
+COLUMNS = [*POINT_COLUMNS, "accuracy", *FOOTPRINT_COLUMNS, "reduction"]
 
 
 def with_bits(quant: dict, bits: int) -> dict:
@@ -56,6 +44,11 @@ def with_bits(quant: dict, bits: int) -> dict:
         if t.get("bits") is not None or t.get("levels") is not None:
             t.update(bits=bits, levels=None)
     return quant
+
+
+def make_point(pid: str, table: str, config: str, bits, stage: str, seed: int, quant: dict) -> dict:
+    """One point of a sweep or search (``bits``: an int, or a label such as "4/8")."""
+    return dict(id=pid, table=table, config=config, bits=bits, stage=stage, seed=seed, quant=quant)
 
 
 def points(recipe: Recipe) -> list[dict]:
@@ -83,17 +76,7 @@ def points(recipe: Recipe) -> list[dict]:
     ):
         name = f"{table}-{bits}" if table == "pareto" else f"{table}-{config}-{bits}"
         pid = f"{name}-{stage}-s{seed}".replace("/", "_")
-        out.append(
-            {
-                "id": pid,
-                "table": table,
-                "config": config,
-                "bits": bits,
-                "stage": stage,
-                "seed": seed,
-                "quant": quant,
-            }
-        )
+        out.append(make_point(pid, table, config, bits, stage, seed, quant))
     return out
 
 
@@ -141,14 +124,7 @@ def run_point(sweep_dir: str, point: dict) -> dict:
     float_params = n_params(model)
     seed_everything(point["seed"])
     model, table = wrap(model, QuantConfig.model_validate(point["quant"]))
-    calibrate(
-        model,
-        data.train,
-        recipe.ptq.calibration_batches,
-        recipe.ptq.batch_size,
-        seed=point["seed"],
-        progress=False,
-    )
+    calibrate(model, data.train, recipe.ptq, seed=point["seed"], progress=False)
     if point["stage"] == "qat":
         fit(
             model,
@@ -165,7 +141,7 @@ def run_point(sweep_dir: str, point: dict) -> dict:
     fp = footprint(model, table, float_params)
     row = {
         "key": key,
-        **{k: point[k] for k in ("id", "table", "config", "bits", "stage", "seed")},
+        **{k: point[k] for k in POINT_COLUMNS},
         "accuracy": round(accuracy, 6),
         **{k: fp[k] for k in FOOTPRINT_COLUMNS},
         "reduction": round(fp["reduction"], 4),
@@ -228,8 +204,7 @@ def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
-    for row in sorted(rows, key=lambda r: r["id"]):
-        w.writerow(row)
+    w.writerows(sorted(rows, key=lambda r: r["id"]))
     return buf.getvalue()
 
 

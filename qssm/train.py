@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Split
-from .io import load_model_files, save_tensors, write_json
+from .io import load_model_files, save_model
 
 # Parameters of the dynamics (SSM A, dt, B; mGRADE delays) train with their own lr and no decay.
 DYNAMICS = ("log_dt", "log_A_real", "A_imag", "ssm.B", "A_bar", "B_bar", "conv.delay")
@@ -75,18 +75,8 @@ def _save_state(path: Path, model, opt, epoch: int, history: list) -> None:
     opt_state = opt.state_dict()
     for idx, st in opt_state["state"].items():
         tensors.update({f"opt.{idx}.{k}": v for k, v in st.items()})
-    save_tensors(path.with_suffix(".safetensors"), tensors)
-    groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
-    write_json(
-        path.with_suffix(".json"),
-        {
-            "format": "qssm-model",
-            "version": 1,
-            "epoch": epoch,
-            "history": history,
-            "param_groups": groups,
-        },
-    )
+    meta = {"epoch": epoch, "history": history, "param_groups": opt_state["param_groups"]}
+    save_model(path.parent, tensors, meta, path.stem)
 
 
 def _load_state(path: Path, model, opt) -> tuple[int, list]:
@@ -149,12 +139,8 @@ def fit(
         order = torch.randperm(n)
         model.train()
         t0 = time.perf_counter()
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-            leave=False,
-            disable=None if progress else True,
-        )
+        label = f"{desc} {epoch + 1}/{cfg.epochs}"
+        bar = tqdm(range(steps_per_epoch), label, leave=False, disable=None if progress else True)
         for i in bar:
             factor = lr_factor(epoch * steps_per_epoch + i, total, cfg.schedule)
             for g in opt.param_groups:

@@ -56,10 +56,8 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, ratio: int):
         super().__init__()
-        self.fc1, self.fc2 = (
-            nn.Linear(d_model, ratio * d_model),
-            nn.Linear(ratio * d_model, d_model),
-        )
+        self.fc1 = nn.Linear(d_model, ratio * d_model)
+        self.fc2 = nn.Linear(ratio * d_model, d_model)
         self.taps = taps(ratio * d_model, "gelu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -94,11 +94,8 @@ class S4D(nn.Module):
         else:
             self.log_A_real = nn.Parameter(torch.full((H, n), math.log(0.5)))  # (H, n)
             idx = torch.arange(n, dtype=torch.float32)
-            imag = (
-                math.pi * idx
-                if init == "lin"
-                else d_state / math.pi * (d_state / (2 * idx + 1) - 1)
-            )
+            inv = d_state / math.pi * (d_state / (2 * idx + 1) - 1)  # S4D-Inv
+            imag = math.pi * idx if init == "lin" else inv
             self.A_imag = nn.Parameter(imag.repeat(H, 1))  # (H, n)
             self.B = nn.Parameter(torch.view_as_real(torch.ones(H, n, dtype=torch.cfloat)))
             C = torch.randn(H, n, dtype=torch.cfloat) * math.sqrt(0.5)

@@ -14,30 +14,23 @@ class CalibrationError(ValueError):
 
 
 @torch.no_grad()
-def calibrate(model, split: Split, batches: int, batch_size: int, seed: int, progress=True) -> None:
-    """Run ``batches`` seeded random training batches through the float model (quantization
-    disabled, statistics collected) in recurrent mode; Brevitas then sets the scales and zero
-    points.  Sites with ``scale: static`` are frozen, the others stay learnable for QAT."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(split.y), generator=g)[: batches * batch_size]
+def calibrate(model, split: Split, cfg, seed: int, progress=True) -> None:
+    """Run ``cfg.calibration_batches`` seeded random training batches (``cfg``: the recipe's
+    ``ptq`` section) through the float model (quantization disabled, statistics collected) in
+    recurrent mode; Brevitas then sets the scales and zero points.  Sites with ``scale: static``
+    are frozen, the others stay learnable for QAT."""
+    g, n = torch.Generator().manual_seed(seed), cfg.batch_size
+    idx = torch.randperm(len(split.y), generator=g)[: cfg.calibration_batches * n]
     model.train()  # Brevitas collects statistics in training mode
     with calibration_mode(model):
-        for i in tqdm(
-            range(0, len(idx), batch_size),
-            desc="PTQ calibration",
-            leave=False,
-            disable=None if progress else True,
-        ):
-            model(split.x[idx[i : i + batch_size]], "recurrent")
+        batches = range(0, len(idx), n)
+        for i in tqdm(batches, "PTQ calibration", leave=False, disable=None if progress else True):
+            model(split.x[idx[i : i + n]], "recurrent")
     model.eval()
-    freeze_static_scales(model)
-    check_scales(model)
-
-
-def freeze_static_scales(model) -> None:
     for q in quantizers(model).values():
         if getattr(q, "spec", None) is not None and q.spec.scale == "static":
             q.requires_grad_(False)
+    check_scales(model)
 
 
 def check_scales(model) -> None:

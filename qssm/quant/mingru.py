@@ -31,11 +31,8 @@ class QuantMinGRU(Quantized, nn.Module):
 
     @noise.setter
     def noise(self, sigmas) -> None:
-        self._noise = (
-            None
-            if sigmas is None
-            else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in sigmas.items()}
-        )
+        tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (sigmas or {}).items()}
+        self._noise = None if sigmas is None else tensors
 
     def sites(self) -> dict[str, Site]:
         H = self.Wz.out_features

@@ -36,19 +36,6 @@ UNSIGNED_ROLES = ("gru.gate",)  # z_t ∈ [0, 1]: an unsigned grid unless the re
 # dt is an intermediate of the continuous parameterization (Ā and B̄ are what is stored), and a
 # linear grid over dt ∈ [1e-3, 1e-1] destroys the slow modes: quantized only when a target names it
 EXPLICIT_ROLES = ("ssm.dt",)
-SPEC_FIELDS = (
-    "bits",
-    "levels",
-    "signed",
-    "symmetric",
-    "granularity",
-    "observer",
-    "percentile",
-    "scale",
-    "narrow_range",
-    "complex",
-    "enabled",
-)
 
 
 @dataclass(frozen=True)
@@ -72,6 +59,10 @@ class ResolvedSpec:
 
     def replace(self, **changes) -> "ResolvedSpec":
         return dataclasses.replace(self, **changes)
+
+
+# fields a ResolvedSpec takes from the merged recipe spec as they are (grid and sign are derived)
+COPIED = ("symmetric", "granularity", "observer", "percentile", "scale", "complex", "scale_dtype")
 
 
 def grid(bits: int | None, levels: int | None, narrow_range: bool) -> tuple[int, bool, int]:
@@ -141,12 +132,6 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
             narrow=narrow,
             levels=levels,
             signed=signed and spec["symmetric"],
-            symmetric=spec["symmetric"],
-            granularity=spec["granularity"],
-            observer=spec["observer"],
-            percentile=spec["percentile"],
-            scale=spec["scale"],
-            complex=spec["complex"],
-            scale_dtype=spec["scale_dtype"],
+            **{k: spec[k] for k in COPIED},
         )
     return out

@@ -95,16 +95,9 @@ class S4DScan(torch.autograd.Function):
         s = scale.detach().double().reshape(scale.shape[: A.ndim]) if cplx else scale.double()
         gscale = (SX - A64.conj() * gA - B64.conj() * gB).real / s
         gscale = gscale.reshape(gscale.shape + (1,) * (scale.ndim - gscale.ndim))
-        return (
-            torch.from_numpy(gu).permute(2, 0, 1).to(u.dtype),
-            gA.to(A.dtype),
-            gB.to(B.dtype),
-            gC.to(C.dtype),
-            gscale.sum_to_size(scale.shape).to(scale.dtype),
-            None,
-            None,
-            None,
-        )
+        gscale = gscale.sum_to_size(scale.shape).to(scale.dtype)
+        gu = torch.from_numpy(gu).permute(2, 0, 1).to(u.dtype)
+        return gu, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gscale, None, None, None
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
