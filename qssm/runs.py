@@ -197,25 +197,22 @@ def float_stage(
     if source:
         model, _ = load_run_model(*float_source(recipe, source))
         stored = read_json(Path(source) / "metrics.json").get("float", {})
-        metrics = {
-            **evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode),
-            "source": str(source),
-            "params": n_params(model),
-            "history": stored.get("history", []),
-            "seconds_per_epoch": stored.get("seconds_per_epoch"),
-        }
+        history, seconds_per_epoch = stored.get("history", []), stored.get("seconds_per_epoch")
+        extra = {"source": str(source)}
     else:
         seed_everything(recipe.seed)
         model = Classifier(recipe.model_dict(), data.d_input, data.n_classes)
         history = _fit(model, recipe, data, out, "float", progress)
         seconds = [h["seconds"] for h in history]
-        metrics = {
-            **evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode),
-            "params": n_params(model),
-            "epochs": len(history),
-            "history": history,
-            "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
-        }
+        seconds_per_epoch = sum(seconds) / len(seconds) if seconds else None
+        extra = {"epochs": len(history)}
+    metrics = {
+        **evaluate(model, data.test, recipe.eval.batch_size, recipe.float.mode),
+        **extra,
+        "params": n_params(model),
+        "history": history,
+        "seconds_per_epoch": seconds_per_epoch,
+    }
     save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
     return model, metrics
 

@@ -120,9 +120,7 @@ def search(
         "predicted_total_bits": fixed + sum(elements[r] * b for r, b in chosen.items()),
         "accuracy_drop": {f"{r}@{b}": round(d, 4) for (r, b), d in sorted(drop.items())},
     }
-    data = recipe.model_dump(mode="json")
-    data["quant"] = quant
-    return Recipe.model_validate(data), record
+    return recipe.model_copy(update={"quant": QuantConfig.model_validate(quant)}), record
 
 
 def _footprint(recipe: Recipe, run_dir: Path, point: dict) -> dict:

@@ -25,25 +25,13 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     """AdamW with three groups: dynamics (ssm_lr, no decay), matrices (lr, decay), rest (lr)."""
-    groups = {"dynamics": [], "decay": [], "plain": []}
+    groups = [(cfg.ssm_lr, 0.0, []), (cfg.lr, cfg.weight_decay, []), (cfg.lr, 0.0, [])]
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if any(k in name for k in DYNAMICS):
-            groups["dynamics"].append(p)
-        else:
-            groups["decay" if p.ndim >= 2 else "plain"].append(p)
-    spec = {
-        "dynamics": (cfg.ssm_lr, 0.0),
-        "decay": (cfg.lr, cfg.weight_decay),
-        "plain": (cfg.lr, 0.0),
-    }
+        if p.requires_grad:
+            dynamics = any(k in name for k in DYNAMICS)
+            groups[0 if dynamics else 1 if p.ndim >= 2 else 2][2].append(p)
     return torch.optim.AdamW(
-        [
-            {"params": ps, "lr": spec[k][0], "base_lr": spec[k][0], "weight_decay": spec[k][1]}
-            for k, ps in groups.items()
-            if ps
-        ]
+        [{"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd} for lr, wd, ps in groups if ps]
     )
 
 

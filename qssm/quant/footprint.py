@@ -56,9 +56,7 @@ def footprint(model: nn.Module, table: dict, float_params: int) -> dict:
     total = sum(totals.values())
     return {
         "float32_bits": float32_bits,
-        "param_bits": totals["param"],
-        "state_bits": totals["state"],
-        "buffer_bits": totals["buffer"],
+        **{f"{kind}_bits": bits for kind, bits in totals.items()},  # param, state, buffer
         "total_bits": total,
         "reduction": float32_bits / total,
         "per_role": per_role,

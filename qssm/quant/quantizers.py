@@ -161,9 +161,7 @@ class FakeQuant(torch.autograd.Function):
         return gx, gs, gz, None, None
 
 
-def fake_quant(x, scale, zero_point, qmin: int, qmax: int):
-    """Brevitas IntQuant arithmetic: (clamp(round_ste(x / s + z), qmin, qmax) - z) · s."""
-    return FakeQuant.apply(x, scale, zero_point, qmin, qmax)
+fake_quant = FakeQuant.apply  # fake_quant(x, scale, zero_point, qmin, qmax)
 
 
 class SiteQuantizer(nn.Module):

@@ -123,9 +123,8 @@ def resolve(quant, sites: list[tuple[str, str]]) -> dict[tuple[str, str], Resolv
             out[(module, role)] = None
             continue
         bit_width, narrow, levels = grid(spec["bits"], spec["levels"], spec["narrow_range"])
-        if spec["signed"] is not None:
-            signed = spec["signed"]
-        else:  # 1-bit grids are {0, 1}
+        signed = spec["signed"]
+        if signed is None:  # 1-bit grids are {0, 1}
             signed = role not in UNSIGNED_ROLES and bit_width > 1
         out[(module, role)] = ResolvedSpec(
             bit_width=bit_width,
