@@ -25,20 +25,8 @@ from qssm.quant.mingru import QuantMinGRU
 from qssm.quant.quantizers import PolarQuantizer, SiteQuantizer
 from qssm.quant.wrap import quantizers
 
-from . import ops
-from .graph import (
-    ANALOG_BITS,
-    Adc,
-    Format,
-    GatedBank,
-    Graph,
-    Mac,
-    MinGRUHw,
-    Readout,
-    Retention,
-    S4DRealHw,
-    State,
-)
+from . import graph, ops
+from .graph import ANALOG_BITS, Format, Graph, MinGRUHw, S4DRealHw, State
 from .ops import Term
 
 PRECISION = 52  # fixed-point sums stay below 2^52: exact in int64 and float64
@@ -302,11 +290,11 @@ def s4d_real_record(b: Builder, ssm, name: str, update: ops.Affine, y: ops.Affin
     if a_q is not None and hasattr(a_q, "magnitude"):  # polar: |Ā| on the retention-deficit grid
         deficit = b.const(f"{name}.deficit", _np(a_q.magnitude.qparams()[0]).ravel())
     (x,), (u,), (u_y,) = keep.inputs, write.inputs, skip.inputs
-    return S4DRealHw(
-        name,
-        Retention(x, update.out, keep.weight, u, write.weight, update.shift, deficit),
-        Readout(y.out, *readout.inputs, readout.weight, u_y, skip.weight, y.shift, y.lo, y.hi),
+    retention = graph.Retention(x, update.out, keep.weight, u, write.weight, update.shift, deficit)
+    mac = graph.Readout(
+        y.out, *readout.inputs, readout.weight, u_y, skip.weight, y.shift, y.lo, y.hi
     )
+    return S4DRealHw(name, retention, mac)
 
 
 def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tuple[str, Format]:
@@ -385,9 +373,9 @@ def mingru_hw_record(
     (h,), (z, _), (_, acc) = keep.inputs, share.inputs, cand.inputs
     cand_offset = b.const(f"{h_new.out}.cand_offset", sum(value(t) for t in bias) + np.int64(0))
     weights = (keep.weight, share.weight, cand.weight, cand_offset)
-    bank = GatedBank(h, h_new.out, z, acc, *weights, h_new.shift)
-    adc = Adc(gate.out, *mac.inputs, mac.weight, offset, gate.shift, gate.lo, gate.hi)
-    return MinGRUHw(name, adc, Mac(acc, *cand_mac), bank, out)
+    bank = graph.GatedBank(h, h_new.out, z, acc, *weights, h_new.shift)
+    adc = graph.Adc(gate.out, *mac.inputs, mac.weight, offset, gate.shift, gate.lo, gate.hi)
+    return MinGRUHw(name, adc, graph.Mac(acc, *cand_mac), bank, out)
 
 
 def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]:
