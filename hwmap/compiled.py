@@ -2,9 +2,8 @@
 
 The interpreter in ``hwmap.intref`` pays Python and numpy dispatch for every op (≈ 200 µs per
 timestep for the small S4D).  Here the step's ops become one generated Python function over
-float64 arrays holding exact integers — the arithmetic of the ONNX graph — compiled by numba:
-every fixed-point sum stays below 2^52, so it is exact in float64, and the float functions run in
-the same op order.  ``tests/hwmap/test_compiled.py`` checks it against the interpreter code for
+float64 arrays holding exact integers (the arithmetic of the ONNX graph, see ``hwmap.ops``),
+compiled by numba.  ``tests/hwmap/test_compiled.py`` checks it against the interpreter code for
 code; ``bench/run.py`` measures it.
 """
 

@@ -1,9 +1,7 @@
 """The integer reference: executes a lowered graph in numpy, step by step or over whole sequences.
 
-Integer tensors are int64 and every fixed-point sum is exact (the lowering keeps it below 2^52);
-the float functions of the graph run in float64 in the same order as the ONNX graph.  This is the
-golden model: onnxruntime, the compiled step and the switched-capacitor simulator are checked
-against it.
+Integer tensors are int64 (every fixed-point sum exact), reals float64.  This is the golden
+model: onnxruntime, the compiled step and the switched-capacitor simulator are checked against it.
 """
 
 import numpy as np

@@ -1,18 +1,14 @@
-"""Integer lowering: a quantized run's model → an integer graph (``hwmap.graph``), and the other
-places the hardware side needs the torch model (fake-quant codes, hardware-aware QAT noise).
+"""Integer lowering: a quantized run's model → an integer graph (``hwmap.graph``, its ops in
+``hwmap.ops``), and the other places the hardware side needs the torch model (fake-quant codes,
+hardware-aware QAT noise).
 
-Every tensor of the graph holds *centered* integer codes (code − zero point) whose real scale is
-known at lowering time, or, for the few float functions (sigmoid of a wide accumulator, GLU), an
-exact float64 value.  Requantization is a fixed-point sum: each term (an elementwise product of
-integer tensors, a matmul with integer weight codes, or a dot over the state axis) is multiplied by
-an integer multiplier M, and the output code is ``clip((Σ term·M + 2^(S−1)) >> S)``.  S is chosen
-per op so that the sum stays below 2^52: exact in int64 (numpy) and in float64 (onnxruntime).
-A quantized S4D state update and its readout are evaluated instead as fake-quant evaluates them,
-in float32, rounded half to even (``Float32Update``, ``Float32Readout``: fake-quant's ties and
-float32 near-ties would otherwise stay in the recurrence); they keep their fixed-point terms.
-The ops are defined in ``hwmap.ops``.  The layers a switched-capacitor core runs (the hardware
-minGRU, S4D-Real) also get a hardware record naming their analog parts' tensors and constants.
-This is the only hwmap module that imports torch, Brevitas or qssm's models.
+The scales of every tensor are known here, so each requantization gets its integer multipliers
+and a shift chosen so that its fixed-point sum stays below 2^52 (exact in int64 and float64).  A
+quantized S4D state update and its readout become ``Float32Update`` / ``Float32Readout`` (they
+round as fake-quant does, in float32) and keep their fixed-point terms.  The layers a
+switched-capacitor core runs (the hardware minGRU, S4D-Real) also get a hardware record naming
+their analog parts' tensors and constants.  This is the only hwmap module that imports torch,
+Brevitas or qssm's models.
 """
 
 import math
@@ -29,20 +25,8 @@ from qssm.quant.mingru import QuantMinGRU
 from qssm.quant.quantizers import PolarQuantizer, SiteQuantizer
 from qssm.quant.wrap import quantizers
 
-from . import ops
-from .graph import (
-    ANALOG_BITS,
-    Adc,
-    Format,
-    GatedBank,
-    Graph,
-    Mac,
-    MinGRUHw,
-    Readout,
-    Retention,
-    S4DRealHw,
-    State,
-)
+from . import graph, ops
+from .graph import ANALOG_BITS, Format, Graph, MinGRUHw, S4DRealHw, State
 from .ops import Term
 
 PRECISION = 52  # fixed-point sums stay below 2^52: exact in int64 and float64
@@ -72,7 +56,7 @@ def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Forma
     if isinstance(quantizer, PolarQuantizer):
         raise LoweringError(f"{name}: a polar quantizer on an activation cannot be lowered")
     scale, zp, qmin, qmax = quantizer.qparams()
-    scale = scale.detach().double().numpy()
+    scale, zp = _np(scale), _np(zp)
     if scale.size == 1:
         scale = scale.reshape(())
     elif scale.size == math.prod(shape):
@@ -81,13 +65,12 @@ def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Forma
         scale = np.broadcast_to(scale.reshape(-1, *[1] * (len(shape) - 1)), shape)
     else:
         raise LoweringError(f"{name}: {scale.size} scales do not fit its shape {shape}")
-    zp = zp.detach().double().numpy()
-    if zp.size > 1 and np.ptp(zp) > 0 or zp.ravel()[0] != round(float(zp.ravel()[0])):
+    z = int(round(float(zp.ravel()[0])))
+    if zp.size > 1 and np.ptp(zp) > 0 or zp.ravel()[0] != z:
         raise LoweringError(
             f"{name}: per-channel or fractional zero points are not lowered; "
             "make the role symmetric or per_tensor"
         )
-    z = int(round(float(zp.ravel()[0])))
     return Format(scale, z, qmin - z, qmax - z)
 
 
@@ -232,11 +215,10 @@ def linear_terms(b: Builder, lin, x: str, qx: Format, name: str) -> list:
         bias = _np(lin.q("bias", lin.bias))  # (O,)
     s_w = _np(lin._quantizer("weight").qparams()[0]).reshape(-1, 1)  # (O, 1) or (1, 1)
     if np.ndim(qx.scale) == 0:  # codes times a per-output scale
-        codes = np.rint(W / s_w).astype(np.int64)
-        terms = [("matmul", [x, b.const(f"{name}.W", codes.T)], (s_w * qx.scale).ravel())]
+        codes, scale = np.rint(W / s_w).astype(np.int64), s_w * qx.scale
     else:  # a per-channel input scale is folded into 16-bit fixed-point weights
         codes, scale = fixed(W * qx.scale)
-        terms = [("matmul", [x, b.const(f"{name}.W", codes.T)], scale.ravel())]
+    terms = [("matmul", [x, b.const(f"{name}.W", codes.T)], scale.ravel())]
     if lin._quantizer("bias") is not None:
         s_b = _np(lin._quantizer("bias").qparams()[0]).ravel()[0]
         bias_codes = np.rint(bias / s_b).astype(np.int64)
@@ -252,10 +234,8 @@ def times(b: Builder, z: str, s_z, terms: list, name: str) -> list:
     out = []
     for t, (kind, inputs, scale) in enumerate(terms):
         if kind in ("matmul", "dot"):
-            acc = b.accumulate(f"{name}.acc{t}", [(kind, inputs)])
-            out.append(("mul", [z, acc], s_z * scale))
-        else:
-            out.append(("mul", [z, *inputs], s_z * scale))
+            inputs = [b.accumulate(f"{name}.acc{t}", [(kind, inputs)])]
+        out.append(("mul", [z, *inputs], s_z * scale))
     return out
 
 
@@ -310,11 +290,11 @@ def s4d_real_record(b: Builder, ssm, name: str, update: ops.Affine, y: ops.Affin
     if a_q is not None and hasattr(a_q, "magnitude"):  # polar: |Ā| on the retention-deficit grid
         deficit = b.const(f"{name}.deficit", _np(a_q.magnitude.qparams()[0]).ravel())
     (x,), (u,), (u_y,) = keep.inputs, write.inputs, skip.inputs
-    return S4DRealHw(
-        name,
-        Retention(x, update.out, keep.weight, u, write.weight, update.shift, deficit),
-        Readout(y.out, *readout.inputs, readout.weight, u_y, skip.weight, y.shift, y.lo, y.hi),
+    retention = graph.Retention(x, update.out, keep.weight, u, write.weight, update.shift, deficit)
+    mac = graph.Readout(
+        y.out, *readout.inputs, readout.weight, u_y, skip.weight, y.shift, y.lo, y.hi
     )
+    return S4DRealHw(name, retention, mac)
 
 
 def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tuple[str, Format]:
@@ -365,10 +345,10 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tup
             rows = (2 if not ssm.real else 1) * _np(c_q.qparams()[0]).reshape(-1, 1) * sx_row
         w, s = codes_or_fixed(readout[p] * sx, rows)
         terms.append(("dot", [new[p].out, b.const(f"{sname}.C_{p}", w)], s.ravel()))
-    terms.append(("mul", [u], D * np.ravel(qu.scale) if np.ndim(qu.scale) else D * qu.scale))
+    su_y = np.ravel(qu.scale) if np.ndim(qu.scale) else qu.scale
+    terms.append(("mul", [u], D * su_y))
     y = b.affine(f"{sname}.output", terms, qy, sname, site=f"{sname}:output")
     if not qx.analog and qy.zp == 0:  # read out as fake-quant reads it out: bit for bit
-        su_y = np.ravel(qu.scale) if np.ndim(qu.scale) else qu.scale
         factors, scales = [readout[p] for p in parts] + [D], [sx] * len(parts) + [su_y]
         y = float32(b, y, ops.Float32Readout, factors, scales, qy.scale, modes=n)
     if ssm.real:
@@ -390,13 +370,12 @@ def mingru_hw_record(
     mac, *offsets = gate.terms  # the MAC, then the bias and the hard sigmoid's ½
     offset = b.const(f"{gate.out}.offset", sum(value(t) for t in offsets))
     keep, share, cand, *bias = h_new.terms  # h, z·h, z·acc, z·bias
-    acc = cand.inputs[1]
+    (h,), (z, _), (_, acc) = keep.inputs, share.inputs, cand.inputs
     cand_offset = b.const(f"{h_new.out}.cand_offset", sum(value(t) for t in bias) + np.int64(0))
-    h, z = keep.inputs[0], share.inputs[0]
     weights = (keep.weight, share.weight, cand.weight, cand_offset)
-    bank = GatedBank(h, h_new.out, z, acc, *weights, h_new.shift)
-    adc = Adc(gate.out, *mac.inputs, mac.weight, offset, gate.shift, gate.lo, gate.hi)
-    return MinGRUHw(name, adc, Mac(acc, *cand_mac), bank, out)
+    bank = graph.GatedBank(h, h_new.out, z, acc, *weights, h_new.shift)
+    adc = graph.Adc(gate.out, *mac.inputs, mac.weight, offset, gate.shift, gate.lo, gate.hi)
+    return MinGRUHw(name, adc, graph.Mac(acc, *cand_mac), bank, out)
 
 
 def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]:
@@ -482,9 +461,7 @@ def mlp(b: Builder, m, x: str, qx: Format, name: str) -> str:
     return b.real(f"{name}.fc2", linear_terms(b, m.fc2, g, qg, f"{name}.fc2"))
 
 
-def mingru_block(
-    b: Builder, block: MinGRUBlock, name: str, x: str, qx: Format
-) -> tuple[str, Format]:
+def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Format):
     if block.hardware:
         return mingru(b, block.gru, f"{name}.gru", x, qx)
     H = block.norm1.normalized_shape[0]
@@ -514,9 +491,7 @@ def delay_line(b: Builder, conv, x: str, qx: Format, name: str) -> tuple[str, st
     return new, codes, s_w.ravel() * qx.scale
 
 
-def mgrade_block(
-    b: Builder, block: MGradeLayer, name: str, x: str, qx: Format
-) -> tuple[str, Format]:
+def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Format):
     H = block.norm.normalized_shape[0]
     n, qn = normalized(b, block, "norm", block.norm, x, qx, name, "the delay line holds codes")
     buf, K, scale = delay_line(b, block.conv, n, qn, f"{name}.conv")
@@ -528,6 +503,7 @@ def mgrade_block(
     return residual(b, block, x, qx, mlp(b, block.mlp, g, qg, f"{name}.mlp"), H, "block", name)
 
 
+# a block's type → its lowering (b, block, name, input, its format) → (output, its format)
 BLOCKS = {S4DBlock: s4d_block, MinGRUBlock: mingru_block, MGradeLayer: mgrade_block}
 
 

@@ -143,12 +143,7 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float) -> dic
 
 
 def bank(
-    name: str,
-    n_eff: np.ndarray,
-    switchable: int,
-    v_per_code: float,
-    target: Target,
-    strict: bool = True,
+    name: str, n_eff: np.ndarray, switchable: int, v_per_code: float, target: Target, strict=True
 ) -> dict:
     """A charge-sharing bank: ``switchable`` units of C_u plus a fixed capacitor of the remainder,
     total n_eff·C_u per state element, so that k switched units share k/n_eff of the charge."""
@@ -214,7 +209,6 @@ def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = Tr
     s_gate = -float(consts[bank_.share]) / float(consts[bank_.keep])  # h − k·s·h + k·s·h̃
     v_h = swing(target) / state_range(graph, bank_.out, ranges)  # its range spans the swing
     n_eff = np.full(mac_z["outputs"], 1 / s_gate)
-    bk = bank(f"{rec.name}.state", n_eff, gate.hi, v_h, target, strict)
     return {
         "kind": "mingru_hw",
         "layer": rec.name,
@@ -223,7 +217,7 @@ def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = Tr
         "gate_thresholds": th,
         "gate_to_units": list(range(gate.hi + 1)),
         "s_gate": s_gate,
-        "bank": bk,
+        "bank": bank(f"{rec.name}.state", n_eff, gate.hi, v_h, target, strict),
         "comparators": mac_z["outputs"] * (len(th["acc"][0]) + 1),
         "adc_bits": _bits(gate),
     }
@@ -249,15 +243,13 @@ def map_s4d_real(graph: Graph, rec: S4DRealHw, target: Target, ranges=None) -> d
             "per_tensor or per_channel"
         )
     v_x = swing(target) / state_range(graph, ret.out, ranges)  # the range spans the swing
-    cols = mac(f"{rec.name}.C", W.T, 1, v_x, target)  # analog inputs: the state voltages
     n_eff = np.broadcast_to(1 / s_d.reshape(-1, 1), (H, n))
-    bk = bank(f"{rec.name}.state", n_eff, int(k.max()), v_x, target)
     return {
         "kind": "s4d_real",
         "layer": rec.name,
         "retention_units": k.astype(np.int64),
-        "readout_mac": cols,
-        "bank": bk,
+        "readout_mac": mac(f"{rec.name}.C", W.T, 1, v_x, target),  # analog inputs: the state
+        "bank": bank(f"{rec.name}.state", n_eff, int(k.max()), v_x, target),
         "output_levels": y.hi - y.lo + 1,
         "comparators": H * (y.hi - y.lo),
         "adc_bits": _bits(y),

@@ -270,9 +270,7 @@ def _model(g: onnx.GraphProto, qonnx: bool = False) -> onnx.ModelProto:
     opsets = [helper.make_opsetid("", OPSET)]
     if qonnx:
         opsets.append(helper.make_opsetid(QONNX_DOMAIN, 1))
-    model = helper.make_model(g, opset_imports=opsets, producer_name="qssm")
-    model.ir_version = 10
-    return model
+    return helper.make_model(g, opset_imports=opsets, producer_name="qssm", ir_version=10)
 
 
 def step_model(graph: Graph, qonnx: bool = False) -> onnx.ModelProto:

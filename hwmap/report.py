@@ -42,15 +42,14 @@ def _table(name: str, rows: list[list]) -> str:
 
 
 def _mac_rows(mapping: dict) -> list[list]:
-    rows = []
-    for i, layer in enumerate(mapping["layers"]):
-        for key, m in layer.items():
-            if key.endswith("_mac"):  # gate_mac, cand_mac or readout_mac
-                rows.append([i, key.replace("_mac", ""), f"{m['fan_in']} × {m['outputs']}"])
-                rows[-1] += [m["units_per_side"], m["tiles"], m["input_bits"]]
-                rows[-1] += [f"{m['c_line_ff']:.1f}", f"{1e6 * m['v_per_unit']:.1f}"]
-                rows[-1] += [f"{m['ktc_sigma_units']:.2f}"]
-    return rows
+    return [
+        [i, key.replace("_mac", ""), f"{m['fan_in']} × {m['outputs']}", m["units_per_side"]]
+        + [m["tiles"], m["input_bits"], f"{m['c_line_ff']:.1f}", f"{1e6 * m['v_per_unit']:.1f}"]
+        + [f"{m['ktc_sigma_units']:.2f}"]
+        for i, layer in enumerate(mapping["layers"])
+        for key, m in layer.items()
+        if key.endswith("_mac")  # gate_mac, cand_mac or readout_mac
+    ]
 
 
 def _figure(value) -> str:
@@ -81,8 +80,7 @@ def write_hw_report(out: Path, run: str, mapping: dict, verify: dict) -> None:
         ("State banks and comparators", _table("banks", banks)),
         ("Verification", _table("checks", checks)),
     ]
-    mc = verify.get("monte_carlo")
-    if mc:
+    if mc := verify.get("monte_carlo"):
         rows = [
             [r["sweep"], r["unit_ff"], r["offset_mv"], f"{100 * r['mean']:.2f}"]
             + [f"{100 * r['std']:.2f}", r["seeds"], r["sequences"]]
