@@ -4,7 +4,8 @@ ONNX files, map it onto an SC-IMC target, simulate, verify.
 Everything is written into a staging folder inside OUT and promoted into OUT (verify.json last)
 only when every check of ``verify.CHECKS`` passes; a failing run raises ``VerifyError`` and
 leaves OUT's earlier files as they were, with its own results in OUT/verify.failed.json — or,
-with ``keep_failed``, promotes its files anyway (verify.json says ``"passed": false``)."""
+with ``keep_failed``, promotes its files anyway (verify.json says ``"passed": false``).  Promoting
+replaces every file an earlier export or mapping wrote (``FILES``), so OUT never mixes two runs."""
 
 import shutil
 import tempfile
@@ -44,8 +45,16 @@ def _load(run_dir: Path, action: str):
     return model, graph, recipe, load_data(recipe)
 
 
+FILES = (  # everything export_run and map_run write into OUT
+    *("verify.json", "verify.failed.json", "graph.json", "graph.npz", "report.md"),
+    *("step.onnx", "sequence.onnx", "step_qonnx.onnx", "mapping.json", "arrays.npz"),
+    "monte_carlo.png",
+)
+
+
 def _promote(stage: Path, out: Path) -> None:
-    (out / "verify.json").unlink(missing_ok=True)  # a half-promoted export never looks verified
+    for name in FILES:  # verify.json first: a half-promoted export never looks verified
+        (out / name).unlink(missing_ok=True)
     for path in sorted(stage.iterdir(), key=lambda p: p.name == "verify.json"):
         path.replace(out / path.name)
 
@@ -57,7 +66,6 @@ def staged(out: Path, keep_failed: bool):
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         yield stage
-        (out / "verify.failed.json").unlink(missing_ok=True)
         _promote(stage, out)
     except VerifyError:
         if keep_failed:

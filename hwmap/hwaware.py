@@ -4,7 +4,7 @@ For every hardware minGRU layer the mapping gives, in accumulator units of its M
 noise, the comparator offset and noise (input-referred) and the capacitor mismatch (σ_u·√(Σ|w|·
 E[x²]) per column).  Converted to the real units of the gate pre-activation W_z x, the candidate
 W_h x and the comparator input h, they become Gaussian noise added during QAT's forward passes
-(``MinGRU._noisy``).  Mismatch is static on a chip; here it is drawn anew for every sample and
+(``QuantMinGRU._noisy``).  Mismatch is static on a chip; here it is drawn anew for every sample and
 step — training against many chips at once.
 """
 
@@ -46,7 +46,7 @@ def layer_sigmas(graph: Graph, rec: MinGRUHw, layer: dict, target) -> dict[str, 
 @contextlib.contextmanager
 def hardware_noise(model, cfg, x: np.ndarray):
     """While inside, every hardware minGRU of ``model`` trains with the analog errors of the
-    recipe's qat.hardware target (``MinGRU.noise``); yields a summary of the magnitudes.  The
+    recipe's qat.hardware target (``QuantMinGRU.noise``); yields a summary of the magnitudes.  The
     state voltage ranges are set on the first training sequences ``x``, as map-to-hw does."""
     target = load_target(cfg.target)
     if cfg.unit_ff is not None:
@@ -57,11 +57,11 @@ def hardware_noise(model, cfg, x: np.ndarray):
     ranges = observed_ranges(graph, x[:RANGE_SEQUENCES])
     mapping = map_graph(graph, target, strict=False, ranges=ranges)
     layers = zip(graph.layers, mapping["layers"], strict=True)
-    sigmas = [layer_sigmas(graph, rec, layer, target) for rec, layer in layers]
+    sigmas = {rec.name: layer_sigmas(graph, rec, layer, target) for rec, layer in layers}
     set_noise(model, sigmas)
     summary = {"target": target.name, "unit_ff": target.capacitor.unit_ff}
-    summary["layers"] = [{k: float(np.mean(v)) for k, v in sig.items()} for sig in sigmas]
+    summary["layers"] = [{k: float(np.mean(v)) for k, v in s.items()} for s in sigmas.values()]
     try:
         yield summary
     finally:
-        set_noise(model, [None] * len(sigmas))
+        set_noise(model, dict.fromkeys(sigmas))

@@ -59,6 +59,11 @@ def site_q(module, site: str, shape: tuple[int, ...] | None, name: str) -> Forma
     scale, zp = _np(scale), _np(zp)
     if scale.size == 1:
         scale = scale.reshape(())
+    elif shape is None:  # a lookup table of a per-tensor input has one table for every channel
+        raise LoweringError(
+            f"{name}: a per-channel scale after a per-tensor input cannot be tabulated; make "
+            f"role {quantizer.site.role} per_tensor"
+        )
     elif scale.size == math.prod(shape):
         scale = scale.reshape(shape)
     elif scale.size == shape[0]:  # one scale per channel, shared along the other axes
@@ -205,7 +210,7 @@ def codes_or_fixed(w: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, 
 
 
 def linear_terms(b: Builder, lin, x: str, qx: Format, name: str) -> list:
-    """Terms of W x + bias for a QLinear on codes ``x`` of format ``qx``."""
+    """Terms of W x + bias for a QuantLinear on codes ``x`` of format ``qx``."""
     if lin._quantizer("weight") is None:
         raise LoweringError(
             f"{name}.weight is not quantized; quantize role {lin.roles[0]} in the recipe"
@@ -267,7 +272,7 @@ def lut(b: Builder, module, site: str, fn, x: str, qx: Format, name: str) -> tup
 
 def float32(b: Builder, op: ops.Affine, kind, factors, scales, out_scale, **more) -> ops.Affine:
     """``op``, just emitted, as ``kind`` (``Float32Update``, ``Float32Readout``): evaluated in
-    fake-quant's float32 arithmetic (``S4DScan``'s kernel, ``S4D.step_loop``/``readout``) with
+    fake-quant's float32 arithmetic (``S4DScan``'s kernel, ``QuantS4D.step_loop``/``readout``) with
     these factors, input scales and output scale — the float32 values fake-quant computes with."""
 
     def const(name: str, v) -> str:
@@ -578,8 +583,8 @@ def fakequant(model, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return logits, {k: v[-1].astype(np.int64) for k, v in seen.items()}
 
 
-def set_noise(model, noise: list[dict | None]) -> None:
-    """Hardware-aware QAT: the Gaussian noise σ (real units) of block i's hardware minGRU
-    (``QuantMinGRU.noise``: gate, cand, out), None for none."""
-    for block, sigmas in zip(model.blocks, noise, strict=True):
-        block.gru.noise = sigmas
+def set_noise(model, noise: dict[str, dict | None]) -> None:
+    """Hardware-aware QAT: the Gaussian noise σ (real units) of each hardware minGRU, by module
+    name as its hardware record names it (``QuantMinGRU.noise``: gate, cand, out; None: none)."""
+    for name, sigmas in noise.items():
+        model.get_submodule(name).noise = sigmas

@@ -10,6 +10,7 @@ from .graph import Graph
 CHECKS = {  # "section.figure" → (threshold, what it checks): each figure must reach its threshold
     "fakequant_vs_intref.prediction_agreement": (0.999, "fake-quant vs intref: predictions"),
     "fakequant_vs_intref.max_code_diff": (1, "fake-quant vs intref: LSB per op (forced)"),
+    "fakequant_vs_intref.unmatched_sites": (0, "fake-quant vs intref: every site compared"),
     "onnx_vs_intref.code_agreement": (1.0, "onnxruntime vs intref: codes"),
     "onnx_vs_intref.logits_identical": (True, "onnxruntime vs intref: logits"),
     "step_vs_sequence.code_agreement": (1.0, "step vs sequence graph: codes"),
@@ -17,7 +18,10 @@ CHECKS = {  # "section.figure" → (threshold, what it checks): each figure must
     "sim_ideal_vs_intref.decision_agreement": (1.0, "ideal simulator vs intref: decisions"),
     "sim_ideal_vs_intref.logits_identical": (True, "ideal simulator vs intref: logits"),
 }
-AT_MOST = {"fakequant_vs_intref.max_code_diff"}  # an upper bound; the others are lower bounds
+AT_MOST = {  # upper bounds; the others are lower bounds
+    "fakequant_vs_intref.max_code_diff",
+    "fakequant_vs_intref.unmatched_sites",
+}
 
 
 class VerifyError(Exception):
@@ -90,12 +94,15 @@ def fakequant_vs_intref(
         _forced_run(graph, xb, seen, forced)
         if progress is not None:
             progress(len(xb))
+    unmatched = sorted({op.site for op in intref.site_ops(graph)} - set(seen))
     return {
         "prediction_agreement": agree / len(x),
         "max_code_diff": forced.max_diff,
         "forced_per_site": forced.sites,
         "free_running_max_code_diff": free.max_diff,
         "free_running_per_site": free.sites,
+        "unmatched_sites": len(unmatched),  # sites of the graph fake-quant reported no codes for
+        "unmatched": unmatched,
         "sequences": len(x),
     }
 

@@ -28,8 +28,9 @@ def calibrate(model, split: Split, cfg, seed: int, progress=True) -> None:
             model(split.x[idx[i : i + n]], "recurrent")
     model.eval()
     for q in quantizers(model).values():
-        if getattr(q, "spec", None) is not None and q.spec.scale == "static":
-            q.requires_grad_(False)
+        for part in q.parts:  # a polar quantizer's magnitude and phase parts too
+            if part.spec.scale == "static":
+                part.requires_grad_(False)
     check_scales(model)
 
 

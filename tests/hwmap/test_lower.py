@@ -169,6 +169,14 @@ def _model(recipe_of, family: str, quant: dict):
             {"default": {"bits": 8}, "targets": [{"roles": ["conv.delay"], "enabled": False}]},
             ["blocks.0.conv", "conv.delay"],
         ),
+        (  # GELU's table of a per-tensor SSM output cannot feed per-channel codes
+            "s4d_real",
+            {
+                "default": {"bits": 8, "granularity": "per_channel"},
+                "targets": [{"roles": ["ssm.output"], "granularity": "per_tensor"}],
+            },
+            ["blocks.0.gelu", "act.output per_tensor"],
+        ),
     ],
 )
 def test_unsupported_constructs_name_module_and_fix(family, quant, words, recipe_of):

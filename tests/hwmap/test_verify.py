@@ -14,7 +14,11 @@ from hwmap.verify import VerifyError
 
 def test_gate_holds_each_figure_to_its_threshold():
     result = {
-        "fakequant_vs_intref": {"prediction_agreement": 0.995, "max_code_diff": 1},
+        "fakequant_vs_intref": {
+            "prediction_agreement": 0.995,
+            "max_code_diff": 1,
+            "unmatched_sites": 0,
+        },
         "onnx_vs_intref": {"code_agreement": 1.0, "logits_identical": True},
     }
     verify.gate(result)
@@ -28,6 +32,9 @@ def test_gate_holds_each_figure_to_its_threshold():
     result["fakequant_vs_intref"].update(prediction_agreement=0.999, max_code_diff=2)
     verify.gate(result)
     assert "max_code_diff = 2 (needs ≤ 1)" in verify.failure(result)
+    result["fakequant_vs_intref"].update(max_code_diff=0, unmatched_sites=1)  # a site unseen
+    verify.gate(result)
+    assert verify.failure(result).endswith("unmatched_sites = 1 (needs ≤ 0)")
 
 
 def _broken_lowering(model):
@@ -82,3 +89,13 @@ def test_qssm_export_exits_1_naming_the_failed_check(tiny_run, tmp_path, monkeyp
     assert "fakequant_vs_intref.max_code_diff = " in err
     assert f"--keep-failed keeps its files; see {out}/verify.failed.json" in err
     assert len(err.splitlines()) == 1 and not (out / "verify.json").exists()
+
+
+def test_a_new_export_replaces_every_file_of_the_earlier_one(tiny_run, tmp_path):
+    run, out = tiny_run("s4d_real"), tmp_path / "hw"
+    export_run(run, out, limit=8, progress=False)
+    assert (out / "step.onnx").exists() and (out / "sequence.onnx").exists()
+    export_run(run, out, fmt="qonnx", limit=8, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"step_qonnx.onnx", "verify.json"} <= names
+    assert not names & {"step.onnx", "sequence.onnx"}  # they described the earlier export
