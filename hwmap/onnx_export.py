@@ -26,21 +26,16 @@ from .ops import Symbolic
 
 OPSET = 21
 QONNX_DOMAIN = "qonnx.custom_op.general"
-INT_TYPES = [  # (numpy type, ONNX type, Q/DQ-able)
-    (np.int8, TensorProto.INT8, True),
-    (np.uint8, TensorProto.UINT8, True),
-    (np.int16, TensorProto.INT16, True),
-    (np.uint16, TensorProto.UINT16, True),
-    (np.int32, TensorProto.INT32, False),
-]
+INT_TYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)  # Q/DQ takes up to 16 bits
 
 
 def code_type(lo: int, hi: int):
-    """The narrowest integer type holding stored codes in [lo, hi]."""
-    for np_type, onnx_type, qdq in INT_TYPES:
+    """The narrowest integer type holding stored codes in [lo, hi]: (numpy type, ONNX type,
+    Q/DQ-able)."""
+    for np_type in INT_TYPES:
         info = np.iinfo(np_type)
         if info.min <= lo and hi <= info.max:
-            return np_type, onnx_type, qdq
+            return np_type, helper.np_dtype_to_tensor_dtype(np.dtype(np_type)), info.bits <= 16
     raise ValueError(f"codes in [{lo}, {hi}] need more than 32 bits")
 
 

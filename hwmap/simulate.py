@@ -85,8 +85,11 @@ class Simulator:
     def _split(self, a: np.ndarray) -> np.ndarray:  # (S·B, …) → (S, B, …)
         return a.reshape(self.chips.n, -1, *a.shape[1:])
 
-    def _mac_error(self, m: dict, draws: dict, x: np.ndarray, acc: np.ndarray) -> np.ndarray:
-        """Deviation of a MAC output from its integer value, in accumulator units."""
+    def _mac(self, part, m: dict, draws: dict, b: Numpy) -> tuple[np.ndarray, np.ndarray]:
+        """A MAC's integer output x @ W (S·B, O) and its deviation from it, in accumulator
+        units."""
+        x = b.get(part.x)
+        acc = x @ b.get(part.W)
         err = np.zeros(acc.shape)
         if draws["E"] is not None:  # x (S·B, K) @ E (S, K, O)
             err += (self._split(x.astype(np.float64)) @ draws["E"]).reshape(acc.shape)
@@ -97,7 +100,7 @@ class Simulator:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
         if "injection" in self.on:
             err += self.target.leakage.charge_injection_mv * 1e-3 / m["v_per_unit"]
-        return err
+        return acc, err
 
     def _decide(self, offset: np.ndarray | None, v_per_unit: float, shape) -> np.ndarray:
         """Input-referred comparator offset (static per chip: ``offset`` (S, …), None when off)
@@ -111,18 +114,14 @@ class Simulator:
 
     def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The gate ADC: thresholds of the mapping, the MAC output with its errors."""
-        x = b.get(rec.gate.x)
-        acc = x @ b.get(rec.gate.W)  # (S·B, O) integers
         m, d = layer["gate_mac"], draws["gate_mac"]
-        analog = self._mac_error(m, d, x, acc)  # then the comparators' offset and noise
+        acc, analog = self._mac(rec.gate, m, d, b)  # then the comparators' offset and noise
         analog += self._decide(d["offset"], m["v_per_unit"], acc.shape)
         passed = (acc + analog)[..., None] >= np.ceil(layer["gate_thresholds"]["acc"])
         return layer["gate_thresholds"]["lo"] + passed.sum(-1)
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
-        x = b.get(rec.cand.x)
-        acc = x @ b.get(rec.cand.W)
-        err = self._mac_error(layer["cand_mac"], draws["cand_mac"], x, acc)
+        acc, err = self._mac(rec.cand, layer["cand_mac"], draws["cand_mac"], b)
         return acc + err if err.any() else acc
 
     def _bank(self, x: np.ndarray, bk: dict) -> np.ndarray:
