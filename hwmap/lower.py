@@ -425,10 +425,10 @@ def act_round(b: Builder, module, site: str, v: str, H: int, name: str, why: str
     return b.round(f"{name}.{site}", v, q, site=f"{name}:{site}"), q
 
 
-def normalized(b: Builder, block, site: str, norm, x: str, qx: Format, name: str, why: str):
-    """LayerNorm of codes onto the block's quantized site that follows it, in float64 from exact
+def normalized(b: Builder, block, site: str, x: str, qx: Format, name: str, why: str):
+    """The block's LayerNorm ``site`` of codes onto its quantized site, in float64 from exact
     integer moments: (H·x − Σx) / sqrt(H·Σx² − (Σx)² + H²·eps/s²) · γ + β."""
-    ln = f"{name}.{site}.ln"
+    ln, norm = f"{name}.{site}.ln", getattr(block, site)
     if np.ndim(qx.scale):
         raise LoweringError(f"{ln}: LayerNorm over a per-channel scale; make its input per_tensor")
     H = norm.normalized_shape[0]
@@ -455,11 +455,11 @@ def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Format):
     if block.hardware:
         return mingru(b, block.gru, f"{name}.gru", x, qx)
     H = block.norm1.normalized_shape[0]
-    n1, q1 = normalized(b, block, "norm1", block.norm1, x, qx, name, "the minGRU takes codes")
+    n1, q1 = normalized(b, block, "norm1", x, qx, name, "the minGRU takes codes")
     g, qg = mingru(b, block.gru, f"{name}.gru", n1, q1)
     g_real = b.real(f"{name}.gru_f", [("mul", [g], qg.scale)])
     mid, qm = residual(b, block, x, qx, g_real, H, "mid", name)
-    n2, q2 = normalized(b, block, "norm2", block.norm2, mid, qm, name, "the MLP takes codes")
+    n2, q2 = normalized(b, block, "norm2", mid, qm, name, "the MLP takes codes")
     return residual(b, block, mid, qm, mlp(b, block.mlp, n2, q2, f"{name}.mlp"), H, "block", name)
 
 
@@ -483,7 +483,7 @@ def delay_line(b: Builder, conv, x: str, qx: Format, name: str) -> tuple[str, st
 
 def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Format):
     H = block.norm.normalized_shape[0]
-    n, qn = normalized(b, block, "norm", block.norm, x, qx, name, "the delay line holds codes")
+    n, qn = normalized(b, block, "norm", x, qx, name, "the delay line holds codes")
     conv = f"{name}.conv"
     buf, K, scale = delay_line(b, block.conv, n, qn, conv)
     qc = need(block, "conv", (H,), conv, "the minGRU takes codes")
