@@ -540,22 +540,19 @@ def fakequant(model, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     (value / scale) of every activation site at every step (B, L, …), and the hardware minGRU's
     comparator decisions)."""
     seen: dict[str, list[np.ndarray]] = {}
-    hooks = []
-    for key, q in quantizers(model).items():
-        if isinstance(q, SiteQuantizer):
 
-            def hook(q, args, out, key=key):
-                scale = q.qparams()[0]
-                seen.setdefault(key, []).append(torch.round(out / scale).detach().numpy())
+    def recorder(key: str, scaled: bool):  # a forward hook: codes (out / scale) or decisions
+        def record(module, args, out):
+            value = torch.round(out / module.qparams()[0]) if scaled else out
+            seen.setdefault(key, []).append(value.detach().numpy())
 
-            hooks.append(q.register_forward_hook(hook))
+        return record
+
+    sites = [(q, k, True) for k, q in quantizers(model).items() if isinstance(q, SiteQuantizer)]
     for name, module in model.named_modules():
         if isinstance(module, QuantMinGRU) and module.hardware:  # comparator decisions, 0 or 1
-
-            def decisions(m, args, out, key=f"{name}:comparator"):
-                seen.setdefault(key, []).append(out.detach().numpy())
-
-            hooks.append(module.register_forward_hook(decisions))
+            sites.append((module, f"{name}:comparator", False))
+    hooks = [m.register_forward_hook(recorder(k, scaled)) for m, k, scaled in sites]
     try:
         with torch.no_grad():
             logits = model(torch.as_tensor(x), mode="recurrent").numpy()
