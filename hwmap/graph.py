@@ -230,8 +230,7 @@ def load_graph(path: Path) -> Graph:
         return Graph(
             **{k: doc[k] for k in ("family", "d_input", "n_classes", "output")},
             states=[State(**{**s, "shape": tuple(s["shape"])}) for s in doc["states"]],
-            step=[_op(op) for op in doc["step"]],
-            head=[_op(op) for op in doc["head"]],
+            **{part: [_op(op) for op in doc[part]] for part in ("step", "head")},
             consts=consts,
             formats={
                 k: Format(**{**f, "scale": np.asarray(f["scale"])})

@@ -138,13 +138,21 @@ class Builder:
             bound *= self.consts[inputs[1]].shape[-1]
         return bound
 
+    def real_bound(self, terms: list) -> float:
+        """The largest |Σ terms| of terms (kind, inputs, real scale of one unit)."""
+        return sum(self._term_bound(k, i) * np.abs(s).max() for k, i, s in terms)
+
+    def _terms(self, out: str, terms: list, weights: list, prefix: str = "M") -> tuple:
+        """Terms (kind, inputs, …) as ``Term``s, weight t the constant ``{out}.{prefix}{t}``."""
+        return tuple(
+            Term(kind, tuple(inputs), self.const(f"{out}.{prefix}{t}", w))
+            for t, ((kind, inputs, *_), w) in enumerate(zip(terms, weights, strict=True))
+        )
+
     def affine(self, out: str, terms: list, q: Format, name: str, site=None) -> ops.Affine:
         """Requantize Σ terms (kind, inputs, real scale of one unit) into format ``q``."""
         ratios = [np.asarray(scale, dtype=np.float64) / q.scale for _, _, scale in terms]
-        total = sum(
-            self._term_bound(k, i) * np.abs(r).max()
-            for (k, i, _), r in zip(terms, ratios, strict=True)
-        )
+        total = self.real_bound([(k, i, r) for (k, i, _), r in zip(terms, ratios, strict=True)])
         shift = PRECISION - math.ceil(math.log2(total + 2))
         # rounding the multipliers moves the sum by at most Σ bound/2^(shift+1) output steps
         slack = sum(self._term_bound(k, i) for k, i, _ in terms) / 2.0 ** (shift + 1)
@@ -154,22 +162,15 @@ class Builder:
                 f"1/{2**MULTIPLIER_SLACK_BITS} of an output step (its inputs are too wide for "
                 "its output scale); give the output more bits or narrow the inputs"
             )
-        Ms = [
-            self.const(f"{out}.M{t}", np.rint(r * 2.0**shift).astype(np.int64))
-            for t, r in enumerate(ratios)
-        ]
-        out_terms = tuple(Term(k, tuple(i), M) for (k, i, _), M in zip(terms, Ms, strict=True))
+        Ms = [np.rint(r * 2.0**shift).astype(np.int64) for r in ratios]
+        out_terms = self._terms(out, terms, Ms)
         op = ops.Affine(out=out, terms=out_terms, shift=shift, lo=q.lo, hi=q.hi, site=site)
         self.emit(op, bound=q.bound, q=q)
         return op
 
     def accumulate(self, out: str, terms: list) -> str:
         """An exact integer sum of terms (multipliers 1, no shift, no clip)."""
-        one = np.int64(1)
-        out_terms = tuple(
-            Term(kind, tuple(inputs), self.const(f"{out}.M{t}", one))
-            for t, (kind, inputs) in enumerate(terms)
-        )
+        out_terms = self._terms(out, terms, [np.int64(1)] * len(terms))
         bound = sum(self._term_bound(k, i) for k, i in terms)
         if bound >= 2.0**PRECISION:
             raise LoweringError(f"{out}: an accumulator would exceed 2^{PRECISION}")
@@ -177,11 +178,8 @@ class Builder:
 
     def real(self, out: str, terms: list) -> str:
         """Σ terms × float64 scale → a float64 tensor."""
-        out_terms = tuple(
-            Term(kind, tuple(inputs), self.const(f"{out}.s{t}", np.asarray(s, dtype=np.float64)))
-            for t, (kind, inputs, s) in enumerate(terms)
-        )
-        return self.emit(ops.Real(out=out, terms=out_terms))
+        scales = [np.asarray(s, dtype=np.float64) for *_, s in terms]
+        return self.emit(ops.Real(out=out, terms=self._terms(out, terms, scales, "s")))
 
     def round(self, out: str, src: str, q: Format, site=None) -> str:
         scale = self.const(f"{out}.scale", q.scale)
@@ -242,10 +240,6 @@ def times(b: Builder, z: str, s_z, terms: list, name: str) -> list:
             inputs = [b.accumulate(f"{name}.acc{t}", [(kind, inputs)])]
         out.append(("mul", [z, *inputs], s_z * scale))
     return out
-
-
-def real_bound(b: Builder, terms: list) -> float:
-    return sum(b._term_bound(k, i) * np.abs(s).max() for k, i, s in terms)
 
 
 def lut(b: Builder, module, site: str, fn, x: str, qx: Format, name: str) -> tuple[str, Format]:
@@ -361,9 +355,8 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tup
     g, qg = lut(b, block, "gelu", F.gelu, y.out, qy, name)
     v = b.real(f"{name}.linear", linear_terms(b, block.linear, g, qg, f"{name}.linear"))
     glu = b.emit(ops.Glu(out=f"{name}.glu", src=v))
-    qb = need(block, "block", (H,), f"{name}.block", "the block output is a code")
     r = b.real(f"{name}.residual", [("mul", [u], qu.scale), ("float", [glu], 1.0)])
-    return b.round(f"{name}.block", r, qb, site=f"{name}:block"), qb
+    return act_round(b, block, "block", r, H, name, "the block output is a code")
 
 
 def mingru_hw_record(
@@ -405,7 +398,7 @@ def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]
         c_terms = [("mul", [cand.out], qc.scale)]
     qh = site_q(gru, "state", (H,), f"{name}.state")
     if qh is None:  # analog state: |h| ≤ max |h̃| (a convex combination), fixed point over it
-        top = real_bound(b, c_terms)
+        top = b.real_bound(c_terms)
         span = 2**ANALOG_BITS + 2  # rounding may step past the bound by one
         qh = Format(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
     h = b.state(f"{name}.h", qh, (H,))
@@ -426,30 +419,22 @@ def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]
     return out.out, qo
 
 
-def layernorm(b: Builder, norm, x: str, qx: Format, name: str) -> str:
-    """LayerNorm of codes, in float64 from exact integer moments:
-    (H·x − Σx) / sqrt(H·Σx² − (Σx)² + H²·eps/s²) · γ + β."""
-    if np.ndim(qx.scale):
-        raise LoweringError(
-            f"{name}: LayerNorm over a per-channel scale; make its input per_tensor"
-        )
-    H = norm.normalized_shape[0]
-    eps = b.const(f"{name}.eps", np.float64(H * H * norm.eps / float(qx.scale) ** 2))
-    gamma = b.const(f"{name}.gamma", _np(norm.weight))
-    beta = b.const(f"{name}.beta", _np(norm.bias))
-    return b.emit(ops.LayerNorm(out=name, src=x, H=H, eps=eps, gamma=gamma, beta=beta))
-
-
 def act_round(b: Builder, module, site: str, v: str, H: int, name: str, why: str):
     """A float64 tensor onto a quantized activation site."""
     q = need(module, site, (H,), f"{name}.{site}", why)
     return b.round(f"{name}.{site}", v, q, site=f"{name}:{site}"), q
 
 
-def normalized(b: Builder, block, site: str, norm, x: str, qx: Format, name: str, why: str):
-    """LayerNorm of codes onto the block's quantized site that follows it."""
+def normalized(b: Builder, block, site: str, x: str, qx: Format, name: str, why: str):
+    """The block's LayerNorm ``site`` of codes onto its quantized site, in float64 from exact
+    integer moments: (H·x − Σx) / sqrt(H·Σx² − (Σx)² + H²·eps/s²) · γ + β."""
+    ln, norm = f"{name}.{site}.ln", getattr(block, site)
+    if np.ndim(qx.scale):
+        raise LoweringError(f"{ln}: LayerNorm over a per-channel scale; make its input per_tensor")
     H = norm.normalized_shape[0]
-    v = layernorm(b, norm, x, qx, f"{name}.{site}.ln")
+    eps = b.const(f"{ln}.eps", np.float64(H * H * norm.eps / float(qx.scale) ** 2))
+    gamma, beta = b.const(f"{ln}.gamma", _np(norm.weight)), b.const(f"{ln}.beta", _np(norm.bias))
+    v = b.emit(ops.LayerNorm(out=ln, src=x, H=H, eps=eps, gamma=gamma, beta=beta))
     return act_round(b, block, site, v, H, name, why)
 
 
@@ -470,11 +455,11 @@ def mingru_block(b: Builder, block: MinGRUBlock, name: str, x: str, qx: Format):
     if block.hardware:
         return mingru(b, block.gru, f"{name}.gru", x, qx)
     H = block.norm1.normalized_shape[0]
-    n1, q1 = normalized(b, block, "norm1", block.norm1, x, qx, name, "the minGRU takes codes")
+    n1, q1 = normalized(b, block, "norm1", x, qx, name, "the minGRU takes codes")
     g, qg = mingru(b, block.gru, f"{name}.gru", n1, q1)
     g_real = b.real(f"{name}.gru_f", [("mul", [g], qg.scale)])
     mid, qm = residual(b, block, x, qx, g_real, H, "mid", name)
-    n2, q2 = normalized(b, block, "norm2", block.norm2, mid, qm, name, "the MLP takes codes")
+    n2, q2 = normalized(b, block, "norm2", mid, qm, name, "the MLP takes codes")
     return residual(b, block, mid, qm, mlp(b, block.mlp, n2, q2, f"{name}.mlp"), H, "block", name)
 
 
@@ -498,12 +483,11 @@ def delay_line(b: Builder, conv, x: str, qx: Format, name: str) -> tuple[str, st
 
 def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Format):
     H = block.norm.normalized_shape[0]
-    n, qn = normalized(b, block, "norm", block.norm, x, qx, name, "the delay line holds codes")
-    buf, K, scale = delay_line(b, block.conv, n, qn, f"{name}.conv")
-    qc = need(block, "conv", (H,), f"{name}.conv", "the minGRU takes codes")
-    u = b.affine(
-        f"{name}.conv", [("dot", [buf, K], scale)], qc, f"{name}.conv", site=f"{name}:conv"
-    )
+    n, qn = normalized(b, block, "norm", x, qx, name, "the delay line holds codes")
+    conv = f"{name}.conv"
+    buf, K, scale = delay_line(b, block.conv, n, qn, conv)
+    qc = need(block, "conv", (H,), conv, "the minGRU takes codes")
+    u = b.affine(conv, [("dot", [buf, K], scale)], qc, conv, site=f"{name}:conv")
     g, qg = mingru(b, block.gru, f"{name}.gru", u.out, qc)
     return residual(b, block, x, qx, mlp(b, block.mlp, g, qg, f"{name}.mlp"), H, "block", name)
 
@@ -527,27 +511,25 @@ def lower(model) -> Graph:
     h, qh = b.affine("encoder", terms, qe, "encoder", site=":encoder").out, qe
     for i, block in enumerate(model.blocks):
         h, qh = BLOCKS[type(block)](b, block, f"blocks.{i}", h, qh)
-    step = list(b.ops)
-    b.ops = []
     qp = need(model, "pool", (H,), "pooled features", "the decoder takes codes")
-    if model.pool == "mean":
+    if model.pool == "mean":  # running sums in the step, their mean in the head
         total = b.state("pool.sum", Format(np.float64(1), 0, -INT32, INT32), (H,))
         count = b.state("pool.count", Format(np.float64(1), 0, 0, INT32), (1,))
         one = b.const("pool.one", np.int64(1))
-        b.ops = step
         b.bind(total, b.accumulate("pool.sum'", [("mul", [total]), ("mul", [h])]))
         b.bind(count, b.accumulate("pool.count'", [("mul", [count]), ("const", [one])]))
-        step, b.ops = b.ops, []
+        step = len(b.ops)  # the ops before the head
         ratio = b.const("pool.ratio", np.asarray(qh.scale / qp.scale, dtype=np.float64))
         sums = {"src": "pool.sum'", "count": "pool.count'", "ratio": ratio}
         op = ops.Mean(out="pool", **sums, lo=qp.lo, hi=qp.hi, site=":pool")
         pooled = b.emit(op, bound=qp.bound, q=qp)
     else:  # the last step's output, kept as a state so the head sees it after a scan
         b.bind(b.state("pool.last", qh, (H,)), h)
+        step = len(b.ops)
         pooled = b.affine("pool", [("mul", [h], qh.scale)], qp, "pool", site=":pool").out
     b.real("logits", linear_terms(b, model.decoder, pooled, qp, "decoder"))
     meta = (model.config["family"], d_in, model.n_classes, h)
-    return Graph(*meta, b.states, step, b.ops, b.consts, b.formats, b.layers)
+    return Graph(*meta, b.states, b.ops[:step], b.ops[step:], b.consts, b.formats, b.layers)
 
 
 # ------------------------------------------------------------------------------------- torch
@@ -558,22 +540,19 @@ def fakequant(model, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     (value / scale) of every activation site at every step (B, L, …), and the hardware minGRU's
     comparator decisions)."""
     seen: dict[str, list[np.ndarray]] = {}
-    hooks = []
-    for key, q in quantizers(model).items():
-        if isinstance(q, SiteQuantizer):
 
-            def hook(q, args, out, key=key):
-                scale = q.qparams()[0]
-                seen.setdefault(key, []).append(torch.round(out / scale).detach().numpy())
+    def recorder(key: str, scaled: bool):  # a forward hook: codes (out / scale) or decisions
+        def record(module, args, out):
+            value = torch.round(out / module.qparams()[0]) if scaled else out
+            seen.setdefault(key, []).append(value.detach().numpy())
 
-            hooks.append(q.register_forward_hook(hook))
+        return record
+
+    sites = [(q, k, True) for k, q in quantizers(model).items() if isinstance(q, SiteQuantizer)]
     for name, module in model.named_modules():
         if isinstance(module, QuantMinGRU) and module.hardware:  # comparator decisions, 0 or 1
-
-            def decisions(m, args, out, key=f"{name}:comparator"):
-                seen.setdefault(key, []).append(out.detach().numpy())
-
-            hooks.append(module.register_forward_hook(decisions))
+            sites.append((module, f"{name}:comparator", False))
+    hooks = [m.register_forward_hook(recorder(k, scaled)) for m, k, scaled in sites]
     try:
         with torch.no_grad():
             logits = model(torch.as_tensor(x), mode="recurrent").numpy()

@@ -83,8 +83,7 @@ def erf(b, z):
 @dataclass(frozen=True, kw_only=True)
 class Op:
     """Writes tensor ``out``; ``site`` names the quantization site whose codes it produces
-    (verification compares them with fake-quant's).  Every kind is a frozen, keyword-only
-    dataclass, made so here; its ``eval(b)`` computes ``out`` over backend ``b``."""
+    (verification compares them with fake-quant's).  Subclasses become keyword-only dataclasses."""
 
     out: str
     site: str | None = None
