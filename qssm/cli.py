@@ -57,16 +57,18 @@ class CheckFailed(Exception):
 
 
 def _gated(run, args, **kw) -> dict:
-    """``hwmap.export``'s ``run`` with the --keep-failed flag; a failed check is exit 1."""
+    """``hwmap.export``'s ``run`` on the RUN_DIR, --out, --limit, --quiet and --keep-failed of
+    ``_hw_args``, plus ``kw``; a failed check is exit 1."""
     from hwmap.verify import VerifyError
 
+    run_dir, out = Path(args.run_dir), Path(args.out) if args.out else None
+    kw.update(run_dir=run_dir, out=out, limit=args.limit)
     try:
         return run(**kw, keep_failed=args.keep_failed, progress=not args.quiet)
     except VerifyError as err:
         kept = "its files are in" if args.keep_failed else "--keep-failed keeps its files; see"
-        out = kw["out"] or kw["run_dir"] / "hw"
         name = "verify.json" if args.keep_failed else "verify.failed.json"
-        raise CheckFailed(f"{err} ({kept} {out}/{name})") from None
+        raise CheckFailed(f"{err} ({kept} {out or run_dir / 'hw'}/{name})") from None
 
 
 def _out(args, recipe) -> Path:
@@ -220,15 +222,14 @@ def cmd_export(args) -> dict:
     reference, and the streamed step graph vs the sequence graph, on the recipe's test split."""
     from hwmap.export import export_run  # onnx and onnxruntime load only when exporting
 
-    run_dir = Path(args.run_dir)
-    out = Path(args.out) if args.out else None
-    r = _gated(export_run, args, run_dir=run_dir, out=out, fmt=args.format, limit=args.limit)
+    r = _gated(export_run, args, fmt=args.format)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "hw"
     fq, ox, st = r["fakequant_vs_intref"], r["onnx_vs_intref"], r["step_vs_sequence"]
     print(
         f"fake-quant vs intref: {100 * fq['prediction_agreement']:.2f} % same predictions, "
         f"codes within {fq['max_code_diff']} LSB per op; onnxruntime vs intref: "
         f"{100 * ox['code_agreement']:.2f} % identical codes; step vs sequence graph: "
-        f"{100 * st['code_agreement']:.2f} % → {out or run_dir / 'hw'}/verify.json"
+        f"{100 * st['code_agreement']:.2f} % → {out}/verify.json"
     )
     return r
 
@@ -243,18 +244,14 @@ def cmd_map(args) -> dict:
     and the recipe change that fixes it."""
     from hwmap.export import map_run
 
-    run_dir = Path(args.run_dir)
     r = _gated(
         map_run,
         args,
-        run_dir=run_dir,
         target_path=args.target,
-        out=Path(args.out) if args.out else None,
         mc_seeds=args.mc_seeds,
         mc_limit=args.mc_limit,
         units=args.mc_units,
         offsets=args.mc_offsets,
-        limit=args.limit,
     )
     t, ideal = r["mapping"]["totals"], r["verify"]["sim_ideal_vs_intref"]
     print(
@@ -267,7 +264,7 @@ def cmd_map(args) -> dict:
             f"  C_u {row['unit_ff']:g} fF, offset {row['offset_mv']:g} mV: "
             f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f} % over {row['seeds']} chips"
         )
-    print(f"→ {args.out or run_dir / 'hw'}/report.md")
+    print(f"→ {args.out or Path(args.run_dir) / 'hw'}/report.md")
     return r
 
 

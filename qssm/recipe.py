@@ -10,6 +10,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -168,28 +169,9 @@ class QuantSpec(Section):
         return self
 
 
-class QuantTarget(Section):
-    """Overrides for the sites of ``roles`` (optionally only in modules matching ``modules``);
-    a field left out (null) keeps the value from ``default`` and earlier targets."""
-
+class _Sites(Section):
     roles: list[str] = Field(min_length=1)
     modules: str | None = None
-    bits: Bits | None = None
-    levels: int | None = Field(None, ge=2)
-    signed: bool | None = None
-    symmetric: bool | None = None
-    granularity: Granularity | None = None
-    observer: Observer | None = None
-    percentile: float | None = Field(None, gt=50, le=100)
-    scale: Literal["static", "learned"] | None = None
-    narrow_range: bool | None = None
-    complex: Literal["cartesian", "polar"] | None = None
-    scale_dtype: ScaleDtype | None = None
-    enabled: bool | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        return _check_spec(self)
 
     @field_validator("roles")
     @classmethod
@@ -208,6 +190,21 @@ class QuantTarget(Section):
             except re.error as err:
                 raise ValueError(f"bad module pattern {v!r}: {err}") from None
         return v
+
+
+# QuantSpec's fields, each optional with default None (keep the earlier value) and the same
+# constraints (f.metadata; Field() because Annotated needs an annotation and it may be empty)
+QuantTarget = pydantic.create_model(
+    "QuantTarget",
+    __base__=_Sites,
+    __doc__="Overrides for the sites of ``roles`` (optionally only in modules matching "
+    "``modules``);\na field left out (null) keeps the value from ``default`` and earlier targets.",
+    __validators__={"_consistent": model_validator(mode="after")(_check_spec)},
+    **{
+        name: (Annotated[(f.annotation | None, Field(), *f.metadata)], None)
+        for name, f in QuantSpec.model_fields.items()
+    },
+)
 
 
 class QuantConfig(Section):

@@ -90,17 +90,15 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
         sections.append(("Training", "![training curves](training.png)"))
     if "footprint" in metrics:
         fp = metrics["footprint"]
-        kib = lambda b: f"{b / 8192:.2f}"  # noqa: E731
-        totals = table(
-            ["", "bits", "KiB"],
-            [
-                ["parameters", fp["param_bits"], kib(fp["param_bits"])],
-                ["state (per sample)", fp["state_bits"], kib(fp["state_bits"])],
-                ["delay buffer (per sample)", fp["buffer_bits"], kib(fp["buffer_bits"])],
-                ["total", fp["total_bits"], kib(fp["total_bits"])],
-                ["float32", fp["float32_bits"], kib(fp["float32_bits"])],
-            ],
+        parts = (
+            ("parameters", "param_bits"),
+            ("state (per sample)", "state_bits"),
+            ("delay buffer (per sample)", "buffer_bits"),
+            ("total", "total_bits"),
+            ("float32", "float32_bits"),
         )
+        kib = [[label, fp[k], f"{fp[k] / 8192:.2f}"] for label, k in parts]
+        totals = table(["", "bits", "KiB"], kib)
         per_role = table(
             ["role", "bits", "elements", "bits stored"],
             [

@@ -33,12 +33,8 @@ from .recipe import QuantConfig, Recipe, RecipeError, dump_recipe, load_recipe
 from .report import write_run_report
 from .train import evaluate, fit, seed_everything
 
-CHECKPOINTS = (  # resumable training state, deleted once the run is finished
-    "train_state.json",
-    "train_state.safetensors",
-    "qat_state.json",
-    "qat_state.safetensors",
-)
+# resumable training state of the float and QAT stages (``_fit``), deleted once the run is finished
+CHECKPOINTS = tuple(f"{s}_state.{ext}" for s in ("train", "qat") for ext in ("json", "safetensors"))
 STAGE_FILES = ("metrics.json", *CHECKPOINTS, "float.json", "float.safetensors")
 
 
