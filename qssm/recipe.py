@@ -262,12 +262,25 @@ class Recipe(Section):
         return self.model.model_dump()
 
 
+def _unwrap(cls: Any) -> Any:
+    """The type under ``Annotated[…]`` and ``… | None``."""
+    if get_origin(cls) is Annotated:
+        cls = get_args(cls)[0]
+    if get_origin(cls) in (Union, UnionType):
+        args = [c for c in get_args(cls) if c is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return cls
+
+
 def _allowed_keys(loc: tuple) -> list[str]:
     """Field names valid at the parent of ``loc`` (for 'unknown key' messages)."""
     cls: Any = Recipe
     for part in loc[:-1]:
-        if get_origin(cls) is Annotated:
+        cls = _unwrap(cls)
+        if get_origin(cls) is list:  # the loc names the item's index
             cls = get_args(cls)[0]
+            continue
         if get_origin(cls) in (Union, UnionType):  # discriminated union: the loc names the tag
             cls = next(
                 c for c in get_args(cls) if part in get_args(c.model_fields["family"].annotation)
@@ -277,8 +290,7 @@ def _allowed_keys(loc: tuple) -> list[str]:
             cls = cls.model_fields[part].annotation
         else:
             return []
-    if get_origin(cls) is Annotated:
-        cls = get_args(cls)[0]
+    cls = _unwrap(cls)
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return list(cls.model_fields)
     return []

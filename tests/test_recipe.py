@@ -53,6 +53,14 @@ def test_defaults_are_resolved_and_roundtrip():
             r"data.name: .*unknown dataset 'cifar'; choose one of .*smnist5k",
         ),
         ({"model": {"family": "s4d"}}, r"name: Field required"),
+        (  # under an optional section and inside a list item
+            {**BASE, "quant": {"default": {"bitz": 4}}},
+            r"quant.default.bitz: unknown key 'bitz'; allowed keys here: bits, levels",
+        ),
+        (
+            {**BASE, "quant": {"targets": [{"roles": ["ssm.A"], "bitz": 4}]}},
+            r"quant.targets.0.bitz: unknown key 'bitz'; allowed keys here: roles, modules, bits",
+        ),
     ],
 )
 def test_errors_name_the_key_path(recipe, expected):
