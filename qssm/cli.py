@@ -219,7 +219,8 @@ def cmd_export(args) -> dict:
     multipliers and shifts, lookup tables), writes ONNX files that onnxruntime runs (qcdq: step.onnx
     for streaming and sequence.onnx, a Scan around the same step; qonnx: step_qonnx.onnx with Quant
     nodes) and verify.json: Brevitas fake-quant vs the integer reference, onnxruntime vs the integer
-    reference, and the streamed step graph vs the sequence graph, on the recipe's test split."""
+    reference, and the streamed step graph vs the sequence graph, on the recipe's test split.  A
+    check that misses its threshold exits 1 and leaves earlier files as they were."""
     from hwmap.export import export_run  # onnx and onnxruntime load only when exporting
 
     r = _gated(export_run, args, fmt=args.format)
@@ -241,7 +242,7 @@ def cmd_map(args) -> dict:
     behavioural simulator with every non-ideality off checked against the integer reference, and a
     Monte-Carlo over chips with every non-ideality on, swept over unit capacitance and comparator
     offset (report.md, monte_carlo.png). Models the target cannot run are refused with the reason
-    and the recipe change that fixes it."""
+    and the recipe change that fixes it; a verification check that misses its threshold exits 1."""
     from hwmap.export import map_run
 
     r = _gated(
