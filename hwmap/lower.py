@@ -190,6 +190,13 @@ class Builder:
 # ------------------------------------------------------------------------------------- pieces
 
 
+def analog(top: float) -> Format:
+    """An unquantized state bounded by ``top``: fixed point with 2^ANALOG_BITS steps over it
+    (rounding may step past the bound by one)."""
+    span = 2**ANALOG_BITS + 2
+    return Format(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
+
+
 def fixed(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Real weights (O, K) → 16-bit integers and a per-output scale (O, 1)."""
     top = np.abs(w).max(axis=-1, keepdims=True)
@@ -286,7 +293,7 @@ def s4d_real_record(b: Builder, ssm, name: str, update: ops.Affine, y: ops.Affin
     readout, skip = y.terms
     deficit = None
     a_q = ssm._quantizer("A")
-    if a_q is not None and hasattr(a_q, "magnitude"):  # polar: |Ā| on the retention-deficit grid
+    if isinstance(a_q, PolarQuantizer):  # |Ā| on the retention-deficit grid
         deficit = b.const(f"{name}.deficit", _np(a_q.magnitude.qparams()[0]).ravel())
     (x,), (u,), (u_y,) = keep.inputs, write.inputs, skip.inputs
     retention = graph.Retention(x, update.out, keep.weight, u, write.weight, update.shift, deficit)
@@ -305,9 +312,7 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tup
         )
     qx = site_q(ssm, "state", (H, n), f"{sname}.state")
     if qx is None:  # analog state: |x| ≤ max|u|·|B̄| / (1 − |Ā|), fixed point over the largest
-        top = float((qu.bound * np.max(qu.scale) * np.abs(B_) / (1 - np.abs(A))).max())
-        span = 2**ANALOG_BITS + 2
-        qx = Format(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
+        qx = analog(float((qu.bound * np.max(qu.scale) * np.abs(B_) / (1 - np.abs(A))).max()))
     if qx.zp != 0:
         raise LoweringError(
             f"{sname}.state: an asymmetric state cannot be lowered; make it symmetric"
@@ -398,9 +403,7 @@ def mingru(b: Builder, gru, name: str, x: str, qx: Format) -> tuple[str, Format]
         c_terms = [("mul", [cand.out], qc.scale)]
     qh = site_q(gru, "state", (H,), f"{name}.state")
     if qh is None:  # analog state: |h| ≤ max |h̃| (a convex combination), fixed point over it
-        top = b.real_bound(c_terms)
-        span = 2**ANALOG_BITS + 2  # rounding may step past the bound by one
-        qh = Format(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
+        qh = analog(b.real_bound(c_terms))
     h = b.state(f"{name}.h", qh, (H,))
     terms = [("mul", [h], qh.scale), ("mul", [z, h], -qg.scale * qh.scale)]
     h_new = b.affine(

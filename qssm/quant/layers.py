@@ -145,8 +145,8 @@ class QuantDelayConv(Quantized, nn.Module):
         H, taps = self.weight.shape
         depth = int(self.taps().max()) + 1 if self.integer_delays else self.max_delay
         return [
-            Stored("conv.weight", H * taps, bits("weight")),
-            Stored("conv.delay", H * taps, bits("delay")),
+            Stored(self.roles["weight"], H * taps, bits("weight")),
+            Stored(self.roles["delay"], H * taps, bits("delay")),
             # the delay line holds the last inputs: codes of mGRADE's `norm` site, one level up
             Stored("conv.buffer", H * depth, bits("../norm"), "buffer", H * self.max_delay),
         ]
