@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import types
 import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,15 +98,27 @@ class GatedBank(NamedTuple):
     shift: int
 
 
+class DelayLine(NamedTuple):
+    """mGRADE's delay line in front of a layer: the last input codes ``x`` (B, H) in ``buffer``
+    (B, H, J), index j delay j, and the tap convolution out = requantized Σ_j buffer·K, with K
+    (H, J) the tap weight codes at their integer delays (zero elsewhere)."""
+
+    x: str
+    buffer: str
+    K: str
+    out: str
+
+
 class MinGRUHw(NamedTuple):
     """A hardware minGRU layer: gate MAC + ADC, candidate MAC, charge-sharing state bank,
-    comparator outputs ``out`` = [h' > 0]."""
+    comparator outputs ``out`` = [h' > 0]; ``line``: the delay line feeding it (``mgrade_hw``)."""
 
     name: str
     gate: Adc
     cand: Mac
     bank: GatedBank
     out: str
+    line: DelayLine | None = None
     kind: str = "mingru_hw"
 
 
@@ -206,6 +219,8 @@ def _op(d: dict) -> Op:
 
 
 def _record(cls, d: dict):
+    if typing.get_origin(cls) in (typing.Union, types.UnionType):  # an optional record
+        cls = next(c for c in typing.get_args(cls) if c is not type(None))
     hints = typing.get_type_hints(cls)
     return cls(**{k: _record(hints[k], v) if isinstance(v, dict) else v for k, v in d.items()})
 

@@ -485,13 +485,18 @@ def delay_line(b: Builder, conv, x: str, qx: Format, name: str) -> tuple[str, st
 
 
 def mgrade_block(b: Builder, block: MGradeLayer, name: str, x: str, qx: Format):
-    H = block.norm.normalized_shape[0]
-    n, qn = normalized(b, block, "norm", x, qx, name, "the delay line holds codes")
+    H = block.conv.weight.shape[0]
+    n, qn = x, qx  # the hardware layer's delay line holds its input codes (bits, after one)
+    if not block.hardware:
+        n, qn = normalized(b, block, "norm", x, qx, name, "the delay line holds codes")
     conv = f"{name}.conv"
     buf, K, scale = delay_line(b, block.conv, n, qn, conv)
     qc = need(block, "conv", (H,), conv, "the minGRU takes codes")
     u = b.affine(conv, [("dot", [buf, K], scale)], qc, conv, site=f"{name}:conv")
     g, qg = mingru(b, block.gru, f"{name}.gru", u.out, qc)
+    if block.hardware:  # the delay line feeds the hardware minGRU: one record
+        b.layers[-1] = b.layers[-1]._replace(line=graph.DelayLine(n, buf, K, u.out))
+        return g, qg
     return residual(b, block, x, qx, mlp(b, block.mlp, g, qg, f"{name}.mlp"), H, "block", name)
 
 

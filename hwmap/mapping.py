@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from . import intref
-from .graph import Adc, Graph, MinGRUHw, S4DRealHw
+from .graph import Adc, DelayLine, Graph, MinGRUHw, S4DRealHw
 from .targets import Target
 
 BOLTZMANN = 1.380649e-23
@@ -200,6 +200,37 @@ def observed_ranges(graph: Graph, x: np.ndarray) -> dict[str, float]:
     return top
 
 
+def delay_line(graph: Graph, line: DelayLine, target: Target) -> dict:
+    """A delay line as a digital ring buffer: depth (the longest used delay + 1) × the codes of
+    one step; each step writes one step's codes and reads every tap.  A line behind the encoder
+    holds the graph's input codes instead when they are fewer bits (one pixel against H
+    channels) and recomputes the encoder for each tap (d_input more multiply-adds per tap)."""
+    K = graph.consts[line.K]  # (H, J): tap weight codes at their delays, zero elsewhere
+    H, used = K.shape[0], np.flatnonzero(np.abs(K).sum(0))
+    depth, taps = int(used.max(initial=0)) + 1, int(np.count_nonzero(K))
+    code_bits, recompute = _bits(graph.formats[line.x]), 0
+    width = H * code_bits  # bits of one step
+    if line.x == "encoder" and graph.d_input * _bits(graph.formats["input"]) < width:
+        width, recompute = graph.d_input * _bits(graph.formats["input"]), taps * graph.d_input
+    spec, storage = target.delay_line, depth * width
+    if depth > spec.max_depth:
+        raise MappingError(
+            f"{line.buffer}: delays reach {depth - 1} steps; {target.name} holds at most "
+            f"{spec.max_depth} (delay_line.max_depth). Train with model.max_delay ≤ "
+            f"{spec.max_depth}"
+        )
+    read = width if recompute else taps * code_bits  # bits read per step
+    return {
+        "holds": "input" if recompute else line.x,
+        "depth": depth,
+        "bits_per_step": width,
+        "taps": taps,
+        "storage_bits": storage,
+        "area_mm2": storage * spec.area_um2_per_bit / 1e6,
+        "energy_fj": (width + read) * spec.access_fj_per_bit + (taps + recompute) * spec.tap_fj,
+    }
+
+
 def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = True, ranges=None):
     consts, gate, bank_ = graph.consts, rec.gate, rec.bank
     in_bits = _bits(graph.formats[gate.x])
@@ -220,6 +251,7 @@ def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = Tr
         "bank": bank(f"{rec.name}.state", n_eff, gate.hi, v_h, target, strict),
         "comparators": mac_z["outputs"] * (len(th["acc"][0]) + 1),
         "adc_bits": _bits(gate),
+        **({"delay_line": delay_line(graph, rec.line, target)} if rec.line else {}),
     }
 
 
@@ -264,11 +296,12 @@ def check_mappable(graph: Graph, target: Target) -> None:
             f"charge-sharing core ({target.name}: state_bank.passive) only shares charge. Use "
             "model.family: s4d_real (its update x ← (1 − z) x + z v is charge sharing)"
         )
-    if family not in ("mingru_hw", "s4d_real"):
+    if family not in ("mingru_hw", "mgrade_hw", "s4d_real"):
         raise MappingError(
             f"{family} blocks hold LayerNorm, MLP and residual paths that have no SC-IMC "
-            "mapping here; map a mingru_hw or s4d_real model (the digital parts of those — "
-            "encoder, pooling, decoder, the S4D block's GELU/GLU — stay in the periphery)"
+            "mapping here; map a mingru_hw, mgrade_hw or s4d_real model (the digital parts "
+            "of those — encoder, pooling, decoder, the S4D block's GELU/GLU — stay in the "
+            "periphery)"
         )
     if not graph.layers:
         raise MappingError(
@@ -296,6 +329,15 @@ def map_graph(graph: Graph, target: Target, strict: bool = True, ranges=None) ->
 def totals(layers: list[dict], target: Target) -> dict:
     cap = switches = comparators = cycles = 0.0
     breakdown = {"mac": 0.0, "state_banks": 0.0, "comparators": 0.0, "switches": 0.0}
+    lines = [layer["delay_line"] for layer in layers if "delay_line" in layer]
+    if lines:
+        breakdown["delay_lines"] = sum(d["energy_fj"] for d in lines)
+        if (bits := sum(d["storage_bits"] for d in lines)) > target.delay_line.max_bits:
+            raise MappingError(
+                f"the delay lines hold {bits} bits; {target.name} has "
+                f"{target.delay_line.max_bits} (delay_line.max_bits). Use fewer channels "
+                "(model.d_model), a shorter model.max_delay or fewer bits for their inputs"
+            )
     for layer in layers:
         for m in (v for k, v in layer.items() if k.endswith("_mac")):
             cap += m["capacitance_ff"]
@@ -311,7 +353,9 @@ def totals(layers: list[dict], target: Target) -> dict:
     step_ns = cycles * target.timing.phases_per_step / target.timing.clock_mhz * 1e3
     return {
         "capacitance_pf": cap / 1e3,
-        "area_mm2": cap * target.capacitor.area_um2_per_ff / 1e6,
+        "area_mm2": cap * target.capacitor.area_um2_per_ff / 1e6
+        + sum(d["area_mm2"] for d in lines),
+        "delay_line_bits": sum(d["storage_bits"] for d in lines),
         "switches": int(switches),
         "comparators": int(comparators),
         "energy_per_step_pj": sum(breakdown.values()) / 1e3,

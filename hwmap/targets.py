@@ -79,6 +79,17 @@ class Leakage(Section):
     charge_injection_mv: float = Field(0.2, ge=0, description="offset per sampling event")
 
 
+class DelayLine(Section):
+    """mGRADE's delay lines: a digital ring buffer per layer (one write of the new input and one
+    read per tap each step) and the tap convolution as digital multiply-adds."""
+
+    max_depth: int = Field(64, ge=1, description="longest delay (steps) a line holds")
+    max_bits: int = Field(65536, ge=1, description="storage of all lines together")
+    area_um2_per_bit: float = Field(0.25, gt=0, description="bit cell with its periphery")
+    access_fj_per_bit: float = Field(2.0, ge=0, description="one bit written or read")
+    tap_fj: float = Field(20.0, ge=0, description="one digital tap multiply-add")
+
+
 class Timing(Section):
     clock_mhz: float = Field(50.0, gt=0)
     phases_per_step: int = Field(4, ge=1)
@@ -102,6 +113,7 @@ class Target(Section):
     comparator: Comparator = Field(default_factory=Comparator)
     state_bank: StateBank = Field(default_factory=StateBank)
     leakage: Leakage = Field(default_factory=Leakage)
+    delay_line: DelayLine = Field(default_factory=DelayLine)
     timing: Timing = Field(default_factory=Timing)
     energy: Energy = Field(default_factory=Energy)
 

@@ -60,7 +60,7 @@ class MinGRUModel(_ModelBase):
 
 
 class MGradeModel(_ModelBase):
-    family: Literal["mgrade"]
+    family: Literal["mgrade", "mgrade_hw"]
     max_delay: int = Field(64, ge=1)
     n_taps: int = Field(4, ge=1)
     sigma: float = Field(0.5, gt=0)

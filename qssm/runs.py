@@ -261,10 +261,11 @@ def check_quant(recipe: Recipe, source: str = "recipe", hardware: Hardware | Non
         raise RecipeError(f"{source}: {err}") from None
     hw = recipe.qat.hardware
     if hw is not None:
-        if recipe.model.family != "mingru_hw":
+        if recipe.model.family not in ("mingru_hw", "mgrade_hw"):
             raise RecipeError(
                 f"{source}: qat.hardware: hardware-aware QAT models the hardware minGRU's analog "
-                f"signals; model.family is {recipe.model.family}, use mingru_hw or drop it"
+                f"signals; model.family is {recipe.model.family}, use mingru_hw, mgrade_hw or "
+                "drop it"
             )
         if hardware is None:
             raise RecipeError(f"{source}: qat.hardware needs a hardware package (the qssm CLI's)")

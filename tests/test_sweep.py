@@ -30,6 +30,15 @@ def test_golden_table_reproduces(sweep_dir):
         assert (sweep_dir / name).exists()
 
 
+def test_hardware_golden_table_reproduces(tmp_path):
+    """The hardware family's table (mgrade_hw: delay line + MINIMALIST minGRU), checked by the
+    CLI as CI users run it: exit 0 against its golden table."""
+    name = "sdigits_mgrade_hw"
+    recipe, golden = ROOT / "recipes" / "sweeps" / f"{name}.yaml", GOLDEN.with_name(f"{name}.csv")
+    args = ["sweep", "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*args, "--check", str(golden)]) == 0
+
+
 def test_check_flag_and_resume(sweep_dir, tmp_path, capsys):
     args = ["sweep", "--recipe", str(RECIPE), "--out", str(sweep_dir), "--quiet", "--force"]
     # --force on a finished sweep keeps finished points: nothing is recomputed

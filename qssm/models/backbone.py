@@ -45,7 +45,7 @@ class MinGRUBlock(nn.Module):
         return self.taps.block(x + self.mlp(self.taps.norm2(self.norm2(x))))
 
 
-FAMILIES = ("s4d", "s4d_real", "mingru", "mingru_hw", "mgrade")
+FAMILIES = ("s4d", "s4d_real", "mingru", "mingru_hw", "mgrade", "mgrade_hw")
 
 
 def make_block(family: str, d_model: int, cfg: dict) -> nn.Module:
@@ -54,9 +54,9 @@ def make_block(family: str, d_model: int, cfg: dict) -> nn.Module:
         return S4DBlock(d_model, real=family == "s4d_real", **{k: cfg[k] for k in keys})
     if family in ("mingru", "mingru_hw"):
         return MinGRUBlock(d_model, hardware=family == "mingru_hw", mlp_ratio=cfg["mlp_ratio"])
-    if family == "mgrade":
+    if family in ("mgrade", "mgrade_hw"):
         keys = ("max_delay", "n_taps", "sigma", "mlp_ratio")
-        return MGradeLayer(d_model, **{k: cfg[k] for k in keys})
+        return MGradeLayer(d_model, **{k: cfg[k] for k in keys}, hardware=family == "mgrade_hw")
     raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
@@ -71,6 +71,8 @@ class Classifier(nn.Module):
         self.blocks = nn.ModuleList(
             make_block(config["family"], H, config) for _ in range(config["n_layers"])
         )
+        if config["family"] == "mgrade_hw":  # the first delay line holds the encoder's codes
+            self.blocks[0].conv.source = "../../../encoder"
         self.pool = config["pool"]
         self.decoder = tag(nn.Linear(H, n_classes), weight="decoder.weight", bias="decoder.bias")
         self.taps = nn.ModuleDict(

@@ -37,6 +37,9 @@ class DelayConv(nn.Module):
     def __init__(self, channels: int, max_delay: int = 64, n_taps: int = 4, sigma: float = 0.5):
         super().__init__()
         self.max_delay, self.sigma = max_delay, sigma
+        # what the delay line holds, for the footprint: the bits of a site (relative module path)
+        # or a fixed number of bits
+        self.source: str | int = "../norm"
         spread = torch.linspace(0, max_delay - 1, n_taps)  # taps spread over the window
         self.delay = nn.Parameter(spread.repeat(channels, 1))  # (H, n_taps)
         self.weight = nn.Parameter(torch.randn(channels, n_taps) / n_taps**0.5)  # (H, n_taps)
@@ -65,16 +68,34 @@ class MLP(nn.Module):
 
 
 class MGradeLayer(nn.Module):
-    """LayerNorm → delay conv → minGRU → MLP, with a residual around the whole."""
+    """LayerNorm → delay conv → minGRU → MLP, with a residual around the whole.
 
-    def __init__(self, d_model: int, max_delay: int, n_taps: int, sigma: float, mlp_ratio: int):
+    Hardware (``mgrade_hw``): delay conv → MINIMALIST minGRU only (hard-sigmoid gate, binary
+    comparator outputs), so the delay line of a later layer is a shift register of bits."""
+
+    def __init__(
+        self,
+        d_model: int,
+        max_delay: int,
+        n_taps: int,
+        sigma: float,
+        mlp_ratio: int,
+        hardware: bool = False,
+    ):
         super().__init__()
-        self.norm = nn.LayerNorm(d_model)
+        self.hardware = hardware
         self.conv = DelayConv(d_model, max_delay, n_taps, sigma)
-        self.gru = MinGRU(d_model, d_model)
-        self.mlp = MLP(d_model, mlp_ratio)
-        self.taps = taps(d_model, "norm", "conv", "block")  # "norm": the delay line's input
+        self.gru = MinGRU(d_model, d_model, hardware=hardware)
+        if hardware:  # the delay line holds the comparator outputs of the layer below
+            self.conv.source = 1
+        else:
+            self.norm = nn.LayerNorm(d_model)
+            self.mlp = MLP(d_model, mlp_ratio)
+        # "norm": the delay line's input
+        self.taps = taps(d_model, *("conv",) if hardware else ("norm", "conv", "block"))
 
     def forward(self, x: torch.Tensor, mode: str = "parallel") -> torch.Tensor:
+        if self.hardware:
+            return self.gru(self.taps.conv(self.conv(x)), mode)
         u = self.taps.conv(self.conv(self.taps.norm(self.norm(x))))  # (B, L, H)
         return self.taps.block(x + self.mlp(self.gru(u, mode)))

@@ -22,8 +22,10 @@ def _stored(model: nn.Module, table: dict):
         scales.setdefault(key.rpartition(":")[0], []).append(q)
     for name, m in model.named_modules():
 
-        def bits(site: str, name=name) -> int:
-            if site.startswith("../"):  # a site of the parent module
+        def bits(site: str | int, name=name) -> int:
+            if isinstance(site, int):  # fixed: a binary comparator output is 1 bit
+                return site
+            while site.startswith("../"):  # a site of the module above
                 name, site = name.rpartition(".")[0], site[3:]
             spec = table.get(f"{name}:{site}")
             return spec["bit_width"] if spec else FLOAT

@@ -126,6 +126,7 @@ class QuantDelayConv(Quantized, nn.Module):
     def __init__(self, conv, quant=None):
         super().__init__()
         self.max_delay, self.sigma, self.roles = conv.max_delay, conv.sigma, conv.roles
+        self.source = conv.source
         self.integer_delays = False
         self.delay, self.weight = conv.delay, conv.weight  # (H, n_taps)
         self.qz = nn.ModuleDict()
@@ -147,8 +148,8 @@ class QuantDelayConv(Quantized, nn.Module):
         return [
             Stored(self.roles["weight"], H * taps, bits("weight")),
             Stored(self.roles["delay"], H * taps, bits("delay")),
-            # the delay line holds the last inputs: codes of mGRADE's `norm` site, one level up
-            Stored("conv.buffer", H * depth, bits("../norm"), "buffer", H * self.max_delay),
+            # the delay line holds the last inputs (codes of the site ``source`` names)
+            Stored("conv.buffer", H * depth, bits(self.source), "buffer", H * self.max_delay),
         ]
 
     def taps(self) -> torch.Tensor:

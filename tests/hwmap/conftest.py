@@ -13,6 +13,7 @@ MODELS = {
     "mingru_hw": {"family": "mingru_hw", "d_model": 8, "n_layers": 2},
     "mingru": {"family": "mingru", "d_model": 8},
     "mgrade": {"family": "mgrade", "d_model": 8, "n_layers": 1, "max_delay": 8, "n_taps": 2},
+    "mgrade_hw": {"family": "mgrade_hw", "d_model": 8, "n_layers": 2, "max_delay": 8, "n_taps": 2},
     "s4d_real_hw": {
         "family": "s4d_real",
         "d_model": 8,
@@ -44,6 +45,15 @@ QUANT = {  # the shipped recipes' styles: polar + per-channel, cartesian, analog
         "targets": [
             {"roles": ["ssm.state"], "enabled": False},
             {"roles": ["act.input", "act.output", "ssm.output"], "granularity": "per_tensor"},
+        ],
+    },
+    "mgrade_hw": {  # recipes/mgrade_hw.yaml: MINIMALIST minGRU behind an integer delay line
+        "default": {"bits": 2, "observer": "mse"},
+        "targets": [
+            {"roles": ["gru.bz", "gru.bh", "gru.gate"], "bits": 6},
+            {"roles": ["gru.state", "gru.cand"], "enabled": False},
+            {"roles": ["conv.weight"], "bits": 4},
+            {"roles": ["act.input", "act.output"], "bits": 8},
         ],
     },
     "mgrade": {

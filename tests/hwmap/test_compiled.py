@@ -9,7 +9,8 @@ from hwmap.lower import lower
 from qssm.runs import load_data, load_run_model
 
 
-@pytest.mark.parametrize("family", ["s4d", "mingru_hw", "mgrade"])  # every op kind between them
+# every op kind between them
+@pytest.mark.parametrize("family", ["s4d", "mingru_hw", "mgrade", "mgrade_hw"])
 def test_compiled_stream_equals_interpreter(family, tiny_run, recipe_of):
     graph = lower(load_run_model(tiny_run(family))[0])
     fast = CompiledStream(graph)

@@ -14,7 +14,7 @@ from hwmap.lower import LoweringError, fakequant, lower
 from qssm.models.s4d import recurrence
 from qssm.runs import build_model, load_data, load_run_model, open_run, quantize_run
 
-FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade"]
+FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade", "mgrade_hw"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

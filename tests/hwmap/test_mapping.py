@@ -93,3 +93,29 @@ def test_unmappable_models_are_refused_with_the_fix(tiny_run, family, target, ch
         mapped(tiny_run, family, target, **changes)
     for word in words:
         assert word in str(err.value)
+
+
+def test_delay_lines_are_sized_from_the_learned_delays(tiny_run):
+    """mgrade_hw: a ring buffer per layer as deep as the longest learned delay; layer 0 holds
+    the 8-bit input pixel (8 bits a step, not the encoder's 8 channels × 8 bits), layer 1 the
+    8 comparator bits; its bits, area and energy in the totals; a target with shorter lines
+    refuses it, naming the field."""
+    model = load_run_model(tiny_run("mgrade_hw"))[0]
+    graph, mapping, t = mapped(tiny_run, "mgrade_hw")
+    expected_bits = 0
+    holds = ("input", "blocks.0.gru.out")
+    for block, layer, held in zip(model.blocks, mapping["layers"], holds, strict=True):
+        depth = int(block.conv.taps().max()) + 1
+        line = layer["delay_line"]
+        assert (line["depth"], line["bits_per_step"], line["holds"]) == (depth, 8, held)
+        expected_bits += 8 * depth
+    totals = mapping["totals"]
+    assert totals["delay_line_bits"] == expected_bits
+    assert totals["energy_breakdown_pj"]["delay_lines"] > 0
+    cap_area = totals["capacitance_pf"] * 1e3 * t.capacitor.area_um2_per_ff / 1e6
+    assert totals["area_mm2"] == pytest.approx(cap_area + expected_bits * 0.25e-6)
+    depth = mapping["layers"][0]["delay_line"]["depth"]
+    with pytest.raises(MappingError, match=r"delay_line\.max_depth"):
+        mapped(tiny_run, "mgrade_hw", delay_line={"max_depth": depth - 1})
+    with pytest.raises(MappingError, match=r"delay_line\.max_bits"):
+        mapped(tiny_run, "mgrade_hw", delay_line={"max_bits": expected_bits - 1})

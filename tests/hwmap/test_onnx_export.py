@@ -8,7 +8,7 @@ from hwmap import onnx_export, verify
 from hwmap.lower import lower
 from qssm.runs import load_data, load_run_model
 
-FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade"]
+FAMILIES = ["s4d", "s4d_real", "mingru_hw", "mingru", "mgrade", "mgrade_hw"]
 
 
 @pytest.fixture(scope="module")

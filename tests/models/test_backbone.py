@@ -12,6 +12,7 @@ CONFIGS = {
     "mingru": dict(mlp_ratio=2),
     "mingru_hw": dict(mlp_ratio=2),
     "mgrade": dict(max_delay=8, n_taps=2, sigma=0.5, mlp_ratio=2),
+    "mgrade_hw": dict(max_delay=8, n_taps=2, sigma=0.5, mlp_ratio=2),
 }
 
 

@@ -39,3 +39,16 @@ def test_layer_is_causal_and_modes_agree():
     y[:, 18:] = 0
     torch.testing.assert_close(layer(x)[:, :18], layer(y)[:, :18])
     torch.testing.assert_close(layer(x, "parallel"), layer(x, "recurrent"))
+
+
+def test_hardware_layer_is_delay_line_then_binary_minimalist_gru():
+    """mgrade_hw: no LayerNorm, MLP or residual; the output is the comparator's bits of the
+    minGRU driven by the delay convolution (checked against the two composed by hand)."""
+    torch.manual_seed(0)
+    layer = MGradeLayer(4, max_delay=8, n_taps=3, sigma=0.5, mlp_ratio=2, hardware=True).double()
+    assert not hasattr(layer, "norm") and not hasattr(layer, "mlp")
+    x = torch.randn(2, 30, 4, dtype=torch.float64)
+    out = layer(x, "recurrent")
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(out, layer.gru(layer.conv(x), "recurrent"))
+    torch.testing.assert_close(layer(x, "parallel"), out)

@@ -217,6 +217,28 @@ def test_mgrade_delays_become_integer_taps_and_buffer_is_counted():
     assert fp["per_role"]["conv.delay"]["bits"] == [4]  # log2(16)
 
 
+def test_hardware_mgrade_delay_lines_hold_encoder_codes_then_comparator_bits():
+    cfg = dict(
+        family="mgrade_hw",
+        d_model=4,
+        n_layers=2,
+        pool="mean",
+        max_delay=16,
+        n_taps=2,
+        sigma=0.5,
+        mlp_ratio=2,
+    )
+    model = Classifier(cfg, 1, 3)
+    with torch.no_grad():
+        model.blocks[0].conv.delay.copy_(torch.tensor([[0.0, 6.7]] * 4))  # depth 8
+        model.blocks[1].conv.delay.copy_(torch.tensor([[1.0, 11.2]] * 4))  # depth 12
+    quant = {"default": {"bits": 2}, "targets": [{"roles": ["act.output"], "bits": 6}]}
+    model, t = wrap(model, QuantConfig.model_validate(quant))
+    fp = footprint(model, t, sum(p.numel() for p in model.parameters()))
+    assert fp["buffer_bits"] == 4 * 8 * 6 + 4 * 12 * 1  # encoder codes (6 bits), then bits
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+
+
 def test_role_at_two_bits_has_at_most_four_values_per_scale_group():
     model = Classifier({**S4D, "n_layers": 1}, 1, 3)
     model, _ = wrap(
