@@ -42,7 +42,7 @@ def test_train_eval_and_refusals(tmp_path, capsys):
         "training.png",
     ):
         assert (run / name).exists(), name
-    assert not (run / "train_state.json").exists()
+    assert not (run / "train_state.safetensors").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["recipe"] == "tiny" and 0 <= metrics["float"]["accuracy"] <= 1
     assert yaml.safe_load((run / "recipe.yaml").read_text())["model"]["dt_max"] == 0.1  # resolved
