@@ -339,6 +339,12 @@ def parser() -> argparse.ArgumentParser:
         description="Quantize small sequence models (S4D, minGRU, mGRADE) per component and map "
         "them to switched-capacitor in-memory computing. One recipe file drives a run; "
         "every stage writes its artifacts into a run dir (default runs/<recipe name>).",
+        epilog="exit status: 0 done; 1 `sweep --check` regression or a failed verification check "
+        "of export / map-to-hw; 2 bad input (recipe, run dir in use by another process, a size "
+        "that cannot fit in memory, a file that cannot be written), one line naming the key or "
+        "file; 3 a training stage diverged (non-finite loss or parameter: lower lr or set "
+        "grad_clip; the last good checkpoint is kept, no metrics.json); 130 / 143 interrupted by "
+        "SIGINT / SIGTERM (run the same command again to resume).",
     )
     p.add_argument(
         "--json", action="store_true", help="print the result dictionary as JSON on stdout"

@@ -110,12 +110,13 @@ def atomic_path(path: str | Path):
 def _write_error(path: Path, err: OSError) -> WriteError:
     code = errno.errorcode.get(err.errno, "") if err.errno else ""
     why = f"{err.strerror or err} ({code})" if code else str(err)
-    return WriteError(
-        err.errno,
+    out = WriteError(
         f"{path}: could not be written: {why}; its previous version and every file written "
         "before it are intact — fix the cause (free disk space, …) and run the same command "
-        "again to resume",
+        "again to resume"
     )
+    out.errno = err.errno
+    return out
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
