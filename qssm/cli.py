@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from hwmap.mapping import MappingError
 from hwmap.targets import TargetError, load_target
 
 from .data import DataError
-from .io import CheckpointError, read_json, write_json
+from .io import CheckpointError, Interrupted, interruptible_between_writes, read_json, write_json
 from .quant.calibrate import CalibrationError
 from .recipe import RecipeError, load_recipe
 from .runs import (
     Hardware,
     RunError,
+    check_memory,
     check_quant,
     eval_run,
     float_source,
@@ -26,10 +28,12 @@ from .runs import (
     load_data,
     open_run,
     quantize_run,
+    run_lock,
     train_run,
 )
 from .search import search
 from .sweep import check_points, compare, read_csv, sweep
+from .train import Diverged
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 USER_ERRORS = (
@@ -41,6 +45,7 @@ USER_ERRORS = (
     LoweringError,
     MappingError,
     TargetError,
+    OSError,  # a file that cannot be written (io.WriteError names it) or read
 )
 
 
@@ -88,7 +93,10 @@ def _prepare(args, quant: bool = True, check=None):
     source = getattr(args, "from_run", None) or recipe.float.checkpoint
     if source:
         float_source(recipe, source, data)
-    return recipe, data, open_run(_out(args, recipe), recipe, args.force), source
+    check_memory(recipe, data, quant, args.recipe)
+    out = _out(args, recipe)
+    args.hold(run_lock(out))
+    return recipe, data, open_run(out, recipe, args.force), source
 
 
 def cmd_train(args) -> dict:
@@ -152,15 +160,18 @@ def cmd_sweep(args) -> dict:
     or a footprint changed, printing the differences."""
     recipe, data, out, source = _prepare(args, check=_check_sweep)
     model, float_metrics = float_stage(recipe, data, out, source, "float", not args.quiet)
-    rows = sweep(recipe, out, args.workers, args.executor, args.address, not args.quiet)
+    rows, failed = sweep(recipe, out, args.workers, args.executor, args.address, not args.quiet)
     result = {
         "recipe": recipe.name,
         "float": float_metrics,
         "points": len(rows),
         "results": str(out / "results.csv"),
+        "failed": {r["id"]: r["failed"] for r in failed},
     }
     write_json(out / "metrics.json", result)
     print(f"{len(rows)} points → {out}/results.csv, {out}/report.md")
+    for r in failed:
+        print(f"point {r['id']} failed: {r['failed']}")
     if args.check:
         problems = compare(rows, read_csv(Path(args.check)), recipe.sweep.tolerance)
         result["check"] = {"golden": args.check, "problems": problems}
@@ -168,6 +179,11 @@ def cmd_sweep(args) -> dict:
             print(f"REGRESSION against {args.check}:", *problems, sep="\n  ")
             raise Regression(result)
         print(f"matches {args.check} (accuracy within ±{recipe.sweep.tolerance}, footprints equal)")
+    if failed:
+        raise Diverged(
+            f"{len(failed)} of {len(rows) + len(failed)} sweep points diverged (listed above and "
+            f"in {out}/metrics.json); the others are in {out}/results.csv"
+        )
     return result
 
 
@@ -323,6 +339,12 @@ def parser() -> argparse.ArgumentParser:
         description="Quantize small sequence models (S4D, minGRU, mGRADE) per component and map "
         "them to switched-capacitor in-memory computing. One recipe file drives a run; "
         "every stage writes its artifacts into a run dir (default runs/<recipe name>).",
+        epilog="exit status: 0 done; 1 `sweep --check` regression or a failed verification check "
+        "of export / map-to-hw; 2 bad input (recipe, run dir in use by another process, a size "
+        "that cannot fit in memory, a file that cannot be written), one line naming the key or "
+        "file; 3 a training stage diverged (non-finite loss or parameter: lower lr or set "
+        "grad_clip; the last good checkpoint is kept, no metrics.json); 130 / 143 interrupted by "
+        "SIGINT / SIGTERM (run the same command again to resume).",
     )
     p.add_argument(
         "--json", action="store_true", help="print the result dictionary as JSON on stdout"
@@ -416,11 +438,27 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:  # with --json, stdout carries only the JSON; messages go to stderr
-        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        with (
+            contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext(),
+            interruptible_between_writes(),
+            contextlib.ExitStack() as held,  # the run dir's lock, until the command ends
+        ):
+            args.hold = held.enter_context
             result = args.func(args)
     except USER_ERRORS as err:
         print(f"qssm: error: {err}", file=sys.stderr)
         return 2
+    except Diverged as err:
+        print(f"qssm: error: {err}", file=sys.stderr)
+        return 3
+    except Interrupted as err:
+        name = signal.Signals(err.signum).name
+        print(
+            f"qssm: interrupted ({name}) with every file written so far complete; run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 128 + err.signum
     except Regression as err:
         if args.json:
             print(json.dumps(err.args[0], indent=2))

@@ -1,14 +1,17 @@
-"""Files: atomic writes, and models saved as safetensors + JSON (loading never unpickles)."""
+"""Files: atomic writes that signals do not interrupt, and models saved as safetensors + JSON
+(loading never unpickles)."""
 
+import errno
 import json
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 FORMAT = "qssm-model"
 VERSION = 1
@@ -18,20 +21,102 @@ class CheckpointError(ValueError):
     """A model file that is missing, truncated or not written by qssm."""
 
 
+class WriteError(OSError):
+    """A file that could not be written (disk full, no permission, …); the message names it."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised once no write is in progress (exit status 128 + ``signum``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_held: list[int] = []  # [depth of nested writes, signals received meanwhile…]
+
+
+def _on_signal(signum, frame) -> None:
+    if _held and _held[0] > 0:
+        _held.append(signum)  # raised when the write in progress is complete
+    else:
+        raise Interrupted(signum)
+
+
+@contextmanager
+def interruptible_between_writes():
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted`, but never inside an
+    atomic write (nor between the two files of :func:`save_model`): a signal that arrives
+    during one is raised when it is complete.  The previous handlers come back afterwards."""
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    _held[:] = [0]
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        _held.clear()
+
+
+@contextmanager
+def _writing():
+    if _held:
+        _held[0] += 1
+    try:
+        yield
+    finally:
+        if _held:
+            _held[0] -= 1
+            if _held[0] == 0 and len(_held) > 1:
+                signum = _held.pop()
+                del _held[1:]
+                raise Interrupted(signum)
+
+
+def _fsync(path: str | Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temp name in the same folder; rename it to ``path`` only if the block succeeds,
-    so readers never see half a file."""
+    """Yield a temp name in the same folder; rename it to ``path`` (after flushing it to disk)
+    only if the block succeeds, so readers never see half a file, even after a power loss.
+    An OSError (a full disk, …) becomes a :class:`WriteError` naming ``path``; the previous
+    version of ``path`` is then untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _writing():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+        except OSError as err:
+            raise _write_error(path, err) from None
+        try:
+            yield tmp
+            _fsync(tmp)
+            os.replace(tmp, path)
+            _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError) and not isinstance(err, WriteError):
+                raise _write_error(path, err) from None
+            raise
+
+
+def _write_error(path: Path, err: OSError) -> WriteError:
+    code = errno.errorcode.get(err.errno, "") if err.errno else ""
+    why = f"{err.strerror or err} ({code})" if code else str(err)
+    out = WriteError(
+        f"{path}: could not be written: {why}; its previous version and every file written "
+        "before it are intact — fix the cause (free disk space, …) and run the same command "
+        "again to resume"
+    )
+    out.errno = err.errno
+    return out
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
@@ -73,9 +158,37 @@ def save_model(
     (architecture and ``meta``), read back by :func:`load_model_files`."""
     run_dir = Path(run_dir)
     tensors = model.state_dict() if isinstance(model, torch.nn.Module) else model
-    with atomic_path(run_dir / f"{stem}.safetensors") as tmp:  # safetensors, written atomically
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-    write_json(run_dir / f"{stem}.json", {"format": FORMAT, "version": VERSION, **meta})
+    with _writing():  # both files, or a signal waits
+        atomic_write(run_dir / f"{stem}.safetensors", _serialize(tensors))
+        write_json(run_dir / f"{stem}.json", {"format": FORMAT, "version": VERSION, **meta})
+
+
+def _serialize(tensors: dict, meta: dict | None = None) -> bytes:
+    """safetensors bytes (written by Python, so that a full disk is an OSError)."""
+    return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, meta)
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """One safetensors file holding ``tensors`` and, in its header, ``meta`` as JSON: a single
+    atomic write, so tensors and description can never come from two different moments."""
+    meta = {"format": FORMAT, "version": VERSION, **meta}
+    atomic_write(path, _serialize(tensors, {"qssm": json.dumps(meta)}))
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, tensors) of a :func:`save_checkpoint` file."""
+    tensors = load_tensors(path)
+    with safe_open(str(path), "pt") as f:
+        text = (f.metadata() or {}).get("qssm")
+    try:
+        meta = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        meta = {}
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: not a qssm training checkpoint of this version; rerun with --force"
+        )
+    return meta, tensors
 
 
 def load_model_files(

@@ -7,6 +7,8 @@ running the same command again resumes it (a finished float stage is kept in ``f
 
 import contextlib
 import copy
+import fcntl
+import os
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from .report import write_run_report
 from .train import evaluate, fit, seed_everything
 
 # resumable training state of the float and QAT stages (``_fit``), deleted once the run is finished
+# (the .json files: the second half of the checkpoints of runs written before issue 16)
 CHECKPOINTS = tuple(f"{s}_state.{ext}" for s in ("train", "qat") for ext in ("json", "safetensors"))
 STAGE_FILES = ("metrics.json", *CHECKPOINTS, "float.json", "float.safetensors")
 
@@ -53,8 +56,31 @@ class Hardware:
     noise: Callable
 
 
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """One writer per run dir: an exclusive ``fcntl`` lock on ``out/.lock`` (which holds the
+    owner's pid) for the duration of the block.  The OS drops the lock when its process ends, even
+    by SIGKILL, so the lock file of a dead process is no obstacle.  A run dir locked by another
+    process is a RunError; nothing in it is touched."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunError(
+                f"{out} is in use by another qssm process (pid {f.read().strip() or '?'}); "
+                "wait for it to finish, or pass another --out"
+            ) from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield  # closing the file releases the lock
+
+
 def open_run(out: Path, recipe: Recipe, force: bool) -> Path:
-    """Check ``out`` can take this recipe and write the resolved ``recipe.yaml`` into it.
+    """Check ``out`` can take this recipe and write the resolved ``recipe.yaml`` into it (the
+    CLI holds :func:`run_lock` around it; temp files a killed process left are removed).
 
     A finished run (``metrics.json``) is never touched without ``force``; an unfinished run of the
     same recipe is resumed; an unfinished run of another recipe needs ``force``."""
@@ -70,6 +96,8 @@ def open_run(out: Path, recipe: Recipe, force: bool) -> Path:
     if force:
         for name in STAGE_FILES:
             (out / name).unlink(missing_ok=True)
+    for tmp in [*out.glob(".*.tmp"), *out.glob("points/.*.tmp")]:  # of a killed process
+        tmp.unlink()
     atomic_write(out / "recipe.yaml", text)
     return out
 
@@ -148,6 +176,76 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[torch.nn.Module,
     return model, header
 
 
+CGROUP_MEMORY = (  # (limit, usage) files of the cgroup v2 and v1 memory controllers
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give: /proc/meminfo's MemAvailable, or less under
+    a cgroup memory limit; None where neither can be read."""
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", _read("/proc/meminfo") or "", re.M)
+    avail = int(found.group(1)) * 1024 if found else None
+    for limit, usage in CGROUP_MEMORY:
+        try:
+            free = int(_read(limit)) - int(_read(usage))
+        except (TypeError, ValueError):  # missing, or "max"
+            continue
+        avail = free if avail is None else min(avail, free)
+    return avail
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def memory_estimate(recipe: Recipe, data: Dataset, quant: bool) -> tuple[int, int]:
+    """A lower bound of the bytes training needs: (float32 parameters with their gradients and
+    two AdamW moments, 16 bytes per parameter; activations: one float32 (batch, length, d_model)
+    tensor per layer kept for the backward pass, or one per evaluation batch).  The parameters
+    are counted on a model built on the meta device, so nothing is allocated."""
+    with torch.device("meta"):
+        params = n_params(Classifier(recipe.model_dict(), data.d_input, data.n_classes))
+    (n, length), m = data.train.x.shape[:2], recipe.model
+    batch = max(recipe.float.batch_size, recipe.qat.batch_size if quant else 0)
+    rows = max(min(batch, n) * m.n_layers, min(recipe.eval.batch_size, len(data.test.y)))
+    return 16 * params, 4 * rows * length * m.d_model
+
+
+def check_memory(recipe: Recipe, data: Dataset, quant: bool, source: str = "recipe") -> None:
+    """Refuse, before any work, a recipe whose model or batches cannot fit in the available
+    memory, naming the recipe key whose halving saves the most and the estimate."""
+    params, acts = memory_estimate(recipe, data, quant)
+    avail = available_memory()
+    if avail is None or params + acts <= avail:
+        return
+    sections = ("model", "float", "qat", "eval") if quant else ("model", "float", "eval")
+    candidates = []
+    for section in sections:
+        part = getattr(recipe, section)
+        for key, value in part.model_dump().items():
+            if (section == "model" or key == "batch_size") and type(value) is int and value > 1:
+                smaller = part.model_copy(update={key: value // 2})
+                changed = recipe.model_copy(update={section: smaller})
+                with contextlib.suppress(ValueError, RuntimeError):  # a model the half breaks
+                    need = sum(memory_estimate(changed, data, quant))
+                    candidates.append((need, section, key, value))
+    _, section, key, value = min(candidates)
+    raise RecipeError(
+        f"{source}: {section}.{key}: {value} needs an estimated {_gib(params + acts)} of memory "
+        f"to train (parameters, gradients and optimizer state {_gib(params)}, activations "
+        f"{_gib(acts)}), {_gib(avail)} is available; lower {section}.{key}"
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
 def _header(recipe: Recipe, data: Dataset, stage: str, **extra) -> dict:
     return {
         "model": recipe.model_dict(),
@@ -224,11 +322,12 @@ def _fit(model, recipe: Recipe, data: Dataset, out: Path, stage: str, progress: 
         recipe.qat if qat else recipe.float,
         seed=recipe.seed,
         mode="recurrent" if qat else recipe.float.mode,
-        state_path=out / ("qat_state" if qat else "train_state"),
+        state_path=out / f"{'qat' if qat else 'train'}_state.safetensors",
         eval_batch=recipe.eval.batch_size,
         desc=stage,
         progress=progress,
         teacher=teacher,
+        section="qat" if qat else "float",
     )
 
 

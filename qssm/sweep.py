@@ -29,7 +29,7 @@ from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe, RecipeError, parse_recipe
 from .report import write_sweep_report
 from .runs import QUANT_FORMAT, load_data, load_run_model, n_params
-from .train import evaluate, fit, seed_everything
+from .train import Diverged, evaluate, fit, seed_everything
 
 FOOTPRINT_COLUMNS = ["param_bits", "state_bits", "buffer_bits", "total_bits"]
 POINT_COLUMNS = ["id", "table", "config", "bits", "stage", "seed"]
@@ -110,7 +110,8 @@ def _inputs(recipe_text: str) -> tuple[Recipe, Dataset]:
 
 
 def run_point(sweep_dir: str, point: dict) -> dict:
-    """Quantize the sweep's float model as ``point`` says; the result row (also on disk)."""
+    """Quantize the sweep's float model as ``point`` says; the result row (also on disk).  A QAT
+    that diverges gives a row with ``failed`` (the reason) and no accuracy."""
     sweep_dir = Path(sweep_dir)
     done = sweep_dir / "points" / f"{point['id']}.json"
     recipe_json = read_json(sweep_dir / "recipe.json")
@@ -125,27 +126,31 @@ def run_point(sweep_dir: str, point: dict) -> dict:
     seed_everything(point["seed"])
     model, table = wrap(model, QuantConfig.model_validate(point["quant"]))
     calibrate(model, data.train, recipe.ptq, seed=point["seed"], progress=False)
+    row = {"key": key, **{k: point[k] for k in POINT_COLUMNS}}
     if point["stage"] == "qat":
-        fit(
-            model,
-            data.train,
-            data.test,
-            recipe.qat,
-            seed=point["seed"],
-            mode="recurrent",
-            eval_batch=recipe.eval.batch_size,
-            desc=f"QAT {point['id']}",
-            progress=False,
-        )
+        try:
+            fit(
+                model,
+                data.train,
+                data.test,
+                recipe.qat,
+                seed=point["seed"],
+                mode="recurrent",
+                eval_batch=recipe.eval.batch_size,
+                desc=f"QAT {point['id']}",
+                progress=False,
+                section="qat",
+            )
+        except Diverged as err:
+            write_json(done, {**row, "failed": str(err)})
+            return {**row, "failed": str(err)}
     accuracy = evaluate(model, data.test, recipe.eval.batch_size, "recurrent")["accuracy"]
     fp = footprint(model, table, float_params)
-    row = {
-        "key": key,
-        **{k: point[k] for k in POINT_COLUMNS},
-        "accuracy": round(accuracy, 6),
+    row.update(
+        accuracy=round(accuracy, 6),
         **{k: fp[k] for k in FOOTPRINT_COLUMNS},
-        "reduction": round(fp["reduction"], 4),
-    }
+        reduction=round(fp["reduction"], 4),
+    )
     write_json(done, row)
     return row
 
@@ -241,11 +246,14 @@ def sweep(
     executor: str = "local",
     address: str | None = None,
     progress: bool = True,
-) -> list[dict]:
-    """Run (or resume) every point; write results.csv and the tables and plots."""
+) -> tuple[list[dict], list[dict]]:
+    """Run (or resume) every point; write results.csv and the tables and plots of the finished
+    ones.  Returns (finished rows, failed rows)."""
     write_json(sweep_dir / "recipe.json", recipe.model_dump(mode="json"))
     todo = points(recipe)
     rows = run_points(sweep_dir, todo, workers, executor, address, progress)
+    failed = [r for r in rows if "failed" in r]
+    rows = [r for r in rows if "failed" not in r]
     atomic_write(sweep_dir / "results.csv", to_csv(rows))
     write_sweep_report(sweep_dir, recipe, rows)
-    return rows
+    return rows, failed

@@ -1,4 +1,5 @@
-"""Seeded training with evaluation every epoch, a cosine schedule, and resume from a checkpoint."""
+"""Seeded training with evaluation every epoch, a cosine schedule, a divergence guard, and an
+exact resume from the checkpoint of the last finished epoch."""
 
 import math
 import random
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Split
-from .io import load_model_files, save_model
+from .io import load_checkpoint, save_checkpoint
 
 # Parameters of the dynamics (SSM A, dt, B; mGRADE delays) train with their own lr and no decay.
 DYNAMICS = ("log_dt", "log_A_real", "A_imag", "ssm.B", "A_bar", "B_bar", "conv.delay")
@@ -58,25 +59,44 @@ def evaluate(model, split: Split, batch_size: int, mode: str = "parallel") -> di
     return {"accuracy": (pred == split.y).float().mean().item(), "loss": loss}
 
 
+class Diverged(RuntimeError):
+    """A non-finite loss or parameter during training (exit status 3); the message names the
+    stage, epoch and step and the recipe keys to change."""
+
+
 def _save_state(path: Path, model, opt, epoch: int, history: list) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_state = opt.state_dict()
     for idx, st in opt_state["state"].items():
         tensors.update({f"opt.{idx}.{k}": v for k, v in st.items()})
     meta = {"epoch": epoch, "history": history, "param_groups": opt_state["param_groups"]}
-    save_model(path.parent, tensors, meta, path.stem)
+    save_checkpoint(path, tensors, meta)
 
 
-def _load_state(path: Path, model, opt) -> tuple[int, list]:
-    header, tensors = load_model_files(path.parent, path.stem)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+def _opt_state(header: dict, tensors: dict) -> dict:
     state: dict = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, idx, name = k.split(".", 2)
             state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": header["param_groups"]})
-    return header["epoch"], header["history"]
+    return {"state": state, "param_groups": header["param_groups"]}
+
+
+def _kept(path: Path, epoch: int) -> str:
+    return f"; the checkpoint of epoch {epoch} is kept in {path}" if epoch else "; nothing saved"
+
+
+def _check_finite(model, loss: float, where: str, cfg, section: str, kept: str) -> None:
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if math.isfinite(loss) and not bad:
+        return
+    what = f"parameter {bad[0]} is not finite" if bad else f"the loss is {loss}"
+    clip = (
+        f"set {section}.grad_clip (e.g. 1.0)"
+        if cfg.grad_clip is None
+        else f"lower {section}.grad_clip (now {cfg.grad_clip:g})"
+    )
+    raise Diverged(f"{where}: {what}; lower {section}.lr (now {cfg.lr:g}) or {clip}{kept}")
 
 
 DISTILL_T = 2.0  # temperature of distillation from the float model
@@ -110,15 +130,26 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     teacher: tuple | None = None,
+    section: str = "float",
 ) -> list[dict]:
     """Train ``cfg.epochs`` epochs; after each one evaluate on ``test`` and (if ``state_path``)
-    save a resumable checkpoint.  An existing checkpoint at ``state_path`` is resumed from.
-    ``teacher`` = (float model, its mode, weight): distill from it (:func:`loss_fn`)."""
+    save a resumable checkpoint ``state_path`` (model, optimizer, epoch, history; one file).  An
+    existing checkpoint there is resumed from, with the same result as a run never interrupted.
+    ``teacher`` = (float model, its mode, weight): distill from it (:func:`loss_fn`).  A
+    non-finite loss or parameter raises :class:`Diverged` (``section``: the recipe section of
+    ``cfg``, named in its message) before the epoch's checkpoint is written."""
+    start, history, header = 0, [], None
+    if state_path is not None and state_path.exists():
+        header, tensors = load_checkpoint(state_path)
+        # the model first: Brevitas re-creates its scale parameters when a state dict is loaded,
+        # and an optimizer made before that would train the discarded ones
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        start, history = header["epoch"], header["history"]
+        tqdm.write(f"{desc}: resuming after epoch {start} from {state_path}")
     opt = make_optimizer(model, cfg)
-    start, history = 0, []
-    if state_path is not None and state_path.with_suffix(".json").exists():
-        start, history = _load_state(state_path, model, opt)
-        tqdm.write(f"{desc}: resuming after epoch {start} from {state_path.with_suffix('.json')}")
+    if header is not None:
+        opt.load_state_dict(_opt_state(header, tensors))
+    kept = "" if state_path is None else _kept(state_path, start)
     n = len(train.y)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -139,6 +170,9 @@ def fit(
                 with torch.no_grad():
                     soft, weight = teacher[0](train.x[idx], teacher[1]), teacher[2]
             loss = loss_fn(model(train.x[idx], mode), train.y[idx], soft, weight)
+            where = f"{desc} diverged at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{len(bar)}"
+            if not math.isfinite(loss.item()):
+                _check_finite(model, loss.item(), where, cfg, section, kept)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -146,6 +180,7 @@ def fit(
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         seconds = time.perf_counter() - t0
+        _check_finite(model, loss.item(), where, cfg, section, kept)
         result = evaluate(model, test, eval_batch, mode)
         history.append(
             {"epoch": epoch + 1, "seconds": seconds, "train_loss": loss.item(), **result}
@@ -156,4 +191,5 @@ def fit(
         )
         if state_path is not None:
             _save_state(state_path, model, opt, epoch + 1, history)
+            kept = _kept(state_path, epoch + 1)
     return history

@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qssm.cli import main
+from qssm.io import read_json
 from qssm.recipe import load_recipe
 from qssm.sweep import compare, points, read_csv
 
@@ -102,3 +104,31 @@ def test_ray_and_process_executors_match_the_local_table(sweep_dir, tmp_path):
             expect = local[row["id"]]
             assert float(row["accuracy"]) == float(expect["accuracy"]), (executor, row["id"])
             assert int(row["total_bits"]) == int(expect["total_bits"])
+
+
+def test_a_diverged_point_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    """QAT at lr 1e6 without clipping diverges: its point is recorded as failed, the PTQ point
+    is in results.csv, and the sweep exits 3 at the end."""
+    recipe = {
+        "name": "diverging_sweep",
+        "seed": 0,
+        "data": {"name": "sdigits", "options": {"limit_train": 128, "limit_test": 64}},
+        "model": {"family": "s4d", "d_model": 8, "d_state": 8},
+        "float": {"epochs": 1, "batch_size": 32},
+        "quant": {"default": {"bits": 8}},
+        "ptq": {"calibration_batches": 2, "batch_size": 32},
+        "qat": {"epochs": 1, "batch_size": 32, "lr": 1e6, "ssm_lr": 1e6, "grad_clip": None},
+        "sweep": {"uniform_bits": [8], "stages": ["ptq", "qat"]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    assert main(["sweep", "--recipe", str(path), "--out", str(out), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "1 of 2 sweep points diverged" in err
+    failed = read_json(out / "metrics.json")["failed"]
+    assert list(failed) == ["uniform-all-8-qat-s0"]
+    assert "QAT uniform-all-8-qat-s0 diverged at epoch 1/1, step " in failed["uniform-all-8-qat-s0"]
+    assert "lower qat.lr (now 1e+06) or set qat.grad_clip" in failed["uniform-all-8-qat-s0"]
+    assert [r["id"] for r in read_csv(out / "results.csv")] == ["uniform-all-8-ptq-s0"]
+    assert "failed" in read_json(out / "points" / "uniform-all-8-qat-s0.json")

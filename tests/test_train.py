@@ -49,7 +49,7 @@ def test_training_is_deterministic_and_resumes_exactly(digits, tmp_path, monkeyp
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(train, "evaluate", crash_on_second_epoch)
-    state = tmp_path / "train_state"
+    state = tmp_path / "train_state.safetensors"
     with pytest.raises(KeyboardInterrupt):
         train.fit(
             _model(digits), digits.train, digits.test, cfg, seed=3, state_path=state, progress=False
