@@ -32,7 +32,7 @@ from .runs import (
     train_run,
 )
 from .search import search
-from .sweep import check_points, compare, read_csv, sweep
+from .sweep import check_points, compare, one_thread, read_csv, sweep
 from .train import Diverged
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -159,8 +159,9 @@ def cmd_sweep(args) -> dict:
     points. With --check GOLDEN.csv it exits 1 when an accuracy moved by more than sweep.tolerance
     or a footprint changed, printing the differences."""
     recipe, data, out, source = _prepare(args, check=_check_sweep)
-    model, float_metrics = float_stage(recipe, data, out, source, "float", not args.quiet)
-    rows, failed = sweep(recipe, out, args.workers, args.executor, args.address, not args.quiet)
+    with one_thread():
+        model, float_metrics = float_stage(recipe, data, out, source, "float", not args.quiet)
+        rows, failed = sweep(recipe, out, args.workers, args.executor, args.address, not args.quiet)
     result = {
         "recipe": recipe.name,
         "float": float_metrics,

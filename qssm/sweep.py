@@ -6,6 +6,7 @@ resumes without recomputing finished points.  Points run in this process, in ``-
 processes, or as Ray tasks; the results do not depend on where they ran.
 """
 
+import contextlib
 import copy
 import csv
 import functools
@@ -181,6 +182,19 @@ def run_points(
             bar.update()
     bar.close()
     return rows
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread inside: a sweep's rows (its float model included) do not depend on
+    the machine's core count.  Float rounding differs between thread counts, and a model with
+    binary comparator outputs turns that into points of accuracy; workers run on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run_ray(sweep_dir: Path, todo: list[dict], address: str | None, bar) -> list[dict]:
