@@ -3,8 +3,11 @@ threshold and its charge-sharing state bank, run with ``ngspice -b`` and compare
 closed-form charge-domain formulas of the behavioural simulator (``hwmap.simulate``).
 
 Every capacitor is referenced to ground; voltages are around V_cm; switches are ngspice ``SW``
-switches (R_on 1 Ω, R_off 10¹⁴ Ω: τ_off ≫ the 4 ns transient) driven by non-overlapping phases.
-Charge is conserved on each node that floats during a phase, which is all the behaviour needs.
+switches (R_on 1 kΩ: settled in picoseconds; R_off 10¹² Ω, which sets the floor of the check: a
+line of C leaks ≤ V·t / (R_off·C) ≈ 10⁻⁷ of its excursion over the 2 ns it floats) driven by
+non-overlapping phases; the transient is Gear-integrated (trapezoidal rings at every switch
+edge).  Charge is conserved on each node that floats during a phase, which is all the behaviour
+needs.  Each netlist holds every draw as an independent instance.
 
 **MAC column** (``mapping.mac``).  Each input row i holds ``per_side`` unit capacitors on each of
 the two lines: ``pos_units`` signal units and ``dummy_pos`` dummies on the + line, ``neg_units``
@@ -13,7 +16,8 @@ each line also carries its parasitic C_par (``c_parasitic_ff``) to ground.  Phas
 both lines and every bottom plate at V_cm, so every unit holds no charge.  Phase 2: the lines
 float, the bottom plates of row i's signal units step to V_cm + x_i·v_code (the input code's
 voltage — the charge the bit-serial planes deposit after their binary weighting, which is linear
-and assumed ideal here), dummies stay at V_cm.  Charge conservation on a line:
+and assumed ideal here; one driver rail per input code, shared by the rows that apply it),
+dummies stay at V_cm.  Charge conservation on a line:
 
     ΔV± = v_code · Σ_i x_i · C±_i / C±_line,   C±_line = Σ_units C_u(1 + ε) + C_par
 
@@ -27,16 +31,19 @@ includes.
 (``comparator.dac_bits`` bits, 2^b C_u per bit b, one C_u termination) is reset to V_cm − swing,
 then bit b's bottom plate steps to V_cm + swing when bit b of (DAC code + 2^(bits−1)) is set:
 V_dac − V_cm = code · 2·swing / 2^bits (each bit cap C_u·2^b carries ε of σ·√(2^b)).  A B-source
-comparator decides V+ − V− ≥ V_dac − V_cm.  The simulator compares the accumulator with the
-exact integer threshold ⌈t⌉ (at t·v_per_unit volts): the difference is the DAC's quantization
-(and, with mismatch, its capacitor errors).  Each draw tests the code boundary nearest to the
-draw's accumulator.
+comparator (a tanh 0.1 µV wide) decides V+ − V− ≥ V_dac − V_cm.  The mapping places the
+threshold at t = ⌈t⌉ − ½ accumulator units (t·v_per_unit volts); the voltage difference is the
+DAC's quantization (and, with mismatch, its capacitor errors).  The simulator decides
+acc + err ≥ ⌈t⌉: the same decision for an integer accumulator, half a unit higher once errors
+make it continuous; decisions are compared with both rules.  Each draw tests the code boundary
+nearest to its accumulator (the hardest case).
 
 **State bank** (``mapping.bank``): per state element, ``switchable_units`` unit capacitors, a
 fixed remainder of (n_eff − switchable)·C_u (``units_effective`` n_eff) and the bank parasitic
-``parasitic.fixed_ff``.  Phase 1: the bank is set to the state h.  Phase 2: the k gated units
-leave the bank (gate switches open) and sample the candidate h̃.  Phase 3: they rejoin it.  Charge
-conservation:  V = (C_k·V_h̃ + (C_bank − C_k + C_par)·V_h) / (C_bank + C_par), i.e.
+``parasitic.fixed_ff``.  Phase 1: the bank is set to the state h (the units that this gate
+code does not switch keep their gate switches closed, drawn as wires).  Phase 2: the k gated
+units leave the bank (gate switches open) and sample the candidate h̃.  Phase 3: they rejoin it.
+Charge conservation:  V = (C_k·V_h̃ + (C_bank − C_k + C_par)·V_h) / (C_bank + C_par), i.e.
 h ← h + z(h̃ − h) with z = C_k / (C_bank + C_par).  The simulator's z is k / n_eff, or with
 mismatch (k + e₁) / (n_eff + e₁ + e₂) (e₁: the errors of the k gated units, e₂: of the others and
 the remainder, drawn as n_eff − switchable units); it leaves the parasitic out of z.
@@ -57,7 +64,7 @@ import numpy as np
 from .mapping import swing, unit_sigma
 from .targets import Target
 
-DRAWS = 256  # random draws per piece and setting
+DRAWS = 200  # random draws per piece and setting
 SEED = 0
 RON, ROFF = 1e3, 1e12  # ohm (τ_off of one unit: 1 ms ≫ the 4 ns transient)
 EDGE = 10e-12  # rise / fall time of every phase (s)
@@ -188,7 +195,7 @@ def bank_netlist(bank: dict, target: Target, d: dict) -> tuple[str, list[str]]:
     ]
     vectors = []
     for j, c in enumerate(d["col"]):
-        k, n_eff = int(d["k"][j]), float(bank["units_effective"][c])
+        k, n_eff = int(d["k"][j]), float(bank["units_effective"].ravel()[c])
         body.append(f"* draw {j}: state element {c}, gate switches {k} of {S} units")
         body.append(f"vh{j} hs{j} 0 {vcm + d['h'][j] * v:.15g}")
         body.append(f"vc{j} cs{j} 0 {vcm + d['cand'][j] * v:.15g}")
