@@ -122,7 +122,8 @@ def _cap(name: str, a: str, b: str, units: float, cu_ff: float) -> str:
 def _netlist(title: str, target: Target, body: list[str], vectors: list[str]) -> str:
     head = [
         f"* {title}",
-        "* written by hwmap.spice (qssm map-to-hw --spice); run: ngspice -b <this file>",
+        "* written by hwmap.spice (qssm map-to-hw --spice)",
+        "* run: ngspice -b <this file>  (writes the vectors to out.txt)",
         f".model swm sw vt=0.5 vh=0 ron={RON:g} roff={ROFF:g}",
         f"vvcm vcm 0 {target.process.vcm_v:.15g}",
         ".options method=gear reltol=1e-6 abstol=1e-18 vntol=1e-9 chgtol=1e-21",
