@@ -70,7 +70,7 @@ RON, ROFF = 1e3, 1e12  # ohm (τ_off of one unit: 1 ms ≫ the 4 ns transient)
 EDGE = 10e-12  # rise / fall time of every phase (s)
 T_END = 4e-9
 TIMEOUT_S = 300
-COMPARATOR_V = 1e-7  # input that takes the comparator's tanh from mid-rail to 76 % of V_DD
+COMPARATOR_V = 1e-7  # comparator input (V) at which its tanh output reaches 88 % of V_DD
 
 
 class SpiceError(RuntimeError):
