@@ -20,7 +20,7 @@ from qssm.io import atomic_path, write_json
 from qssm.recipe import load_recipe
 from qssm.runs import RunError, load_data, load_run_model
 
-from . import simulate, verify
+from . import simulate, spice, verify
 from .graph import save_graph
 from .lower import fakequant, lower
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges
@@ -48,13 +48,14 @@ def _load(run_dir: Path, action: str):
 FILES = (  # everything export_run and map_run write into OUT
     *("verify.json", "verify.failed.json", "graph.json", "graph.npz", "report.md"),
     *("step.onnx", "sequence.onnx", "step_qonnx.onnx", "mapping.json", "arrays.npz"),
-    "monte_carlo.png",
+    *("monte_carlo.png", "spice.json"),
 )
 
 
 def _promote(stage: Path, out: Path) -> None:
     for name in FILES:  # verify.json first: a half-promoted export never looks verified
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "spice", ignore_errors=True)  # map-to-hw --spice's netlists
     for path in sorted(stage.iterdir(), key=lambda p: p.name == "verify.json"):
         path.replace(out / path.name)
 
@@ -177,11 +178,15 @@ def map_run(
     limit: int | None = None,
     progress: bool = True,
     keep_failed: bool = False,
+    with_spice: bool = False,
 ) -> dict:
     """``qssm map-to-hw``: everything of ``export_run`` plus mapping.json, arrays.npz, the
-    simulator checks and the Monte-Carlo table in verify.json, and report.md.  Raises
+    simulator checks and the Monte-Carlo table in verify.json, and report.md; ``with_spice``:
+    the ngspice cross-check of mapped pieces (spice.json, the netlists in spice/).  Raises
     VerifyError when a check fails."""
     target = load_target(target_path)
+    if with_spice:
+        spice.require_ngspice()  # before anything is lowered or written
     model, graph, recipe, data = _load(run_dir, "map")
     ranges = observed_ranges(graph, data.train.x.numpy()[:RANGE_SEQUENCES])
     mapping = map_graph(graph, target, ranges=ranges)  # MappingError: nothing written
@@ -194,6 +199,9 @@ def map_run(
         with atomic_path(stage / "arrays.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
         result["sim_ideal_vs_intref"] = verify.sim_ideal_vs_intref(graph, mapping, target, x)
+        checked = spice.cross_check(mapping, target, stage) if with_spice else None
+        if checked:
+            write_json(stage / "spice.json", checked)
         if mc_seeds:
             fit = partial(map_graph, graph, ranges=ranges)  # a target → its mapping
             x_mc, y_mc, seeds = x[:mc_limit], y[:mc_limit], list(range(mc_seeds))
@@ -201,6 +209,6 @@ def map_run(
             result["monte_carlo"] = mc
             plot_monte_carlo({recipe.name: mc}, stage / "monte_carlo.png")
         verify.gate(result)
-        write_hw_report(stage, recipe.name, mapping, result)
+        write_hw_report(stage, recipe.name, mapping, result, checked)
         _finish(result, stage)
-    return {"mapping": _split(mapping, {}), "verify": result}
+    return {"mapping": _split(mapping, {}), "verify": result, "spice": checked}

@@ -15,6 +15,8 @@ COLUMNS = {  # the tables' headers
     "ADC bits | comparators",
     "monte_carlo": "sweep | C_u (fF) | offset σ (mV) | mean acc (%) | std (%) | chips | sequences",
     "checks": "check | result | threshold | passed",
+    "spice": "layer | piece | mismatch | max diff (mV) | max diff (column LSB) | "
+    "with the bank parasitic in z (mV) | decisions agree (simulator / placed threshold) | netlist",
 }
 
 
@@ -56,8 +58,33 @@ def _figure(value) -> str:
     return f"{100 * value:.2f} %" if isinstance(value, float) else str(value)
 
 
-def write_hw_report(out: Path, run: str, mapping: dict, verify: dict) -> None:
-    """``verify``: the verification results after ``hwmap.verify.gate``."""
+def _spice_section(checked: dict) -> str:
+    """The ngspice cross-check (``hwmap.spice.cross_check``) as a table."""
+    rows = []
+    for r in checked["pieces"]:
+        agree = explained = "—"
+        if "max_diff_mv_parasitic_in_z" in r:
+            explained = f"{r['max_diff_mv_parasitic_in_z']:.4f}"
+        if "decision_agreement" in r:
+            agree = (
+                f"{_figure(r['decision_agreement'])} / {_figure(r['decision_agreement_placed'])}"
+            )
+        rows.append(
+            [r["layer"], r["piece"], ("no", "yes")[r["mismatch"]], f"{r['max_diff_mv']:.4f}"]
+            + [f"{r['max_diff_lsb']:.3g}", explained, agree, f"`{r['netlist']}`"]
+        )
+    note = (
+        f"ngspice {checked['ngspice']} against the behavioural formulas, {checked['draws']} "
+        f"random draws per piece (seed {checked['seed']}), without and with capacitor mismatch "
+        f"(σ(ΔC/C) = {100 * checked['unit_sigma']:.2f} % per unit, the same draws on both "
+        f"sides); {checked['wall_s']:.1f} s. Column LSB: the layer's volts per accumulator unit."
+    )
+    return note + "\n\n" + _table("spice", rows)
+
+
+def write_hw_report(out: Path, run: str, mapping: dict, verify: dict, spice=None) -> None:
+    """``verify``: the verification results after ``hwmap.verify.gate``; ``spice``: the ngspice
+    cross-check, when it ran."""
     t, layers = mapping["totals"], mapping["layers"]
     totals = [f"{t['capacitance_pf']:.2f}", f"{t['area_mm2']:.4f}", t["switches"]]
     totals += [t["comparators"], f"{t['energy_per_step_pj']:.1f}", f"{t['time_per_step_ns']:.0f}"]
@@ -88,4 +115,6 @@ def write_hw_report(out: Path, run: str, mapping: dict, verify: dict) -> None:
         ]
         mc_table = _table("monte_carlo", rows) + "\n\n![Monte-Carlo](monte_carlo.png)"
         sections.append(("Monte-Carlo (all non-idealities on)", mc_table))
+    if spice:
+        sections.append(("ngspice cross-check of mapped pieces", _spice_section(spice)))
     write_report(out / "report.md", f"{run} on {mapping['target']}", sections)

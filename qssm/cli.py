@@ -11,6 +11,7 @@ from pathlib import Path
 from hwmap.hwaware import hardware_noise
 from hwmap.lower import LoweringError
 from hwmap.mapping import MappingError
+from hwmap.spice import SpiceError
 from hwmap.targets import TargetError, load_target
 
 from .data import DataError
@@ -45,6 +46,7 @@ USER_ERRORS = (
     LoweringError,
     MappingError,
     TargetError,
+    SpiceError,
     OSError,  # a file that cannot be written (io.WriteError names it) or read
 )
 
@@ -258,8 +260,10 @@ def cmd_map(args) -> dict:
     gate code → switched units, retention units; capacitance, area, energy per timestep), the
     behavioural simulator with every non-ideality off checked against the integer reference, and a
     Monte-Carlo over chips with every non-ideality on, swept over unit capacitance and comparator
-    offset (report.md, monte_carlo.png). Models the target cannot run are refused with the reason
-    and the recipe change that fixes it; a verification check that misses its threshold exits 1."""
+    offset (report.md, monte_carlo.png); with --spice, ngspice netlists of each layer's MAC column,
+    comparator threshold and state bank compared with the behavioural formulas (spice.json,
+    spice/*.cir). Models the target cannot run are refused with the reason and the recipe change
+    that fixes it; a verification check that misses its threshold exits 1."""
     from hwmap.export import map_run
 
     r = _gated(
@@ -270,6 +274,7 @@ def cmd_map(args) -> dict:
         mc_limit=args.mc_limit,
         units=args.mc_units,
         offsets=args.mc_offsets,
+        with_spice=args.spice,
     )
     t, ideal = r["mapping"]["totals"], r["verify"]["sim_ideal_vs_intref"]
     print(
@@ -281,6 +286,11 @@ def cmd_map(args) -> dict:
         print(
             f"  C_u {row['unit_ff']:g} fF, offset {row['offset_mv']:g} mV: "
             f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f} % over {row['seeds']} chips"
+        )
+    for p in (r["spice"] or {}).get("pieces", []):
+        print(
+            f"  ngspice {p['layer']} {p['piece']}{' (mismatch)' * p['mismatch']}: "
+            f"{p['max_diff_mv']:.4f} mV = {p['max_diff_lsb']:.3g} LSB at most"
         )
     print(f"→ {args.out or Path(args.run_dir) / 'hw'}/report.md")
     return r
@@ -431,6 +441,12 @@ def parser() -> argparse.ArgumentParser:
         ("--mc-offsets", [0.5, 1.0, 2.0, 5.0], "trimmed comparator offsets σ (mV)"),
     ):
         m.add_argument(flag, type=float, nargs="+", default=default, help=f"{swept} swept")
+    m.add_argument(
+        "--spice",
+        action="store_true",
+        help="cross-check a MAC column, a threshold and a state bank per layer in ngspice "
+        "(spice.json, netlists in spice/)",
+    )
 
     _command(sub, "recipes", cmd_recipes, "list the shipped recipes")
     return p
