@@ -41,6 +41,11 @@ def _load(run_dir: Path, action: str):
         raise RunError(
             f"{run_dir} holds a float model; run `qssm quantize` first and {action} that"
         )
+    if header["model"]["family"] == "custom":
+        raise RunError(
+            f"{run_dir} holds a model of your own ({header['model']['module']}); the integer "
+            f"lowering knows qssm's model families only, so it cannot {action} it"
+        )
     graph = lower(model)
     recipe = load_recipe(run_dir / "recipe.yaml")
     return model, graph, recipe, load_data(recipe)

@@ -96,6 +96,10 @@ def test_own_model_ptq_qat_save_reload_and_cli_eval(tmp_path):
     )
     result = json.loads(out.stdout)
     assert result["stage"] == "qat" and result["accuracy"] == qat == result["stored_accuracy"]
+    from qssm.cli import main
+
+    assert main(["export", str(run), "--quiet"]) == 2  # refused in one line, nothing written
+    assert not (run / "hw" / "verify.json").exists()
 
 
 def test_api_refusals():
