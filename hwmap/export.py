@@ -7,6 +7,7 @@ leaves OUT's earlier files as they were, with its own results in OUT/verify.fail
 with ``keep_failed``, promotes its files anyway (verify.json says ``"passed": false``).  Promoting
 replaces every file an earlier export or mapping wrote (``FILES``), so OUT never mixes two runs."""
 
+import json
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qssm.io import atomic_path, write_json
+from qssm.io import atomic_path, provenance, read_json, write_json
 from qssm.recipe import load_recipe
 from qssm.runs import RunError, load_data, load_run_model
 
@@ -24,7 +25,7 @@ from . import simulate, spice, verify
 from .graph import save_graph
 from .lower import fakequant, lower
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges
-from .onnx_export import OPSET, save_onnx, sequence_model, step_model
+from .onnx_export import OPSET, describe, save_onnx, sequence_model, step_model
 from .report import plot_monte_carlo, write_hw_report
 from .targets import load_target
 from .verify import VerifyError
@@ -40,6 +41,11 @@ def _load(run_dir: Path, action: str):
         raise RunError(
             f"{run_dir} holds a float model; run `qssm quantize` first and {action} that"
         )
+    if header["model"]["family"] == "custom":
+        raise RunError(
+            f"{run_dir} holds a model of your own ({header['model']['module']}); the integer "
+            f"lowering knows qssm's model families only, so it cannot {action} it"
+        )
     graph = lower(model)
     recipe = load_recipe(run_dir / "recipe.yaml")
     return model, graph, recipe, load_data(recipe)
@@ -48,7 +54,7 @@ def _load(run_dir: Path, action: str):
 FILES = (  # everything export_run and map_run write into OUT
     *("verify.json", "verify.failed.json", "graph.json", "graph.npz", "report.md"),
     *("step.onnx", "sequence.onnx", "step_qonnx.onnx", "mapping.json", "arrays.npz"),
-    *("monte_carlo.png", "spice.json"),
+    *("step_deploy.onnx", "sequence_deploy.onnx", "monte_carlo.png", "spice.json"),
 )
 
 
@@ -85,15 +91,54 @@ def _finish(result: dict, stage: Path) -> None:
         raise VerifyError(verify.failure(result))
 
 
+DOCS = {  # ONNX file → its doc_string
+    "step.onnx": "qssm step graph for verification: (x_t, state:*) -> (next:*, logits, code:* "
+    "— every quantization site's integer codes, to check against the integer reference)",
+    "sequence.onnx": "qssm sequence graph for verification: x (batch, time, d_input) -> "
+    "(logits, codes:* per site and step); a Scan over the step",
+    "step_qonnx.onnx": "qssm step graph with QONNX Quant nodes (unit scales on integer codes; "
+    "the real scales are in graph.json), code:* outputs for verification",
+    "step_deploy.onnx": "qssm deployable step graph: (x_t, state:*) -> (next:*, logits); start "
+    "from zero state codes (the zero points) and feed next:* back as state:*",
+    "sequence_deploy.onnx": "qssm deployable sequence graph: x (batch, time, d_input) -> logits",
+}
+
+
+def _metadata(run_dir: Path) -> dict[str, str]:
+    """ONNX metadata_props: what trained the run (its metrics.json provenance) and what
+    exported it; the input preprocessing and initial state a deployment must reproduce."""
+    trained = read_json(run_dir / "metrics.json").get("provenance", {})
+    now = provenance()
+    return {
+        "qssm_version": str(now["qssm"]),
+        "qssm_commit": str(now["commit"]),
+        "torch": str(now["torch"]),
+        "brevitas": str(now["brevitas"]),
+        "preprocessing": json.dumps(trained.get("preprocessing", {})),
+        "initial_state": "zeros (state codes at their zero points)",
+        "trained_with": json.dumps(trained),
+        "exported_with": json.dumps({k: v for k, v in now.items() if k != "preprocessing"}),
+    }
+
+
+def _save(model, out: Path, name: str, props: dict, check: bool = True) -> Path:
+    pre = json.loads(props["preprocessing"])
+    doc = f"{DOCS[name]}. Inputs: x = (raw / divide - mean) / std with {pre or 'no scaling'}."
+    save_onnx(describe(model, doc, props), out / name, check)
+    return out / name
+
+
 def _export(run_dir, model, graph, x: np.ndarray, out: Path, fmt: str, progress) -> dict:
     """Write the integer graph and the ONNX files into ``out``; return the verification
     results."""
     save_graph(graph, out)
-    step, sequence = out / "step.onnx", out / "sequence.onnx"
-    save_onnx(step_model(graph), step)
-    save_onnx(sequence_model(graph), sequence)
+    props = _metadata(run_dir)
+    step = _save(step_model(graph), out, "step.onnx", props)
+    sequence = _save(sequence_model(graph), out, "sequence.onnx", props)
+    step_deploy = _save(step_model(graph, codes=False), out, "step_deploy.onnx", props)
+    sequence_deploy = _save(sequence_model(graph, codes=False), out, "sequence_deploy.onnx", props)
     if fmt == "qonnx":
-        save_onnx(step_model(graph, qonnx=True), out / "step_qonnx.onnx", check=False)
+        _save(step_model(graph, qonnx=True), out, "step_qonnx.onnx", props, check=False)
     bar = tqdm(total=len(x), desc="fake-quant vs intref", disable=not progress, leave=False)
     fq = verify.fakequant_vs_intref(partial(fakequant, model), graph, x, progress=bar.update)
     bar.close()
@@ -106,6 +151,9 @@ def _export(run_dir, model, graph, x: np.ndarray, out: Path, fmt: str, progress)
         "fakequant_vs_intref": fq,
         "onnx_vs_intref": verify.onnx_vs_intref(graph, sequence, x),
         "step_vs_sequence": verify.step_vs_sequence(graph, step, sequence, x[:STREAM_CHECK]),
+        "deployed_vs_intref": verify.deployed_vs_intref(
+            graph, step_deploy, sequence_deploy, x[:STREAM_CHECK]
+        ),
     }
     if fmt == "qonnx":  # the QCDQ graphs only served the checks
         step.unlink()
@@ -123,7 +171,9 @@ def export_run(
     keep_failed: bool = False,
 ) -> dict:
     """Lower ``run_dir``'s quantized model into ``out`` (default RUN_DIR/hw): graph.json +
-    graph.npz (the integer graph), step.onnx + sequence.onnx (QCDQ) or step_qonnx.onnx, and
+    graph.npz (the integer graph), step.onnx + sequence.onnx (QCDQ, with the per-site code
+    outputs verification reads) or step_qonnx.onnx, step_deploy.onnx + sequence_deploy.onnx
+    (the same graphs without those outputs), each with provenance metadata, and
     verify.json (written last) with the checks of the verification chain on the test split
     (all of it unless ``limit``).  Raises VerifyError when a check fails."""
     model, graph, _, data = _load(run_dir, "export")

@@ -242,8 +242,9 @@ def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
     return outputs
 
 
-def _body(graph: Graph, qonnx: bool) -> tuple[Emitter, list, list, list]:
-    """The step: (emitter, inputs, state outputs, site outputs), before the head."""
+def _body(graph: Graph, qonnx: bool, codes: bool) -> tuple[Emitter, list, list, list]:
+    """The step: (emitter, inputs, state outputs, site outputs (none unless ``codes``)), before
+    the head."""
     e = Emitter(graph.consts, qonnx=qonnx)
     inputs = []
     for s in graph.states:
@@ -258,7 +259,7 @@ def _body(graph: Graph, qonnx: bool) -> tuple[Emitter, list, list, list]:
         np_type, onnx_type, qdq = _state_type(s)
         e.to_code(e.get(s.next).name, s.zp, np_type, onnx_type, qdq, f"next:{s.name}")
         state_out.append(_value(f"next:{s.name}", onnx_type, ["batch", *s.shape]))
-    return e, inputs, state_out, _site_outputs(e, graph)
+    return e, inputs, state_out, _site_outputs(e, graph) if codes else []
 
 
 def _model(g: onnx.GraphProto, qonnx: bool = False) -> onnx.ModelProto:
@@ -268,9 +269,10 @@ def _model(g: onnx.GraphProto, qonnx: bool = False) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=opsets, producer_name="qssm", ir_version=10)
 
 
-def step_model(graph: Graph, qonnx: bool = False) -> onnx.ModelProto:
-    """(x_t, states) → (next states, logits, per-site codes) for streaming."""
-    e, inputs, state_out, sites = _body(graph, qonnx)
+def step_model(graph: Graph, qonnx: bool = False, codes: bool = True) -> onnx.ModelProto:
+    """(x_t, states) → (next states, logits, per-site codes) for streaming; without ``codes``
+    the deployable graph: the same nodes less the verification-only ``code:*`` outputs."""
+    e, inputs, state_out, sites = _body(graph, qonnx, codes)
     for op in graph.head:
         e.op(op)
     outputs = [*state_out, _value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *sites]
@@ -283,9 +285,10 @@ def _sequence_of(v: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return _value("codes:" + v.name[len("code:") :], TensorProto.INT32, ["batch", "time", *dims])
 
 
-def sequence_model(graph: Graph) -> onnx.ModelProto:
-    """x (B, L, d_input) → (logits, per-site codes (B, L, …)): a ``Scan`` over the step body."""
-    e, inputs, state_out, sites = _body(graph, qonnx=False)
+def sequence_model(graph: Graph, codes: bool = True) -> onnx.ModelProto:
+    """x (B, L, d_input) → (logits, per-site codes (B, L, …)): a ``Scan`` over the step body;
+    without ``codes`` the deployable graph, logits only."""
+    e, inputs, state_out, sites = _body(graph, qonnx=False, codes=codes)
     body = e.graph("qssm_step_body", inputs, state_out + sites)
     outer = Emitter(graph.consts, prefix="seq/")  # one namespace with the body
     batch = outer.node("Shape", ["x"], "batch", start=0, end=1)
@@ -298,7 +301,9 @@ def sequence_model(graph: Graph) -> onnx.ModelProto:
         init_states.append(outer.node("ConstantOfShape", [shape], s.name, value=zero))
     seq_codes = [_sequence_of(v) for v in sites]
     scan_out = [f"final:{s.name}" for s in graph.states] + [v.name for v in seq_codes]
-    scan = {"num_scan_inputs": 1, "scan_input_axes": [1], "scan_output_axes": [1] * len(sites)}
+    scan = {"num_scan_inputs": 1, "scan_input_axes": [1]}
+    if sites:
+        scan["scan_output_axes"] = [1] * len(sites)
     outer.nodes.append(helper.make_node("Scan", [*init_states, "x"], scan_out, body=body, **scan))
     for s in graph.states:
         np_type, _, qdq = _state_type(s)
@@ -309,6 +314,14 @@ def sequence_model(graph: Graph) -> onnx.ModelProto:
     outputs = [_value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *seq_codes]
     x = _value("x", TensorProto.FLOAT, ["batch", "time", graph.d_input])
     return _model(outer.graph("qssm_sequence", [x], outputs))
+
+
+def describe(model: onnx.ModelProto, doc: str, props: dict[str, str]) -> onnx.ModelProto:
+    """``model`` with ``doc`` as its doc_string and ``props`` as metadata_props (what made it,
+    how inputs are preprocessed); the graph is untouched."""
+    model.doc_string = doc
+    helper.set_model_props(model, props)
+    return model
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, check: bool = True) -> None:

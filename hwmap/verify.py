@@ -15,6 +15,7 @@ CHECKS = {  # "section.figure" → (threshold, what it checks): each figure must
     "onnx_vs_intref.logits_identical": (True, "onnxruntime vs intref: logits"),
     "step_vs_sequence.code_agreement": (1.0, "step vs sequence graph: codes"),
     "step_vs_sequence.logits_identical": (True, "step vs sequence graph: logits"),
+    "deployed_vs_intref.logits_identical": (True, "deployable graphs vs intref: logits"),
     "sim_ideal_vs_intref.decision_agreement": (1.0, "ideal simulator vs intref: decisions"),
     "sim_ideal_vs_intref.logits_identical": (True, "ideal simulator vs intref: logits"),
 }
@@ -184,6 +185,16 @@ def step_vs_sequence(graph: Graph, step_path, sequence_path, x: np.ndarray) -> d
     pairs = [("logits", logits, out["logits"])]
     pairs += [(s, c, out[f"codes:{s}"]) for s, c in codes.items()]
     return {**_agreement(pairs), "sequences": len(x)}
+
+
+def deployed_vs_intref(graph: Graph, step_path, sequence_path, x: np.ndarray) -> dict:
+    """The deployable graphs (no ``code:*`` outputs) against the integer reference: the logits
+    of the sequence graph and of the step graph streamed."""
+    logits, _ = intref.run(graph, x)
+    sequence = session(sequence_path).run(["logits"], {"x": x})[0]
+    streamed, _ = stream_onnx(graph, session(step_path), x)
+    same = np.array_equal(sequence, logits) and np.array_equal(streamed, logits)
+    return {"logits_identical": bool(same), "sequences": len(x)}
 
 
 def sim_ideal_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> dict:

@@ -3,9 +3,11 @@
 import argparse
 import contextlib
 import importlib.util
+import inspect
 import json
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 from hwmap.hwaware import hardware_noise
@@ -15,9 +17,16 @@ from hwmap.spice import SpiceError
 from hwmap.targets import TargetError, load_target
 
 from .data import DataError
-from .io import CheckpointError, Interrupted, interruptible_between_writes, read_json, write_json
+from .io import (
+    CheckpointError,
+    Interrupted,
+    interruptible_between_writes,
+    provenance,
+    read_json,
+    write_json,
+)
 from .quant.calibrate import CalibrationError
-from .recipe import RecipeError, load_recipe
+from .recipe import RecipeError, load_recipe, shipped_recipes
 from .runs import (
     Hardware,
     RunError,
@@ -35,8 +44,8 @@ from .runs import (
 from .search import search
 from .sweep import check_points, compare, one_thread, read_csv, sweep
 from .train import Diverged
+from .version import __version__
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 USER_ERRORS = (
     RecipeError,
     CalibrationError,
@@ -170,6 +179,7 @@ def cmd_sweep(args) -> dict:
         "points": len(rows),
         "results": str(out / "results.csv"),
         "failed": {r["id"]: r["failed"] for r in failed},
+        "provenance": provenance(data.preprocessing),
     }
     write_json(out / "metrics.json", result)
     print(f"{len(rows)} points → {out}/results.csv, {out}/report.md")
@@ -225,6 +235,8 @@ def cmd_search(args) -> dict:
 
 
 def cmd_eval(args) -> dict:
+    """Rebuilds a finished run's model from its files alone (model.safetensors + model.json,
+    recipe.yaml) and evaluates it on the recipe's test split, beside the stored accuracy."""
     r = eval_run(Path(args.run_dir))
     print(
         f"{r['recipe']} ({r['stage']}): test accuracy {100 * r['accuracy']:.2f} % "
@@ -297,21 +309,41 @@ def cmd_map(args) -> dict:
 
 
 def cmd_recipes(args) -> dict:
+    """Lists the recipes shipped with qssm by the name `--recipe` takes, from any folder (a
+    recipe file of your own is given by its path)."""
     found = {}
-    for path in sorted(RECIPES.rglob("*.yaml")):
+    for name, path in shipped_recipes().items():
         try:
             r = load_recipe(path)
-            found[str(path.relative_to(RECIPES.parent))] = f"{r.model.family} on {r.data.name}"
+            found[name] = f"{r.model.family} on {r.data.name}"
         except RecipeError as err:
-            found[str(path.relative_to(RECIPES.parent))] = f"INVALID: {err}"
+            found[name] = f"INVALID: {err}"
     for name, what in found.items():
-        print(f"{name:45s} {what}")
+        print(f"{name:30s} {what}")
     return found
 
 
-def _command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
-    """Subcommand ``name``, run by ``func`` and described by its docstring."""
-    p = sub.add_parser(name, help=help, description=func.__doc__)
+def _json_flag(p: argparse.ArgumentParser, default) -> None:
+    """--json, before the command or after it (``default`` SUPPRESS: the command's copy does not
+    reset the flag given before it)."""
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=default,
+        help="print the result dictionary as JSON on stdout",
+    )
+
+
+def _command(sub, name: str, func, help: str, example: str) -> argparse.ArgumentParser:
+    """Subcommand ``name``, run by ``func``, described by its docstring, with an example."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=inspect.cleandoc(func.__doc__),
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _json_flag(p, argparse.SUPPRESS)
     p.set_defaults(func=func)
     return p
 
@@ -344,25 +376,37 @@ def _hw_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+EXIT_STATUS = (
+    "exit status: 0 done; 1 `sweep --check` regression or a failed verification check of export "
+    "/ map-to-hw; 2 bad input (recipe, run dir in use by another process, a size that cannot fit "
+    "in memory, a file that cannot be written), one line naming the key or file; 3 a training "
+    "stage diverged (non-finite loss or parameter: lower lr or set grad_clip; the last good "
+    "checkpoint is kept, no metrics.json); 130 / 143 interrupted by SIGINT / SIGTERM (run the "
+    "same command again to resume)."
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qssm",
         description="Quantize small sequence models (S4D, minGRU, mGRADE) per component and map "
         "them to switched-capacitor in-memory computing. One recipe file drives a run; "
         "every stage writes its artifacts into a run dir (default runs/<recipe name>).",
-        epilog="exit status: 0 done; 1 `sweep --check` regression or a failed verification check "
-        "of export / map-to-hw; 2 bad input (recipe, run dir in use by another process, a size "
-        "that cannot fit in memory, a file that cannot be written), one line naming the key or "
-        "file; 3 a training stage diverged (non-finite loss or parameter: lower lr or set "
-        "grad_clip; the last good checkpoint is kept, no metrics.json); 130 / 143 interrupted by "
-        "SIGINT / SIGTERM (run the same command again to resume).",
+        epilog=textwrap.fill(EXIT_STATUS, 90)
+        + "\n\nexample:\n  qssm quantize --recipe hetero_4_8 && qssm eval runs/hetero_4_8 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--json", action="store_true", help="print the result dictionary as JSON on stdout"
-    )
+    p.add_argument("--version", action="version", version=f"qssm {__version__}")
+    _json_flag(p, False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = _command(sub, "train", cmd_train, "float training of the recipe's model")
+    t = _command(
+        sub,
+        "train",
+        cmd_train,
+        "float training of the recipe's model",
+        "qssm train --recipe fp32_s4d_smnist5k",
+    )
     _run_args(t, "recipe YAML (see `qssm recipes`)", from_run=False)
 
     q = _command(
@@ -370,10 +414,17 @@ def parser() -> argparse.ArgumentParser:
         "quantize",
         cmd_quantize,
         "float pre-training, PTQ and QAT of the recipe's model, with a report",
+        "qssm quantize --recipe hetero_4_8 --from runs/fp32_s4d_smnist5k",
     )
     _run_args(q, "recipe YAML with a `quant` section")
 
-    e = _command(sub, "eval", cmd_eval, "re-evaluate a finished run from its saved files")
+    e = _command(
+        sub,
+        "eval",
+        cmd_eval,
+        "re-evaluate a finished run from its saved files",
+        "qssm eval runs/hetero_4_8 --json",
+    )
     e.add_argument("run_dir")
 
     s = _command(
@@ -381,6 +432,7 @@ def parser() -> argparse.ArgumentParser:
         "sweep",
         cmd_sweep,
         "bit-accuracy tables: per-role sensitivity, uniform bits, Pareto front",
+        "qssm sweep --recipe sweeps/sdigits_s4d --check tests/golden/sdigits_s4d.csv",
     )
     _run_args(s, "recipe YAML with `quant` and `sweep` sections")
     s.add_argument("--workers", type=int, default=1, help="points in parallel processes")
@@ -393,7 +445,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     s.add_argument("--check", metavar="GOLDEN_CSV", help="compare with a golden results table")
 
-    h = _command(sub, "search", cmd_search, "choose bits per role under a memory budget, then QAT")
+    h = _command(
+        sub,
+        "search",
+        cmd_search,
+        "choose bits per role under a memory budget, then QAT",
+        "qssm search --recipe hetero_4_8 --budget-reduction 8 --from runs/fp32_s4d_smnist5k",
+    )
     _run_args(h, "recipe YAML with a `quant` section")
     budget = h.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-kib", type=float, help="parameters + state budget in KiB")
@@ -415,7 +473,11 @@ def parser() -> argparse.ArgumentParser:
     )
 
     x = _command(
-        sub, "export", cmd_export, "integer graph, ONNX files and verification of a quantized run"
+        sub,
+        "export",
+        cmd_export,
+        "integer graph, ONNX files and verification of a quantized run",
+        "qssm export runs/hetero_4_8",
     )
     _hw_args(x)
     x.add_argument("--format", choices=["qcdq", "qonnx"], default="qcdq", help="ONNX flavour")
@@ -425,6 +487,7 @@ def parser() -> argparse.ArgumentParser:
         "map-to-hw",
         cmd_map,
         "map a quantized run onto a switched-capacitor IMC target and simulate it",
+        "qssm map-to-hw runs/minimalist --target minimalist_like",
     )
     _hw_args(m)
     m.add_argument(
@@ -448,7 +511,7 @@ def parser() -> argparse.ArgumentParser:
         "(spice.json, netlists in spice/)",
     )
 
-    _command(sub, "recipes", cmd_recipes, "list the shipped recipes")
+    _command(sub, "recipes", cmd_recipes, "list the shipped recipes", "qssm recipes")
     return p
 
 

@@ -36,6 +36,7 @@ from .io import atomic_write
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 MNIST_PIXELS = 28 * 28
+MNIST_PREPROCESSING = {"divide": 255, "mean": MNIST_MEAN, "std": MNIST_STD}
 
 # Compressed MNIST file name -> MD5 of the .gz file (as published with the dataset).
 MNIST_FILES = {
@@ -92,6 +93,9 @@ class Dataset:
     train: Split
     test: Split
     n_classes: int
+    # how raw inputs became x (what a deployment must apply to its inputs), e.g.
+    # {"divide": 255, "mean": 0.1307, "std": 0.3081}: x = (raw / divide - mean) / std
+    preprocessing: dict = dataclasses.field(default_factory=dict)
 
     @property
     def d_input(self) -> int:
@@ -164,10 +168,12 @@ def _split(x: np.ndarray, y: np.ndarray) -> Split:
     )
 
 
-def _indexed(name: str, x: np.ndarray, y: np.ndarray, train_idx, test_idx) -> Dataset:
+def _indexed(
+    name: str, x: np.ndarray, y: np.ndarray, train_idx, test_idx, preprocessing: dict
+) -> Dataset:
     """The 10-class dataset ``name`` whose splits are rows ``train_idx`` / ``test_idx``."""
     train, test = _split(x[train_idx], y[train_idx]), _split(x[test_idx], y[test_idx])
-    return Dataset(name=name, train=train, test=test, n_classes=10)
+    return Dataset(name, train, test, 10, preprocessing)
 
 
 def _stratified_split(
@@ -217,7 +223,8 @@ def _smnist5k(*, seed: int) -> Dataset:
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)  # (5000, 785)
     pixels, labels = table[:, :-1], table[:, -1]
     train_idx, test_idx = _stratified_split(labels, 0.2, seed)
-    return _indexed("smnist5k", _mnist_sequences(pixels), labels, train_idx, test_idx)
+    x = _mnist_sequences(pixels)
+    return _indexed("smnist5k", x, labels, train_idx, test_idx, MNIST_PREPROCESSING)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -329,7 +336,7 @@ def _smnist(*, root: str | None, download: bool) -> Dataset:
     """
     directory = mnist_root(root)
     train, test = (_mnist_split(directory, prefix, download) for prefix in ("train", "t10k"))
-    return Dataset(name="smnist", train=train, test=test, n_classes=10)
+    return Dataset("smnist", train, test, 10, MNIST_PREPROCESSING)
 
 
 @register("psmnist")
@@ -344,7 +351,8 @@ def _psmnist(
     source = load_dataset(base, seed=seed, root=root, download=download)
     perm = torch.from_numpy(np.random.default_rng(permutation_seed).permutation(MNIST_PIXELS))
     train, test = (Split(split.x[:, perm], split.y) for split in (source.train, source.test))
-    return Dataset(name="psmnist", train=train, test=test, n_classes=10)
+    order = {"permutation_seed": permutation_seed}
+    return Dataset("psmnist", train, test, 10, {**source.preprocessing, **order})
 
 
 @register("sdigits")
@@ -363,7 +371,8 @@ def _sdigits(*, seed: int, test_fraction: float = 0.2) -> Dataset:
     y = digits.target
     train_idx, test_idx = _stratified_split(y, test_fraction, seed)
     mean, std = x[train_idx].mean(), x[train_idx].std()
-    return _indexed("sdigits", (x - mean) / std, y, train_idx, test_idx)
+    pre = {"divide": 16, "mean": float(mean), "std": float(std)}  # the train split's
+    return _indexed("sdigits", (x - mean) / std, y, train_idx, test_idx, pre)
 
 
 def _multiscale_split(

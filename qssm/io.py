@@ -1,20 +1,72 @@
-"""Files: atomic writes that signals do not interrupt, and models saved as safetensors + JSON
-(loading never unpickles)."""
+"""Files: atomic writes that signals do not interrupt, models saved as safetensors + JSON
+(loading never unpickles), and the provenance record results carry."""
 
 import errno
 import json
 import os
+import platform
+import shlex
 import signal
+import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from .version import __version__
+
 FORMAT = "qssm-model"
 VERSION = 1
+
+
+def git_commit(root: Path) -> dict:
+    """The checked-out commit of the git work tree ``root`` and whether it had uncommitted
+    changes; None and None where ``root`` is not one (an installed qssm)."""
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        except OSError:  # no git
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") if (root / ".git").exists() else ""
+    return {
+        "commit": commit or None,
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(preprocessing: dict | None = None) -> dict:
+    """Where a result comes from: the qssm version and, run from a checkout, its git commit; the
+    torch, Brevitas, numpy and Python versions; torch's thread count (results can depend on it);
+    the command line; the input preprocessing (``Dataset.preprocessing``) and the initial state
+    every sequence starts from."""
+    source = Path(__file__).resolve().parent.parent
+    return {
+        "qssm": __version__,
+        **git_commit(source),
+        "torch": torch.__version__,
+        "brevitas": _version("brevitas"),
+        "numpy": _version("numpy"),
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "preprocessing": preprocessing or {},
+        "initial_state": "zeros",
+    }
 
 
 class CheckpointError(ValueError):

@@ -67,7 +67,19 @@ class MGradeModel(_ModelBase):
     mlp_ratio: int = Field(2, ge=1)
 
 
-ModelConfig = Annotated[S4DModel | MinGRUModel | MGradeModel, Field(discriminator="family")]
+class CustomModel(Section):
+    """A model class of your own (docs/api.md): ``module`` names it as ``package.module:Class``;
+    it is built as ``Class(d_input=…, n_classes=…, **options)`` and called as
+    ``model(x, mode)``; its quantizable tensors carry role tags."""
+
+    family: Literal["custom"]
+    module: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+ModelConfig = Annotated[
+    S4DModel | MinGRUModel | MGradeModel | CustomModel, Field(discriminator="family")
+]
 
 
 class TrainConfig(Section):
@@ -319,10 +331,39 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
         raise RecipeError(_one_line(err, source)) from None
 
 
+def recipes_dir() -> Path:
+    """The shipped recipes: ``qssm/recipes`` in an installed qssm (the checkout's ``recipes/``
+    folder, shipped as package data), else the checkout's ``recipes/`` (run from the source tree
+    or an editable install)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "recipes"
+    return installed if installed.is_dir() else here.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name (the path under the recipes folder, without ``.yaml``: ``hetero_4_8``,
+    ``sweeps/sdigits_s4d``) → file, for every shipped recipe."""
+    root = recipes_dir()
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def recipe_path(name: str | Path) -> Path:
+    """A recipe file given as a path, or by the name of a shipped one (``hetero_4_8``; also
+    ``recipes/hetero_4_8.yaml``, the checkout path, from any folder).  A file of that path wins
+    over a shipped name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    key = path.as_posix().removeprefix("recipes/").removesuffix(".yaml")
+    return shipped_recipes().get(key, path)
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
+    path = recipe_path(path)
     if not path.is_file():
-        raise RecipeError(f"{path}: no such recipe file; `qssm recipes` lists the shipped ones")
+        raise RecipeError(
+            f"{path}: no such recipe file or shipped recipe; `qssm recipes` lists the shipped names"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -38,6 +38,13 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def provenance_table(p: dict) -> str:
+    """A provenance record (``qssm.io.provenance``) as a two-column table."""
+    rows = [[k, f"`{v}`" if k == "command" else v] for k, v in p.items() if k != "preprocessing"]
+    pre = ", ".join(f"{k} {v}" for k, v in p.get("preprocessing", {}).items()) or "none"
+    return table(["", ""], [*rows, ["preprocessing", pre]])
+
+
 def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
     body = [f"# {title}", ""]
     for heading, text in sections:
@@ -50,17 +57,38 @@ def _pct(x) -> str:
 
 
 def plot_footprint(fp: dict, path: Path) -> None:
-    """Stored bits per role, quantized against float32."""
+    """Stored bits per role, quantized against the same tensors in float32 (a float32
+    deployment), and a last bar for what float32 as trained stores beyond that (an S4D's
+    continuous B and dt): the quantized bars add up to the total, the float32 bars to the
+    deployment baseline, and with the last bar to the as-trained one."""
     roles = [r for r, e in fp["per_role"].items() if e["elements"]]
     quant = [fp["per_role"][r]["bits_stored"] / 8192 for r in roles]
-    flt = [fp["per_role"][r]["elements"] * 32 / 8192 for r in roles]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(roles) + 1.2))
+    flt = [fp["per_role"][r]["float32_bits"] / 8192 for r in roles]
+    extra = (fp["float32_bits"] - fp["float32_deploy_bits"]) / 8192
+    if extra > 0:
+        roles.append("float32 as trained only")
+        quant.append(0.0)
+        flt.append(0.0)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(roles) + 1.4))
     y = range(len(roles))
-    ax.barh([i + 0.2 for i in y], flt, height=0.4, label="float32", color="#bbb")
+    ax.barh([i + 0.2 for i in y], flt, height=0.4, label="float32 deployment", color="#bbb")
+    if extra > 0:
+        ax.barh(
+            [len(roles) - 1 + 0.2],
+            [extra],
+            height=0.4,
+            color="#ddd",
+            hatch="//",
+            label="float32 as trained, beyond deployment",
+        )
     ax.barh([i - 0.2 for i in y], quant, height=0.4, label="quantized", color="#2a7")
     ax.set_yticks(list(y), roles)
     ax.invert_yaxis()
-    ax.set(xlabel="KiB", title=f"footprint: {fp['reduction']:.1f}× smaller than float32")
+    ax.set(
+        xlabel="KiB",
+        title=f"footprint: {fp['reduction']:.2f}× smaller than float32 as trained, "
+        f"{fp['reduction_deploy']:.2f}× than a float32 deployment",
+    )
     ax.legend()
     ax.grid(alpha=0.3, axis="x")
     save_figure(fig, path)
@@ -74,7 +102,8 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
         if stage in metrics:
             m = metrics[stage]
             rows.append(
-                [stage.upper(), _pct(m["accuracy"]), m.get("epochs", "—"), f"{m['seconds']:.0f} s"]
+                [stage.upper(), _pct(m["accuracy"]), m.get("epochs", "—")]
+                + [f"{m['seconds']:.0f} s" if "seconds" in m else "—"]
             )
     summary = (
         f"{recipe.model.family} on {data.name} ({data.seq_len} steps), "
@@ -95,19 +124,28 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
             ("state (per sample)", "state_bits"),
             ("delay buffer (per sample)", "buffer_bits"),
             ("total", "total_bits"),
-            ("float32", "float32_bits"),
+            ("float32 deployment (the same tensors, no scales)", "float32_deploy_bits"),
+            ("float32 as trained (every float parameter, float state)", "float32_bits"),
         )
         kib = [[label, fp[k], f"{fp[k] / 8192:.2f}"] for label, k in parts]
         totals = table(["", "bits", "KiB"], kib)
         per_role = table(
-            ["role", "bits", "elements", "bits stored"],
+            ["role", "bits", "elements", "bits stored", "float32 deployment bits"],
             [
                 [r, "/".join(map(str, e["bits"])), e["elements"], e["bits_stored"]]
+                + [e["float32_bits"]]
                 for r, e in fp["per_role"].items()
             ],
         )
         plot_footprint(fp, out / "footprint.png")
-        text = f"{fp['reduction']:.2f}× smaller than float32\n\n{totals}\n\n{per_role}"
+        text = (
+            f"{fp['reduction']:.2f}× smaller than float32 as trained, "
+            f"{fp['reduction_deploy']:.2f}× smaller than a float32 deployment of the same "
+            "model. As trained, float32 keeps every parameter of the float model (an S4D's "
+            "continuous A, dt and B); a float32 deployment keeps what the quantized model "
+            "stores — discrete Ā, B̄ or, with `quant.fold_b`, B̄ folded into C, no dt — at 32 "
+            f"bits, and no quantizer scales.\n\n{totals}\n\n{per_role}"
+        )
         sections.append(("Footprint", f"{text}\n\n![footprint per role](footprint.png)"))
     if "search" in metrics:
         s = metrics["search"]
@@ -120,6 +158,8 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
             + table(["role", "bits", "PTQ accuracy lost alone"], rows)
         )
         sections.append(("Bit allocation", text))
+    if "provenance" in metrics:
+        sections.append(("Provenance", provenance_table(metrics["provenance"])))
     write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)
 
 

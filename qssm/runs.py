@@ -8,6 +8,7 @@ running the same command again resumes it (a finished float stage is kept in ``f
 import contextlib
 import copy
 import fcntl
+import importlib
 import os
 import re
 import time
@@ -23,6 +24,7 @@ from .io import (
     atomic_write,
     load_model_files,
     load_state,
+    provenance,
     read_json,
     save_model,
     write_json,
@@ -111,9 +113,25 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def make_model(config: dict, d_input: int, n_classes: int) -> torch.nn.Module:
+    """The float model of a recipe's ``model`` section: a :class:`Classifier` of a built-in
+    family, or for family ``custom`` the class its ``module`` names, built with ``options``."""
+    if config["family"] != "custom":
+        return Classifier(config, d_input, n_classes)
+    module, _, name = config["module"].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise RecipeError(
+            f"model.module: cannot import {config['module']} ({err}); put the package that "
+            "defines it on PYTHONPATH"
+        ) from None
+    return cls(d_input=d_input, n_classes=n_classes, **config["options"])
+
+
 def build_model(header: dict, quant: dict | None = None) -> torch.nn.Module:
     """A model from its description; quantized (``wrap``) when ``quant`` is given."""
-    model = Classifier(header["model"], header["d_input"], header["n_classes"])
+    model = make_model(header["model"], header["d_input"], header["n_classes"])
     if quant is not None:
         model, _ = wrap(model, QuantConfig.model_validate(quant))
     return model
@@ -209,8 +227,10 @@ def memory_estimate(recipe: Recipe, data: Dataset, quant: bool) -> tuple[int, in
     tensor per layer kept for the backward pass, or one per evaluation batch).  The parameters
     are counted on a model built on the meta device, so nothing is allocated."""
     with torch.device("meta"):
-        params = n_params(Classifier(recipe.model_dict(), data.d_input, data.n_classes))
+        params = n_params(make_model(recipe.model_dict(), data.d_input, data.n_classes))
     (n, length), m = data.train.x.shape[:2], recipe.model
+    if m.family == "custom":  # activations of a model of one's own: not estimated
+        return 16 * params, 0
     batch = max(recipe.float.batch_size, recipe.qat.batch_size if quant else 0)
     rows = max(min(batch, n) * m.n_layers, min(recipe.eval.batch_size, len(data.test.y)))
     return 16 * params, 4 * rows * length * m.d_model
@@ -246,7 +266,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def _header(recipe: Recipe, data: Dataset, stage: str, **extra) -> dict:
+def model_header(recipe: Recipe, data: Dataset, stage: str, **extra) -> dict:
     return {
         "model": recipe.model_dict(),
         "d_input": data.d_input,
@@ -295,7 +315,7 @@ def float_stage(
         extra = {"source": str(source)}
     else:
         seed_everything(recipe.seed)
-        model = Classifier(recipe.model_dict(), data.d_input, data.n_classes)
+        model = make_model(recipe.model_dict(), data.d_input, data.n_classes)
         history = _fit(model, recipe, data, out, "float", progress)
         seconds = [h["seconds"] for h in history]
         seconds_per_epoch = sum(seconds) / len(seconds) if seconds else None
@@ -307,7 +327,7 @@ def float_stage(
         "history": history,
         "seconds_per_epoch": seconds_per_epoch,
     }
-    save_model(out, model, _header(recipe, data, "float", metrics=metrics), stem)
+    save_model(out, model, model_header(recipe, data, "float", metrics=metrics), stem)
     return model, metrics
 
 
@@ -331,7 +351,9 @@ def _fit(model, recipe: Recipe, data: Dataset, out: Path, stage: str, progress: 
     )
 
 
-def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
+def finish_run(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
+    """The provenance, report.md, then metrics.json (the run is finished); checkpoints go."""
+    metrics["provenance"] = provenance(data.preprocessing)
     write_run_report(out, recipe, data, metrics)
     write_json(out / "metrics.json", metrics)  # last: the run is finished
     for name in CHECKPOINTS:
@@ -342,7 +364,7 @@ def _finish(out: Path, metrics: dict, recipe: Recipe, data: Dataset) -> dict:
 def train_run(recipe: Recipe, data: Dataset, out: Path, progress: bool = True) -> dict:
     """``qssm train``: float training only."""
     _, float_metrics = float_stage(recipe, data, out, None, "model", progress)
-    return _finish(out, {"recipe": recipe.name, "float": float_metrics}, recipe, data)
+    return finish_run(out, {"recipe": recipe.name, "float": float_metrics}, recipe, data)
 
 
 def check_quant(recipe: Recipe, source: str = "recipe", hardware: Hardware | None = None) -> None:
@@ -355,7 +377,7 @@ def check_quant(recipe: Recipe, source: str = "recipe", hardware: Hardware | Non
             "or run `qssm train` for float training only"
         )
     try:
-        wrap(Classifier(recipe.model_dict(), 1, 2), recipe.quant)
+        wrap(make_model(recipe.model_dict(), 1, 2), recipe.quant)
     except ValueError as err:
         raise RecipeError(f"{source}: {err}") from None
     hw = recipe.qat.hardware
@@ -420,13 +442,20 @@ def quantize_run(
     metrics["footprint"] = footprint(model, table, float_params)
     quant = recipe.quant.model_dump(mode="json")
     stage = "qat" if "qat" in metrics else "ptq"
-    header = _header(recipe, data, stage, quant=quant, quant_format=QUANT_FORMAT, sites=table)
+    header = model_header(recipe, data, stage, quant=quant, quant_format=QUANT_FORMAT, sites=table)
     save_model(out, model, header)
-    return _finish(out, metrics, recipe, data)
+    return finish_run(out, metrics, recipe, data)
 
 
 def eval_run(run_dir: Path) -> dict:
     """Re-evaluate a finished run from its saved files alone."""
+    missing = [n for n in ("recipe.yaml", "metrics.json") if not (run_dir / n).is_file()]
+    if missing:
+        what = "a folder" if run_dir.is_dir() else "no such folder"
+        raise RunError(
+            f"{run_dir}: not a finished run dir ({what}, no {' or '.join(missing)}); give a "
+            "folder written by `qssm train` or `qssm quantize`"
+        )
     recipe = load_recipe(run_dir / "recipe.yaml")
     stored = read_json(run_dir / "metrics.json")
     model, header = load_run_model(run_dir)

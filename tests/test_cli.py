@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qssm.cli import main
+from qssm import __version__
+from qssm.cli import main, parser
 from qssm.io import load_checkpoint
 from qssm.models.backbone import Classifier
-from qssm.recipe import parse_recipe
+from qssm.recipe import load_recipe, parse_recipe
 from qssm.runs import load_data, memory_estimate
 
 TINY = {
@@ -85,9 +86,41 @@ def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
     assert "truncated or foreign" in capsys.readouterr().err
 
 
-def test_recipes_lists_shipped(capsys):
-    assert main(["recipes"]) == 0
-    assert "fp32_s4d_smnist5k.yaml" in capsys.readouterr().out
+def test_recipes_are_listed_and_taken_by_name_outside_the_checkout(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here
+    assert main(["recipes", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    files = sorted(Path(__file__).resolve().parent.parent.joinpath("recipes").rglob("*.yaml"))
+    assert len(listed) == len(files) and {"hetero_4_8", "sweeps/sdigits_s4d"} <= set(listed)
+    assert not any(v.startswith("INVALID") for v in listed.values())
+    for name in ("hetero_4_8", "recipes/hetero_4_8.yaml", "sweeps/sdigits_s4d"):
+        assert load_recipe(name).name in ("hetero_4_8", "sweep_sdigits_s4d")
+    # the recipe resolves by name; the run stops at the next input, --from
+    assert main(["quantize", "--recipe", "hetero_4_8", "--from", "nowhere", "--quiet"]) == 2
+    assert "nowhere is not a finished run" in capsys.readouterr().err
+    assert main(["quantize", "--recipe", "hetero_4_9"]) == 2
+    assert "hetero_4_9: no such recipe file or shipped recipe" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_version_help_examples_and_json_after_the_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"qssm {__version__}"
+    commands = parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        help_text = sub.format_help()
+        assert f"example:\n  qssm {name}" in help_text, name
+        assert "--json" in help_text, name
+    run = _train_one_epoch(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert main(["--json", "eval", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out) == after
+    assert main(["eval", str(tmp_path)]) == 2  # a folder, but not a run dir
+    err = capsys.readouterr().err
+    assert "not a finished run dir" in err and "no recipe.yaml or metrics.json" in err
 
 
 def test_quantize_refuses_bad_input_before_touching_the_run(tmp_path, capsys):

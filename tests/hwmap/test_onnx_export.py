@@ -60,3 +60,27 @@ def test_qonnx_step_graph_has_quant_nodes(exported):
     ops = {(n.domain, n.op_type) for n in model.graph.node}
     assert (onnx_export.QONNX_DOMAIN, "Quant") in ops
     assert not any(op in ("QuantizeLinear", "DequantizeLinear") for _, op in ops)
+
+
+def test_export_writes_deployable_graphs_with_provenance(tiny_run, tmp_path):
+    import json
+
+    from hwmap.export import export_run
+
+    result = export_run(tiny_run("s4d"), tmp_path / "hw", limit=8, progress=False)
+    assert result["deployed_vs_intref"] == {"logits_identical": True, "sequences": 8}
+    assert result["checks"]["deployed_vs_intref.logits_identical"]["passed"]
+    for name in ("step_deploy.onnx", "sequence_deploy.onnx", "step.onnx", "sequence.onnx"):
+        model = onnx.load(tmp_path / "hw" / name)
+        outputs = [o.name for o in model.graph.output]
+        verification = name in ("step.onnx", "sequence.onnx")
+        assert any(o.startswith("code") for o in outputs) == verification, name
+        assert "logits" in outputs
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props["qssm_version"] == "0.1.0" and props["initial_state"].startswith("zeros")
+        pre = json.loads(props["preprocessing"])
+        assert pre["divide"] == 16 and pre["std"] > 0  # sdigits: pixels/16, standardized
+        assert json.loads(props["trained_with"])["threads"] >= 1
+        assert model.doc_string.startswith("qssm ") and "raw / divide - mean" in model.doc_string
+    deploy = onnx.load(tmp_path / "hw" / "step_deploy.onnx").graph
+    assert len(deploy.node) < len(onnx.load(tmp_path / "hw" / "step.onnx").graph.node)

@@ -158,7 +158,15 @@ def test_footprint_hand_computed():
         "elements": H * n * 2,
         "bits_stored": 8 * H * n * 2,
         "bits": [8],
+        "float32_bits": 32 * H * n * 2,
     }
+    # a float32 deployment stores Ā, B̄, C, D, the linears and the state; as trained it also
+    # keeps dt (H), while continuous A (log_A_real, A_imag) and B count as many as Ā and B̄
+    deploy = 32 * (2 * H + H * n * 2 + 2 * H * n * 2 + H + 2 * H * H + 2 * H + 3 * H + 3)
+    assert fp["float32_deploy_bits"] == deploy + 32 * H * n * 2
+    assert fp["float32_bits"] - fp["float32_deploy_bits"] == 32 * H
+    assert fp["reduction_deploy"] == pytest.approx(fp["float32_deploy_bits"] / fp["total_bits"])
+    assert fp["per_role"]["quantizer scales"]["float32_bits"] == 0  # float32 has none
 
 
 def test_footprint_counts_per_element_state_scales_at_their_dtype():
