@@ -144,7 +144,7 @@ def load_target(path: str | Path) -> Target:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise TargetError(f"{p}: not valid YAML ({err})") from None
+        raise TargetError(f"{p}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
         raise TargetError(f"{p}: a target is a mapping of sections (process, capacitor, …)")
     try:
