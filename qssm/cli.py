@@ -78,6 +78,8 @@ def _gated(run, args, **kw) -> dict:
     from hwmap.verify import VerifyError
 
     run_dir, out = Path(args.run_dir), Path(args.out) if args.out else None
+    if run_dir.is_dir():  # one writer: not while the run is trained or exported elsewhere
+        args.hold(run_lock(run_dir))
     kw.update(run_dir=run_dir, out=out, limit=args.limit)
     try:
         return run(**kw, keep_failed=args.keep_failed, progress=not args.quiet)

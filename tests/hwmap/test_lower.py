@@ -227,3 +227,26 @@ def test_export_command_writes_verified_files_and_refuses_bad_input(tiny_run, tm
     )
     assert (tmp_path / "q" / "step_qonnx.onnx").exists()
     assert not (tmp_path / "q" / "step.onnx").exists()
+
+
+def test_export_of_a_run_in_use_is_refused(tiny_run, tmp_path, capsys):
+    """One writer per run dir: while another process holds the run (training it, exporting it),
+    `qssm export` exits 2 naming that process and writes nothing."""
+    import subprocess
+    import sys
+
+    from qssm.cli import main
+
+    run, out = tiny_run("s4d_real"), tmp_path / "hw"
+    holder = "import sys, time; from pathlib import Path; from qssm.runs import run_lock\n"
+    holder += "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    with subprocess.Popen(
+        [sys.executable, "-c", holder, str(run)], stdout=subprocess.PIPE, text=True
+    ) as p:
+        try:
+            assert p.stdout.readline().strip() == "held"
+            assert main(["export", str(run), "--out", str(out), "--limit", "2", "--quiet"]) == 2
+        finally:
+            p.kill()
+    assert f"pid {p.pid}" in capsys.readouterr().err
+    assert not out.exists()
