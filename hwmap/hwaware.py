@@ -16,7 +16,7 @@ import numpy as np
 from .graph import Graph, MinGRUHw
 from .lower import lower, set_noise
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges, unit_sigma
-from .targets import load_target
+from .targets import load_target, residual_offset_mv
 
 
 def layer_sigmas(graph: Graph, rec: MinGRUHw, layer: dict, target) -> dict[str, np.ndarray]:
@@ -24,7 +24,7 @@ def layer_sigmas(graph: Graph, rec: MinGRUHw, layer: dict, target) -> dict[str, 
     s_g = float(np.max(formats[gate.out].scale))
     s_h = float(np.max(formats[bank.out].scale))
     comparator = target.comparator  # its offset and noise, both input-referred
-    comparator_v = math.hypot(comparator.trimmed_offset_mv, comparator.noise_mv) * 1e-3
+    comparator_v = math.hypot(residual_offset_mv(comparator), comparator.noise_mv) * 1e-3
     out = {}
     for key, mac_key in (("gate", "gate_mac"), ("cand", "cand_mac")):
         m = layer[mac_key]
