@@ -138,7 +138,9 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float, span=N
     """Thresholds (accumulator units of the ADC's MAC) of its output codes: code ≥ c ⇔
     acc ≥ t_c, t_c = ⌈(c·2^S − 2^(S−1) − offset) / M⌉, placed at t_c − ½ (the offset folds in
     the constant terms: bias, offsets).  The threshold DAC of each column spans ±``span`` (O,)
-    accumulator units (its observed range; default the whole swing) in 2^dac_bits steps."""
+    accumulator units (its observed range; default the whole swing), plus ±3σ of the raw
+    comparator offset when a foreground calibration corrects it through the DAC, in 2^dac_bits
+    steps."""
     S, lo, hi = adc.shift, adc.lo, adc.hi
     M = np.atleast_1d(consts[adc.M]).astype(np.float64)
     rest = np.asarray(consts[adc.offset], dtype=np.float64)
@@ -148,8 +150,12 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float, span=N
         raise MappingError(f"{adc.out}: a non-positive multiplier cannot become a threshold")
     t = np.ceil((codes[None, :] * 2.0**S - 2.0 ** (S - 1) - rest[:, None]) / M[:, None]) - 0.5
     volts = t * v_per_unit
+    c = target.comparator
+    # a foreground calibration subtracts the raw offset through this DAC: ±3σ more range
+    headroom = 3 * c.offset_mv * 1e-3 if c.calibration == "foreground" else 0.0
     full = np.full(len(t), swing(target)) if span is None else np.asarray(span) * v_per_unit
-    step = 2 * np.minimum(full, swing(target)) / 2**target.comparator.dac_bits  # (O,)
+    full = np.minimum(full + headroom, swing(target))
+    step = 2 * full / 2**c.dac_bits  # (O,)
     half = 2 ** (target.comparator.dac_bits - 1)
     dac = np.clip(np.rint(volts / step[:, None]), -half, half - 1)
     return {

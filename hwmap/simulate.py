@@ -10,7 +10,9 @@ Hardware minGRU, per timestep and column:
 - gate and candidate MACs: V = g·v_u·Σ_j x_j·(units⁺_jo − units⁻_jo) with the chip's own unit
   capacitors (``mismatch``: each unit C_u(1 + ε), σ_ε = capacitor.mismatch), g = C_line /
   C_line,chip the gain of the line's parasitic spread (``parasitic``: one global draw per chip and
-  a small local one per column), kT/C of the line (``ktc``), charge injection (``injection``); a
+  a small local one per column; the gate ADC's references come from a replica line, so its
+  thresholds follow the global part and only the local one is an error), kT/C of the line
+  (``ktc``), charge injection (``injection``); a
   line is clipped at the rails (±V_swing around V_cm, ``clipping``); the candidate's bias is a
   charge on its line.
 - gate ADC: the thresholds come out of a threshold DAC (``dac``: its quantization over the
@@ -36,7 +38,7 @@ is the bottleneck otherwise).  Static draws depend only on the chip's seed, so c
 same chip in every batch.
 """
 
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 
@@ -66,6 +68,33 @@ def offset_draw(rng, c: Comparator, shape) -> tuple[np.ndarray, np.ndarray]:
         error = rng.normal(0, c.noise_mv * 1e-3 / np.sqrt(c.calibration_samples), shape)
         return raw, raw + error
     return raw, none
+
+
+@cache
+def _search():
+    """code = #{θ ≤ v} for every line voltage v (S, B, O) against its chip's and column's sorted
+    thresholds (flat (S·O·size,), +inf padded): a binary search, as a SAR converts, the line
+    kicked by ±``kick`` volts after each decision (numba: one pass, no temporaries)."""
+    import numba
+
+    @numba.njit(cache=True)
+    def search(v, flat, size, kick):  # v (S, B, O)
+        chips, batch, cols = v.shape
+        codes = np.empty(v.shape, dtype=np.int64)
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    base = (s * cols + o) * size
+                    x, code, half = v[s, b, o], 0, size >> 1
+                    while half:
+                        passed = np.int64(flat[base + code + half - 1] <= x)
+                        code += half * passed
+                        x += kick * (2 * passed - 1)
+                        half >>= 1
+                    codes[s, b, o] = code
+        return codes
+
+    return search
 
 
 class Noise:
@@ -107,14 +136,17 @@ class Chips:
         )
         return np.stack(kept), np.stack(corr)
 
-    def _spread(self, shape) -> np.ndarray:
-        """Relative deviation of a parasitic per chip (global) and per element (local)."""
-        p = self.target.parasitic
+    def _spread(self, shape) -> tuple[np.ndarray, np.ndarray]:
+        """Relative deviation of a parasitic per chip (global, (S, 1…)) and per element."""
+        p, zero = self.target.parasitic, np.zeros((self.n, *shape))
         g = self.normal("parasitic", p.spread_global_pct / 100, (1,) * len(shape))
         local = self.normal("parasitic", p.spread_local_pct / 100, shape)
-        return np.zeros((self.n, *shape)) if g is None else g + local
+        return (zero, zero) if g is None else (g + zero, g + local)
 
-    def _mac(self, m: dict) -> dict:
+    def _mac(self, m: dict, ratiometric: bool = False) -> dict:
+        """The chip's weights in units (S, K, O) and its lines' gain (S, 1, O).  A
+        ``ratiometric`` line is read against references from a replica line of the same layout,
+        which follow the chip's global parasitic: only the local part is left."""
         su, pos, neg = unit_sigma(self.target), m["pos_units"], m["neg_units"]
         W = np.broadcast_to((pos - neg).astype(np.float64), (self.n, *pos.shape))
         e_pos, e_neg = (
@@ -123,8 +155,9 @@ class Chips:
         )
         if e_pos is not None:  # the sum of |w| unit errors: σ·√|w| per side
             W = W + e_pos * np.sqrt(pos) - e_neg * np.sqrt(neg)
-        c_line = m["c_line_ff"]
-        gain = c_line / (c_line + m["c_parasitic_ff"] * self._spread((m["outputs"],)))
+        c_line, c_par = m["c_line_ff"], m["c_parasitic_ff"]
+        shared, spread = self._spread((m["outputs"],))
+        gain = (c_line + c_par * shared * ratiometric) / (c_line + c_par * spread)
         return {"W": W.astype(self.dtype), "gain": gain[:, None].astype(self.dtype)}
 
     def _thresholds(self, th: dict) -> np.ndarray:
@@ -155,7 +188,7 @@ class Chips:
         # not absorb, or (off) exactly the absorbed part
         par = bank["parasitic_ff"] - bank["parasitic_left_ff"] + np.zeros((self.n, len(n_eff)))
         if "parasitic" in self.on:
-            par = bank["parasitic_ff"] * (1 + self._spread(n_eff.shape))
+            par = bank["parasitic_ff"] * (1 + self._spread(n_eff.shape)[1])
         total = units.sum(-1) + rest + par
         cum = np.concatenate([np.zeros((self.n, len(n_eff), 1)), units.cumsum(-1)], -1)
         return (cum / total[..., None]).astype(self.dtype)
@@ -169,7 +202,7 @@ class Chips:
         flat = np.full((S, cols, size), np.inf)
         flat[..., :T] = theta
         return {
-            "gate_mac": self._mac(layer["gate_mac"]),
+            "gate_mac": self._mac(layer["gate_mac"], ratiometric=True),
             "cand_mac": self._mac(layer["cand_mac"]),
             "thresholds": flat.astype(self.dtype).ravel(),
             "search": size,
@@ -245,20 +278,11 @@ class Simulator:
         v = self._clip(self._line(b.get(rec.gate.x), m, draws["gate_mac"]))
         if "noise" in self.on:
             v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
-        flat, size = draws["thresholds"], draws["search"]  # (S·O·size,) sorted per column
-        cols = v.shape[-1]
-        code = np.broadcast_to(draws["base"], v.shape).copy()  # a flat index into the thresholds
         kick = self.target.comparator.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15)
-        sar_kick = "kickback" in self.on and self.target.comparator.adc == "sar" and kick > 0
-        half = size >> 1
-        while half:  # code = #{θ ≤ v}: a binary search, as the SAR converts
-            passed = flat[code + (half - 1)] <= v
-            code += passed * np.int32(half)
-            if sar_kick:  # the latch kicks the line toward its decision
-                v += self.dtype(kick) * (2 * passed - 1)
-            half >>= 1
-        code -= draws["base"]
-        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, cols)
+        sar_kick = "kickback" in self.on and self.target.comparator.adc == "sar"
+        kick = v.dtype.type(kick if sar_kick else 0.0)
+        code = _search()(v, draws["thresholds"], draws["search"], kick)
+        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, v.shape[-1])
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The candidate line h̃ (volts), its bias a charge on the line."""

@@ -24,6 +24,7 @@ def test_hardware_aware_qat_injects_the_mapped_noise_while_training(recipe_of, t
     assert noise["target"] == "minimalist_like" and noise["unit_ff"] == 0.5
     assert len(noise["layers"]) == 2
     assert all(v > 0 for layer in noise["layers"] for v in layer.values())
+    assert {"gate_static", "cand_static", "out_static"} <= set(noise["layers"][0])
     assert "qat" in metrics
 
 
@@ -63,3 +64,25 @@ def test_map_to_hw_command(tiny_run, tmp_path, capsys):
     assert "s4d_real" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     assert main(["map-to-hw", str(run), "--target", "nowhere.yaml"]) == 2
+
+
+def test_a_virtual_chip_per_sequence_holds_its_static_errors(tiny_run):
+    """Static errors (mismatch, offsets) are one draw per sequence held over every step; the
+    dynamic ones change every step."""
+    import torch
+
+    from qssm.quant.mingru import QuantMinGRU
+    from qssm.runs import load_run_model
+
+    model = load_run_model(tiny_run("mingru_hw"))[0]
+    gru = next(m for m in model.modules() if isinstance(m, QuantMinGRU))
+    gru.train()
+    x = torch.zeros(4, 6, gru.Wz.out_features)
+    gru.noise = {"gate": 0.0, "gate_static": 1.0}
+    static = gru._noisy(x, "gate")
+    assert torch.all(static == static[:, :1]) and not torch.all(static[0] == static[1])
+    gru.noise = {"gate": 1.0}
+    dynamic = gru._noisy(x, "gate")
+    assert not torch.all(dynamic == dynamic[:, :1])
+    gru.eval()
+    assert torch.equal(gru._noisy(x, "gate"), x)  # inference: the chip itself, no noise
