@@ -39,7 +39,10 @@ def plot_monte_carlo(mc: list[dict], path: Path) -> None:
             ax.errorbar([p[0] for p in pts], mean, std, marker="o", ms=4, capsize=3, label="chips")
             ax.axhline(100 * pts[0][1]["ideal"], ls="--", color="gray", label="integer model")
             ax.legend(fontsize=8)
-        ax.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")
+            ax.set_xscale("log")
+            ax.set_xticks([p[0] for p in pts], [f"{p[0]:g}" for p in pts])
+            ax.minorticks_off()
+        ax.set(xlabel=label, ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
     save_figure(fig, path)
 

@@ -1,16 +1,20 @@
 """The charge-domain simulator: the integer model when ideal (earned, in volts), each
 non-ideality has an effect of the size physics gives it, chips are seeded."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from hwmap import simulate
+from hwmap import montecarlo, simulate
 from hwmap.intref import Numpy, init_state, step
 from hwmap.lower import lower
 from hwmap.mapping import map_graph, unit_sigma
 from hwmap.targets import load_target, swing
 from hwmap.verify import sim_ideal_vs_intref
-from qssm.runs import load_data, load_run_model
+from qssm.recipe import parse_recipe
+from qssm.runs import load_data, load_run_model, open_run, quantize_run
 
 CASES = [("mingru_hw", "minimalist_like"), ("s4d_real_hw", "generic_28nm")]
 ONLY_MINGRU = {"dac", "kickback", "parasitic", "clipping"}  # the minGRU core's parts
@@ -129,3 +133,60 @@ def test_unknown_nonideality_is_refused(tiny_run, recipe_of):
     graph, mapping, t, _, _ = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
     with pytest.raises(ValueError, match="mismatch"):
         simulate.Simulator(graph, mapping, t, on=["gremlins"])
+
+
+GOLDEN_MC = Path(__file__).resolve().parents[1] / "golden" / "sdigits_mingru_hw_mc.csv"
+GOLDEN_COLUMNS = ("id", "chips", "sequences", "ideal", "mean", "p50", "yield_4", "agreement")
+GOLDEN_RECIPE = {  # a small hardware minGRU on sdigits (near chance: the table's sensitive
+    # figure is the agreement of the chips' predictions with the integer model's)
+    "name": "golden_mingru_hw",
+    "seed": 0,
+    "data": {"name": "sdigits", "options": {"limit_train": 512, "limit_test": 64}},
+    "model": {"family": "mingru_hw", "d_model": 16, "n_layers": 2},
+    "float": {"epochs": 12, "batch_size": 32, "lr": 0.01, "mode": "recurrent"},
+    "quant": {
+        "default": {"bits": 2, "observer": "mse", "granularity": "per_channel"},
+        "targets": [
+            {"roles": ["encoder.bias", "decoder.bias", "gru.bz", "gru.bh"], "bits": 6},
+            {"roles": ["gru.gate"], "bits": 6, "granularity": "per_tensor"},
+            {"roles": ["gru.state", "gru.cand"], "enabled": False},
+            {
+                "roles": ["act.input", "act.output", "decoder.weight"],
+                "bits": 8,
+                "observer": "percentile",
+                "granularity": "per_tensor",
+            },
+        ],
+    },
+    "ptq": {"calibration_batches": 4, "batch_size": 32},
+    "qat": {"epochs": 2, "batch_size": 32},
+    "eval": {"batch_size": 64},
+}
+
+
+def test_golden_monte_carlo_table(tmp_path):
+    """A small sdigits hardware minGRU on minimalist_like: 4 chips × 64 test sequences for the
+    nominal chip and a few settings around it, against tests/golden/sdigits_mingru_hw_mc.csv
+    (accuracies within one sequence in 64). Regenerate on purpose with
+    QSSM_WRITE_GOLDEN_MC=1 pytest tests/hwmap/test_simulate.py -k golden."""
+    recipe = parse_recipe(GOLDEN_RECIPE)
+    data = load_data(recipe)
+    run = open_run(tmp_path / "run", recipe, force=False)
+    quantize_run(recipe, data, run, progress=False)
+    graph, t = lower(load_run_model(run)[0]), load_target("minimalist_like")
+    x, y = data.test.x.numpy(), data.test.y.numpy()
+    rows = montecarlo.settings(t, [0.25], [1.0], [2.0], ablation=False)
+    rows += [r for r in montecarlo.settings(t, [], [], [], True) if r["id"] == "without=noise"]
+    fit = lambda target: map_graph(graph, target)  # noqa: E731
+    got = montecarlo.run(graph, fit, t, x, y, 4, rows, tmp_path / "mc")
+    table = [
+        [str(r[c]) if c in GOLDEN_COLUMNS[:3] else f"{r[c]:.6f}" for c in GOLDEN_COLUMNS]
+        for r in got
+    ]
+    if os.environ.get("QSSM_WRITE_GOLDEN_MC"):
+        GOLDEN_MC.write_text("\n".join(",".join(r) for r in [list(GOLDEN_COLUMNS), *table]) + "\n")
+    want = [line.split(",") for line in GOLDEN_MC.read_text().splitlines()[1:]]
+    assert [r[:3] for r in table] == [r[:3] for r in want]
+    for row, ref in zip(table, want, strict=True):
+        for c, a, b in zip(GOLDEN_COLUMNS[3:], row[3:], ref[3:], strict=True):
+            assert abs(float(a) - float(b)) <= 1 / 64 + 1e-9, f"{row[0]} {c}: {a} (golden {b})"
