@@ -21,7 +21,7 @@ from qssm.io import atomic_path, provenance, read_json, write_json
 from qssm.recipe import load_recipe
 from qssm.runs import RunError, load_data, load_run_model
 
-from . import simulate, spice, verify
+from . import montecarlo, spice, verify
 from .graph import save_graph
 from .lower import fakequant, lower
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges
@@ -201,39 +201,26 @@ def _split(obj, arrays: dict, path: str = ""):
     return obj.item() if isinstance(obj, (np.ndarray, np.generic)) else obj
 
 
-def monte_carlo(graph, mapping_fn, target, x, y, seeds, units, offsets, progress) -> list[dict]:
-    """Accuracy over chips with every non-ideality on, swept over C_u and comparator offset."""
-    settings = [("unit_ff", u, target.comparator.trimmed_offset_mv) for u in units]
-    settings += [("offset_mv", target.capacitor.unit_ff, o) for o in offsets]
-    rows = []
-    bar = tqdm(settings, desc="Monte-Carlo", disable=not progress, leave=False)
-    for sweep, unit_ff, offset_mv in bar:
-        t = target.with_unit(unit_ff).with_offset(offset_mv)
-        sim = simulate.Simulator(graph, mapping_fn(t), t, simulate.NONIDEALITIES, seeds)
-        acc = simulate.accuracy(sim, x, y)
-        row = {"sweep": sweep, "unit_ff": unit_ff, "offset_mv": offset_mv}
-        row |= {"mean": float(acc.mean()), "std": float(acc.std()), "seeds": len(seeds)}
-        rows.append(row | {"sequences": len(x), "accuracies": acc.tolist()})
-    return rows
-
-
 def map_run(
     run_dir: Path,
     target_path: str,
     out: Path | None = None,
-    mc_seeds: int = 20,
-    mc_limit: int = 100,
+    mc_seeds: int = 50,
+    mc_limit: int | None = None,
     units=(0.5, 1.0, 2.0, 4.0),
-    offsets=(0.5, 1.0, 2.0, 5.0),
+    offsets=(0.03, 0.1, 0.3, 1.0),
+    noises=(0.1, 0.25, 0.5, 1.0),
+    ablation: bool = True,
     limit: int | None = None,
     progress: bool = True,
     keep_failed: bool = False,
     with_spice: bool = False,
 ) -> dict:
     """``qssm map-to-hw``: everything of ``export_run`` plus mapping.json, arrays.npz, the
-    simulator checks and the Monte-Carlo table in verify.json, and report.md; ``with_spice``:
-    the ngspice cross-check of mapped pieces (spice.json, the netlists in spice/).  Raises
-    VerifyError when a check fails."""
+    simulator checks and the Monte-Carlo table in verify.json, and report.md (its settings are
+    kept in OUT/monte_carlo/, one file each, so a rerun resumes); ``with_spice``: the ngspice
+    cross-check of mapped pieces (spice.json, the netlists in spice/).  Raises VerifyError when
+    a check fails."""
     target = load_target(target_path)
     if with_spice:
         spice.require_ngspice()  # before anything is lowered or written
@@ -254,10 +241,15 @@ def map_run(
             write_json(stage / "spice.json", checked)
         if mc_seeds:
             fit = partial(map_graph, graph, ranges=ranges)  # a target → its mapping
-            x_mc, y_mc, seeds = x[:mc_limit], y[:mc_limit], list(range(mc_seeds))
-            mc = monte_carlo(graph, fit, target, x_mc, y_mc, seeds, units, offsets, progress)
+            rows = montecarlo.settings(target, units, offsets, noises, ablation)
+            bar = tqdm(total=len(rows), desc="Monte-Carlo", disable=not progress, leave=False)
+            mc = montecarlo.run(
+                graph, fit, target, x[:mc_limit], y[:mc_limit], mc_seeds, rows,
+                out / "monte_carlo", lambda row: bar.update(),
+            )  # fmt: skip
+            bar.close()
             result["monte_carlo"] = mc
-            plot_monte_carlo({recipe.name: mc}, stage / "monte_carlo.png")
+            plot_monte_carlo(mc, stage / "monte_carlo.png")
         verify.gate(result)
         write_hw_report(stage, recipe.name, mapping, result, checked)
         _finish(result, stage)

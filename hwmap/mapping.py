@@ -5,15 +5,23 @@ analog parts) it decides their physical realization:
 
 - a **MAC** (an integer matrix product x @ W): differential unit-capacitor counts per weight code
   (positive codes on the + line, negative on the − line), every cell padded with dummy units to
-  the same total so each column line has the same capacitance; multi-bit inputs applied
-  bit-serially (two's complement planes combined by binary weighting); fan-in split into tiles
-  of ``array.rows``.  Its voltage per accumulator unit is V_swing·C_u / (C_line·2^(B−1)).
-- an **ADC / comparator bank** after a MAC (a requantization): one threshold per output code
-  boundary, where the integer graph's fixed-point sum crosses k·2^S − 2^(S−1) — bias, scale and
-  the hard-sigmoid offset folded in — in volts and in threshold-DAC codes.
+  the same total so each column line has the same capacitance; multi-bit inputs applied by a
+  row DAC (``inputs.encoding: dac``, one cycle, code·V_swing/2^(B−1)) or bit-serially (two's
+  complement planes combined by binary weighting); fan-in split into tiles of ``array.rows``.
+  Its voltage per accumulator unit is V_swing·C_u / (C_line·2^(B−1)) either way.
+- an **ADC** after a MAC (a requantization): one threshold per output code boundary, where the
+  integer graph's fixed-point sum crosses k·2^S − 2^(S−1) — bias, scale and the hard-sigmoid
+  offset folded in — in volts and in threshold-DAC codes.  The DAC spans each column's observed
+  signal range (× RANGE_MARGIN), as a designer sets a column's reference; a SAR converts with one
+  comparator in ⌈log2 codes⌉ decisions, a flash with one comparator per threshold.
 - a **gated state** (minGRU): a bank of charge-sharing units; gate code k switches k unit
-  capacitors of a bank whose total is 1/s_gate units (the remainder as one fixed capacitor), so
-  h ← (1 − k·s) h + k·s h̃ exactly as the integer graph computes it.
+  capacitors of a bank whose total is 1/s_gate units (the remainder as one fixed capacitor,
+  less the bank node's fixed parasitic), so h ← (1 − k·s) h + k·s h̃ as the integer graph
+  computes it.  The k units sample the candidate line, so a state code is worth the line's
+  volts per candidate code: no amplifier between them.  A latch per column enables the output
+  comparator once the gate has switched a unit: a state whose gate never opened is exactly 0 in
+  the integer model and reads 0 (Heaviside(0) = 0) — about 8 % of the MINIMALIST model's
+  states (the blank first pixels) — where a comparator at V_cm would read its own offset.
 - an **S4D-Real state**: retention z = 1 − Ā = code·s as k units of a 1/s-unit bank.
 - a **comparator** (hardware minGRU output): threshold at V_cm.
 
@@ -23,25 +31,22 @@ timestep.
 """
 
 import math
+import warnings
 
 import numpy as np
 
 from . import intref
 from .graph import Adc, DelayLine, Graph, MinGRUHw, S4DRealHw
-from .targets import Target
+from .targets import Target, residual_offset_mv, swing
 
 BOLTZMANN = 1.380649e-23
-RANGE_MARGIN = 1.25  # headroom above the largest state seen on the calibration sequences
-RANGE_SEQUENCES = 64  # training sequences that set each analog state's voltage range
+RANGE_MARGIN = 1.25  # headroom above the largest signal seen on the calibration sequences
+RANGE_SEQUENCES = 64  # training sequences that set each analog signal's voltage range
+STARVED = 5  # warn when a gate LSB is worth less than this many residual offsets
 
 
 class MappingError(ValueError):
     """The model cannot run on the target; the message names the layer, the reason, the fix."""
-
-
-def swing(target: Target) -> float:
-    """Largest signal excursion around V_cm (volts)."""
-    return min(target.process.vcm_v, target.process.vdd_v - target.process.vcm_v)
 
 
 def ktc_volts(target: Target, c_ff: float) -> float:
@@ -54,9 +59,13 @@ def unit_sigma(target: Target) -> float:
     return c.mismatch_pct_sqrt_ff / 100 / math.sqrt(c.unit_ff)
 
 
-def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Target) -> dict:
+def mac(
+    name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Target, x_abs=None
+) -> dict:
     """A MAC array for integer weights W (K, O) applied to K inputs of ``in_bits`` bits, digital
-    (bit-serial planes of the full swing) or, with ``v_in`` volts per input code, analog."""
+    (a row DAC or bit-serial planes of the full swing) or, with ``v_in`` volts per input code,
+    analog.  ``x_abs`` (K,): the mean |input code| on data, for the energy (default: half the
+    full scale)."""
     analog_input = v_in is not None
     K, n_out = W.shape
     pos, neg = np.maximum(W, 0), np.maximum(-W, 0)
@@ -74,10 +83,11 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
             f"{target.array.cols} array and {target.name} does not tile (array.tiling: false); "
             "use a smaller d_model"
         )
-    if not analog_input and in_bits > 1 and target.inputs.encoding != "bit_serial":
+    if not analog_input and in_bits > 1 and target.inputs.encoding == "binary":
         raise MappingError(
-            f"{name}: {in_bits}-bit inputs need bit-serial input encoding; {target.name} takes "
-            "binary inputs only (inputs.encoding). Quantize this layer's input to 1 bit"
+            f"{name}: {in_bits}-bit inputs need a row DAC or bit-serial input encoding; "
+            f"{target.name} takes binary inputs only (inputs.encoding). Quantize this layer's "
+            "input to 1 bit"
         )
     if not analog_input and in_bits > target.inputs.max_bits:
         raise MappingError(
@@ -88,14 +98,19 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
     units = K * per_side  # per column per side, dummies included
     c_par = target.parasitic.per_unit * units * cu + target.parasitic.fixed_ff
     c_line = units * cu + c_par
-    cycles = 1 if analog_input else in_bits
+    serial = not analog_input and in_bits > 1 and target.inputs.encoding == "bit_serial"
+    cycles = in_bits if serial else 1
     planes = 1 if analog_input or in_bits == 1 else 2 ** (in_bits - 1)  # MSB plane weight 1
     v_code = v_in if analog_input else swing(target) / planes  # volts per input code
     v_lsb = v_code * cu / c_line  # volts per accumulator unit
     plane_power = sum(4.0 ** (b - (cycles - 1)) for b in range(cycles))  # Σ (plane weight)²
     ktc = math.sqrt(2) * ktc_volts(target, c_line) * math.sqrt(plane_power)
-    # half the units toggle per cycle on both lines: C (fF) · V² = energy (fJ)
-    energy = cycles * 0.5 * 2 * units * n_out * cu * swing(target) ** 2
+    # C·V_DD·ΔV: every row drives its n_out cells (per_side units on each line) from V_cm to
+    # V_cm ± |x|·v_code, charged from V_DD; bit-serially each plane toggles half of the time
+    x_abs = np.full(K, planes / 2) if x_abs is None else np.asarray(x_abs, dtype=np.float64)
+    dv = x_abs * v_code if not serial else np.full(K, 0.5 * swing(target) * 2 / cycles)
+    row_ff = 2 * per_side * n_out * cu
+    energy = cycles * float(np.sum(row_ff * target.process.vdd_v * dv))
     return {
         "fan_in": K,
         "outputs": n_out,
@@ -110,6 +125,8 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
         "capacitance_ff": 2 * units * n_out * cu,
         "switches": 2 * units * n_out,
         "energy_fj": energy,
+        "macs": K * n_out,
+        "weight_bits": max(1, math.ceil(math.log2(int(W.max()) - int(W.min()) + 1))),
         "pos_units": pos,  # (K, O) units on the + line
         "neg_units": neg,  # (K, O) units on the − line
         "dummy_pos": per_side - pos,  # dummies keep every cell, hence every line, equal
@@ -117,10 +134,13 @@ def mac(name: str, W: np.ndarray, in_bits: int, v_in: float | None, target: Targ
     }
 
 
-def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float) -> dict:
+def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float, span=None) -> dict:
     """Thresholds (accumulator units of the ADC's MAC) of its output codes: code ≥ c ⇔
     acc ≥ t_c, t_c = ⌈(c·2^S − 2^(S−1) − offset) / M⌉, placed at t_c − ½ (the offset folds in
-    the constant terms: bias, offsets)."""
+    the constant terms: bias, offsets).  The threshold DAC of each column spans ±``span`` (O,)
+    accumulator units (its observed range; default the whole swing), plus ±3σ of the raw
+    comparator offset when a foreground calibration corrects it through the DAC, in 2^dac_bits
+    steps."""
     S, lo, hi = adc.shift, adc.lo, adc.hi
     M = np.atleast_1d(consts[adc.M]).astype(np.float64)
     rest = np.asarray(consts[adc.offset], dtype=np.float64)
@@ -130,23 +150,50 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float) -> dic
         raise MappingError(f"{adc.out}: a non-positive multiplier cannot become a threshold")
     t = np.ceil((codes[None, :] * 2.0**S - 2.0 ** (S - 1) - rest[:, None]) / M[:, None]) - 0.5
     volts = t * v_per_unit
-    step = 2 * swing(target) / 2**target.comparator.dac_bits
+    c = target.comparator
+    # a foreground calibration subtracts the raw offset through this DAC: ±3σ more range
+    headroom = 3 * c.offset_mv * 1e-3 if c.calibration == "foreground" else 0.0
+    full = np.full(len(t), swing(target)) if span is None else np.asarray(span) * v_per_unit
+    full = np.minimum(full + headroom, swing(target))
+    step = 2 * full / 2**c.dac_bits  # (O,)
     half = 2 ** (target.comparator.dac_bits - 1)
-    dac = np.clip(np.rint(volts / step), -half, half - 1)
+    dac = np.clip(np.rint(volts / step[:, None]), -half, half - 1)
     return {
         "acc": t,  # (O, codes)
         "volts": volts,
+        "dac_step_v": step,
         "dac_codes": dac.astype(np.int64),
-        "dac_error_units": float(np.abs(dac * step - volts).max() / v_per_unit),
+        "dac_error_units": float(  # inside the span: beyond it the DAC clips, unreached
+            np.where(np.abs(volts) <= full[:, None], np.abs(dac * step[:, None] - volts), 0).max()
+            / v_per_unit
+        ),
         "lo": lo,
     }
 
 
+def adc_cost(target: Target, n_thresholds: int) -> tuple[int, int]:
+    """(comparators, decisions per conversion) of one column's gate ADC."""
+    if target.comparator.adc == "sar":
+        return 1, max(1, math.ceil(math.log2(n_thresholds + 1)))
+    return n_thresholds, n_thresholds
+
+
 def bank(
-    name: str, n_eff: np.ndarray, switchable: int, v_per_code: float, target: Target, strict=True
+    name: str,
+    n_eff: np.ndarray,
+    switchable: int,
+    v_per_code,
+    target: Target,
+    strict: bool = True,
+    dv_v: float | None = None,
 ) -> dict:
     """A charge-sharing bank: ``switchable`` units of C_u plus a fixed capacitor of the remainder,
-    total n_eff·C_u per state element, so that k switched units share k/n_eff of the charge."""
+    total n_eff·C_u per state element, so that k switched units share k/n_eff of the charge.
+    Every unit carries its switch's parasitic (per_unit·C_u: the ratio keeps it); the node's
+    fixed parasitic is taken off the remainder capacitor, down to nothing — what is left of it
+    (``parasitic_left_ff``) shrinks every z.  ``v_per_code``: volts per state code (scalar or per
+    state element); ``dv_v``: the typical |h̃ − h| in volts the switched units move by, for the
+    energy C·V_DD·ΔV (default half the swing)."""
     n_eff = np.asarray(n_eff, dtype=np.float64)
     if strict and np.any(n_eff < switchable):
         raise MappingError(
@@ -159,18 +206,26 @@ def bank(
             f"switches at most {target.state_bank.units} (state_bank.units). Give the gate / Ā "
             "fewer bits"
         )
-    cu = target.capacitor.unit_ff
-    c_bank = n_eff * cu + target.parasitic.fixed_ff
+    cu, fixed = target.capacitor.unit_ff, target.parasitic.fixed_ff
+    cu_par = cu * (1 + target.parasitic.per_unit)  # a unit with its switch's parasitic
+    remainder = np.maximum((n_eff - switchable) * cu_par - fixed, 0.0)
+    c_bank = switchable * cu_par + remainder + fixed  # = n_eff·cu_par where the remainder fits
+    v_per_code = np.asarray(v_per_code, dtype=np.float64)
     return {
         "switchable_units": int(switchable),
         "units_effective": n_eff,
-        "remainder_ff": (n_eff - switchable) * cu,
+        "unit_ff": cu_par,
+        "remainder_ff": remainder,
+        "parasitic_ff": fixed,
+        "parasitic_left_ff": c_bank - n_eff * cu_par,
         "v_per_code": v_per_code,
-        "ktc_sigma_codes": ktc_volts(target, float(c_bank.min())) / v_per_code,
+        "ktc_sigma_codes": float(np.max(ktc_volts(target, float(c_bank.min())) / v_per_code)),
         "injection_codes": target.leakage.charge_injection_mv * 1e-3 / v_per_code,
         "capacitance_ff": float(c_bank.sum()),
         "switches": int(switchable * n_eff.size),
-        "energy_fj": float(0.5 * c_bank.sum() * swing(target) ** 2),
+        # the switched units (on average half of them) move by ΔV, charged from V_DD
+        "energy_fj": float(0.5 * switchable * cu_par * n_eff.size * target.process.vdd_v)
+        * (0.5 * swing(target) if dv_v is None else dv_v),
     }
 
 
@@ -189,15 +244,45 @@ def state_range(graph: Graph, name: str, ranges: dict | None) -> float:
     return min(worst, max(1.0, RANGE_MARGIN * ranges[name]))
 
 
-def observed_ranges(graph: Graph, x: np.ndarray) -> dict[str, float]:
-    """Largest |code| of every state over sequences ``x`` (integer reference)."""
+def observed_ranges(graph: Graph, x: np.ndarray) -> dict:
+    """What the integer reference shows on sequences ``x``: the largest |code| of every state
+    (by its next tensor), and for every hardware minGRU the largest |accumulator| of its gate MAC
+    per column (``<gate>.acc``) and the mean |x| and x² of its MAC inputs per row
+    (``<x>.abs``, ``<x>.square``)."""
     top = {s.next: 0.0 for s in graph.states}
+    mins = [r for r in graph.layers if isinstance(r, MinGRUHw)]
+    acc = {r.gate.out: 0.0 for r in mins}
+    sums = {r.gate.x: [0.0, 0.0] for r in mins}
     state = intref.init_state(graph, len(x))
     for t in range(x.shape[1]):
         env, state = intref.step(graph, x[:, t], state)
         for name in top:
             top[name] = max(top[name], float(np.abs(env[name]).max()))
-    return top
+        for r in mins:
+            xs = env[r.gate.x].astype(np.float64)
+            acc[r.gate.out] = np.maximum(
+                acc[r.gate.out], np.abs(xs @ graph.consts[r.gate.W]).max(0)
+            )
+            sums[r.gate.x][0] += np.abs(xs).mean(0)
+            sums[r.gate.x][1] += (xs**2).mean(0)
+    n = x.shape[1]
+    out: dict = dict(top)
+    out |= {f"{k}.acc": v for k, v in acc.items()}
+    out |= {f"{k}.abs": v[0] / n for k, v in sums.items()}
+    out |= {f"{k}.square": v[1] / n for k, v in sums.items()}
+    return out
+
+
+def starved(name: str, lsb_v: float, target: Target) -> None:
+    """Warn when a gate LSB is worth less than STARVED residual comparator offsets."""
+    offset = residual_offset_mv(target.comparator) * 1e-3
+    if lsb_v < STARVED * offset:
+        warnings.warn(
+            f"{name}: a gate code step is {1e3 * lsb_v:.3f} mV, {lsb_v / offset:.1f}× the "
+            f"residual comparator offset σ {1e3 * offset:.3f} mV (want ≥ {STARVED}×); calibrate "
+            "the comparators (comparator.calibration) or give this layer's input fewer bits",
+            stacklevel=2,
+        )
 
 
 def delay_line(graph: Graph, line: DelayLine, target: Target) -> dict:
@@ -233,13 +318,25 @@ def delay_line(graph: Graph, line: DelayLine, target: Target) -> dict:
 
 def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = True, ranges=None):
     consts, gate, bank_ = graph.consts, rec.gate, rec.bank
+    ranges = ranges or {}
     in_bits = _bits(graph.formats[gate.x])
-    mac_z = mac(f"{rec.name}.Wz", consts[gate.W], in_bits, None, target)
-    mac_h = mac(f"{rec.name}.Wh", consts[rec.cand.W], in_bits, None, target)
-    th = thresholds(gate, consts, target, mac_z["v_per_unit"])
+    x_abs = ranges.get(f"{gate.x}.abs")
+    mac_z = mac(f"{rec.name}.Wz", consts[gate.W], in_bits, None, target, x_abs)
+    mac_h = mac(f"{rec.name}.Wh", consts[rec.cand.W], in_bits, None, target, x_abs)
+    x_fmt = graph.formats[gate.x]
+    worst = np.abs(consts[gate.W]).sum(0) * max(abs(x_fmt.lo), x_fmt.hi)  # (O,) units
+    seen = ranges.get(f"{gate.out}.acc")
+    span = worst if seen is None else np.minimum(worst, np.maximum(1.0, RANGE_MARGIN * seen))
+    th = thresholds(gate, consts, target, mac_z["v_per_unit"], span)
+    M = np.broadcast_to(np.asarray(consts[gate.M], dtype=np.float64), th["acc"].shape[:1])
+    starved(f"{rec.name}.gate", float(np.median(2.0**gate.shift / M)) * mac_z["v_per_unit"], target)
     s_gate = -float(consts[bank_.share]) / float(consts[bank_.keep])  # h − k·s·h + k·s·h̃
-    v_h = swing(target) / state_range(graph, bank_.out, ranges)  # its range spans the swing
+    # the k units sample the candidate line: a state code is −M_share/M_cand candidate units
+    per_code = -float(consts[bank_.share]) / np.asarray(consts[bank_.cand], dtype=np.float64)
+    v_h = np.broadcast_to(mac_h["v_per_unit"] * per_code, (mac_z["outputs"],)).copy()
     n_eff = np.full(mac_z["outputs"], 1 / s_gate)
+    h_range = state_range(graph, bank_.out, ranges) * float(np.mean(v_h))
+    comparators, decisions = adc_cost(target, th["acc"].shape[1])
     return {
         "kind": "mingru_hw",
         "layer": rec.name,
@@ -248,8 +345,10 @@ def map_mingru_hw(graph: Graph, rec: MinGRUHw, target: Target, strict: bool = Tr
         "gate_thresholds": th,
         "gate_to_units": list(range(gate.hi + 1)),
         "s_gate": s_gate,
-        "bank": bank(f"{rec.name}.state", n_eff, gate.hi, v_h, target, strict),
-        "comparators": mac_z["outputs"] * (len(th["acc"][0]) + 1),
+        "bank": bank(f"{rec.name}.state", n_eff, gate.hi, v_h, target, strict, 0.5 * h_range),
+        "comparators": mac_z["outputs"] * (comparators + 1),  # the ADC's and the output's
+        "decisions": mac_z["outputs"] * (decisions + 1),
+        "dac_updates": mac_z["outputs"] * (decisions if target.comparator.adc == "sar" else 0),
         "adc_bits": _bits(gate),
         **({"delay_line": delay_line(graph, rec.line, target)} if rec.line else {}),
     }
@@ -283,7 +382,9 @@ def map_s4d_real(graph: Graph, rec: S4DRealHw, target: Target, ranges=None) -> d
         "readout_mac": mac(f"{rec.name}.C", W.T, 1, v_x, target),  # analog inputs: the state
         "bank": bank(f"{rec.name}.state", n_eff, int(k.max()), v_x, target),
         "output_levels": y.hi - y.lo + 1,
-        "comparators": H * (y.hi - y.lo),
+        "comparators": H * adc_cost(target, y.hi - y.lo)[0],
+        "decisions": H * adc_cost(target, y.hi - y.lo)[1],
+        "dac_updates": H * adc_cost(target, y.hi - y.lo)[1] * (target.comparator.adc == "sar"),
         "adc_bits": _bits(y),
     }
 
@@ -326,9 +427,16 @@ def map_graph(graph: Graph, target: Target, strict: bool = True, ranges=None) ->
     return {"target": target.name, "layers": layers, "totals": totals(layers, target)}
 
 
+PUBLISHED_FJ_PER_BIT_OP = (1.0, 5.0)  # charge-domain IMC macros, energy per 1-bit operation
+
+
 def totals(layers: list[dict], target: Target) -> dict:
-    cap = switches = comparators = cycles = 0.0
-    breakdown = {"mac": 0.0, "state_banks": 0.0, "comparators": 0.0, "switches": 0.0}
+    """Capacitance, area, switches, comparators and the energy per timestep: C·V_DD·ΔV of the
+    MAC rows and the switched bank units, comparator decisions, threshold-DAC updates (a SAR's
+    decisions), switch drivers (half the switches toggle), the clock (per column and phase) and
+    the static references over the step; per MAC and per 1-bit operation (2 per 1-bit MAC)."""
+    cap = switches = comparators = decisions = dac = cycles = columns = macs = bit_ops = 0.0
+    breakdown = dict.fromkeys(("mac", "state_banks", "comparators", "threshold_dac"), 0.0)
     lines = [layer["delay_line"] for layer in layers if "delay_line" in layer]
     if lines:
         breakdown["delay_lines"] = sum(d["energy_fj"] for d in lines)
@@ -344,13 +452,25 @@ def totals(layers: list[dict], target: Target) -> dict:
             switches += m["switches"]
             breakdown["mac"] += m["energy_fj"]
             cycles = max(cycles, m["cycles"])
+            columns += m["outputs"]
+            macs += m["macs"]
+            bit_ops += 2 * m["macs"] * m["input_bits"] * m["weight_bits"]
         cap += layer["bank"]["capacitance_ff"]
         switches += layer["bank"]["switches"]
         breakdown["state_banks"] += layer["bank"]["energy_fj"]
         comparators += layer["comparators"]
-    breakdown["comparators"] = comparators * target.energy.comparator_fj
-    breakdown["switches"] = switches * 0.5 * target.energy.switch_fj
-    step_ns = cycles * target.timing.phases_per_step / target.timing.clock_mhz * 1e3
+        decisions += layer["decisions"]
+        dac += layer["dac_updates"]
+    e, step_ns = (
+        target.energy,
+        cycles * target.timing.phases_per_step / target.timing.clock_mhz * 1e3,
+    )
+    breakdown["comparators"] = decisions * e.comparator_fj
+    breakdown["threshold_dac"] = dac * e.dac_fj
+    breakdown["switches"] = switches * 0.5 * e.switch_fj
+    breakdown["clock"] = columns * target.timing.phases_per_step * cycles * e.clock_fj
+    breakdown["references"] = e.reference_uw * 1e-6 * step_ns * 1e-9 * 1e15
+    energy = sum(breakdown.values())
     return {
         "capacitance_pf": cap / 1e3,
         "area_mm2": cap * target.capacitor.area_um2_per_ff / 1e6
@@ -358,7 +478,12 @@ def totals(layers: list[dict], target: Target) -> dict:
         "delay_line_bits": sum(d["storage_bits"] for d in lines),
         "switches": int(switches),
         "comparators": int(comparators),
-        "energy_per_step_pj": sum(breakdown.values()) / 1e3,
+        "decisions_per_step": int(decisions),
+        "energy_per_step_pj": energy / 1e3,
         "energy_breakdown_pj": {k: v / 1e3 for k, v in breakdown.items()},
+        "macs_per_step": int(macs),
+        "fj_per_mac": energy / macs,
+        "fj_per_bit_op": energy / bit_ops,
+        "published_fj_per_bit_op": list(PUBLISHED_FJ_PER_BIT_OP),
         "time_per_step_ns": step_ns,
     }

@@ -1,75 +1,247 @@
 """Behavioural simulator of a mapped model on a switched-capacitor target, with switchable
-non-idealities and many chips at once (the seed axis is folded into the batch).
+non-idealities and many chips at once (the chip axis is folded into the batch).
 
 It executes the lowered integer graph; the tensors of each layer's hardware record (the analog
-core the mapping placed) are computed by their charge-domain versions instead:
+core the mapping placed) are computed in volts by their charge-domain versions instead — with
+every effect off too, so the agreement with the integer reference is a result, not a construction.
 
-- the gate ADC (hardware minGRU) decides through the mapped thresholds: code = number of
-  thresholds the MAC output passes (exact integer thresholds when ideal);
-- a MAC output is the integer accumulator plus its errors, in accumulator units: static
-  capacitor mismatch per chip (each weight of |w| units carries Σ|w| unit errors), parasitic
-  gain error per column and chip (±10 % parasitic), kT/C noise per sampling, charge injection;
-- the gated state shares charge through the chip's own units: z_eff(k) = (k + Σ_{i<k} ε_i) /
-  (N + Σ ε) instead of k/N, plus kT/C noise, charge injection, leakage droop and rail clipping;
-- comparators (the binary outputs, the ADCs) add their trimmed static offset per chip and their
-  noise per decision.
+Hardware minGRU, per timestep and column:
 
-With every non-ideality off the simulator computes exactly the integer reference (tested:
-identical decisions and outputs on every timestep).
+- gate and candidate MACs: V = g·v_u·Σ_j x_j·(units⁺_jo − units⁻_jo) with the chip's own unit
+  capacitors (``mismatch``: each unit C_u(1 + ε), σ_ε = capacitor.mismatch), g = C_line /
+  C_line,chip the gain of the line's parasitic spread (``parasitic``: one global draw per chip and
+  a small local one per column; the gate ADC's references come from a replica line, so its
+  thresholds follow the global part and only the local one is an error), kT/C of the line
+  (``ktc``), charge injection (``injection``); a
+  line is clipped at the rails (±V_swing around V_cm, ``clipping``); the candidate's bias is a
+  charge on its line.
+- gate ADC: the thresholds come out of a threshold DAC (``dac``: its quantization over the
+  column's span); a SAR compares with one comparator in a binary search (its offset, its
+  ``kickback`` onto the line between decisions), a flash with one comparator per threshold
+  (an offset each; the code counts the thresholds passed).  Offsets (``offset``) are drawn raw
+  and corrected as the target's calibration does (trim DAC, foreground measurement through the
+  threshold DAC, auto-zero); noise (``noise``) per conversion.
+- state bank: k gate units sample the candidate line and share with the bank holding h:
+  h ← h + z_k (h̃ − h), z_k = Σ_{i<k} C_i / (Σ C + C_p) from the chip's own units (``mismatch``)
+  and the part of the node's parasitic the remainder capacitor could not absorb, with its
+  spread (``parasitic``); kT/C of the sampling (``ktc``), injection, ``leakage`` I·t/C(T), the
+  output comparator's ``kickback`` onto the bank, rail clipping.
+- output comparator: h + offset + noise > 0, enabled by its column's latch once the gate has
+  switched a unit (see ``hwmap.mapping``).
+
+S4D-Real: retention through the chip's bank units, its readout MAC and output ADC errors in
+state / accumulator units as before (with every bank effect off its state update is the integer
+op).
+
+Noise comes from a pool of pre-drawn normals read at random offsets (a draw per tensor per step
+is the bottleneck otherwise).  Static draws depend only on the chip's seed, so chip s is the
+same chip in every batch.
 """
 
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 
-from .graph import ANALOG_BITS, Graph, MinGRUHw
+from .graph import Graph, MinGRUHw
 from .intref import Numpy, head, init_state, step
-from .mapping import unit_sigma
-from .targets import Target
+from .mapping import BOLTZMANN, unit_sigma
+from .targets import Comparator, Target, leak_fraction, swing, trim_step_mv
 
-NONIDEALITIES = tuple("mismatch parasitic ktc offset noise injection leakage clipping".split())
-BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # they move a bank's state
-PARASITIC_SPREAD = 0.10  # σ of the parasitic capacitance around its nominal value, per chip
+NONIDEALITIES = tuple(
+    "mismatch parasitic ktc offset noise dac kickback injection leakage clipping".split()
+)
+BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # S4D-Real's bank
+POOL = 1 << 22  # pre-drawn normals
+
+
+def offset_draw(rng, c: Comparator, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Raw offsets after the target's calibration (volts): (the offset the comparator keeps,
+    the correction subtracted from its threshold-DAC codes).  See ``residual_offset_mv``."""
+    raw = rng.normal(0, c.offset_mv * 1e-3, shape)
+    none = np.zeros(shape)
+    if c.calibration == "trim":  # a trim DAC over ±3σ: the residual of the nearest code
+        step, half = trim_step_mv(c) * 1e-3, 2 ** (c.trim_bits - 1)
+        return raw - step * np.clip(np.rint(raw / step), -half, half - 1), none
+    if c.calibration == "autozero":
+        return raw / (1 + c.autozero_gain), none
+    if c.calibration == "foreground":  # measured with n noisy decisions, corrected by the DAC
+        error = rng.normal(0, c.noise_mv * 1e-3 / np.sqrt(c.calibration_samples), shape)
+        return raw, raw + error
+    return raw, none
+
+
+@cache
+def _search():
+    """code = #{θ ≤ v} for every line voltage v (S, B, O) against its chip's and column's sorted
+    thresholds (flat (S·O·size,), +inf padded): a binary search, as a SAR converts, the line
+    kicked by ±``kick`` volts after each decision (numba: one pass, no temporaries)."""
+    import numba
+
+    @numba.njit(cache=True)
+    def search(v, flat, size, kick):  # v (S, B, O)
+        chips, batch, cols = v.shape
+        codes = np.empty(v.shape, dtype=np.int64)
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    base = (s * cols + o) * size
+                    x, code, half = v[s, b, o], 0, size >> 1
+                    while half:
+                        passed = np.int64(flat[base + code + half - 1] <= x)
+                        code += half * passed
+                        x += kick * (2 * passed - 1)
+                        half >>= 1
+                    codes[s, b, o] = code
+        return codes
+
+    return search
+
+
+class Noise:
+    """Standard normals for the per-step noise: slices of one pool at random offsets."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+        self.pool = self.rng.standard_normal(POOL, dtype=np.float32)
+
+    def __call__(self, shape) -> np.ndarray:
+        n = int(np.prod(shape))
+        if n > POOL // 4:
+            return self.rng.standard_normal(shape, dtype=np.float32)
+        start = self.rng.integers(0, POOL - n)
+        return self.pool[start : start + n].reshape(shape)
 
 
 class Chips:
-    """Static draws of ``seeds`` chips for every mapped layer (None: that non-ideality is off)."""
+    """Static draws of ``seeds`` chips for every mapped layer (None or exact values: off)."""
 
-    def __init__(self, mapping: dict, target: Target, seeds: list[int], on: set[str]):
-        self.n = len(seeds)
-        rngs = [np.random.default_rng(s) for s in seeds]
+    def __init__(self, mapping: dict, target: Target, seeds: list[int], on: set[str], dtype):
+        self.n, self.on, self.target, self.dtype = len(seeds), on, target, dtype
+        self.rngs = [np.random.default_rng(s) for s in seeds]
+        self.layers = [
+            self._mingru(layer) if layer["kind"] == "mingru_hw" else self._s4d(layer)
+            for layer in mapping["layers"]
+        ]
 
-        def normal(effect: str, sigma, shape):  # (chips, *shape)
-            return np.stack([r.normal(0, sigma, shape) for r in rngs]) if effect in on else None
+    def normal(self, effect: str, sigma, shape):  # (chips, *shape), None when off
+        if effect not in self.on:
+            return None
+        return np.stack([r.normal(0, 1, shape) for r in self.rngs]) * sigma
 
-        su, offset_v = unit_sigma(target), target.comparator.trimmed_offset_mv * 1e-3
-        self.layers = []
-        for layer in mapping["layers"]:
-            d = {}
-            for key in (k for k in layer if k.endswith("_mac")):  # in the mapping's order
-                m = layer[key]
-                w_units = m["pos_units"] + m["neg_units"]  # (K, O)
-                E, gain = normal("mismatch", 1, w_units.shape), normal("parasitic", 1, m["outputs"])
-                if E is not None:
-                    E = E * np.sqrt(w_units) * su * np.sign(m["pos_units"] - m["neg_units"])
-                if gain is not None:
-                    gain = 1 / (1 + PARASITIC_SPREAD * gain * m["c_parasitic_ff"] / m["c_line_ff"])
-                offset = normal("offset", offset_v / m["v_per_unit"], m["outputs"])
-                d[key] = {"E": E, "gain": gain, "offset": offset}
-            n_eff, v_code = layer["bank"]["units_effective"], layer["bank"]["v_per_code"]
-            eps = normal("mismatch", su, (2, *n_eff.shape))  # the first k units, the others
-            d["bank"] = {"eps": eps, "offset": normal("offset", offset_v / v_code, n_eff.shape[:1])}
-            self.layers.append(d)
+    def _offsets(self, shape) -> tuple[np.ndarray, np.ndarray]:
+        if "offset" not in self.on:
+            return np.zeros((self.n, *shape)), np.zeros((self.n, *shape))
+        kept, corr = zip(
+            *(offset_draw(r, self.target.comparator, shape) for r in self.rngs), strict=True
+        )
+        return np.stack(kept), np.stack(corr)
+
+    def _spread(self, shape) -> tuple[np.ndarray, np.ndarray]:
+        """Relative deviation of a parasitic per chip (global, (S, 1…)) and per element."""
+        p, zero = self.target.parasitic, np.zeros((self.n, *shape))
+        g = self.normal("parasitic", p.spread_global_pct / 100, (1,) * len(shape))
+        local = self.normal("parasitic", p.spread_local_pct / 100, shape)
+        return (zero, zero) if g is None else (g + zero, g + local)
+
+    def _mac(self, m: dict, ratiometric: bool = False) -> dict:
+        """The chip's weights in units (S, K, O) and its lines' gain (S, 1, O).  A
+        ``ratiometric`` line is read against references from a replica line of the same layout,
+        which follow the chip's global parasitic: only the local part is left."""
+        su, pos, neg = unit_sigma(self.target), m["pos_units"], m["neg_units"]
+        W = np.broadcast_to((pos - neg).astype(np.float64), (self.n, *pos.shape))
+        e_pos, e_neg = (
+            self.normal("mismatch", su, pos.shape),
+            self.normal("mismatch", su, pos.shape),
+        )
+        if e_pos is not None:  # the sum of |w| unit errors: σ·√|w| per side
+            W = W + e_pos * np.sqrt(pos) - e_neg * np.sqrt(neg)
+        c_line, c_par = m["c_line_ff"], m["c_parasitic_ff"]
+        shared, spread = self._spread((m["outputs"],))
+        gain = (c_line + c_par * shared * ratiometric) / (c_line + c_par * spread)
+        return {"W": W.astype(self.dtype), "gain": gain[:, None].astype(self.dtype)}
+
+    def _thresholds(self, th: dict) -> np.ndarray:
+        """The gate ADC's effective thresholds (chips, O, T) in volts, sorted per column."""
+        volts, step = th["volts"], th["dac_step_v"][:, None]
+        sar = self.target.comparator.adc == "sar"
+        kept, corr = self._offsets(volts.shape[:1] if sar else volts.shape)
+        if sar:
+            kept, corr = kept[..., None], corr[..., None]
+        want = volts[None] - corr
+        dac = step * np.clip(np.rint(want / step), -self._half(), self._half() - 1)
+        return np.sort((dac if "dac" in self.on else want) + kept, axis=-1)
+
+    def _half(self) -> int:
+        return 2 ** (self.target.comparator.dac_bits - 1)
+
+    def _bank_z(self, bank: dict) -> np.ndarray:
+        """z_k = Σ_{i<k} C_i / C_bank per chip, column and gate code k: (chips, O, K+1)."""
+        k, n_eff = bank["switchable_units"], bank["units_effective"]  # n_eff (O,)
+        cu, su = bank["unit_ff"], unit_sigma(self.target)
+        units = np.ones((self.n, len(n_eff), k)) * cu
+        rest = np.broadcast_to(bank["remainder_ff"], (self.n, len(n_eff))).astype(np.float64)
+        e = self.normal("mismatch", su, units.shape[1:])
+        if e is not None:
+            units = units * (1 + e)
+            rest = rest * (1 + self.normal("mismatch", su, n_eff.shape) / np.sqrt(n_eff - k))
+        # the node's fixed parasitic: with its spread and the part the remainder capacitor could
+        # not absorb, or (off) exactly the absorbed part
+        par = bank["parasitic_ff"] - bank["parasitic_left_ff"] + np.zeros((self.n, len(n_eff)))
+        if "parasitic" in self.on:
+            par = bank["parasitic_ff"] * (1 + self._spread(n_eff.shape)[1])
+        total = units.sum(-1) + rest + par
+        cum = np.concatenate([np.zeros((self.n, len(n_eff), 1)), units.cumsum(-1)], -1)
+        return (cum / total[..., None]).astype(self.dtype)
+
+    def _mingru(self, layer: dict) -> dict:
+        bank = layer["bank"]
+        kept, corr = self._offsets(bank["units_effective"].shape)
+        theta = self._thresholds(layer["gate_thresholds"])  # (S, O, T)
+        S, cols, T = theta.shape
+        size = 1 << int(np.ceil(np.log2(T + 1)))  # the binary search's span, +inf padded
+        flat = np.full((S, cols, size), np.inf)
+        flat[..., :T] = theta
+        return {
+            "gate_mac": self._mac(layer["gate_mac"], ratiometric=True),
+            "cand_mac": self._mac(layer["cand_mac"]),
+            "thresholds": flat.astype(self.dtype).ravel(),
+            "search": size,
+            "base": ((np.arange(S)[:, None, None] * cols + np.arange(cols)) * size).astype(
+                np.int32
+            ),
+            "z": self._bank_z(bank),
+            "out_offset": (kept - corr).astype(self.dtype),  # the reference DAC corrects it
+        }
+
+    def _s4d(self, layer: dict) -> dict:
+        m = layer["readout_mac"]
+        w_units = m["pos_units"] + m["neg_units"]
+        E = self.normal("mismatch", unit_sigma(self.target), w_units.shape)
+        if E is not None:
+            E = E * np.sqrt(w_units) * np.sign(m["pos_units"] - m["neg_units"])
+        kept, corr = self._offsets((m["outputs"],))
+        eps = self.normal(
+            "mismatch", unit_sigma(self.target), (2, *layer["bank"]["units_effective"].shape)
+        )
+        offset = (kept - corr) / m["v_per_unit"] if "offset" in self.on else None
+        return {"E": E, "offset": offset, "eps": eps}
 
 
 class Simulator:
-    def __init__(self, graph: Graph, mapping: dict, target: Target, on=(), seeds=(0,)):
+    def __init__(
+        self, graph: Graph, mapping: dict, target: Target, on=(), seeds=(0,), dtype=np.float32
+    ):
         if unknown := set(on) - set(NONIDEALITIES):
             raise ValueError(f"unknown non-ideality {sorted(unknown)}; choose from {NONIDEALITIES}")
         self.graph, self.mapping, self.target, self.on = graph, mapping, target, set(on)
-        self.seeds = list(seeds)
-        self.chips = Chips(mapping, target, self.seeds, self.on)
-        self.rng = np.random.default_rng([*self.seeds, 7919])
+        self.seeds, self.dtype = list(seeds), dtype
+        self.chips = Chips(mapping, target, self.seeds, self.on, dtype)
+        self.noise = Noise([*self.seeds, 7919])
+        self.rng = self.noise.rng
+        self.swing = swing(target)
+        kT = BOLTZMANN * target.process.temperature_k
+        self.kT = kT
+        self.step_s = mapping["totals"]["time_per_step_ns"] * 1e-9
         self.analog = {}  # tensor → the layer's part that computes it (op, backend) → value
         layers = zip(graph.layers, mapping["layers"], self.chips.layers, strict=True)
         for rec, layer, draws in layers:
@@ -80,92 +252,107 @@ class Simulator:
                 parts = {rec.retention.out: self._retention, rec.readout.out: self._s4d_output}
             self.analog |= {out: partial(fn, rec, layer, draws) for out, fn in parts.items()}
 
-    # ---------------------------------------------------------------- per-op physics
+    # ---------------------------------------------------------------- hardware minGRU
+
+    def _line(self, x: np.ndarray, m: dict, d: dict) -> np.ndarray:
+        """A MAC's column voltages (S, B, O) for inputs x (S·B, K)."""
+        x = x.astype(self.dtype).reshape(self.chips.n, -1, x.shape[-1])
+        v = np.matmul(x, d["W"])  # (S, B, O) units
+        v *= self.dtype(m["v_per_unit"])
+        if "parasitic" in self.on:
+            v *= d["gain"]
+        if "ktc" in self.on:
+            v += self.dtype(m["ktc_sigma_units"] * m["v_per_unit"]) * self.noise(v.shape)
+        if "injection" in self.on:
+            v += self.dtype(self.target.leakage.charge_injection_mv * 1e-3)
+        return v
+
+    def _clip(self, v: np.ndarray) -> np.ndarray:
+        if "clipping" in self.on:
+            np.clip(v, -self.swing, self.swing, out=v)
+        return v
+
+    def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
+        """The gate ADC: the number of thresholds the MAC line passes."""
+        m = layer["gate_mac"]
+        v = self._clip(self._line(b.get(rec.gate.x), m, draws["gate_mac"]))
+        if "noise" in self.on:
+            v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
+        kick = self.target.comparator.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15)
+        sar_kick = "kickback" in self.on and self.target.comparator.adc == "sar"
+        kick = v.dtype.type(kick if sar_kick else 0.0)
+        code = _search()(v, draws["thresholds"], draws["search"], kick)
+        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, v.shape[-1])
+
+    def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
+        """The candidate line h̃ (volts), its bias a charge on the line."""
+        v = self._line(b.get(rec.cand.x), layer["cand_mac"], draws["cand_mac"])
+        bias = np.asarray(b.get(rec.bank.cand_offset), dtype=np.float64)
+        bias_v = bias / np.asarray(b.get(rec.bank.cand), dtype=np.float64)
+        v += (bias_v * layer["cand_mac"]["v_per_unit"]).astype(self.dtype)
+        return self._clip(v).reshape(-1, v.shape[-1])
+
+    def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
+        """h ← h + z_k (h̃ − h) by charge sharing, in volts."""
+        h, k, cand = b.get(rec.bank.h), b.get(rec.bank.z), b.get(rec.bank.acc)
+        if h.dtype.kind == "i":  # the first step: the bank reset to V_cm
+            h = np.zeros(cand.shape, dtype=self.dtype)
+        armed = self.armed.get(rec.name)
+        self.armed[rec.name] = (k > 0) if armed is None else armed | (k > 0)
+        z_tab = draws["z"]  # (S, O, K+1)
+        S, cols, n_k = z_tab.shape
+        index = (np.arange(S)[:, None, None] * cols + np.arange(cols)) * n_k
+        z = z_tab.ravel()[index + k.reshape(S, -1, cols)].reshape(h.shape)
+        bank, new = layer["bank"], cand - h
+        new *= z
+        new += h
+        if "ktc" in self.on:  # the k sampled units' kT/C, shared into the bank
+            c_bank = bank["unit_ff"] * bank["units_effective"] * 1e-15
+            sigma = np.sqrt(self.kT * k * bank["unit_ff"] * 1e-15) / c_bank
+            new += sigma.astype(self.dtype) * self.noise(new.shape)
+        if "injection" in self.on:  # where the gate switched units (k > 0)
+            new += self.dtype(self.target.leakage.charge_injection_mv * 1e-3) * (k > 0)
+        if "leakage" in self.on:
+            c_ff = float(bank["unit_ff"] * bank["units_effective"].mean())
+            new *= self.dtype(1 - leak_fraction(self.target, c_ff, self.step_s))
+        return self._clip(new)
+
+    def _comparator(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
+        h = b.get(rec.bank.out)
+        S = self.chips.n
+        v = (h.reshape(S, -1, h.shape[-1]) + draws["out_offset"][:, None]).reshape(h.shape)
+        if "noise" in self.on:
+            v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
+        out = (v > 0) & self.armed[rec.name]  # enabled once the gate has opened
+        c = self.target.comparator
+        if "kickback" in self.on and c.kickback_fc > 0:  # onto the bank, which keeps it
+            bank = layer["bank"]
+            c_bank = bank["unit_ff"] * float(bank["units_effective"].mean())
+            h += self.dtype(c.kickback_fc / c_bank) * (2 * out.astype(self.dtype) - 1)
+        return out.astype(np.int64)
+
+    # ---------------------------------------------------------------- S4D-Real
 
     def _split(self, a: np.ndarray) -> np.ndarray:  # (S·B, …) → (S, B, …)
         return a.reshape(self.chips.n, -1, *a.shape[1:])
 
-    def _mac(self, part, m: dict, draws: dict, b: Numpy) -> tuple[np.ndarray, np.ndarray]:
-        """A MAC's integer output x @ W (S·B, O) and its deviation from it, in accumulator
-        units."""
-        x = b.get(part.x)
-        acc = x @ b.get(part.W)
-        err = np.zeros(acc.shape)
-        if draws["E"] is not None:  # x (S·B, K) @ E (S, K, O)
-            err += (self._split(x.astype(np.float64)) @ draws["E"]).reshape(acc.shape)
-        if draws["gain"] is not None:  # gain (S, O) per column and chip
-            gain = draws["gain"][:, None] - 1
-            err += (self._split(acc.astype(np.float64)) * gain).reshape(acc.shape)
-        if "ktc" in self.on:
-            err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
-        if "injection" in self.on:
-            err += self.target.leakage.charge_injection_mv * 1e-3 / m["v_per_unit"]
-        return acc, err
-
-    def _decide(self, offset: np.ndarray | None, v_per_unit: float, shape) -> np.ndarray:
-        """Input-referred comparator offset (static per chip: ``offset`` (S, …), None when off)
-        and noise, in units of ``v_per_unit`` volts."""
-        err = np.zeros(shape)
-        if offset is not None:
-            err += np.repeat(offset, shape[0] // self.chips.n, axis=0)
-        if "noise" in self.on:
-            err += self.rng.normal(0, self.target.comparator.noise_mv * 1e-3 / v_per_unit, shape)
-        return err
-
-    def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
-        """The gate ADC: thresholds of the mapping, the MAC output with its errors."""
-        m, d = layer["gate_mac"], draws["gate_mac"]
-        acc, analog = self._mac(rec.gate, m, d, b)  # then the comparators' offset and noise
-        analog += self._decide(d["offset"], m["v_per_unit"], acc.shape)
-        passed = (acc + analog)[..., None] >= np.ceil(layer["gate_thresholds"]["acc"])
-        return layer["gate_thresholds"]["lo"] + passed.sum(-1)
-
-    def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
-        acc, err = self._mac(rec.cand, layer["cand_mac"], draws["cand_mac"], b)
-        return acc + err if err.any() else acc
-
     def _bank(self, x: np.ndarray, bk: dict) -> np.ndarray:
-        """kT/C noise, charge injection and leakage droop of a charge-sharing bank, in codes."""
+        """kT/C noise, charge injection and leakage of a charge-sharing bank, in state codes."""
         if "ktc" in self.on:
             x = x + self.rng.normal(0, bk["ktc_sigma_codes"], x.shape)
         if "injection" in self.on:
             x = x + bk["injection_codes"]
         if "leakage" in self.on:
-            x = x * (1 - self.target.leakage.droop_per_step)
+            c_ff = float(bk["unit_ff"] * np.mean(bk["units_effective"]))
+            x = x * (1 - leak_fraction(self.target, c_ff, self.step_s))
         return x
 
     @staticmethod
     def _share(eps: np.ndarray, k, n_eff) -> np.ndarray:
-        """The charge that k switched units take of a bank of n_eff units on each chip: the unit
+        """The charge k switched units take of a bank of n_eff units on each chip: the unit
         errors eps (S, 2, …) summed over the first k units and over the other n_eff − k."""
         e1, e2 = eps[:, 0] * np.sqrt(k), eps[:, 1] * np.sqrt(n_eff - k)
         return (k + e1) / (n_eff + e1 + e2)
-
-    def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
-        """h ← h + z (h̃ − h) through the chip's bank; exact integer sum when ideal."""
-        bank_ = rec.bank
-        h, k = b.get(bank_.h), b.get(bank_.z)
-        cand_acc = b.get(bank_.acc)  # the candidate MAC: float once it carries errors
-        if not self.on & BANK_ERRORS and cand_acc.dtype.kind == h.dtype.kind == "i":
-            return op.eval(b)
-        M_share, M_cand, offset = (
-            np.asarray(b.get(n), dtype=np.float64)
-            for n in (bank_.share, bank_.cand, bank_.cand_offset)
-        )
-        cand = (cand_acc * M_cand + offset) / -M_share
-        z = k * layer["s_gate"]
-        bk, eps = layer["bank"], draws["bank"]["eps"]
-        if eps is not None:  # per chip (S, B, O)
-            z = self._share(eps[:, :, None], self._split(k), bk["units_effective"]).reshape(k.shape)
-        h_new = self._bank(h + z * (cand - h), bk)
-        if "clipping" in self.on:
-            h_new = np.clip(h_new, -(2**ANALOG_BITS), 2**ANALOG_BITS)
-        return h_new
-
-    def _comparator(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
-        h = b.get(rec.bank.out)
-        err = self._decide(draws["bank"]["offset"], layer["bank"]["v_per_code"], h.shape)
-        return (h + err > 0).astype(np.int64)
 
     def _retention(self, rec, layer, draws, op, b: Numpy):
         """x ← (1 − z) x + B̄u through the S4D-Real retention bank, re-quantized as the graph
@@ -177,11 +364,13 @@ class Simulator:
         x = b.get(ret.x).astype(np.float64)
         keep = np.asarray(b.get(ret.keep), dtype=np.float64) / S  # Ā
         write = b.get(ret.u) * b.get(ret.write) / S  # B̄u
-        bk, eps = layer["bank"], draws["bank"]["eps"]
+        bk, eps = layer["bank"], draws["eps"]
         if eps is not None:
             z = self._share(eps, layer["retention_units"], bk["units_effective"])  # (S, H, n)
             keep = np.repeat(1 - z, x.shape[0] // self.chips.n, axis=0)
         x_new = self._bank(keep * x + write, bk)
+        if "clipping" in self.on:
+            x_new = np.clip(x_new, op.lo, op.hi)
         return np.clip(np.floor(x_new + 0.5), op.lo, op.hi).astype(np.int64)
 
     def _s4d_output(self, rec, layer, draws, op, b: Numpy):
@@ -191,13 +380,16 @@ class Simulator:
         M = b.get(y.M)
         values = [acc * M, b.get(y.u) * b.get(y.skip)]
         err = np.zeros(acc.shape)
-        d = draws["readout_mac"]
-        if d["E"] is not None:  # E (S, n, H): per channel column
+        if draws["E"] is not None:  # E (S, n, H): per channel column
             x = self._split(dot_in.astype(np.float64))
-            err += np.einsum("sbhn,snh->sbh", x, d["E"]).reshape(acc.shape)
+            err += np.einsum("sbhn,snh->sbh", x, draws["E"]).reshape(acc.shape)
         if "ktc" in self.on:
             err += self.rng.normal(0, m["ktc_sigma_units"], acc.shape)
-        err += self._decide(d["offset"], m["v_per_unit"], acc.shape)
+        if draws["offset"] is not None:
+            err += np.repeat(draws["offset"], acc.shape[0] // self.chips.n, axis=0)
+        if "noise" in self.on:
+            sigma = self.target.comparator.noise_mv * 1e-3 / m["v_per_unit"]
+            err += self.rng.normal(0, sigma, acc.shape)
         if not err.any():
             return op.eval(b)
         z = sum(v.astype(np.float64) for v in values) + err * M
@@ -206,14 +398,22 @@ class Simulator:
 
     # ---------------------------------------------------------------- sequences
 
-    def run(self, x: np.ndarray, trace: bool = False) -> tuple[np.ndarray, dict]:
+    def run(
+        self, x: np.ndarray, trace: bool = False, force=None, after=None
+    ) -> tuple[np.ndarray, dict]:
         """x (B, L, d) for every chip → logits (S, B, C) and, with ``trace``, the outputs of
-        every analog part, by tensor (S, B, L, …)."""
+        every analog part, by tensor (S, B, L, …).  ``force(t, state)``, when given, replaces the
+        state entering step t and ``after(t, op, env)`` runs after each op (verification feeds
+        the integer reference's state and codes there)."""
         xs = np.tile(x, (self.chips.n, 1, 1))
         state = init_state(self.graph, len(xs))
+        self.armed = {}  # layer → its columns' enable latches
         traced = {out: [] for out in self.analog} if trace else {}
         for t in range(x.shape[1]):
-            env, state = step(self.graph, xs[:, t], state, parts=self.analog)
+            if force is not None:
+                state = force(t, state)
+            hook = None if after is None else partial(after, t)
+            env, state = step(self.graph, xs[:, t], state, after=hook, parts=self.analog)
             for out in traced:
                 traced[out].append(env[out])
         traced = {k: self._split(np.stack(v, 1)) for k, v in traced.items()}

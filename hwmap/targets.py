@@ -1,10 +1,15 @@
 """Switched-capacitor in-memory-computing targets: a YAML file per chip, validated by pydantic.
 
 Every physical quantity carries its unit in its name (``_ff`` femtofarad, ``_mv`` millivolt,
-``_um2`` square micrometre, ``_fj`` femtojoule).  Errors name the field, the bad value and what
-is allowed, like recipe errors.
+``_um2`` square micrometre, ``_fj`` femtojoule, ``_fa`` femtoampere, ``_fc`` femtocoulomb).
+Errors name the field, the bad value and what is allowed, like recipe errors.
+
+A target states what a designer knows of the silicon (raw comparator offset, trim DAC, leakage
+current at a temperature); the figures the mapping and the simulator use are derived from it
+(:func:`residual_offset_mv`, :func:`leak_fraction`), not asserted.
 """
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -52,20 +57,40 @@ class Weights(Section):
 
 
 class Inputs(Section):
-    encoding: Literal["binary", "bit_serial"] = "bit_serial"
-    max_bits: int = Field(8, ge=1, le=16, description="widest input code applied bit-serially")
+    encoding: Literal["binary", "bit_serial", "dac"] = Field(
+        "bit_serial",
+        description="multi-bit inputs: bit_serial (binary-weighted planes, one cycle each) or "
+        "dac (a row DAC drives code·V_swing/2^(B−1) in one cycle)",
+    )
+    max_bits: int = Field(8, ge=1, le=16, description="widest multi-bit input code")
 
 
 class Parasitic(Section):
     per_unit: float = Field(0.3, ge=0, description="line parasitic per connected unit, × C_u")
     fixed_ff: float = Field(2.0, ge=0)
+    spread_global_pct: float = Field(
+        10.0, ge=0, lt=100, description="σ of the parasitic per chip (shared layout), %"
+    )
+    spread_local_pct: float = Field(
+        1.0, ge=0, lt=100, description="σ of the parasitic per column around the chip's, %"
+    )
 
 
 class Comparator(Section):
-    offset_mv: float = Field(5.0, ge=0, description="σ of the static offset before trim")
-    trim_bits: int = Field(4, ge=0, le=12)
-    trimmed_offset_mv: float = Field(1.0, ge=0, description="σ of the offset after trim")
+    adc: Literal["sar", "flash"] = Field(
+        "sar", description="gate ADC: sar (one comparator, a binary search) or flash"
+    )
+    offset_mv: float = Field(5.0, ge=0, description="σ of the raw static offset")
+    calibration: Literal["none", "trim", "foreground", "autozero"] = Field(
+        "trim", description="how the offset is corrected (see residual_offset_mv)"
+    )
+    trim_bits: int = Field(4, ge=1, le=12, description="trim DAC over ±3σ of the raw offset")
+    calibration_samples: int = Field(
+        64, ge=1, description="decisions averaged per offset measurement (foreground)"
+    )
+    autozero_gain: float = Field(100.0, gt=0, description="loop gain of the auto-zero")
     noise_mv: float = Field(0.5, ge=0, description="σ of the noise per decision")
+    kickback_fc: float = Field(0.0, ge=0, description="charge a decision kicks onto its input")
     dac_bits: int = Field(10, ge=1, le=16, description="threshold DAC resolution")
 
 
@@ -75,7 +100,9 @@ class StateBank(Section):
 
 
 class Leakage(Section):
-    droop_per_step: float = Field(1e-4, ge=0, lt=1, description="fraction of state lost")
+    current_fa: float = Field(1.0, ge=0, description="off-switch leakage at full swing, at T_ref")
+    reference_k: float = Field(300.0, gt=0, description="temperature of current_fa")
+    doubling_k: float = Field(10.0, gt=0, description="leakage doubles every this many kelvin")
     charge_injection_mv: float = Field(0.2, ge=0, description="offset per sampling event")
 
 
@@ -97,8 +124,10 @@ class Timing(Section):
 
 class Energy(Section):
     comparator_fj: float = Field(10.0, ge=0, description="per decision")
-    dac_fj: float = Field(20.0, ge=0, description="per threshold update")
+    dac_fj: float = Field(20.0, ge=0, description="per threshold-DAC update (a SAR decision)")
     switch_fj: float = Field(0.2, ge=0, description="per switch toggle (driver)")
+    clock_fj: float = Field(1.0, ge=0, description="clock distribution per column per phase")
+    reference_uw: float = Field(0.0, ge=0, description="static power of ladders / references")
 
 
 class Target(Section):
@@ -123,8 +152,54 @@ class Target(Section):
         return self.model_copy(update={"capacitor": cap})
 
     def with_offset(self, offset_mv: float) -> "Target":
-        comp = self.comparator.model_copy(update={"trimmed_offset_mv": offset_mv})
+        """The same chip with residual comparator offset σ ``offset_mv`` (raw, uncalibrated)."""
+        comp = self.comparator.model_copy(update={"offset_mv": offset_mv, "calibration": "none"})
         return self.model_copy(update={"comparator": comp})
+
+    def with_noise(self, noise_mv: float) -> "Target":
+        comp = self.comparator.model_copy(update={"noise_mv": noise_mv})
+        return self.model_copy(update={"comparator": comp})
+
+
+def trim_step_mv(c: Comparator) -> float:
+    """The trim DAC's step: 2^trim_bits codes over ±3σ of the raw offset."""
+    return 6 * c.offset_mv / 2**c.trim_bits
+
+
+def residual_offset_mv(c: Comparator) -> float:
+    """σ of the comparator offset left after calibration (mV), from the raw σ_o = offset_mv:
+
+    - ``none``: σ_o.
+    - ``trim``: a trim DAC of b bits spans ±3σ_o in steps Δ = 6σ_o/2^b; the residual is
+      uniform in ±Δ/2, σ = Δ·√(1/12) (4 bits of 5 mV: 0.54 mV; the 0.27 % of comparators beyond
+      ±3σ keep the excess, which the simulator draws).
+    - ``foreground``: a one-time measurement per comparator through the threshold DAC (n
+      decisions averaged, σ_n the noise per decision) subtracted from its DAC codes:
+      σ = σ_n/√n (0.5 mV, 64 samples: 0.06 mV); the DAC's own quantization of the corrected
+      threshold is the thresholds' (simulated, not part of this σ).
+    - ``autozero``: the offset stored on a capacitor in a loop of gain A: σ = σ_o/(1 + A).
+    """
+    if c.calibration == "none":
+        return c.offset_mv
+    if c.calibration == "trim":
+        return trim_step_mv(c) / math.sqrt(12)
+    if c.calibration == "foreground":
+        return c.noise_mv / math.sqrt(c.calibration_samples)
+    return c.offset_mv / (1 + c.autozero_gain)
+
+
+def leak_fraction(t: Target, c_ff: float, step_s: float) -> float:
+    """Fraction of a stored voltage lost per step: the off switches conduct I(T) =
+    I_ref·2^((T − T_ref)/doubling) at full swing, linearly in the voltage (an off-state
+    conductance G = I/V_swing), so dV/dt = −G·V/C and the loss per step is I(T)·t/(C·V_swing)."""
+    leak = t.leakage
+    doublings = (t.process.temperature_k - leak.reference_k) / leak.doubling_k
+    return leak.current_fa * 1e-15 * 2**doublings * step_s / (c_ff * 1e-15 * swing(t))
+
+
+def swing(t: Target) -> float:
+    """Largest signal excursion around V_cm (volts)."""
+    return min(t.process.vcm_v, t.process.vdd_v - t.process.vcm_v)
 
 
 def _where(err: ValidationError) -> str:
@@ -148,6 +223,12 @@ def load_target(path: str | Path) -> Target:
     if not isinstance(data, dict):
         raise TargetError(f"{p}: a target is a mapping of sections (process, capacitor, …)")
     try:
-        return Target.model_validate(data)
+        target = Target.model_validate(data)
     except ValidationError as err:
         raise TargetError(f"{p}: {_where(err)}") from None
+    if target.process.vcm_v >= target.process.vdd_v:
+        raise TargetError(
+            f"{p}: process.vcm_v: {target.process.vcm_v} V must lie below process.vdd_v "
+            f"({target.process.vdd_v} V); set it near vdd_v / 2"
+        )
+    return target

@@ -272,12 +272,14 @@ def cmd_map(args) -> dict:
     """Everything `qssm export` writes, plus: the mapping onto the target (mapping.json, arrays.npz:
     differential unit-capacitor counts with dummies, comparator thresholds in volts and DAC codes,
     gate code → switched units, retention units; capacitance, area, energy per timestep), the
-    behavioural simulator with every non-ideality off checked against the integer reference, and a
-    Monte-Carlo over chips with every non-ideality on, swept over unit capacitance and comparator
-    offset (report.md, monte_carlo.png); with --spice, ngspice netlists of each layer's MAC column,
-    comparator threshold and state bank compared with the behavioural formulas (spice.json,
-    spice/*.cir). Models the target cannot run are refused with the reason and the recipe change
-    that fixes it; a verification check that misses its threshold exits 1."""
+    charge-domain simulator with every non-ideality off checked against the integer reference, and a
+    Monte-Carlo over chips with every non-ideality on (the nominal chip), swept over unit
+    capacitance, residual comparator offset and comparator noise, with an ablation (each effect
+    alone on, alone off) — per-setting results in OUT/monte_carlo/ (a rerun resumes), report.md,
+    monte_carlo.png; with --spice, ngspice netlists of each layer's MAC column, comparator
+    threshold and state bank compared with the behavioural formulas (spice.json, spice/*.cir).
+    Models the target cannot run are refused with the reason and the recipe change that fixes
+    it; a verification check that misses its threshold exits 1."""
     from hwmap.export import map_run
 
     r = _gated(
@@ -288,6 +290,8 @@ def cmd_map(args) -> dict:
         mc_limit=args.mc_limit,
         units=args.mc_units,
         offsets=args.mc_offsets,
+        noises=args.mc_noises,
+        ablation=not args.no_mc_ablation,
         with_spice=args.spice,
     )
     t, ideal = r["mapping"]["totals"], r["verify"]["sim_ideal_vs_intref"]
@@ -298,8 +302,9 @@ def cmd_map(args) -> dict:
     )
     for row in r["verify"].get("monte_carlo", []):
         print(
-            f"  C_u {row['unit_ff']:g} fF, offset {row['offset_mv']:g} mV: "
-            f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f} % over {row['seeds']} chips"
+            f"  {row['id']}: {100 * row['mean']:.2f} ± {100 * row['std']:.2f} % over "
+            f"{row['chips']} chips × {row['sequences']} sequences (integer model "
+            f"{100 * row['ideal']:.2f} %; {100 * row['yield_4']:.0f} % of chips within 4 points)"
         )
     for p in (r["spice"] or {}).get("pieces", []):
         print(
@@ -498,14 +503,20 @@ def parser() -> argparse.ArgumentParser:
         help="target YAML, or the name of a shipped one (minimalist_like, generic_28nm)",
     )
     m.add_argument(
-        "--mc-seeds", type=int, default=20, help="chips per Monte-Carlo setting (0: none)"
+        "--mc-seeds", type=int, default=50, help="chips per Monte-Carlo setting (0: none)"
     )
-    m.add_argument("--mc-limit", type=int, default=100, help="test sequences per Monte-Carlo run")
-    for flag, default, swept in (  # the Monte-Carlo grid
+    m.add_argument(
+        "--mc-limit", type=int, help="test sequences per Monte-Carlo setting (default: all)"
+    )
+    for flag, default, swept in (  # the Monte-Carlo grid (empty: no such sweep)
         ("--mc-units", [0.5, 1.0, 2.0, 4.0], "unit capacitances (fF)"),
-        ("--mc-offsets", [0.5, 1.0, 2.0, 5.0], "trimmed comparator offsets σ (mV)"),
+        ("--mc-offsets", [0.03, 0.1, 0.3, 1.0], "residual comparator offsets σ (mV)"),
+        ("--mc-noises", [0.1, 0.25, 0.5, 1.0], "comparator noise σ (mV)"),
     ):
-        m.add_argument(flag, type=float, nargs="+", default=default, help=f"{swept} swept")
+        m.add_argument(flag, type=float, nargs="*", default=default, help=f"{swept} swept")
+    m.add_argument(
+        "--no-mc-ablation", action="store_true", help="skip the ablation (each effect alone)"
+    )
     m.add_argument(
         "--spice",
         action="store_true",

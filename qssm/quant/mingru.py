@@ -2,7 +2,9 @@
 
 The hardware variant (MINIMALIST) can train hardware-aware: ``noise`` (set by hardware-aware
 QAT) holds the standard deviations of the analog errors of the gate pre-activation, the
-candidate and the comparator input, per unit; they are added as Gaussian noise in training."""
+candidate and the comparator input, per unit; they are added as Gaussian noise in training —
+``gate``, ``cand``, ``out`` drawn anew every step, ``*_static`` once per sequence and held over
+all its steps (a chip's mismatch and offsets)."""
 
 import torch
 from torch import nn
@@ -25,7 +27,8 @@ class QuantMinGRU(Quantized, nn.Module):
 
     @property
     def noise(self) -> dict[str, torch.Tensor] | None:
-        """Per-unit σ of the analog errors: ``gate``, ``cand``, ``out`` → (H,); None: no noise.
+        """Per-unit σ of the analog errors: ``gate``, ``cand``, ``out`` (per step) and optional
+        ``gate_static``, ``cand_static``, ``out_static`` (per sequence) → (H,); None: no noise.
         Assigned as tensors, numpy arrays or floats (stored as float32 tensors)."""
         return self._noise
 
@@ -51,7 +54,11 @@ class QuantMinGRU(Quantized, nn.Module):
         the noise does not depend on the parameters)."""
         if self.noise is None or not self.training:
             return x
-        return x + self.noise[key] * torch.randn_like(x)
+        x = x + self.noise[key] * torch.randn_like(x)
+        static = self.noise.get(f"{key}_static")  # x (B, L, H): one draw per sequence
+        if static is not None:
+            x = x + static * torch.randn(x.shape[0], 1, x.shape[-1], device=x.device)
+        return x
 
     def _at_most_one(self, z: torch.Tensor) -> torch.Tensor:
         """The hardware gate switches k units of a bank: z = k·s ≤ 1, so its top code is

@@ -119,3 +119,51 @@ def test_delay_lines_are_sized_from_the_learned_delays(tiny_run):
         mapped(tiny_run, "mgrade_hw", delay_line={"max_depth": depth - 1})
     with pytest.raises(MappingError, match=r"delay_line\.max_bits"):
         mapped(tiny_run, "mgrade_hw", delay_line={"max_bits": expected_bits - 1})
+
+
+def test_row_dac_inputs_and_the_voltage_per_unit(tiny_run):
+    """Layer 1's 8-bit inputs through a row DAC: one cycle, V_swing/2^7 per code, and a unit of
+    the accumulator is that times C_u / C_line (hand-computed from the target)."""
+    _, mapping, t = mapped(tiny_run, "mingru_hw")
+    m = mapping["layers"][0]["gate_mac"]
+    assert m["input_bits"] == 8 and m["cycles"] == 1
+    units = m["fan_in"] * m["units_per_side"]
+    c_line = units * 1.0 * (1 + t.parasitic.per_unit) + t.parasitic.fixed_ff
+    assert m["c_line_ff"] == pytest.approx(c_line)
+    assert m["v_per_unit"] == pytest.approx(0.6 / 128 * 1.0 / c_line)
+    serial = mapped(tiny_run, "mingru_hw", inputs={"encoding": "bit_serial"})[1]
+    assert serial["layers"][0]["gate_mac"]["cycles"] == 8
+
+
+def test_candidate_line_sets_the_state_voltage(tiny_run):
+    """No amplifier between the candidate line and the bank: a state code is worth −M_share /
+    M_cand candidate units, so h̃'s voltage on the line is its voltage in the bank."""
+    graph, mapping, _ = mapped(tiny_run, "mingru_hw")
+    for rec, layer in zip(graph.layers, mapping["layers"], strict=True):
+        share, cand = graph.consts[rec.bank.share], graph.consts[rec.bank.cand]
+        want = layer["cand_mac"]["v_per_unit"] * -share / cand
+        assert np.allclose(layer["bank"]["v_per_code"], want)
+
+
+@pytest.mark.parametrize("adc", ["sar", "flash"])
+def test_gate_adc_is_costed_as_it_is_simulated(tiny_run, adc):
+    _, mapping, t = mapped(tiny_run, "mingru_hw", comparator={"adc": adc})
+    layer = mapping["layers"][0]
+    thresholds, cols = layer["gate_thresholds"]["acc"].shape[1], layer["gate_mac"]["outputs"]
+    per_column = 1 if adc == "sar" else thresholds  # + the output comparator
+    assert layer["comparators"] == cols * (per_column + 1)
+    decisions = int(np.ceil(np.log2(thresholds + 1))) if adc == "sar" else thresholds
+    assert layer["decisions"] == cols * (decisions + 1)
+    tot = mapping["totals"]
+    assert tot["energy_breakdown_pj"]["comparators"] == pytest.approx(
+        sum(L["decisions"] for L in mapping["layers"]) * t.energy.comparator_fj / 1e3
+    )
+    assert sum(tot["energy_breakdown_pj"].values()) == pytest.approx(tot["energy_per_step_pj"])
+    assert tot["fj_per_mac"] == pytest.approx(
+        1e3 * tot["energy_per_step_pj"] / tot["macs_per_step"]
+    )
+
+
+def test_a_starved_layer_is_named(tiny_run):
+    with pytest.warns(UserWarning, match=r"blocks\.\d\.gru\.gate: a gate code step"):
+        mapped(tiny_run, "mingru_hw", comparator={"calibration": "none", "offset_mv": 20.0})
