@@ -19,7 +19,7 @@ COLUMNS = {  # the tables' headers
     "alone off: within 2 pts",
     "checks": "check | result | threshold | passed",
     "spice": "layer | piece | mismatch | max diff (mV) | max diff (column LSB) | "
-    "with the bank parasitic in z (mV) | decisions agree (simulator / placed threshold) | netlist",
+    "decisions agree (simulator / placed threshold) | netlist",
 }
 
 
@@ -96,16 +96,14 @@ def _spice_section(checked: dict) -> str:
     """The ngspice cross-check (``hwmap.spice.cross_check``) as a table."""
     rows = []
     for r in checked["pieces"]:
-        agree = explained = "—"
-        if "max_diff_mv_parasitic_in_z" in r:
-            explained = f"{r['max_diff_mv_parasitic_in_z']:.4f}"
+        agree = "—"
         if "decision_agreement" in r:
             agree = (
                 f"{_figure(r['decision_agreement'])} / {_figure(r['decision_agreement_placed'])}"
             )
         rows.append(
             [r["layer"], r["piece"], ("no", "yes")[r["mismatch"]], f"{r['max_diff_mv']:.4f}"]
-            + [f"{r['max_diff_lsb']:.3g}", explained, agree, f"`{r['netlist']}`"]
+            + [f"{r['max_diff_lsb']:.3g}", agree, f"`{r['netlist']}`"]
         )
     note = (
         f"ngspice {checked['ngspice']} against the behavioural formulas, {checked['draws']} "

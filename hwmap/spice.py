@@ -28,9 +28,10 @@ signal units only, not the change it makes to C_line — a second-order term the
 includes.
 
 **Comparator threshold** (``mapping.thresholds``): a binary-weighted capacitive threshold DAC
-(``comparator.dac_bits`` bits, 2^b C_u per bit b, one C_u termination) is reset to V_cm − swing,
-then bit b's bottom plate steps to V_cm + swing when bit b of (DAC code + 2^(bits−1)) is set:
-V_dac − V_cm = code · 2·swing / 2^bits (each bit cap C_u·2^b carries ε of σ·√(2^b)).  A B-source
+(``comparator.dac_bits`` bits, 2^b C_u per bit b, one C_u termination) is reset to V_cm − F,
+then bit b's bottom plate steps to V_cm + F when bit b of (DAC code + 2^(bits−1)) is set, F the
+column's span (``dac_step_v`` · 2^(bits−1); the swing by default):
+V_dac − V_cm = code · 2F / 2^bits (each bit cap C_u·2^b carries ε of σ·√(2^b)).  A B-source
 comparator (a tanh 0.1 µV wide) decides V+ − V− ≥ V_dac − V_cm.  The mapping places the
 threshold at t = ⌈t⌉ − ½ accumulator units (t·v_per_unit volts); the voltage difference is the
 DAC's quantization (and, with mismatch, its capacitor errors).  The simulator decides
@@ -38,20 +39,19 @@ acc + err ≥ ⌈t⌉: the same decision for an integer accumulator, half a unit
 make it continuous; decisions are compared with both rules.  Each draw tests the code boundary
 nearest to its accumulator (the hardest case).
 
-**State bank** (``mapping.bank``): per state element, ``switchable_units`` unit capacitors, a
-fixed remainder of (n_eff − switchable)·C_u (``units_effective`` n_eff) and the bank parasitic
-``parasitic.fixed_ff``.  Phase 1: the bank is set to the state h (the units that this gate
-code does not switch keep their gate switches closed, drawn as wires).  Phase 2: the k gated
-units leave the bank (gate switches open) and sample the candidate h̃.  Phase 3: they rejoin it.
-Charge conservation:  V = (C_k·V_h̃ + (C_bank − C_k + C_par)·V_h) / (C_bank + C_par), i.e.
-h ← h + z(h̃ − h) with z = C_k / (C_bank + C_par).  The simulator's z is k / n_eff, or with
-mismatch (k + e₁) / (n_eff + e₁ + e₂) (e₁: the errors of the k gated units, e₂: of the others and
-the remainder, drawn as n_eff − switchable units); it leaves the parasitic out of z.
+**State bank** (``mapping.bank``): per state element, ``switchable_units`` unit capacitors of
+C_u with their switch parasitic (``unit_ff``), the fixed remainder capacitor (``remainder_ff``)
+and the node's parasitic to ground (``parasitic_ff``).  Phase 1: the bank is set to the state h
+(the units that this gate code does not switch keep their gate switches closed, drawn as
+wires).  Phase 2: the k gated units leave the bank (gate switches open) and sample the
+candidate h̃.  Phase 3: they rejoin it.  Charge conservation:
+V = (C_k·V_h̃ + (C_total − C_k)·V_h) / C_total, i.e. h ← h + z(h̃ − h) with
+z = C_k / C_total, C_total = Σ units + C_rem + C_par — the simulator's z with the parasitic
+effect on at zero spread (with mismatch the units and the remainder carry their errors).
 
 Differences are given in millivolts and in LSBs of the layer's column (``v_per_unit``).
 """
 
-import math
 import re
 import shutil
 import subprocess
@@ -146,8 +146,6 @@ def column_netlist(mac: dict, target: Target, d: dict) -> tuple[str, list[str]]:
     body = [f"vrst rst 0 {_step(T_RESET, 1, 0)}"]
     rail = {int(x): f"x{x}".replace("-", "m") for x in np.unique(d["x"])}  # a driver per code
     body += [f"v{r} {r} 0 {_step(T_DRIVE, vcm, vcm + x * vc)}" for x, r in rail.items()]
-    if "dac" in d:
-        body += [f"vdlo dlo 0 {vcm - sw:.15g}", f"vdhi dhi 0 {_step(T_DRIVE, vcm - sw, vcm + sw)}"]
     vectors = []
     for j, c in enumerate(d["col"]):
         body.append(f"* draw {j}: column {c}")
@@ -163,7 +161,10 @@ def column_netlist(mac: dict, target: Target, d: dict) -> tuple[str, list[str]]:
                         _cap(f"{name}{'pn'[s]}{j}_{i}_{u}", f"l{'pn'[s]}{j}", bottom, units, cu)
                     )
         vectors += [f"v(lp{j})", f"v(ln{j})"]
-        if "dac" in d:
+        if "dac" in d:  # the DAC's references: ± its column's span (default the swing)
+            f = float(d["dac_full"][j]) if "dac_full" in d else sw
+            body += [f"vdlo{j} dlo{j} 0 {vcm - f:.15g}"]
+            body += [f"vdhi{j} dhi{j} 0 {_step(T_DRIVE, vcm - f, vcm + f)}"]
             body += _threshold(j, int(d["dac"][j]) + 2 ** (bits - 1), d["dac_eps"][j], target)
             vectors += [f"v(dac{j})", f"v(cmp{j})"]
     return _netlist(f"MAC column, {len(d['col'])} draws", target, body, vectors), vectors
@@ -174,9 +175,10 @@ def _threshold(j: int, code: int, eps: np.ndarray, target: Target) -> list[str]:
     C_u + eps[-1]) and the comparator of its line pair against it."""
     cu, vcm, bits = target.capacitor.unit_ff, target.process.vcm_v, target.comparator.dac_bits
     lines = [f"* draw {j}: threshold DAC code {code - 2 ** (bits - 1)}"]
-    lines += [f"srd{j} dac{j} dlo rst 0 swm", _cap(f"cdt{j}", f"dac{j}", "dlo", 1 + eps[-1], cu)]
+    lo = f"dlo{j}"
+    lines += [f"srd{j} dac{j} {lo} rst 0 swm", _cap(f"cdt{j}", f"dac{j}", lo, 1 + eps[-1], cu)]
     for b in range(bits):
-        bottom = "dhi" if code >> b & 1 else "dlo"
+        bottom = f"dhi{j}" if code >> b & 1 else lo
         lines.append(_cap(f"cdb{j}_{b}", f"dac{j}", bottom, 2**b + eps[b], cu))
     lines.append(
         f"bcmp{j} cmp{j} 0 v = {target.process.vdd_v / 2:g} * (1 + tanh(((v(lp{j}) - v(ln{j})) "
@@ -186,9 +188,10 @@ def _threshold(j: int, code: int, eps: np.ndarray, target: Target) -> list[str]:
 
 
 def bank_netlist(bank: dict, target: Target, d: dict) -> tuple[str, list[str]]:
-    """One state element's charge-sharing bank per draw of ``d`` (see :func:`bank_draws`)."""
-    cu, vcm, v = target.capacitor.unit_ff, target.process.vcm_v, bank["v_per_code"]
-    S = bank["switchable_units"]
+    """One state element's charge-sharing bank per draw of ``d`` (see :func:`bank_draws`): the
+    switchable units (C_u with its switch parasitic), the fixed remainder capacitor and the
+    node's parasitic to ground, as :func:`hwmap.mapping.bank` sized them."""
+    vcm, S, cu = target.process.vcm_v, bank["switchable_units"], bank["unit_ff"]
     body = [
         f"vset set 0 {_step(T_SET, 1, 0)}",
         f"vshr shr 0 {_window(T_OPEN, T_SHARE, 0)}",  # gate switches: open while sampling
@@ -196,13 +199,14 @@ def bank_netlist(bank: dict, target: Target, d: dict) -> tuple[str, list[str]]:
     ]
     vectors = []
     for j, c in enumerate(d["col"]):
-        k, n_eff = int(d["k"][j]), float(bank["units_effective"].ravel()[c])
+        k, v = int(d["k"][j]), float(d["v"][j])
+        rem = float(np.broadcast_to(bank["remainder_ff"], bank["units_effective"].shape).ravel()[c])
         body.append(f"* draw {j}: state element {c}, gate switches {k} of {S} units")
         body.append(f"vh{j} hs{j} 0 {vcm + d['h'][j] * v:.15g}")
         body.append(f"vc{j} cs{j} 0 {vcm + d['cand'][j] * v:.15g}")
         body.append(f"ss{j} b{j} hs{j} set 0 swm")
-        body.append(_cap(f"crem{j}", f"b{j}", "0", n_eff - S + d["rem_eps"][j], cu))
-        body.append(_cap(f"cpar{j}", f"b{j}", "0", target.parasitic.fixed_ff, 1.0))
+        body.append(_cap(f"crem{j}", f"b{j}", "0", 1 + d["rem_eps"][j], rem))
+        body.append(_cap(f"cpar{j}", f"b{j}", "0", bank["parasitic_ff"], 1.0))
         for i in range(k):  # the gated units: gate switch to the bank, sample switch to h̃
             body.append(_cap(f"cu{j}_{i}", f"u{j}_{i}", "0", 1 + d["eps"][j, i], cu))
             body.append(f"sg{j}_{i} u{j}_{i} b{j} shr 0 swm")
@@ -235,6 +239,7 @@ def column_draws(mac: dict, th: dict | None, target: Target, rng, n: int, mismat
         d["threshold"] = t[np.arange(n), b]
         d["threshold_v"] = th["volts"][d["col"], b]
         d["dac"] = th["dac_codes"][d["col"], b]
+        d["dac_full"] = th["dac_step_v"][d["col"]] * 2 ** (bits - 1)  # ± the column's span
     return d
 
 
@@ -249,25 +254,27 @@ def column_model(mac: dict, d: dict) -> np.ndarray:
 
 def bank_draws(bank: dict, target: Target, rng, n: int, mismatch: bool) -> dict:
     """``n`` draws of a state element, gate code k, state h and candidate h̃ (codes over the
-    swing), unit errors (zero without ``mismatch``)."""
-    S, n_eff = bank["switchable_units"], bank["units_effective"]
-    top = math.floor(swing(target) / bank["v_per_code"])
+    swing at the element's volts per code ``v``), relative unit errors (zero without
+    ``mismatch``; the remainder's as one capacitor of n_eff − S units, as the simulator draws)."""
+    S, n_eff = bank["switchable_units"], bank["units_effective"].ravel()
     d = {"col": rng.integers(0, n_eff.size, n), "k": rng.integers(0, S + 1, n)}
+    d["v"] = np.broadcast_to(bank["v_per_code"], bank["units_effective"].shape).ravel()[d["col"]]
+    top = np.floor(swing(target) / d["v"]).astype(np.int64)
     d["h"], d["cand"] = rng.integers(-top, top + 1, (2, n))
     su = unit_sigma(target) * mismatch
     d["eps"] = rng.normal(0, su, (n, S))
-    d["rem_eps"] = rng.normal(0, 1, n) * su * np.sqrt(n_eff.ravel()[d["col"]] - S)
+    d["rem_eps"] = rng.normal(0, 1, n) * su / np.sqrt(np.maximum(n_eff[d["col"]] - S, 1))
     return d
 
 
-def bank_model(bank: dict, d: dict, parasitic_units: float = 0.0) -> np.ndarray:
-    """The simulator's gated state in codes: h + z (h̃ − h), z = (k + e₁) / (n_eff + e₁ + e₂)
-    (+ ``parasitic_units`` in the denominator: the bank parasitic, which the simulator omits)."""
-    n_eff = bank["units_effective"].ravel()[d["col"]]
+def bank_model(bank: dict, d: dict) -> np.ndarray:
+    """The simulator's gated state in codes (``Simulator._bank_z`` with the parasitic effect on
+    at zero spread): h + z (h̃ − h), z = Σ_{i<k} C_i / (Σ_i C_i + C_rem + C_par)."""
+    shape = bank["units_effective"].shape
+    rem = np.broadcast_to(bank["remainder_ff"], shape).ravel()[d["col"]] * (1 + d["rem_eps"])
+    units = bank["unit_ff"] * (1 + d["eps"])  # (n, S)
     gated = np.arange(bank["switchable_units"]) < d["k"][:, None]
-    e1 = (d["eps"] * gated).sum(1)
-    e2 = (d["eps"] * ~gated).sum(1) + d["rem_eps"]
-    z = (d["k"] + e1) / (n_eff + e1 + e2 + parasitic_units)
+    z = (units * gated).sum(1) / (units.sum(1) + rem + bank["parasitic_ff"])
     return d["h"] + z * (d["cand"] - d["h"])
 
 
@@ -332,8 +339,12 @@ def _column_rows(name, key, mac, th, target, d, out: Path, tag: str) -> list[dic
     if th is not None:
         high = v[:, 3] > target.process.vdd_v / 2
         dac = v[:, 2] - vcm
+        # a boundary beyond its column's span is clipped by the DAC: one the column never reaches
+        inside = np.abs(d["threshold_v"]) <= d["dac_full"]
+        diff = np.where(inside, dac - d["threshold_v"], 0.0)
         rows.append(
-            _row(name, "threshold DAC", mismatch, dac - d["threshold_v"], lsb, dac, path)
+            _row(name, "threshold DAC", mismatch, diff, lsb, dac, path)
+            | {"beyond_span": int((~inside).sum())}
             | {  # the simulator decides acc ≥ ⌈t⌉; the threshold is placed at t = ⌈t⌉ − ½
                 "decision_agreement": float((high == (d["acc"] >= np.ceil(d["threshold"]))).mean()),
                 "decision_agreement_placed": float((high == (d["acc"] >= d["threshold"])).mean()),
@@ -347,11 +358,7 @@ def _bank_row(name, lsb: float, bank, target, d, out: Path, tag: str) -> dict:
     path = f"spice/{name}.bank{tag}.cir"
     (out / path).write_text(text)
     v = run_ngspice(text, vectors) - target.process.vcm_v
-    diff = v - bank_model(bank, d) * bank["v_per_code"]
-    par = target.parasitic.fixed_ff / target.capacitor.unit_ff
-    explained = v - bank_model(bank, d, par) * bank["v_per_code"]  # the parasitic in z
-    row = _row(name, "state bank", bool(tag), diff, lsb, v, path)
-    return row | {"max_diff_mv_parasitic_in_z": float(np.abs(explained).max() * 1e3)}
+    return _row(name, "state bank", bool(tag), v - bank_model(bank, d) * d["v"], lsb, v, path)
 
 
 def cross_check(mapping: dict, target: Target, out: Path, draws: int = DRAWS, seed: int = SEED):

@@ -198,7 +198,9 @@ def deployed_vs_intref(graph: Graph, step_path, sequence_path, x: np.ndarray) ->
     return {"logits_identical": bool(same), "sequences": len(x)}
 
 
-def sim_ideal_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> dict:
+def sim_ideal_vs_intref(
+    graph: Graph, mapping: dict, target, x: np.ndarray, batch: int = 50
+) -> dict:
     """The charge-domain simulator with every non-ideality off against the integer reference:
     the decisions of every analog part that is a quantization site (gate codes, comparator
     outputs, S4D output codes) at every timestep, and the logits.  The simulator computes in
@@ -208,7 +210,31 @@ def sim_ideal_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> d
     error and a flip does not travel; ``unresolved`` counts the comparator decisions on a state
     the reference rounds to 0 (within its own resolution).  Once with exact thresholds
     (``decision_agreement``), once with the threshold DAC's quantization (``dac_agreement``);
-    the free-running predictions and logits beside them."""
+    the free-running predictions and logits beside them.  In batches of ``batch`` sequences:
+    the reference's states of every step are kept for a batch (a delay line's are H × J codes)."""
+    total: dict = {}
+    for i in range(0, len(x), batch):
+        counts = _sim_vs_intref(graph, mapping, target, x[i : i + batch])
+        for key, c in counts.items():
+            if isinstance(c, dict):
+                mine = total.setdefault(key, dict.fromkeys(c, 0))
+                for k, v in c.items():
+                    mine[k] += v
+        total["predictions"] = total.get("predictions", 0) + counts["predictions"]
+        diff = max(total.get("logits_max_diff", 0.0), counts["logits_max_diff"])
+        total["logits_max_diff"] = diff
+    result = {}
+    for key in ("decision_agreement", "dac_agreement"):
+        c = total[key]
+        result[key] = c["equal"] / c["total"]
+        result["decisions"], result[f"{key}_unresolved"] = c["total"], c["unresolved"]
+    result["prediction_agreement"] = total["predictions"] / len(x)
+    result["logits_max_diff"] = total["logits_max_diff"]
+    return result | {"sequences": len(x)}
+
+
+def _sim_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> dict:
+    """One batch of :func:`sim_ideal_vs_intref`: its counts."""
     ref_logits, ref = intref.run(graph, x, trace=True)
     states = _reference_states(graph, x)
     volts = {
@@ -222,9 +248,9 @@ def sim_ideal_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> d
         return {k: v * volts[k] if k in volts else v for k, v in states[t].items()}
 
     sites = {op.out: op.site for op in intref.site_ops(graph)}
-    result = {}
+    counts = {}
     for key, on in (("decision_agreement", ()), ("dac_agreement", ("dac",))):
-        count = {"equal": 0, "total": 0, "unresolved": 0}
+        count = counts[key] = {"equal": 0, "total": 0, "unresolved": 0}
         sim = simulate.Simulator(graph, mapping, target, on=on, seeds=[0], dtype=np.float64)
 
         def after(t, op, env, count=count, analog=set(sim.analog) & set(sites)):
@@ -240,13 +266,11 @@ def sim_ideal_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> d
                 env[op.out] = want
 
         sim.run(x, force=force, after=after)
-        result[key] = count["equal"] / count["total"]
-        result["decisions"], result[f"{key}_unresolved"] = count["total"], count["unresolved"]
     free = simulate.Simulator(graph, mapping, target, on=(), seeds=[0], dtype=np.float64)
     logits = free.run(x)[0][0]
-    result["prediction_agreement"] = float(np.mean(logits.argmax(-1) == ref_logits.argmax(-1)))
-    result["logits_max_diff"] = float(np.abs(logits - ref_logits).max())
-    return result | {"sequences": len(x)}
+    counts["predictions"] = int(np.sum(logits.argmax(-1) == ref_logits.argmax(-1)))
+    counts["logits_max_diff"] = float(np.abs(logits - ref_logits).max())
+    return counts
 
 
 def _reference_states(graph: Graph, x: np.ndarray) -> list[dict]:

@@ -15,6 +15,7 @@ from hwmap.targets import load_target, swing
 from hwmap.verify import sim_ideal_vs_intref
 from qssm.recipe import parse_recipe
 from qssm.runs import load_data, load_run_model, open_run, quantize_run
+from qssm.sweep import one_thread
 
 CASES = [
     ("mingru_hw", "minimalist_like"),
@@ -171,12 +172,13 @@ GOLDEN_RECIPE = {  # a small hardware minGRU on sdigits (near chance: the table'
 def test_golden_monte_carlo_table(tmp_path):
     """A small sdigits hardware minGRU on minimalist_like: 4 chips × 64 test sequences for the
     nominal chip and a few settings around it, against tests/golden/sdigits_mingru_hw_mc.csv
-    (accuracies within one sequence in 64). Regenerate on purpose with
+    (accuracies within one sequence in 64, yields within one chip). Regenerate on purpose with
     QSSM_WRITE_GOLDEN_MC=1 pytest tests/hwmap/test_simulate.py -k golden."""
     recipe = parse_recipe(GOLDEN_RECIPE)
     data = load_data(recipe)
     run = open_run(tmp_path / "run", recipe, force=False)
-    quantize_run(recipe, data, run, progress=False)
+    with one_thread():  # binary outputs: the trained model depends on torch's thread count
+        quantize_run(recipe, data, run, progress=False)
     graph, t = lower(load_run_model(run)[0]), load_target("minimalist_like")
     x, y = data.test.x.numpy(), data.test.y.numpy()
     rows = montecarlo.settings(t, [0.25], [1.0], [2.0], ablation=False)
@@ -193,4 +195,5 @@ def test_golden_monte_carlo_table(tmp_path):
     assert [r[:3] for r in table] == [r[:3] for r in want]
     for row, ref in zip(table, want, strict=True):
         for c, a, b in zip(GOLDEN_COLUMNS[3:], row[3:], ref[3:], strict=True):
-            assert abs(float(a) - float(b)) <= 1 / 64 + 1e-9, f"{row[0]} {c}: {a} (golden {b})"
+            tol = 1 / 4 if c == "yield_4" else 1 / 64  # one chip of four, one sequence of 64
+            assert abs(float(a) - float(b)) <= tol + 1e-9, f"{row[0]} {c}: {a} (golden {b})"

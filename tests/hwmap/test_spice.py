@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hwmap import spice
+from hwmap.mapping import bank as mapping_bank
 from hwmap.mapping import mac, swing
 from hwmap.targets import load_target
 from qssm.cli import main
@@ -54,14 +55,17 @@ def test_column_netlist_holds_the_mapped_units_dummies_and_parasitic():
 
 
 def test_bank_netlist_gates_k_units_of_the_bank():
-    bank = {"switchable_units": 6, "units_effective": np.array([7.5, 7.5]), "v_per_code": 1e-4}
+    """Six switchable units of C_u with their switch parasitic (0.3 C_u), the remainder of an
+    8.5-unit bank less the node's 2 fF parasitic, and that parasitic: 8.5 · 1.3 fF in all."""
+    bank = mapping_bank("b", np.array([8.5, 8.5]), 6, 1e-4, TARGET)
     d = spice.bank_draws(bank, TARGET, np.random.default_rng(2), 5, mismatch=True)
     text, vectors = spice.bank_netlist(bank, TARGET, d)
     assert vectors == [f"v(b{j})" for j in range(5)]
     c = caps(text)
     for j, k in enumerate(d["k"]):
         mine = [x for x in c if re.fullmatch(rf"c\D+{j}(_\d+)?", x[0])]
-        total = 7.5 + TARGET.parasitic.fixed_ff + d["eps"][j].sum() + d["rem_eps"][j]
+        units = 1.3 * (6 + d["eps"][j].sum())
+        total = units + (2.5 * 1.3 - 2.0) * (1 + d["rem_eps"][j]) + 2.0
         assert sum(x[3] for x in mine) == pytest.approx(total)
         assert len(re.findall(rf"^sg{j}_\d+ ", text, re.M)) == k  # one gate switch per unit
         assert len(re.findall(rf"^sc{j}_\d+ .* smp 0 swm$", text, re.M)) == k
@@ -71,9 +75,11 @@ def test_bank_netlist_gates_k_units_of_the_bank():
 def test_two_capacitor_charge_sharing_by_hand():
     """One gated unit (1 fF) against a 1 fF remainder and the 2 fF bank parasitic: k = 1 gives
     (3 fF · h + 1 fF · h̃) / 4 fF, k = 0 keeps h."""
-    bank = {"switchable_units": 1, "units_effective": np.array([2.0]), "v_per_code": 1e-3}
+    bank = {"switchable_units": 1, "units_effective": np.array([2.0]), "unit_ff": 1.0}
+    bank |= {"remainder_ff": np.array([1.0]), "parasitic_ff": 2.0}
     d = {"col": np.zeros(3, int), "k": np.array([1, 0, 1]), "h": np.array([100, 100, -200])}
     d |= {"cand": np.array([300, 300, 400]), "eps": np.zeros((3, 1)), "rem_eps": np.zeros(3)}
+    d["v"] = np.full(3, 1e-3)
     v = spice.run_ngspice(*spice.bank_netlist(bank, TARGET, d)) - TARGET.process.vcm_v
     assert v == pytest.approx([0.150, 0.100, -0.050], abs=1e-6)
 
@@ -109,9 +115,8 @@ def check_pieces(result: dict, out, target, c_line_ff: float) -> None:
             assert p["max_diff_mv"] < 0.01 * p["max_signal_mv"]
         elif p["piece"] == "threshold DAC" and not p["mismatch"]:
             assert p["max_diff_mv"] <= step_mv / 2 + 1e-6  # the DAC's quantization only
-        elif p["piece"] == "state bank":  # the simulator's z leaves out the bank parasitic
-            assert p["max_diff_mv_parasitic_in_z"] < 0.01
-            assert p["max_diff_mv"] > 0.1  # … which ngspice sees
+        elif p["piece"] == "state bank":  # charge sharing, the bank parasitic in z: exact
+            assert p["max_diff_mv"] < 0.01
 
 
 @needs_ngspice
@@ -142,7 +147,7 @@ def test_analog_inputs_and_a_per_element_bank(tmp_path):
     W = np.random.default_rng(3).integers(-3, 4, (4, 2))
     m = mac("s.C", W, 1, swing(t) / 1000, t)  # state codes up to ±1000 span the swing
     n_eff = np.array([[20.0, 30.5], [40.25, 25.0]])
-    bank = {"switchable_units": 12, "units_effective": n_eff, "v_per_code": swing(t) / 1000}
+    bank = mapping_bank("s.state", n_eff, 12, swing(t) / 1000, t)
     layer = {"layer": "s", "readout_mac": m, "bank": bank}
     result = spice.cross_check({"layers": [layer]}, t, tmp_path, draws=12)
     check_pieces(result, tmp_path, t, m["c_line_ff"])
