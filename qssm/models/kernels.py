@@ -107,16 +107,12 @@ def elementwise(kernel, *tensors: torch.Tensor) -> torch.Tensor:
     return out
 
 
-BLOCK = 1 << 14  # elements per parallel chunk of the elementwise kernels
-
-
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def hard_sigmoid_forward(x, out):
     """out = clamp(x / 4 + ½, 0, 1), as torch computes it: divide, add, clamp."""
     zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=x.dtype)
-    for c in numba.prange((x.size + BLOCK - 1) // BLOCK):
-        for i in range(c * BLOCK, min(x.size, (c + 1) * BLOCK)):
-            out[i] = min(max(x[i] / four + half, zero), one)
+    for i in numba.prange(x.size):
+        out[i] = min(max(x[i] / four + half, zero), one)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -124,25 +120,83 @@ def hard_sigmoid_backward(x, g, out):
     """out = where(0 ≤ x / 4 + ½ ≤ 1, g, 0) / 4: the clamp's, the add's and the division's
     gradients as autograd applies them."""
     zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=x.dtype)
-    for c in numba.prange((x.size + BLOCK - 1) // BLOCK):
-        for i in range(c * BLOCK, min(x.size, (c + 1) * BLOCK)):
-            p = x[i] / four + half
-            out[i] = (g[i] if (p >= zero) & (p <= one) else zero) / four
+    for i in numba.prange(x.size):
+        p = x[i] / four + half
+        out[i] = (g[i] if (p >= zero) & (p <= one) else zero) / four
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def heaviside_forward(x, out):
     """out = [x > 0]."""
     zero, one = np.array([0, 1], dtype=x.dtype)
-    for c in numba.prange((x.size + BLOCK - 1) // BLOCK):
-        for i in range(c * BLOCK, min(x.size, (c + 1) * BLOCK)):
-            out[i] = one if x[i] > zero else zero
+    for i in numba.prange(x.size):
+        out[i] = one if x[i] > zero else zero
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def heaviside_backward(x, g, out):
     """out = g · [|x| < 1], the straight-through window (g · 0 keeps the sign of a zero)."""
     zero, one = np.array([0, 1], dtype=x.dtype)
-    for c in numba.prange((x.size + BLOCK - 1) // BLOCK):
-        for i in range(c * BLOCK, min(x.size, (c + 1) * BLOCK)):
-            out[i] = g[i] * (one if abs(x[i]) < one else zero)
+    for i in numba.prange(x.size):
+        out[i] = g[i] * (one if abs(x[i]) < one else zero)
+
+
+class CausalConv(torch.autograd.Function):
+    """y[b, t, h] = Σ_j k[h, j] u[b, t − j, h], u (B, L, H), k (H, J): forward as torch's
+    depthwise ``conv1d`` computes it (the ops of ``qssm.models.mgrade.causal_conv``), backward
+    as two numba kernels in the (B, L, H) layout — torch's depthwise convolution backward was
+    most of an mGRADE training step.  ∂L/∂u[b, s, h] = Σ_j k[h, j] g[b, s + j, h] and
+    ∂L/∂k[h, j] = Σ_{b, t} g[b, t, h] u[b, t − j, h] (summed in float64)."""
+
+    @staticmethod
+    def forward(ctx, u, kernel, conv):
+        ctx.save_for_backward(u, kernel)
+        return conv(u, kernel)
+
+    @staticmethod
+    def backward(ctx, g):
+        u, kernel = ctx.saved_tensors
+        dtype = torch.promote_types(u.dtype, kernel.dtype)
+        u_, g_ = as_array(u.to(dtype)), as_array(g.to(dtype))
+        k_ = as_array(kernel.to(dtype).t())  # (J, H)
+        gu = gk = None
+        numba_threads()
+        if ctx.needs_input_grad[0]:
+            gu = torch.empty(u.shape, dtype=dtype)
+            _conv_grad_input(g_, k_, gu.numpy())
+            gu = gu.to(u.dtype)
+        if ctx.needs_input_grad[1]:
+            partial = np.zeros((u.shape[0], *k_.shape))  # (B, J, H), one slice per sequence
+            _conv_grad_kernel(g_, u_, partial)
+            gk = torch.from_numpy(partial.sum(0)).t().to(kernel.dtype)
+        return gu, gk, None
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _conv_grad_input(g, k, gu):
+    """gu[b, s] = Σ_{j < L − s} k[j] ⊙ g[b, s + j]; g, gu (B, L, H), k (J, H)."""
+    Bsz, L, H = g.shape
+    J = k.shape[0]
+    for b in numba.prange(Bsz):
+        for s in range(L):
+            acc = gu[b, s]
+            acc[:] = 0
+            for j in range(min(J, L - s)):
+                gt, kj = g[b, s + j], k[j]
+                for h in range(H):
+                    acc[h] += kj[h] * gt[h]
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _conv_grad_kernel(g, u, partial):
+    """partial[b, j] = Σ_{t ≥ j} g[b, t] ⊙ u[b, t − j] in float64; g, u (B, L, H)."""
+    Bsz, L, H = g.shape
+    J = partial.shape[1]
+    for b in numba.prange(Bsz):
+        acc = partial[b]
+        for t in range(L):
+            gt = g[b, t]
+            for j in range(min(J, t + 1)):
+                ut, aj = u[b, t - j], acc[j]
+                for h in range(H):
+                    aj[h] += gt[h] * ut[h]
