@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import CausalConv
 from .mingru import MinGRU
 from .tags import tag, taps
 
@@ -25,18 +26,36 @@ def interpolated_kernel(weight, delay, max_delay: int, sigma: float) -> torch.Te
     return torch.einsum("ht,htj->hj", weight, g)
 
 
-def causal_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+def causal_conv(u: torch.Tensor, kernel: torch.Tensor, torch_backward: bool = False):
     """Depthwise causal convolution: u (B, L, H), kernel (H, J) with index j delay j →
-    (B, L, H)."""
+    (B, L, H).  Forward: torch's conv1d.  Backward: numba kernels (:class:`.kernels.CausalConv`,
+    gradients equal to float rounding), or with ``torch_backward`` torch's own, several times
+    slower — the hardware family keeps it: its binary comparators turn a float-rounding change
+    of one gradient into different trained bits, and its golden table
+    (tests/golden/sdigits_mgrade_hw.csv) is reproduced bit for bit."""
+    if torch_backward:
+        return _conv1d(u, kernel)
+    return CausalConv.apply(u, kernel, _conv1d)
+
+
+def _conv1d(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     k = kernel.flip(-1).unsqueeze(1)  # (H, 1, J), conv1d correlates
     x = F.pad(u.transpose(1, 2), (kernel.shape[-1] - 1, 0))
     return F.conv1d(x, k, groups=u.shape[-1]).transpose(1, 2)
 
 
 class DelayConv(nn.Module):
-    def __init__(self, channels: int, max_delay: int = 64, n_taps: int = 4, sigma: float = 0.5):
+    def __init__(
+        self,
+        channels: int,
+        max_delay: int = 64,
+        n_taps: int = 4,
+        sigma: float = 0.5,
+        torch_backward: bool = False,
+    ):
         super().__init__()
         self.max_delay, self.sigma = max_delay, sigma
+        self.torch_backward = torch_backward  # see causal_conv
         # what the delay line holds, for the footprint: the bits of a site (relative module path)
         # or a fixed number of bits
         self.source: str | int = "../norm"
@@ -51,7 +70,7 @@ class DelayConv(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, H) → (B, L, H), causal."""
-        return causal_conv(u, self.kernel())
+        return causal_conv(u, self.kernel(), self.torch_backward)
 
 
 class MLP(nn.Module):
@@ -84,7 +103,7 @@ class MGradeLayer(nn.Module):
     ):
         super().__init__()
         self.hardware = hardware
-        self.conv = DelayConv(d_model, max_delay, n_taps, sigma)
+        self.conv = DelayConv(d_model, max_delay, n_taps, sigma, torch_backward=hardware)
         self.gru = MinGRU(d_model, d_model, hardware=hardware)
         if hardware:  # the delay line holds the comparator outputs of the layer below
             self.conv.source = 1

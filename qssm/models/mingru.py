@@ -5,7 +5,8 @@
 ``"parallel"`` mode evaluates the recurrence for all t at once with a log-space scan (Heinsen
 2023): h_t = exp(a*_t) · Σ_{k≤t} b_k exp(-a*_k) with a*_t = Σ_{k≤t} log(1 - z_k) and b_k = z_k h̃_k.
 Since b_k takes both signs, its positive and negative parts are scanned separately.
-``"recurrent"`` mode is the step form (:func:`gate_scan`).
+``"recurrent"`` mode is the step form, run as one fused kernel (:func:`~.kernels.gru_scan`,
+bit-identical to the step loop :func:`gate_scan` in values and gradients).
 
 The hardware variant uses a hard-sigmoid gate and emits binary outputs through a comparator
 (Heaviside forward, straight-through hard-tanh-window gradient); the state itself stays analog.
@@ -17,13 +18,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+from .kernels import gru_scan
 from .tags import tag
 
 LOG_FLOOR = -1e4  # stands in for log(0): exp(LOG_FLOOR) == 0 and gradients stay finite
 
 
+class HardSigmoid(torch.autograd.Function):
+    """clamp(x / 4 + ½, 0, 1), the hardware gate; its gradient [0 ≤ x / 4 + ½ ≤ 1] · g / 4."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return kernels.elementwise(kernels.hard_sigmoid_forward, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return kernels.elementwise(kernels.hard_sigmoid_backward, x, grad.to(x.dtype))
+
+
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(x / 4 + 0.5, 0.0, 1.0)
+    return HardSigmoid.apply(x)
 
 
 class Heaviside(torch.autograd.Function):
@@ -32,12 +49,12 @@ class Heaviside(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return (x > 0).to(x.dtype)
+        return kernels.elementwise(kernels.heaviside_forward, x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() < 1).to(grad.dtype)
+        return kernels.elementwise(kernels.heaviside_backward, x, grad.to(x.dtype))
 
 
 def _log_pos(v: torch.Tensor) -> torch.Tensor:
@@ -95,5 +112,4 @@ class MinGRU(nn.Module):
             return self.output(log_scan(log_keep, z * cand))
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
-        z = self.gate(pre_z)
-        return self.output(gate_scan(1 - z, z * cand))
+        return self.output(gru_scan(self.gate(pre_z), cand))

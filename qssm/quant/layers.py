@@ -126,7 +126,7 @@ class QuantDelayConv(Quantized, nn.Module):
     def __init__(self, conv, quant=None):
         super().__init__()
         self.max_delay, self.sigma, self.roles = conv.max_delay, conv.sigma, conv.roles
-        self.source = conv.source
+        self.source, self.torch_backward = conv.source, conv.torch_backward
         self.integer_delays = False
         self.delay, self.weight = conv.delay, conv.weight  # (H, n_taps)
         self.qz = nn.ModuleDict()
@@ -166,4 +166,4 @@ class QuantDelayConv(Quantized, nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, H) → (B, L, H), causal."""
-        return causal_conv(u, self.kernel())
+        return causal_conv(u, self.kernel(), self.torch_backward)

@@ -9,6 +9,7 @@ all its steps (a chip's mismatch and offsets)."""
 import torch
 from torch import nn
 
+from ..models.kernels import gru_scan
 from ..models.mingru import Heaviside, MinGRU, gate_scan
 from .kernels.mingru import QuantGateScan
 from .layers import Quantized, QuantLinear, Stored, act_site
@@ -84,12 +85,11 @@ class QuantMinGRU(Quantized, nn.Module):
         if self.hardware:
             z = self._at_most_one(z)
         quantizer = self._quantizer("state")
-        keep, write = 1 - z, z * cand
         if quantizer is None:  # analog state
-            return self.output(gate_scan(keep, write))
+            return self.output(gru_scan(z, cand))
         if quantizer.calibrating:
-            return self.output(self.step_loop(keep, write))
-        return self.output(QuantGateScan.apply(keep, write, *quantizer.qparams()))
+            return self.output(self.step_loop(1 - z, z * cand))
+        return self.output(QuantGateScan.apply(z, cand, *quantizer.qparams()))
 
     def step_loop(self, keep: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
         """h_t = Q(keep_t h_{t-1} + write_t) one step at a time: for calibration (Brevitas sees

@@ -4,11 +4,8 @@ import numba
 import numpy as np
 import torch
 
+from ...models.kernels import numba_threads
 from . import code_dtype
-
-# numba's OpenMP layer would share libgomp with torch and reset torch's thread count
-numba.config.THREADING_LAYER = "workqueue"
-
 
 CHUNK = 16  # timesteps per block of saved codes (2 MB at batch 64, 16 bits)
 
@@ -54,7 +51,7 @@ class S4DScan(torch.autograd.Function):
         u_ = u.detach().permute(1, 2, 0).contiguous().numpy()  # (L, H, B)
         y = torch.empty(L, H, Bsz, dtype=torch.float32)
         qrange = np.float32(qmin), np.float32(qmax)  # float64 bounds would widen the arithmetic
-        _threads()
+        numba_threads()
         blocks = []
         for c0 in range(0, L, CHUNK):
             blocks.append(torch.empty((min(CHUNK, L - c0), H, P, n, Bsz), dtype=code))
@@ -71,7 +68,7 @@ class S4DScan(torch.autograd.Function):
         full = (*A.shape, 2 if cplx else 1)
         params = [_parts_first(t, full, torch.float64) for t in (A, B, C, scale, zp)]
         u_, gy_ = (t.detach().permute(1, 2, 0).double().contiguous().numpy() for t in (u, gy))
-        _threads()
+        numba_threads()
         gu = np.empty_like(gy_)  # (L, H, B)
         carry = np.zeros((*params[0].shape, u.shape[0]))  # ∂L/∂x_t through x_{t+1}, (H, P, n, B)
         sums = np.zeros((4, *params[0].shape))
@@ -239,8 +236,3 @@ def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, s
                 sums[1, h, 0, j] += sB0
                 sums[2, h, 0, j] += sC0
                 sums[3, h, 0, j] += sX0
-
-
-def _threads() -> None:
-    """numba's threads follow torch's (``torch.set_num_threads``, ``OMP_NUM_THREADS``)."""
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))

@@ -1,0 +1,202 @@
+"""numba kernels of the minGRU: its recurrence, its hardware gate and its comparator.
+
+    h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
+
+The step loop (:func:`qssm.models.mingru.gate_scan` on ``1 − z`` and ``z ⊙ h̃``) builds two
+autograd nodes and runs a few small torch ops per timestep; at L = 784 that overhead was most of
+a training step.  :func:`gru_scan` runs the same arithmetic as one autograd node — ``1 − z``,
+``z · h̃``, one multiply then one add (no fused multiply-add), in the inputs' dtype — so its
+states are bit-identical to the step loop's.  Its backward pass makes the products and two-term
+sums autograd makes (∂L/∂write_t = g_t, ∂L/∂keep_t = g_t h_{t−1}, g_{t−1} += g_t keep_t,
+∂L/∂z = −∂L/∂keep + ∂L/∂write · h̃, ∂L/∂h̃ = ∂L/∂write · z), so its gradients are bit-identical
+too.  The scan kernels work in the tensors' own (B, L, H) layout: one sequence per thread, the
+innermost loop over the H channels of one timestep — independent recurrences, contiguous in
+memory, so it vectorizes with no transposed copies.
+
+The elementwise kernels (hard sigmoid, comparator, and their gradients) make one pass over a
+tensor where torch makes two to five, with the same operations on the same values.
+``tests/models/test_mingru.py`` checks every kernel bit for bit against the torch ops.
+"""
+
+import numba
+import numpy as np
+import torch
+
+# numba's OpenMP layer would share libgomp with torch and reset torch's thread count
+numba.config.THREADING_LAYER = "workqueue"
+
+
+def numba_threads() -> None:
+    """numba's threads follow torch's (``torch.set_num_threads``, ``OMP_NUM_THREADS``)."""
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def as_array(t: torch.Tensor) -> np.ndarray:
+    """A contiguous numpy view (or copy) of a CPU tensor, without its autograd history."""
+    return t.detach().contiguous().numpy()
+
+
+class GRUScan(torch.autograd.Function):
+    """z, h̃ (B, L, H) → h (B, L, H)."""
+
+    @staticmethod
+    def forward(ctx, z, cand):
+        dtype = torch.promote_types(z.dtype, cand.dtype)
+        h = torch.empty(z.shape, dtype=dtype)
+        numba_threads()
+        _scan_forward(as_array(z.to(dtype)), as_array(cand.to(dtype)), h.numpy())
+        ctx.save_for_backward(z, cand, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        z, cand, h = ctx.saved_tensors
+        gz, gcand = torch.empty_like(h), torch.empty_like(h)
+        numba_threads()
+        _scan_backward(
+            as_array(z.to(h.dtype)), as_array(cand.to(h.dtype)), h.numpy(),
+            as_array(gh.to(h.dtype)), gz.numpy(), gcand.numpy(),
+        )  # fmt: skip
+        return gz.to(z.dtype), gcand.to(cand.dtype)
+
+
+def gru_scan(z: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """The minGRU recurrence h_t = (1 − z_t) h_{t−1} + z_t h̃_t from gate z and candidate h̃
+    (B, L, H), h_{−1} = 0 → the states (B, L, H)."""
+    return GRUScan.apply(z, cand)
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _scan_forward(z, cand, h):
+    """h[b, t] = (1 − z[b, t]) · h[b, t − 1] + z[b, t] · cand[b, t], h[b, −1] = 0.  Constants
+    are typed as the arrays (a bare 1 would widen float32 arithmetic to float64)."""
+    Bsz, L, H = z.shape
+    one = np.ones(1, h.dtype)[0]
+    for b in numba.prange(Bsz):
+        prev = np.zeros(H, dtype=h.dtype)
+        for t in range(L):
+            zt, ct, ht = z[b, t], cand[b, t], h[b, t]
+            for j in range(H):
+                prev[j] = (one - zt[j]) * prev[j] + zt[j] * ct[j]
+                ht[j] = prev[j]
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _scan_backward(z, cand, h, gh, gz, gcand):
+    """BPTT of :func:`_scan_forward` (see the module docstring); all (B, L, H)."""
+    Bsz, L, H = z.shape
+    one = np.ones(1, h.dtype)[0]
+    for b in numba.prange(Bsz):
+        carry = np.zeros(H, dtype=h.dtype)  # ∂L/∂h_t through h_{t+1}
+        zeros = np.zeros(H, dtype=h.dtype)
+        for t in range(L - 1, -1, -1):
+            zt, ct, gt, gzt, gct = z[b, t], cand[b, t], gh[b, t], gz[b, t], gcand[b, t]
+            hp = h[b, t - 1] if t > 0 else zeros
+            for j in range(H):
+                g = gt[j] + carry[j] if t < L - 1 else gt[j]
+                carry[j] = g * (one - zt[j])
+                gzt[j] = -(g * hp[j]) + g * ct[j]
+                gct[j] = g * zt[j]
+
+
+def elementwise(kernel, *tensors: torch.Tensor) -> torch.Tensor:
+    """``kernel(*flat inputs, flat output)`` over tensors of one shape and dtype → the output."""
+    out = torch.empty_like(tensors[0], memory_format=torch.contiguous_format)
+    numba_threads()
+    kernel(*(as_array(t).reshape(-1) for t in tensors), out.numpy().reshape(-1))
+    return out
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def hard_sigmoid_forward(x, out):
+    """out = clamp(x / 4 + ½, 0, 1), as torch computes it: divide, add, clamp."""
+    zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=x.dtype)
+    for i in numba.prange(x.size):
+        out[i] = min(max(x[i] / four + half, zero), one)
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def hard_sigmoid_backward(x, g, out):
+    """out = where(0 ≤ x / 4 + ½ ≤ 1, g, 0) / 4: the clamp's, the add's and the division's
+    gradients as autograd applies them."""
+    zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=x.dtype)
+    for i in numba.prange(x.size):
+        p = x[i] / four + half
+        out[i] = (g[i] if (p >= zero) & (p <= one) else zero) / four
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def heaviside_forward(x, out):
+    """out = [x > 0]."""
+    zero, one = np.array([0, 1], dtype=x.dtype)
+    for i in numba.prange(x.size):
+        out[i] = one if x[i] > zero else zero
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def heaviside_backward(x, g, out):
+    """out = g · [|x| < 1], the straight-through window (g · 0 keeps the sign of a zero)."""
+    zero, one = np.array([0, 1], dtype=x.dtype)
+    for i in numba.prange(x.size):
+        out[i] = g[i] * (one if abs(x[i]) < one else zero)
+
+
+class CausalConv(torch.autograd.Function):
+    """y[b, t, h] = Σ_j k[h, j] u[b, t − j, h], u (B, L, H), k (H, J): forward as torch's
+    depthwise ``conv1d`` computes it (the ops of ``qssm.models.mgrade.causal_conv``), backward
+    as two numba kernels in the (B, L, H) layout — torch's depthwise convolution backward was
+    most of an mGRADE training step.  ∂L/∂u[b, s, h] = Σ_j k[h, j] g[b, s + j, h] and
+    ∂L/∂k[h, j] = Σ_{b, t} g[b, t, h] u[b, t − j, h] (summed in float64)."""
+
+    @staticmethod
+    def forward(ctx, u, kernel, conv):
+        ctx.save_for_backward(u, kernel)
+        return conv(u, kernel)
+
+    @staticmethod
+    def backward(ctx, g):
+        u, kernel = ctx.saved_tensors
+        dtype = torch.promote_types(u.dtype, kernel.dtype)
+        u_, g_ = as_array(u.to(dtype)), as_array(g.to(dtype))
+        k_ = as_array(kernel.to(dtype).t())  # (J, H)
+        gu = gk = None
+        numba_threads()
+        if ctx.needs_input_grad[0]:
+            gu = torch.empty(u.shape, dtype=dtype)
+            _conv_grad_input(g_, k_, gu.numpy())
+            gu = gu.to(u.dtype)
+        if ctx.needs_input_grad[1]:
+            partial = np.zeros((u.shape[0], *k_.shape))  # (B, J, H), one slice per sequence
+            _conv_grad_kernel(g_, u_, partial)
+            gk = torch.from_numpy(partial.sum(0)).t().to(kernel.dtype)
+        return gu, gk, None
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _conv_grad_input(g, k, gu):
+    """gu[b, s] = Σ_{j < L − s} k[j] ⊙ g[b, s + j]; g, gu (B, L, H), k (J, H)."""
+    Bsz, L, H = g.shape
+    J = k.shape[0]
+    for b in numba.prange(Bsz):
+        for s in range(L):
+            acc = gu[b, s]
+            acc[:] = 0
+            for j in range(min(J, L - s)):
+                gt, kj = g[b, s + j], k[j]
+                for h in range(H):
+                    acc[h] += kj[h] * gt[h]
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _conv_grad_kernel(g, u, partial):
+    """partial[b, j] = Σ_{t ≥ j} g[b, t] ⊙ u[b, t − j] in float64; g, u (B, L, H)."""
+    Bsz, L, H = g.shape
+    J = partial.shape[1]
+    for b in numba.prange(Bsz):
+        acc = partial[b]
+        for t in range(L):
+            gt = g[b, t]
+            for j in range(min(J, t + 1)):
+                ut, aj = u[b, t - j], acc[j]
+                for h in range(H):
+                    aj[h] += gt[h] * ut[h]
