@@ -7,11 +7,13 @@ leaves OUT's earlier files as they were, with its own results in OUT/verify.fail
 with ``keep_failed``, promotes its files anyway (verify.json says ``"passed": false``).  Promoting
 replaces every file an earlier export or mapping wrote (``FILES``), so OUT never mixes two runs."""
 
+import importlib.util
 import json
 import shutil
 import tempfile
 from contextlib import contextmanager
 from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from qssm.io import atomic_path, provenance, read_json, write_json
 from qssm.recipe import load_recipe
 from qssm.runs import RunError, load_data, load_run_model
 
-from . import montecarlo, spice, verify
+from . import intref, montecarlo, spice, standard, verify
 from .graph import save_graph
 from .lower import fakequant, lower
 from .mapping import RANGE_SEQUENCES, map_graph, observed_ranges
@@ -55,6 +57,7 @@ FILES = (  # everything export_run and map_run write into OUT
     *("verify.json", "verify.failed.json", "graph.json", "graph.npz", "report.md"),
     *("step.onnx", "sequence.onnx", "step_qonnx.onnx", "mapping.json", "arrays.npz"),
     *("step_deploy.onnx", "sequence_deploy.onnx", "monte_carlo.png", "spice.json"),
+    *("step_standard_qdq.onnx", "step_standard_qonnx.onnx"),
 )
 
 
@@ -101,6 +104,12 @@ DOCS = {  # ONNX file → its doc_string
     "step_deploy.onnx": "qssm deployable step graph: (x_t, state:*) -> (next:*, logits); start "
     "from zero state codes (the zero points) and feed next:* back as state:*",
     "sequence_deploy.onnx": "qssm deployable sequence graph: x (batch, time, d_input) -> logits",
+    "step_standard_qdq.onnx": "qssm step graph in standard QDQ form: (x_t, states in real "
+    "units) -> (next states, logits); QuantizeLinear/DequantizeLinear with the real scales, "
+    "float32, not bit-exact",
+    "step_standard_qonnx.onnx": "qssm step graph in standard QONNX form: (x_t, states in real "
+    "units) -> (next states, logits); Quant nodes with the real scales, zero points and bit "
+    "widths, float32, not bit-exact",
 }
 
 
@@ -155,10 +164,36 @@ def _export(run_dir, model, graph, x: np.ndarray, out: Path, fmt: str, progress)
             graph, step_deploy, sequence_deploy, x[:STREAM_CHECK]
         ),
     }
+    result["standard_form"] = _standard_form(model, graph, x, out, props, fmt)
     if fmt == "qonnx":  # the QCDQ graphs only served the checks
         step.unlink()
         sequence.unlink()
     result["files"] = {p.name: p.stat().st_size for p in sorted(out.glob("*.onnx"))}
+    return result
+
+
+def _standard_form(model, graph, x: np.ndarray, out: Path, props: dict, fmt: str) -> dict:
+    """The standard-form step graphs (``hwmap.standard``), measured and not gated: the QDQ graph
+    in onnxruntime against the integer reference and fake-quant; with ``fmt`` qonnx, the QONNX
+    graph in qonnx's executor against fake-quant (when qonnx is installed)."""
+    fq = np.concatenate([fakequant(model, x[i : i + 250])[0] for i in range(0, len(x), 250)])
+    refs = {"intref": intref.run(graph, x)[0], "fakequant": fq}
+    qdq = standard.step_model(graph, "qdq")
+    _save(qdq, out, "step_standard_qdq.onnx", props)
+    result = {
+        "gating": False,
+        "qdq": standard.measure(standard.onnxruntime_run(qdq), graph, x, refs),
+    }
+    if fmt == "qonnx":
+        qonnx = standard.step_model(graph, "qonnx")
+        _save(qonnx, out, "step_standard_qonnx.onnx", props, check=False)
+        if importlib.util.find_spec("qonnx") is None:
+            result["qonnx"] = {"skipped": "qonnx is not installed (pip install qonnx)"}
+        else:
+            run = standard.qonnx_run(qonnx, len(x))
+            result["qonnx"] = {"executor": f"qonnx {version('qonnx')}"} | standard.measure(
+                run, graph, x, refs
+            )
     return result
 
 
