@@ -25,36 +25,38 @@ from .tags import tag
 LOG_FLOOR = -1e4  # stands in for log(0): exp(LOG_FLOOR) == 0 and gradients stay finite
 
 
-class HardSigmoid(torch.autograd.Function):
-    """clamp(x / 4 + ½, 0, 1), the hardware gate; its gradient [0 ≤ x / 4 + ½ ≤ 1] · g / 4."""
+def pointwise(name: str, doc: str, forward_kernel, backward_kernel):
+    """An autograd Function of one numba kernel each way over x (the backward gets x and the
+    incoming gradient)."""
 
-    @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return kernels.elementwise(kernels.hard_sigmoid_forward, x)
+        return kernels.elementwise(forward_kernel, x)
 
-    @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return kernels.elementwise(kernels.hard_sigmoid_backward, x, grad.to(x.dtype))
+        return kernels.elementwise(backward_kernel, x, grad.to(x.dtype))
+
+    body = {"__doc__": doc, "forward": staticmethod(forward), "backward": staticmethod(backward)}
+    return type(name, (torch.autograd.Function,), body)
+
+
+HardSigmoid = pointwise(
+    "HardSigmoid",
+    "clamp(x / 4 + ½, 0, 1), the hardware gate; its gradient [0 ≤ x / 4 + ½ ≤ 1] · g / 4.",
+    kernels.hard_sigmoid_forward,
+    kernels.hard_sigmoid_backward,
+)
+Heaviside = pointwise(
+    "Heaviside",
+    "Comparator: 1 where x > 0, else 0; gradient passed through where |x| < 1.",
+    kernels.heaviside_forward,
+    kernels.heaviside_backward,
+)
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return HardSigmoid.apply(x)
-
-
-class Heaviside(torch.autograd.Function):
-    """Comparator: 1 where x > 0, else 0; gradient passed through where |x| < 1."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return kernels.elementwise(kernels.heaviside_forward, x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return kernels.elementwise(kernels.heaviside_backward, x, grad.to(x.dtype))
 
 
 def _log_pos(v: torch.Tensor) -> torch.Tensor:
