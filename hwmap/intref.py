@@ -76,12 +76,17 @@ def site_ops(graph: Graph) -> list[Op]:
     return [op for op in graph.step if op.site is not None]
 
 
-def run(graph: Graph, x: np.ndarray, trace: bool = False) -> tuple[np.ndarray, dict]:
-    """Whole sequences x (B, L, d_input) → (logits, trace: site → codes (B, L, ...))."""
+def run(
+    graph: Graph, x: np.ndarray, trace: bool = False, states: list | None = None
+) -> tuple[np.ndarray, dict]:
+    """Whole sequences x (B, L, d_input) → (logits, trace: site → codes (B, L, ...)); ``states``,
+    when given, receives the state entering every step."""
     state = init_state(graph, x.shape[0])
     sites = site_ops(graph) if trace else []
     traced = {op.site: [] for op in sites}
     for t in range(x.shape[1]):
+        if states is not None:
+            states.append(state)
         env, state = step(graph, x[:, t], state)
         for op in sites:
             traced[op.site].append(env[op.out])

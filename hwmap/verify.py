@@ -198,6 +198,9 @@ def deployed_vs_intref(graph: Graph, step_path, sequence_path, x: np.ndarray) ->
     return {"logits_identical": bool(same), "sequences": len(x)}
 
 
+COUNTS = ("equal", "total", "unresolved")  # of the compared decisions, per batch
+
+
 def sim_ideal_vs_intref(
     graph: Graph, mapping: dict, target, x: np.ndarray, batch: int = 50
 ) -> dict:
@@ -212,31 +215,23 @@ def sim_ideal_vs_intref(
     (``decision_agreement``), once with the threshold DAC's quantization (``dac_agreement``);
     the free-running predictions and logits beside them.  In batches of ``batch`` sequences:
     the reference's states of every step are kept for a batch (a delay line's are H × J codes)."""
-    total: dict = {}
-    for i in range(0, len(x), batch):
-        counts = _sim_vs_intref(graph, mapping, target, x[i : i + batch])
-        for key, c in counts.items():
-            if isinstance(c, dict):
-                mine = total.setdefault(key, dict.fromkeys(c, 0))
-                for k, v in c.items():
-                    mine[k] += v
-        total["predictions"] = total.get("predictions", 0) + counts["predictions"]
-        diff = max(total.get("logits_max_diff", 0.0), counts["logits_max_diff"])
-        total["logits_max_diff"] = diff
+    batches = [
+        _sim_vs_intref(graph, mapping, target, x[i : i + batch]) for i in range(0, len(x), batch)
+    ]
     result = {}
     for key in ("decision_agreement", "dac_agreement"):
-        c = total[key]
-        result[key] = c["equal"] / c["total"]
-        result["decisions"], result[f"{key}_unresolved"] = c["total"], c["unresolved"]
-    result["prediction_agreement"] = total["predictions"] / len(x)
-    result["logits_max_diff"] = total["logits_max_diff"]
+        equal, total, unresolved = (sum(b[key][k] for b in batches) for k in COUNTS)
+        result[key] = equal / total
+        result["decisions"], result[f"{key}_unresolved"] = total, unresolved
+    result["prediction_agreement"] = sum(b["predictions"] for b in batches) / len(x)
+    result["logits_max_diff"] = max(b["logits_max_diff"] for b in batches)
     return result | {"sequences": len(x)}
 
 
 def _sim_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> dict:
     """One batch of :func:`sim_ideal_vs_intref`: its counts."""
-    ref_logits, ref = intref.run(graph, x, trace=True)
-    states = _reference_states(graph, x)
+    states: list = []  # the reference's state entering every step
+    ref_logits, ref = intref.run(graph, x, trace=True, states=states)
     volts = {
         rec.bank.h: np.asarray(layer["bank"]["v_per_code"], dtype=np.float64)
         for rec, layer in zip(graph.layers, mapping["layers"], strict=True)
@@ -250,7 +245,7 @@ def _sim_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> dict:
     sites = {op.out: op.site for op in intref.site_ops(graph)}
     counts = {}
     for key, on in (("decision_agreement", ()), ("dac_agreement", ("dac",))):
-        count = counts[key] = {"equal": 0, "total": 0, "unresolved": 0}
+        count = counts[key] = dict.fromkeys(COUNTS, 0)
         sim = simulate.Simulator(graph, mapping, target, on=on, seeds=[0], dtype=np.float64)
 
         def after(t, op, env, count=count, analog=set(sim.analog) & set(sites)):
@@ -271,12 +266,3 @@ def _sim_vs_intref(graph: Graph, mapping: dict, target, x: np.ndarray) -> dict:
     counts["predictions"] = int(np.sum(logits.argmax(-1) == ref_logits.argmax(-1)))
     counts["logits_max_diff"] = float(np.abs(logits - ref_logits).max())
     return counts
-
-
-def _reference_states(graph: Graph, x: np.ndarray) -> list[dict]:
-    """The integer reference's state entering every timestep."""
-    state, states = intref.init_state(graph, len(x)), []
-    for t in range(x.shape[1]):
-        states.append(state)
-        _, state = intref.step(graph, x[:, t], state)
-    return states
