@@ -197,3 +197,20 @@ def test_golden_monte_carlo_table(tmp_path):
         for c, a, b in zip(GOLDEN_COLUMNS[3:], row[3:], ref[3:], strict=True):
             tol = 1 / 4 if c == "yield_4" else 1 / 64  # one chip of four, one sequence of 64
             assert abs(float(a) - float(b)) <= tol + 1e-9, f"{row[0]} {c}: {a} (golden {b})"
+
+
+def test_a_sweep_point_at_the_nominal_chip_is_not_simulated_again(
+    tiny_run, recipe_of, tmp_path, monkeypatch
+):
+    """C_u = the target's own in the C_u sweep is the nominal chip: one simulation, two rows."""
+    graph, _, t, x, y = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
+    calls, simulate_chips = [], montecarlo.accuracies
+    monkeypatch.setattr(
+        montecarlo, "accuracies", lambda *a: calls.append(a[3]) or simulate_chips(*a)
+    )
+    rows = montecarlo.settings(t, [t.capacitor.unit_ff, 0.5], [], [], ablation=False)
+    fit = lambda target: map_graph(graph, target)  # noqa: E731
+    got = montecarlo.run(graph, fit, t, x, y, 2, rows, tmp_path / "mc")
+    assert [r["id"] for r in got] == ["nominal", "unit_ff=1", "unit_ff=0.5"] and len(calls) == 2
+    assert got[1]["accuracies"] == got[0]["accuracies"] and got[1]["sweep"] == "unit_ff"
+    assert (tmp_path / "mc" / "unit_ff=1.json").exists()
