@@ -446,6 +446,89 @@ def r_golden(root: Path, args: list[str]) -> str:
     return sweep_tables(rows)
 
 
+def r_search(root: Path, args: list[str]) -> str:
+    """``qssm search`` runs: budget, chosen configuration, accuracy, and how the estimate
+    ranked its validation configurations."""
+    found, absent = runs(root, args)
+    rows, configs = [], []
+    for r in found:
+        s, qat, fp = r["search"], r.get("qat", {}), r.get("footprint", {})
+        v = s.get("validation") or {}
+        rho = (
+            f"{fixed(v['spearman_estimate'], 2)} (PTQ {fixed(v['spearman_ptq'], 2)}; "
+            f"{len(v['configs'])} configs, {v['epochs']}-epoch QAT)"
+            if v
+            else "—"
+        )
+        rows.append(
+            [
+                f"`{r['run']}`",
+                ratio(s["float32_bits"] / s["budget_bits"]),
+                f"{len(s['evaluated'])} of {num(s['candidates'])}",
+                num(fp.get("total_bits")),
+                f"**{pct(qat.get('accuracy'))}** ({qat.get('epochs')})",
+                pct(r.get("float", {}).get("accuracy")),
+                rho,
+                f"{duration(s.get('seconds'))} + {duration(r.get('wall_seconds'))}",
+                measured(r["provenance"]),
+            ]
+        )
+        configs.append(f"- `{r['run']}`: `{s['chosen']}`")
+    header = [
+        "run",
+        "budget",
+        "evaluated",
+        "bits",
+        "QAT (epochs)",
+        "float",
+        "Spearman: estimate",
+        "wall time",
+        "measured at",
+    ]
+    body = table(header, rows) + "\n\nChosen configurations:\n\n" + "\n".join(configs)
+    return with_missing(body if rows else None, absent)
+
+
+def r_interaction(root: Path, args: list[str]) -> str:
+    """A two-group Pareto sweep as a grid per stage: measured accuracy, and what adding the two
+    one-group losses to the corner where both groups are widest predicts."""
+    if len(args) != 1:
+        raise RenderError("interaction takes one sweep run name")
+    path = root / "bench" / "results" / "sweeps" / f"{args[0]}.json"
+    if not path.exists():
+        recipe = args[0].removeprefix("sweep_")
+        return missing(
+            f"`{args[0]}`",
+            f"`qssm sweep --recipe recipes/sweeps/{recipe}.yaml --from runs/hetero_4_8`, then "
+            f"`python bench/collect.py runs/{args[0]}`",
+        )
+    data = read_json(path)
+    parts = []
+    for stage in sorted({r["stage"] for r in data["rows"]}):
+        acc, names = {}, None
+        for r in data["rows"]:
+            if r["stage"] == stage and r["table"] == "pareto":
+                a, b = (int(x) for x in str(r["bits"]).split("/"))
+                acc[a, b] = 100 * float(r["accuracy"])
+                names = [g.split("=")[0] for g in r["config"].split(";")]
+        rows_, cols = sorted({a for a, _ in acc}), sorted({b for _, b in acc})
+        ta, tb = rows_[-1], cols[-1]
+        worst, body = 0.0, []
+        for a in rows_:
+            cells = []
+            for b in cols:
+                additive = acc[a, tb] + acc[ta, b] - acc[ta, tb]
+                worst = max(worst, abs(acc[a, b] - additive))
+                cells.append(f"{acc[a, b]:.1f} ({additive:.1f})")
+            body.append([f"`{names[0]}` {a} bits", *cells])
+        header = ["", *(f"`{names[1]}` {b} bits" for b in cols)]
+        parts.append(
+            f"{stage.upper()}: accuracy % (additive prediction); largest difference "
+            f"{worst:.1f} points\n\n" + table(header, body)
+        )
+    return "\n\n".join(parts) + f"\n\nMeasured at {measured(data['provenance'])}."
+
+
 BENCH_ROWS = [
     ("float_conv_samples_per_s", "float training step, samples/s (recipe's float.mode)", 1),
     ("qat_samples_per_s", "QAT training step, samples/s (state quantized every step)", 1),
@@ -515,6 +598,8 @@ KINDS = {
     "targets": r_targets,
     "sweep": r_sweep,
     "golden": r_golden,
+    "search": r_search,
+    "interaction": r_interaction,
     "bench": r_bench,
     "provenance": r_provenance,
 }

@@ -145,24 +145,34 @@ def _check_sweep(args, recipe) -> None:
         raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
 
 
+SEARCH_KEYS = ("budget_kib", "budget_reduction", "bits", "act_bits", "short_epochs")
+
+
 def _search_record(args) -> dict:
-    return {
-        "budget_kib": args.budget_kib,
-        "budget_reduction": args.budget_reduction,
-        "bits": sorted(set(args.bits)),
-    }
+    """What a search's points depend on; another value in the same run dir needs --force."""
+    record = {k: getattr(args, k) for k in SEARCH_KEYS}
+    return record | {"bits": sorted(set(args.bits)), "act_bits": sorted(set(args.act_bits))}
 
 
 def _check_search(args, recipe) -> None:
     if any(b < 1 or b > 32 for b in args.bits) or len(set(args.bits)) < 2:
         raise RunError("--bits: give at least two bit-widths in 1..32")
+    if any(b < 1 or b > 32 for b in args.act_bits):
+        raise RunError("--act-bits: bit-widths in 1..32 (or none: keep the recipe's)")
     if (args.budget_kib or args.budget_reduction or 0) <= 0:
         raise RunError("the budget must be positive")
+    for name in ("evaluations", "population", "short_epochs", "finalists"):
+        if getattr(args, name) < 1:
+            raise RunError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.validate < 0 or (args.validate_epochs or 1) < 1:
+        raise RunError("--validate and --validate-epochs must not be negative (epochs ≥ 1)")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
     old = _out(args, recipe) / "search.json"
     if old.exists() and not args.force and read_json(old) != _search_record(args):
         raise RunError(
-            f"{old.parent} holds a search with another budget or --bits; pass "
-            "--force to start over, or --out DIR"
+            f"{old.parent} holds a search with another budget, --bits, --act-bits or "
+            "--short-epochs; pass --force to start over, or --out DIR"
         )
 
 
@@ -203,27 +213,46 @@ def cmd_sweep(args) -> dict:
 
 
 def cmd_search(args) -> dict:
-    """Measures each stored role's PTQ sensitivity at every candidate bit-width, allocates bits
-    greedily (least accuracy lost per bit saved) until parameters + state fit the budget, then runs
-    PTQ and QAT of the chosen configuration like `qssm quantize`. The report lists the chosen bits
-    per role, the footprint and the accuracy."""
+    """Searches bits per stored role and the structural choices (S4D fold_b, state scale
+    granularity, scale storage, activation bits) under a memory budget with QAT in the loop: a
+    regularized evolution over the configurations that fill the budget, each scored by a short QAT
+    on a held-out tenth of the training split; the best finalists get a longer QAT; the winner
+    gets PTQ and QAT like `qssm quantize` and is reported on the test split. The report has the
+    chosen configuration, every evaluated one and the accuracy-footprint plot."""
     recipe, data, out, source = _prepare(args, check=_check_search)
     write_json(out / "search.json", _search_record(args))
-    float_stage(recipe, data, out, source, "float", not args.quiet)
-    try:
-        chosen, record = search(
-            recipe,
-            out,
-            args.budget_kib,
-            args.budget_reduction,
-            args.bits,
-            args.workers,
-            not args.quiet,
+    opts = {
+        k: getattr(args, k)
+        for k in (
+            "bits",
+            "act_bits",
+            "evaluations",
+            "population",
+            "short_epochs",
+            "finalists",
+            "validate",
+            "workers",
+            "executor",
+            "address",
         )
-    except ValueError as err:
-        raise RunError(f"search: {err}") from None
-    bits = ", ".join(f"{r} {b}" for r, b in sorted(record["chosen_bits"].items()))
-    print(f"chosen bits: {bits}")
+    }
+    opts |= {
+        "validate_epochs": args.validate_epochs or recipe.qat.epochs,
+        "progress": not args.quiet,
+    }
+    with one_thread():
+        float_stage(recipe, data, out, source, "float", not args.quiet)
+        try:
+            chosen, record = search(recipe, out, args.budget_kib, args.budget_reduction, opts)
+        except ValueError as err:
+            raise RunError(f"search: {err}") from None
+    print(f"chosen: {record['chosen']} ({record['predicted_total_bits']:,} bits)")
+    if record.get("validation"):
+        v = record["validation"]
+        print(
+            f"estimate vs {v['epochs']}-epoch QAT on {len(v['configs'])} configurations: "
+            f"Spearman {v['spearman_estimate']:.3f} (PTQ accuracy: {v['spearman_ptq']:.3f})"
+        )
     m = quantize_run(
         chosen, data, out, progress=not args.quiet, extra={"search": record}, hardware=HARDWARE
     )
@@ -472,12 +501,43 @@ def parser() -> argparse.ArgumentParser:
         "--bits",
         type=int,
         nargs="+",
-        default=[2, 3, 4, 6, 8],
-        help="candidate bit-widths (default 2 3 4 6 8)",
+        default=[2, 3, 4, 5, 6, 8],
+        help="candidate bit-widths of the stored roles (default 2 3 4 5 6 8)",
     )
     h.add_argument(
-        "--workers", type=int, default=1, help="sensitivity points in parallel processes"
+        "--act-bits",
+        type=int,
+        nargs="*",
+        default=[4, 8],
+        help="candidate activation bit-widths (default 4 8; none: the recipe's)",
     )
+    h.add_argument(
+        "--evaluations", type=int, default=24, help="configurations scored by a short QAT"
+    )
+    h.add_argument("--population", type=int, default=8, help="first generation's size")
+    h.add_argument("--short-epochs", type=int, default=2, help="QAT epochs of the estimate")
+    h.add_argument(
+        "--finalists", type=int, default=3, help="best estimates given 3× the QAT epochs"
+    )
+    h.add_argument(
+        "--validate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train N evaluated configurations with the full QAT and report the rank "
+        "correlation of the estimate against it",
+    )
+    h.add_argument(
+        "--validate-epochs", type=int, help="QAT epochs of --validate (default: qat.epochs)"
+    )
+    h.add_argument("--workers", type=int, default=1, help="points in parallel processes")
+    h.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: run points as Ray tasks (pip install 'qssm[ray]')",
+    )
+    h.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
 
     x = _command(
         sub,

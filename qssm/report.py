@@ -148,19 +148,111 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
         )
         sections.append(("Footprint", f"{text}\n\n![footprint per role](footprint.png)"))
     if "search" in metrics:
-        s = metrics["search"]
-        drop = s["accuracy_drop"]
-        rows = [[r, b, _pct(drop.get(f"{r}@{b}"))] for r, b in sorted(s["chosen_bits"].items())]
-        budget, f32 = s["budget_bits"] / 8192, s["float32_bits"] / 8192
-        text = (
-            f"Budget {budget:.2f} KiB (float32: {f32:.2f} KiB); greedy allocation on per-role "
-            f"PTQ sensitivity (every role at the highest width: {_pct(s['base_accuracy'])}).\n\n"
-            + table(["role", "bits", "PTQ accuracy lost alone"], rows)
-        )
-        sections.append(("Bit allocation", text))
+        sections.append(("Bit allocation", search_section(metrics, out)))
     if "provenance" in metrics:
         sections.append(("Provenance", provenance_table(metrics["provenance"])))
     write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)
+
+
+def search_section(metrics: dict, out: Path) -> str:
+    """The search's budget, choice, evaluated configurations, validation and Pareto plot."""
+    s, stage = metrics["search"], "qat" if "qat" in metrics else "ptq"
+    budget, f32 = s["budget_bits"] / 8192, s["float32_bits"] / 8192
+    structure = ", ".join(f"{k} {v}" for k, v in s["structure"].items())
+    bits = ", ".join(f"{r} {b}" for r, b in sorted(s["chosen_bits"].items()))
+    text = (
+        f"Budget {budget:.2f} KiB (float32: {f32:.2f} KiB, {f32 / budget:.2f}×). "
+        f"{s['candidates']:,} configurations fill it; {len(s['evaluated'])} were scored by a "
+        f"{s['short_epochs']}-epoch QAT on a held-out tenth of the training split, the best "
+        f"{sum(e['longer'] is not None for e in s['evaluated'])} by a "
+        f"{3 * s['short_epochs']}-epoch one.\n\nChosen: {bits}; {structure}: "
+        f"{s['predicted_total_bits']:,} bits, {stage.upper()} "
+        f"{_pct(metrics[stage]['accuracy'])} on the test split.\n\n"
+    )
+    top = s["evaluated"][:10]
+    text += table(
+        ["configuration", "bits", "estimate (held out)", "longer QAT (held out)"],
+        [
+            [f"`{e['config']}`", f"{e['bits']:,}", _pct(e["estimate"]), _pct(e["longer"])]
+            for e in top
+        ],
+    )
+    v = s.get("validation")
+    if v:
+        text += (
+            f"\n\n**Validation**: {len(v['configs'])} evaluated configurations, spread over the "
+            f"estimate's ranking, trained with a {v['epochs']}-epoch QAT and scored on the test "
+            f"split. Spearman rank correlation against it: the estimate "
+            f"{v['spearman_estimate']:.3f}, PTQ accuracy of the same configuration "
+            f"{v['spearman_ptq']:.3f}.\n\n"
+        )
+        text += table(
+            ["configuration", "bits", "estimate", "PTQ", f"QAT {v['epochs']} epochs"],
+            [
+                [
+                    f"`{c['config']}`",
+                    f"{c['bits']:,}",
+                    _pct(c["estimate"]),
+                    _pct(c["ptq"]),
+                    _pct(c["measured"]),
+                ]
+                for c in v["configs"]
+            ],
+        )
+    plot_search(s, metrics[stage]["accuracy"], metrics["footprint"]["total_bits"], out)
+    return text + "\n\n![accuracy against footprint](search.png)"
+
+
+def plot_search(s: dict, accuracy: float, bits: int, out: Path) -> None:
+    """Accuracy against footprint of every evaluated configuration, its Pareto front, the
+    validation runs and the chosen configuration."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    kib = [e["bits"] / 8192 for e in s["evaluated"]]
+    ax.scatter(
+        kib,
+        [100 * e["estimate"] for e in s["evaluated"]],
+        s=14,
+        c="0.6",
+        label="estimate (short QAT, held out)",
+    )
+    front = pareto_front([(e["bits"], e["estimate"]) for e in s["evaluated"]])
+    ax.step(
+        [b / 8192 for b, _ in front],
+        [100 * a for _, a in front],
+        where="post",
+        c="0.3",
+        lw=1,
+        label="Pareto front of the estimate",
+    )
+    longer = [e for e in s["evaluated"] if e["longer"] is not None]
+    ax.scatter(
+        [e["bits"] / 8192 for e in longer],
+        [100 * e["longer"] for e in longer],
+        s=22,
+        marker="s",
+        label="finalists (longer QAT, held out)",
+    )
+    if s.get("validation"):
+        c = s["validation"]["configs"]
+        ax.scatter(
+            [x["bits"] / 8192 for x in c],
+            [100 * x["measured"] for x in c],
+            s=22,
+            marker="^",
+            label=f"validation ({s['validation']['epochs']}-epoch QAT, test)",
+        )
+    ax.scatter(
+        [bits / 8192],
+        [100 * accuracy],
+        s=90,
+        marker="*",
+        c="C3",
+        zorder=3,
+        label="chosen (full QAT, test)",
+    )
+    ax.axvline(s["budget_bits"] / 8192, c="C3", ls="--", lw=1, label="budget")
+    ax.set(xlabel="footprint (KiB)", ylabel="accuracy (%)")
+    save_figure(fig, out / "search.png", (ax,))
 
 
 def _mean_by(rows: list[dict], key) -> dict:

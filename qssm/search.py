@@ -1,135 +1,429 @@
-"""Bit allocation under a memory budget (``qssm search``).
+"""Bit allocation under a memory budget (``qssm search``), with QAT in the loop.
 
-1. Sensitivity: PTQ accuracy of the float model with one role at a time lowered to each candidate
-   bit-width, every other site at the highest candidate (the per-role table of ``qssm sweep``).
-2. Allocation, greedy on marginal cost: starting from every stored role at the highest
-   bit-width, repeatedly lower the role whose next step loses the least accuracy per bit saved,
-   until parameters + state fit the budget.  Greedy rather than integer programming: the
-   accuracy model is additive over roles (each role measured alone), which is the real
-   approximation; with at most a dozen roles and five widths, greedy on marginal cost is within
-   one step of the ILP optimum of that model, and it needs no solver.
-3. The chosen configuration is trained with QAT like ``qssm quantize``.
+The design space: a bit-width per group of stored roles (each role with ≥ 2 % of the stored
+elements is its own group; the small ones — biases, D, a tiny encoder — share one), and the
+structural choices that move accuracy most: S4D ``fold_b``, the S4D state's scale granularity,
+how scales are stored (``scale_dtype`` of the default quantizer) and the activation bits.
+Every configuration is a recipe ``quant`` section, counted by the same footprint as ``qssm
+quantize``: the footprint of a structure is measured once on the quantized model, and is then
+linear in the groups' bits (``Space.bits_of``; checked against every evaluated point).
+
+The accuracy estimate is a short QAT (``short_epochs``, its own cosine schedule) of the float
+model, scored on a held-out tenth of the training split: PTQ sensitivity, measured one role at a
+time and summed, is the wrong model for a recurrent network, where 8-bit PTQ alone loses tens of
+points and the state and Ā interact.  The search is a regularized evolution over the *tight*
+configurations (those that fit the budget and cannot raise any group one step without leaving
+it).  The first generation is the recipe's own allocation and the uniform one (every group at
+one width), each made to fit, and their neighbours one to three moves away — random tight
+configurations are nearly all poor (some role at 2 bits) and waste the evaluations; then come
+children of tournament winners (one group one width, or one structural choice changed, projected
+back onto the tight set).  The best ``finalists`` get a longer QAT
+(3 × ``short_epochs``) on the same split; the winner is trained with the recipe's full PTQ + QAT
+like ``qssm quantize``, on the whole training split, and reported on the test split, which no
+selection step has seen.
+
+Every evaluation is a sweep point (``points/<id>.json``): it resumes, caches and runs in
+``--workers`` processes or on Ray.  ``validate`` configurations spread over the estimate's range
+are also trained with the full QAT and scored on the test split: the Spearman rank correlation
+of the estimate (and of PTQ accuracy) against that measured accuracy goes into the record.
 """
 
 import copy
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from brevitas.graph.calibrate import calibration_mode
+from tqdm import tqdm
 
 from .io import write_json
 from .quant.footprint import footprint
 from .quant.wrap import wrap
 from .recipe import QuantConfig, Recipe
 from .runs import load_data, load_run_model, n_params
-from .sweep import make_point, run_point, run_points, with_bits
+from .sweep import make_point, run_points
 
 SKIP = ("layernorm (float)", "quantizer scales", "conv.buffer", "conv.delay")
+SMALL = 0.02  # roles below this share of the stored elements form one group
+HOLDOUT = 0.1  # the search scores candidates on this last fraction of the training split
+ACT_ROLES = {"s4d": ["ssm.output"], "s4d_real": ["ssm.output"], "mingru": ["gru.output"]}
 
 
-def sensitivity_points(recipe: Recipe, roles: list[str], bits: list[int]) -> list[dict]:
-    top = max(bits)
-    base = with_bits(recipe.quant.model_dump(mode="json"), top)
-    out = [make_point(f"search-base-{top}", "search", "base", top, "ptq", recipe.seed, base)]
-    for role in roles:
-        for b in bits[:-1]:
-            q = copy.deepcopy(base)
-            q["targets"].append({"roles": [role], "bits": b})
-            out.append(
-                make_point(f"search-{role}-{b}-of-{top}", "search", role, b, "ptq", recipe.seed, q)
+@dataclass(frozen=True)
+class Config:
+    bits: tuple[int, ...]  # per group, in Space.groups order
+    structure: tuple  # values of Space.choices, in order
+
+    def label(self, space: "Space") -> str:
+        stored = space.elements(self.structure)
+        parts = [
+            f"{g[0] if len(g) == 1 else 'small'}={b}"
+            for g, b in zip(space.groups, self.bits, strict=True)
+            if any(r in stored for r in g)
+        ]
+        parts += [f"{k}={v}" for k, v in zip(space.choices, self.structure, strict=True)]
+        return ";".join(parts)
+
+
+class Space:
+    """The configurations of a recipe's model and their footprints (see the module doc)."""
+
+    def __init__(self, recipe: Recipe, run_dir, bits: list[int], act_bits: list[int]):
+        self.recipe, self.widths = recipe, sorted(set(bits))
+        family = recipe.model.family
+        self.choices: dict[str, list] = {}
+        if family == "s4d":
+            self.choices["fold_b"] = [False, True]
+            self.choices["state"] = ["per_channel", "per_element"]
+        self.choices["scales"] = sorted({"float16", "po2_3bit", recipe.quant.default.scale_dtype})
+        self.act_roles = ["act.input", "act.output", *ACT_ROLES.get(family, [])]
+        if act_bits and not family.endswith("_hw"):  # a hardware family's activations are fixed
+            self.choices["act"] = sorted(set(act_bits))
+        self.structures = list(itertools.product(*self.choices.values()))
+        model, _ = load_run_model(run_dir, "float")
+        self._model, self._float_params = model, n_params(model)
+        self._x = load_data(recipe).train.x[:2]
+        self._fixed: dict[tuple, int] = {}
+        self._elements: dict[tuple, dict[str, int]] = {}
+        # the groups, from the stored roles of the structure that stores the most (B̄ unfolded)
+        self.groups: list[tuple[str, ...]] = []
+        top = self._base(self.structures[0])
+        top["default"].update(bits=max(self.widths), levels=None)
+        for t in top["targets"]:
+            if t.get("bits") is not None and not set(t["roles"]) & set(self.act_roles):
+                t.update(bits=max(self.widths), levels=None)
+        fp, _ = self._footprint(top)
+        self.float32_bits = fp["float32_bits"]
+        elements = self._stored(fp)
+        total = sum(elements.values())
+        big = [(r,) for r in sorted(elements) if elements[r] >= SMALL * total]
+        small = tuple(sorted(r for r in elements if elements[r] < SMALL * total))
+        self.groups = big + ([small] if small else [])
+
+    def _base(self, structure) -> dict:
+        q = copy.deepcopy(self.recipe.quant.model_dump(mode="json"))
+        s = dict(zip(self.choices, structure, strict=True))
+        if "fold_b" in s:
+            q["fold_b"] = s["fold_b"]
+        q["default"]["scale_dtype"] = s["scales"]
+        if "state" in s:
+            q["targets"].append({"roles": ["ssm.state"], "granularity": s["state"]})
+        if "act" in s:
+            q["targets"].append({"roles": self.act_roles, "bits": s["act"], "levels": None})
+        return q
+
+    def quant(self, config: Config) -> dict:
+        """The recipe's ``quant`` section for ``config``."""
+        q = self._base(config.structure)
+        for group, b in zip(self.groups, config.bits, strict=True):
+            roles = [r for r in group if r in self.elements(config.structure)]
+            if roles:  # (ssm.B is not stored when B̄ is folded)
+                q["targets"].append({"roles": roles, "bits": b, "levels": None})
+        return q
+
+    def _footprint(self, quant: dict) -> tuple[dict, dict]:
+        return measure_footprint(self._model, self._float_params, quant, self._x)
+
+    def recipe_config(self) -> Config:
+        """The recipe's own allocation and structure (widths rounded to the nearest candidate;
+        the search's first candidate is the tight configuration nearest to it)."""
+        fp, table = self._footprint(self.recipe.quant.model_dump(mode="json"))
+        bits = []
+        for g in self.groups:
+            b = max((max(fp["per_role"][r]["bits"]) for r in g if r in fp["per_role"]), default=32)
+            bits.append(min(self.widths, key=lambda w, b=b: (abs(w - b), -w)))
+        site = {k.rpartition(":")[2]: v for k, v in table.items()}  # last of each site name
+        now = {
+            "fold_b": self.recipe.quant.fold_b,
+            "state": site.get("state", {}).get("granularity"),
+            "scales": self.recipe.quant.default.scale_dtype,
+            "act": site.get("input", {}).get("bit_width"),
+        }
+        structure = tuple(
+            now[k] if now[k] in options else options[-1] for k, options in self.choices.items()
+        )
+        return Config(tuple(bits), structure)
+
+    def _stored(self, fp: dict) -> dict[str, int]:
+        top = max(self.widths)
+        return {
+            r: e["elements"]
+            for r, e in fp["per_role"].items()
+            if r not in SKIP and e["elements"] and e["bits"] == [top]
+        }
+
+    def elements(self, structure) -> dict[str, int]:
+        """Stored elements per allocated role of ``structure`` (measured once)."""
+        if structure not in self._elements:
+            top, q = max(self.widths), self._base(structure)
+            q["targets"].append({"roles": [r for g in self.groups for r in g], "bits": top})
+            fp, _ = self._footprint(q)
+            elements = self._stored(fp)
+            self._elements[structure] = elements
+            self._fixed[structure] = fp["total_bits"] - top * sum(elements.values())
+        return self._elements[structure]
+
+    def bits_of(self, config: Config) -> int:
+        """The footprint (``footprint.total_bits``) of ``config``."""
+        elements = self.elements(config.structure)
+        total = self._fixed[config.structure]
+        for group, b in zip(self.groups, config.bits, strict=True):
+            total += b * sum(elements.get(r, 0) for r in group)
+        return total
+
+    def tight(self, budget_bits: float) -> list[Config]:
+        """Every configuration that fits ``budget_bits`` and cannot raise one group by one
+        width without leaving it."""
+        w = np.array(self.widths)
+        out = []
+        for s in self.structures:
+            elements = self.elements(s)
+            n = np.array([sum(elements.get(r, 0) for r in g) for g in self.groups])
+            idx = np.array(list(itertools.product(range(len(w)), repeat=len(n))))
+            total = self._fixed[s] + w[idx] @ n
+            nxt = np.minimum(idx + 1, len(w) - 1)
+            raise_cost = (w[nxt] - w[idx]) * n  # 0 at the top width or for an empty group
+            raisable = (raise_cost > 0) & (total[:, None] + raise_cost <= budget_bits)
+            ok = (total <= budget_bits) & ~raisable.any(1)
+            # an empty group (ssm.B with B̄ folded) takes the top width only: one config each
+            ok &= (idx[:, n == 0] == len(w) - 1).all(1)
+            out += [Config(tuple(int(v) for v in w[i]), s) for i in idx[ok]]
+        return out
+
+
+def measure_footprint(model, float_params: int, quant: dict, x) -> tuple[dict, dict]:
+    """Footprint of ``quant`` on a copy of the float ``model`` (calibrated on ``x``, so that
+    every quantizer's scales exist and are counted)."""
+    model, table = wrap(copy.deepcopy(model), QuantConfig.model_validate(quant))
+    model.train()
+    with calibration_mode(model), torch.no_grad():
+        model(x, "recurrent")
+    return footprint(model, table, float_params), table
+
+
+def nearest(config: Config, pool: list[Config], space: Space) -> Config:
+    """The configuration of ``pool`` closest to ``config``: same structure first, then the
+    fewest width steps, then the larger footprint."""
+    index = {b: i for i, b in enumerate(space.widths)}
+
+    def distance(c: Config):
+        steps = sum(abs(index[a] - index[b]) for a, b in zip(c.bits, config.bits, strict=True))
+        other = sum(a != b for a, b in zip(c.structure, config.structure, strict=True))
+        return (other, steps, -space.bits_of(c))
+
+    return min(pool, key=distance)
+
+
+def mutate(parent: Config, space: Space, rng: np.random.Generator) -> Config:
+    """One width step of one group, or (one time in four) one structural choice changed."""
+    bits, structure = list(parent.bits), list(parent.structure)
+    flippable = [i for i, opts in enumerate(space.choices.values()) if len(opts) > 1]
+    if flippable and rng.random() < 0.25:
+        i = int(rng.choice(flippable))
+        options = [o for o in list(space.choices.values())[i] if o != structure[i]]
+        structure[i] = options[int(rng.integers(len(options)))]
+    else:
+        g = int(rng.integers(len(bits)))
+        j = space.widths.index(bits[g]) + int(rng.choice([-1, 1]))
+        bits[g] = space.widths[min(max(j, 0), len(space.widths) - 1)]
+    return Config(tuple(bits), tuple(structure))
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (ties get their mean rank)."""
+
+    def ranks(v):
+        v = np.asarray(v, float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for value in np.unique(v):  # ties: the mean of their ranks
+            r[v == value] = r[v == value].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def point(space: Space, config: Config, stage: str, epochs: int | None, holdout: float) -> dict:
+    """The sweep point that trains ``config`` (``epochs`` of QAT; None: the recipe's)."""
+    label = config.label(space)
+    digest = hashlib.sha256(label.encode()).hexdigest()[:10]
+    tag = stage if epochs is None else f"qat{epochs}"
+    pid = f"search-{tag}-{'holdout' if holdout else 'test'}-{digest}"
+    bits = "/".join(map(str, config.bits))
+    return make_point(
+        pid,
+        "search",
+        label,
+        bits,
+        stage,
+        space.recipe.seed,
+        space.quant(config),
+        qat_epochs=epochs,
+        holdout=holdout,
+    )
+
+
+class Search:
+    """One search in ``run_dir`` (which holds the float model); see the module doc."""
+
+    def __init__(self, space: Space, run_dir, budget_bits: float, opts: dict):
+        self.space, self.run_dir, self.budget, self.opts = space, run_dir, budget_bits, opts
+        self.pool = space.tight(budget_bits)
+        if not self.pool:
+            least = min(
+                space.bits_of(Config((min(space.widths),) * len(space.groups), s))
+                for s in space.structures
             )
-    return out
-
-
-def allocate(
-    elements: dict[str, int],
-    fixed_bits: int,
-    drop: dict[tuple[str, int], float],
-    bits: list[int],
-    budget_bits: float,
-) -> dict[str, int]:
-    """Bits per role so that Σ elements·bits + fixed_bits ≤ budget_bits (greedy, see above).
-
-    ``drop[(role, b)]``: accuracy lost with ``role`` at ``b`` bits (0 at the highest width)."""
-    choice = {r: len(bits) - 1 for r in elements}  # index into bits
-
-    def total():
-        return fixed_bits + sum(n * bits[choice[r]] for r, n in elements.items())
-
-    while total() > budget_bits:
-        moves = []
-        for r, i in choice.items():
-            if i == 0:
-                continue
-            saved = elements[r] * (bits[i] - bits[i - 1])
-            cost = drop[(r, bits[i - 1])] - drop[(r, bits[i])]
-            moves.append((max(cost, 0.0) / saved, -saved, r))
-        if not moves:
             raise ValueError(
-                f"even with every role at {bits[0]} bits parameters + state take "
-                f"{total() / 8192:.2f} KiB, above the budget of {budget_bits / 8192:.2f} KiB; "
+                f"even with every stored role at {min(space.widths)} bits the footprint is "
+                f"{least / 8192:.2f} KiB, above the budget of {budget_bits / 8192:.2f} KiB; "
                 "raise the budget or allow fewer bits (--bits)"
             )
-        _, _, r = min(moves)
-        choice[r] -= 1
-    return {r: bits[i] for r, i in choice.items()}
+
+    def evaluate(self, configs: list[Config], stage: str, epochs, holdout: float) -> list[dict]:
+        """The rows of ``configs`` trained and scored as a sweep point each."""
+        todo = [point(self.space, c, stage, epochs, holdout) for c in configs]
+        o = self.opts
+        rows = run_points(self.run_dir, todo, o["workers"], o["executor"], o["address"], False)
+        for c, row in zip(configs, rows, strict=True):
+            if "failed" not in row and int(row["total_bits"]) != self.space.bits_of(c):
+                raise RuntimeError(  # the footprint model must be the footprint
+                    f"search: {row['id']} has a footprint of {row['total_bits']} bits, "
+                    f"predicted {self.space.bits_of(c)}"
+                )
+        return rows
+
+    def evolve(self, start: Config, bar) -> dict[Config, float]:
+        """Estimated accuracy of every configuration the evolution evaluated."""
+        o, space = self.opts, self.space
+        rng = np.random.default_rng(space.recipe.seed)
+        n = o["evaluations"]
+        uniform = min(  # every group at one width, the one closest to the budget
+            (Config((w,) * len(space.groups), start.structure) for w in space.widths),
+            key=lambda c: abs(space.bits_of(c) - self.budget),
+        )
+        first = list(dict.fromkeys(nearest(c, self.pool, space) for c in (start, uniform)))
+        for _ in range(50 * o["population"]):  # then their neighbours, one to three moves away
+            if len(first) >= min(o["population"], n):
+                break
+            child = first[int(rng.integers(min(len(first), 2)))]
+            for _ in range(int(rng.integers(1, 4))):
+                child = mutate(child, space, rng)
+            child = nearest(child, self.pool, space)
+            if child not in first:
+                first.append(child)
+        scores: dict[Config, float] = {}
+        batch = first
+        while batch:
+            rows = self.evaluate(batch, "qat", o["short_epochs"], HOLDOUT)
+            for c, r in zip(batch, rows, strict=True):
+                scores[c] = float(r.get("accuracy", 0.0))  # a diverged QAT scores 0
+            bar.update(len(batch))
+            batch = []
+            for _ in range(20 * max(o["workers"], 1)):
+                if len(scores) + len(batch) >= n or len(batch) >= max(o["workers"], 1):
+                    break
+                seen = list(scores)
+                rivals = [seen[i] for i in rng.choice(len(seen), min(3, len(seen)), False)]
+                parent = max(rivals, key=lambda c: (scores[c], space.bits_of(c)))
+                child = nearest(mutate(parent, space, rng), self.pool, space)
+                if child not in scores and child not in batch:
+                    batch.append(child)
+        return scores
+
+    def run(self, start: Config) -> dict:
+        o, space = self.opts, self.space
+        steps = o["evaluations"] + o["finalists"] + o["validate"] * 2
+        with tqdm(total=steps, desc="search", disable=None if o["progress"] else True) as bar:
+            scores = self.evolve(start, bar)
+            ranked = sorted(scores, key=lambda c: (-scores[c], -space.bits_of(c)))
+            finalists = ranked[: o["finalists"]]
+            longer = self.evaluate(finalists, "qat", 3 * o["short_epochs"], HOLDOUT)
+            bar.update(len(finalists))
+            final = {
+                c: float(r.get("accuracy", 0.0)) for c, r in zip(finalists, longer, strict=True)
+            }
+            best = max(finalists, key=lambda c: (final[c], scores[c]))
+            validation = self.validate(ranked, scores, bar) if o["validate"] else None
+        return {
+            "chosen": best,
+            "evaluated": [
+                {
+                    "config": c.label(space),
+                    "bits": space.bits_of(c),
+                    "estimate": scores[c],
+                    "longer": final.get(c),
+                }
+                for c in ranked
+            ],
+            "validation": validation,
+        }
+
+    def validate(self, ranked: list[Config], scores: dict, bar) -> dict:
+        """The estimate and PTQ against the full QAT on the test split, for ``validate``
+        configurations spread evenly over the estimate's ranking."""
+        k = min(self.opts["validate"], len(ranked))
+        picks = [ranked[i] for i in np.linspace(0, len(ranked) - 1, k).round().astype(int)]
+        picks = list(dict.fromkeys(picks))
+        full = self.evaluate(picks, "qat", self.opts["validate_epochs"], 0.0)
+        ptq = self.evaluate(picks, "ptq", None, 0.0)
+        bar.update(2 * len(picks))
+        measured = [float(r.get("accuracy", 0.0)) for r in full]
+        est = [scores[c] for c in picks]
+        ptq_acc = [float(r["accuracy"]) for r in ptq]
+        return {
+            "epochs": self.opts["validate_epochs"],
+            "configs": [
+                {
+                    "config": c.label(self.space),
+                    "bits": self.space.bits_of(c),
+                    "estimate": e,
+                    "ptq": p,
+                    "measured": m,
+                }
+                for c, e, p, m in zip(picks, est, ptq_acc, measured, strict=True)
+            ],
+            "spearman_estimate": spearman(est, measured),
+            "spearman_ptq": spearman(ptq_acc, measured),
+        }
 
 
-def search(
-    recipe: Recipe,
-    run_dir: Path,
-    budget_kib: float | None,
-    budget_reduction: float | None,
-    bits: list[int],
-    workers: int,
-    progress: bool,
-) -> tuple[Recipe, dict]:
+def search(recipe: Recipe, run_dir: Path, budget_kib, budget_reduction, opts: dict):
     """Returns (the recipe with the chosen ``quant``, the search record for the report).
     ``run_dir`` holds the float model (``float.*``); the budget is in KiB or a reduction factor
     against float32."""
-    bits = sorted(set(bits))
     write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
-    base_point = sensitivity_points(recipe, [], bits)[0]
-    base_acc = float(run_point(str(run_dir), base_point)["accuracy"])
-    fp = _footprint(recipe, run_dir, base_point)
-    budget_bits = (
-        budget_kib * 8192 if budget_kib is not None else fp["float32_bits"] / budget_reduction
-    )
-    elements = {  # stored roles the recipe quantizes (float ones stay float)
-        r: e["elements"]
-        for r, e in fp["per_role"].items()
-        if r not in SKIP and e["elements"] and e["bits"] == [max(bits)]
-    }
-    roles = sorted(elements)
-    rows = run_points(
-        run_dir, sensitivity_points(recipe, roles, bits)[1:], workers, "local", None, progress
-    )
-    drop = {(r, max(bits)): 0.0 for r in roles}
-    drop.update(
-        {(row["config"], int(row["bits"])): base_acc - float(row["accuracy"]) for row in rows}
-    )
-    fixed = fp["total_bits"] - sum(n * max(bits) for n in elements.values())  # not allocated
-    chosen = allocate(elements, fixed, drop, bits, budget_bits)
-    quant = with_bits(recipe.quant.model_dump(mode="json"), max(bits))
-    quant["targets"] += [{"roles": [role], "bits": b} for role, b in chosen.items()]
+    space = Space(recipe, run_dir, opts["bits"], opts["act_bits"])
+    f32 = space.float32_bits
+    budget = budget_kib * 8192 if budget_kib is not None else f32 / budget_reduction
+    start = time.perf_counter()
+    finder = Search(space, run_dir, budget, opts)
+    found = finder.run(space.recipe_config())
+    chosen = found["chosen"]
     record = {
-        "budget_bits": budget_bits,
-        "float32_bits": fp["float32_bits"],
-        "base_accuracy": base_acc,
-        "chosen_bits": chosen,
-        "predicted_total_bits": fixed + sum(elements[r] * b for r, b in chosen.items()),
-        "accuracy_drop": {f"{r}@{b}": round(d, 4) for (r, b), d in sorted(drop.items())},
+        "budget_bits": budget,
+        "float32_bits": f32,
+        "chosen": chosen.label(space),
+        "chosen_bits": {
+            r: b
+            for g, b in zip(space.groups, chosen.bits, strict=True)
+            for r in g
+            if r in space.elements(chosen.structure)
+        },
+        "structure": dict(zip(space.choices, chosen.structure, strict=True)),
+        "predicted_total_bits": space.bits_of(chosen),
+        "candidates": len(finder.pool),
+        "short_epochs": opts["short_epochs"],
+        "seconds": time.perf_counter() - start,  # the search, before the chosen one's PTQ + QAT
+        **{k: v for k, v in found.items() if k != "chosen"},
     }
-    return recipe.model_copy(update={"quant": QuantConfig.model_validate(quant)}), record
-
-
-def _footprint(recipe: Recipe, run_dir: Path, point: dict) -> dict:
-    """Footprint of ``point``'s configuration (calibrated on two sequences, so that every
-    quantizer's scales exist and are counted)."""
-    model, _ = load_run_model(run_dir, "float")
-    float_params = n_params(model)
-    model, table = wrap(model, QuantConfig.model_validate(point["quant"]))
-    model.train()
-    with calibration_mode(model), torch.no_grad():
-        model(load_data(recipe).train.x[:2], "recurrent")
-    return footprint(model, table, float_params)
+    quant = QuantConfig.model_validate(space.quant(chosen))
+    return recipe.model_copy(update={"quant": quant}), record

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .data import Dataset
+from .data import Dataset, Split
 from .io import atomic_write, read_json, write_json
 from .models.backbone import Classifier
 from .quant.calibrate import calibrate
@@ -47,9 +47,23 @@ def with_bits(quant: dict, bits: int) -> dict:
     return quant
 
 
-def make_point(pid: str, table: str, config: str, bits, stage: str, seed: int, quant: dict) -> dict:
-    """One point of a sweep or search (``bits``: an int, or a label such as "4/8")."""
-    return dict(id=pid, table=table, config=config, bits=bits, stage=stage, seed=seed, quant=quant)
+def make_point(
+    pid: str,
+    table: str,
+    config: str,
+    bits,
+    stage: str,
+    seed: int,
+    quant: dict,
+    qat_epochs: int | None = None,
+    holdout: float = 0.0,
+) -> dict:
+    """One point of a sweep or search (``bits``: an int, or a label such as "4/8").  A search
+    point may shorten the QAT (``qat_epochs``, its own cosine schedule) and train on all but the
+    last ``holdout`` fraction of the training split, scored on that fraction."""
+    point = dict(id=pid, table=table, config=config, bits=bits, stage=stage, seed=seed, quant=quant)
+    extra = {"qat_epochs": qat_epochs, "holdout": holdout}
+    return point | {k: v for k, v in extra.items() if v}
 
 
 def points(recipe: Recipe) -> list[dict]:
@@ -97,7 +111,8 @@ def point_key(sweep_dir: Path, recipe_json: dict, point: dict) -> str:
     settings, and the float model's bytes."""
     settings = {k: recipe_json[k] for k in ("seed", "data", "model", "ptq", "qat", "eval")}
     quant = [point["quant"], QUANT_FORMAT]
-    text = json.dumps([settings, quant, point["stage"], point["seed"]], sort_keys=True)
+    extra = [point[k] for k in ("qat_epochs", "holdout") if k in point]
+    text = json.dumps([settings, quant, point["stage"], point["seed"], *extra], sort_keys=True)
     digest = hashlib.sha256(text.encode())
     digest.update((sweep_dir / "float.safetensors").read_bytes())
     return digest.hexdigest()[:16]
@@ -126,15 +141,22 @@ def run_point(sweep_dir: str, point: dict) -> dict:
     float_params = n_params(model)
     seed_everything(point["seed"])
     model, table = wrap(model, QuantConfig.model_validate(point["quant"]))
-    calibrate(model, data.train, recipe.ptq, seed=point["seed"], progress=False)
+    train, test = data.train, data.test
+    if point.get("holdout"):
+        n = len(train) - round(point["holdout"] * len(train))  # the split is shuffled
+        train, test = Split(train.x[:n], train.y[:n]), Split(train.x[n:], train.y[n:])
+    qat = recipe.qat
+    if point.get("qat_epochs"):
+        qat = qat.model_copy(update={"epochs": point["qat_epochs"]})
+    calibrate(model, train, recipe.ptq, seed=point["seed"], progress=False)
     row = {"key": key, **{k: point[k] for k in POINT_COLUMNS}}
     if point["stage"] == "qat":
         try:
             fit(
                 model,
-                data.train,
-                data.test,
-                recipe.qat,
+                train,
+                test,
+                qat,
                 seed=point["seed"],
                 mode="recurrent",
                 eval_batch=recipe.eval.batch_size,
@@ -145,7 +167,7 @@ def run_point(sweep_dir: str, point: dict) -> dict:
         except Diverged as err:
             write_json(done, {**row, "failed": str(err)})
             return {**row, "failed": str(err)}
-    accuracy = evaluate(model, data.test, recipe.eval.batch_size, "recurrent")["accuracy"]
+    accuracy = evaluate(model, test, recipe.eval.batch_size, "recurrent")["accuracy"]
     fp = footprint(model, table, float_params)
     row.update(
         accuracy=round(accuracy, 6),

@@ -1,70 +1,183 @@
+import itertools
+import math
+
+import numpy as np
 import pytest
+import scipy.stats
 import yaml
 
 from qssm.cli import main
 from qssm.io import read_json
-from qssm.search import allocate
+from qssm.recipe import parse_recipe
+from qssm.search import Config, Space, measure_footprint, mutate, nearest, spearman
+
+RECIPE = {
+    "name": "search_tiny",
+    "seed": 0,
+    "data": {"name": "sdigits"},
+    "model": {"family": "s4d", "d_model": 16, "d_state": 16, "dt_min": 0.01, "dt_max": 0.5},
+    "float": {"epochs": 6, "batch_size": 32, "ssm_lr": 0.01},  # 77 % in about 7 s
+    "quant": {
+        "default": {"granularity": "per_channel", "complex": "polar", "scale_dtype": "float16"}
+    },
+    "ptq": {"calibration_batches": 2},
+    "qat": {"epochs": 1, "batch_size": 32},
+    "eval": {"batch_size": 400},
+}
+SEARCH = ["--evaluations", "5", "--population", "3", "--short-epochs", "1", "--finalists", "2"]
 
 
-def test_greedy_allocation_hand_case():
-    """Two roles of 100 elements; A loses 10 points at 4 bits, B only 1: B is lowered first."""
-    elements = {"A": 100, "B": 100}
-    drop = {
-        ("A", 8): 0.0,
-        ("A", 4): 0.10,
-        ("A", 2): 0.5,
-        ("B", 8): 0.0,
-        ("B", 4): 0.01,
-        ("B", 2): 0.02,
-    }
-    bits = [2, 4, 8]
-    assert allocate(elements, 50, drop, bits, 50 + 1600) == {"A": 8, "B": 8}
-    assert allocate(elements, 50, drop, bits, 50 + 1200) == {"A": 8, "B": 4}
-    assert allocate(elements, 50, drop, bits, 50 + 1000) == {"A": 8, "B": 2}
-    assert allocate(elements, 50, drop, bits, 50 + 600) == {"A": 4, "B": 2}
-    with pytest.raises(ValueError, match="above the budget"):
-        allocate(elements, 50, drop, bits, 50 + 300)
+def _search(path, out, *extra) -> int:
+    args = ["search", "--recipe", str(path), "--budget-reduction", "3", "--bits", "2", "4", "8"]
+    return main([*args, *SEARCH, "--out", str(out), "--quiet", *extra])
 
 
-def test_search_fits_the_budget_and_reports(tmp_path):
-    recipe = {
-        "name": "search_tiny",
-        "seed": 0,
-        "data": {"name": "sdigits", "options": {"limit_train": 512}},
-        "model": {"family": "s4d", "d_model": 8, "d_state": 8, "dt_min": 0.01, "dt_max": 0.5},
-        "float": {"epochs": 3, "batch_size": 32, "ssm_lr": 0.01},
-        "quant": {
-            "default": {"granularity": "per_channel", "complex": "polar", "scale_dtype": "float16"}
-        },
-        "ptq": {"calibration_batches": 2},
-        "qat": {"epochs": 1, "batch_size": 32},
-        "eval": {"batch_size": 400},
-    }
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "search",
-                "--recipe",
-                str(path),
-                "--budget-reduction",
-                "3",
-                "--bits",
-                "2",
-                "4",
-                "8",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished tiny search (with a 3-configuration validation) and its recipe file."""
+    tmp = tmp_path_factory.mktemp("search")
+    path = tmp / "r.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    assert _search(path, tmp / "run", "--validate", "3") == 0
+    return path, tmp / "run"
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 30), rng.normal(size=30)
+    assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_search_fits_the_budget_and_reports(searched):
+    _, out = searched
     m = read_json(out / "metrics.json")
     s = m["search"]
     assert m["footprint"]["total_bits"] <= s["budget_bits"]
     assert m["footprint"]["total_bits"] == s["predicted_total_bits"]
     assert set(s["chosen_bits"].values()) <= {2, 4, 8} and "ssm.A" in s["chosen_bits"]
-    assert "Bit allocation" in (out / "report.md").read_text()
+    assert set(s["structure"]) == {"fold_b", "state", "scales", "act"}
+    assert len(s["evaluated"]) == 5 and sum(e["longer"] is not None for e in s["evaluated"]) == 2
+    assert all(e["bits"] <= s["budget_bits"] for e in s["evaluated"])
+    v = s["validation"]
+    assert len(v["configs"]) == 3
+    est, measured = ([c[k] for c in v["configs"]] for k in ("estimate", "measured"))
+    assert v["spearman_estimate"] == pytest.approx(scipy.stats.spearmanr(est, measured).statistic)
+    report = (out / "report.md").read_text()
+    assert (
+        "Bit allocation" in report
+        and "search.png" in report
+        and (out / "search.png").stat().st_size
+    )
+    # the final QAT on the whole training split is the validation point of the same config
+    same = [c for c in v["configs"] if c["config"] == s["chosen"]]
+    for c in same:
+        assert c["measured"] == pytest.approx(m["qat"]["accuracy"], abs=1e-6)
+
+
+def test_a_rerun_reuses_every_point_and_chooses_the_same(searched, tmp_path):
+    path, out = searched
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir()}
+    chosen = read_json(out / "metrics.json")["search"]["chosen"]
+    assert _search(path, out, "--validate", "3", "--force") == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir()} == before
+    assert read_json(out / "metrics.json")["search"]["chosen"] == chosen
+
+
+def test_another_budget_in_the_same_dir_is_refused(searched, capsys):
+    path, out = searched
+    args = ["search", "--recipe", str(path), "--budget-reduction", "4", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 2
+    assert "another budget" in capsys.readouterr().err
+
+
+def test_an_impossible_budget_names_the_fix(searched, tmp_path, capsys):
+    path, _ = searched
+    args = ["search", "--recipe", str(path), "--budget-reduction", "100", "--bits", "2", "4"]
+    assert main([*args, "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "raise the budget or allow fewer bits" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def space(searched):
+    _, out = searched
+    return Space(parse_recipe(RECIPE), out, [2, 4, 8], [4, 8])
+
+
+def test_predicted_footprint_is_the_measured_one(space):
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        s = space.structures[rng.integers(len(space.structures))]
+        config = Config(tuple(int(b) for b in rng.choice(space.widths, len(space.groups))), s)
+        fp, _ = measure_footprint(space._model, space._float_params, space.quant(config), space._x)
+        assert fp["total_bits"] == space.bits_of(config), config
+
+
+def test_tight_set_is_every_full_configuration(space):
+    """Brute force over every configuration: fits, and no group can go one width up."""
+    budget = space.float32_bits / 3
+    found = set(space.tight(budget))
+    w = space.widths
+    expected = set()
+    for s in space.structures:
+        stored = space.elements(s)
+        for bits in itertools.product(w, repeat=len(space.groups)):
+            c = Config(bits, s)
+            empty = [not any(r in stored for r in g) for g in space.groups]
+            if any(e and b != w[-1] for e, b in zip(empty, bits, strict=True)):
+                continue
+            if space.bits_of(c) > budget:
+                continue
+            up = [
+                Config(bits[:i] + (w[w.index(b) + 1],) + bits[i + 1 :], s)
+                for i, b in enumerate(bits)
+                if b != w[-1] and not empty[i]
+            ]
+            if all(space.bits_of(u) > budget for u in up):
+                expected.add(c)
+    assert found == expected and found
+
+
+def test_children_stay_in_the_space_and_land_on_the_tight_set(space):
+    rng = np.random.default_rng(0)
+    pool = space.tight(space.float32_bits / 3)
+    parent = pool[0]
+    for _ in range(20):
+        child = mutate(parent, space, rng)
+        assert set(child.bits) <= set(space.widths)
+        assert all(v in o for v, o in zip(child.structure, space.choices.values(), strict=True))
+        assert nearest(child, pool, space) in pool
+    assert nearest(parent, pool, space) == parent
+
+
+def test_a_hardware_family_searches_its_weights_only(tmp_path):
+    """MINIMALIST-style minGRU: no activation or S4D choices; the comparator state stays float
+    (an `enabled: false` target) and is not allocated."""
+    recipe = {
+        "name": "hw_tiny",
+        "seed": 0,
+        "data": {"name": "sdigits", "options": {"limit_train": 256}},
+        "model": {"family": "mingru_hw", "d_model": 16, "n_layers": 1},
+        "float": {"mode": "recurrent", "epochs": 1, "batch_size": 32},
+        "quant": {
+            "default": {"bits": 2, "observer": "mse", "granularity": "per_channel"},
+            "targets": [
+                {"roles": ["gru.gate"], "bits": 6, "granularity": "per_tensor"},
+                {"roles": ["gru.state", "gru.cand"], "enabled": False},
+            ],
+        },
+        "ptq": {"calibration_batches": 2},
+        "qat": {"epochs": 1, "batch_size": 32},
+        "eval": {"batch_size": 400},
+    }
+    path = tmp_path / "hw.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    args = ["search", "--recipe", str(path), "--budget-reduction", "12", "--bits", "1", "2", "4"]
+    small = ["--evaluations", "3", "--population", "2", "--short-epochs", "1", "--finalists", "1"]
+    assert main([*args, *small, "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    m = read_json(tmp_path / "run" / "metrics.json")
+    s = m["search"]
+    assert set(s["structure"]) == {"scales"}
+    assert {"gru.Wz", "gru.Wh"} <= set(s["chosen_bits"]) and "gru.state" not in s["chosen_bits"]
+    assert m["footprint"]["total_bits"] == s["predicted_total_bits"] <= s["budget_bits"]
