@@ -486,7 +486,15 @@ def r_search(root: Path, args: list[str]) -> str:
         "measured at",
     ]
     body = table(header, rows) + "\n\nChosen configurations:\n\n" + "\n".join(configs)
-    return with_missing(body if rows else None, absent)
+    return with_missing(body if rows else None, absent, search_command)
+
+
+def search_command(run: str) -> str:
+    budget = run.removeprefix("search_")
+    return (
+        f"`qssm search --recipe recipes/hetero_4_8.yaml --from runs/hetero_4_8 "
+        f"--budget-reduction {budget} --out runs/{run}`, then `python bench/collect.py runs/{run}`"
+    )
 
 
 def r_interaction(root: Path, args: list[str]) -> str:

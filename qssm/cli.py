@@ -514,7 +514,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument(
         "--evaluations", type=int, default=24, help="configurations scored by a short QAT"
     )
-    h.add_argument("--population", type=int, default=8, help="first generation's size")
+    h.add_argument("--population", type=int, default=12, help="first generation's size")
     h.add_argument("--short-epochs", type=int, default=2, help="QAT epochs of the estimate")
     h.add_argument(
         "--finalists", type=int, default=3, help="best estimates given 3× the QAT epochs"

@@ -14,13 +14,13 @@ time and summed, is the wrong model for a recurrent network, where 8-bit PTQ alo
 points and the state and Ā interact.  The search is a regularized evolution over the *tight*
 configurations (those that fit the budget and cannot raise any group one step without leaving
 it).  The first generation is the recipe's own allocation and the uniform one (every group at
-one width), each made to fit, and their neighbours one to three moves away — random tight
-configurations are nearly all poor (some role at 2 bits) and waste the evaluations; then come
-children of tournament winners (one group one width, or one structural choice changed, projected
-back onto the tight set).  The best ``finalists`` get a longer QAT
-(3 × ``short_epochs``) on the same split; the winner is trained with the recipe's full PTQ + QAT
-like ``qssm quantize``, on the whole training split, and reported on the test split, which no
-selection step has seen.
+one width), each made to fit, and their neighbours — random tight configurations are nearly all
+poor (some role at 2 bits) and waste the evaluations; then come children of tournament winners.
+A neighbour is one move away (one group one width up or down, or one structural choice changed),
+projected back onto the tight set with the moved group kept.  The best ``finalists`` get a
+longer QAT (3 × ``short_epochs``) on the same split; the winner is trained with the recipe's
+full PTQ + QAT like ``qssm quantize``, on the whole training split, and reported on the test
+split, which no selection step has seen.
 
 Every evaluation is a sweep point (``points/<id>.json``): it resumes, caches and runs in
 ``--workers`` processes or on Ray.  ``validate`` configurations spread over the estimate's range
@@ -205,32 +205,22 @@ def measure_footprint(model, float_params: int, quant: dict, x) -> tuple[dict, d
     return footprint(model, table, float_params), table
 
 
-def nearest(config: Config, pool: list[Config], space: Space) -> Config:
-    """The configuration of ``pool`` closest to ``config``: same structure first, then the
-    fewest width steps, then the larger footprint."""
-    index = {b: i for i, b in enumerate(space.widths)}
-
-    def distance(c: Config):
-        steps = sum(abs(index[a] - index[b]) for a, b in zip(c.bits, config.bits, strict=True))
-        other = sum(a != b for a, b in zip(c.structure, config.structure, strict=True))
-        return (other, steps, -space.bits_of(c))
-
-    return min(pool, key=distance)
-
-
-def mutate(parent: Config, space: Space, rng: np.random.Generator) -> Config:
-    """One width step of one group, or (one time in four) one structural choice changed."""
-    bits, structure = list(parent.bits), list(parent.structure)
-    flippable = [i for i, opts in enumerate(space.choices.values()) if len(opts) > 1]
-    if flippable and rng.random() < 0.25:
-        i = int(rng.choice(flippable))
-        options = [o for o in list(space.choices.values())[i] if o != structure[i]]
-        structure[i] = options[int(rng.integers(len(options)))]
-    else:
-        g = int(rng.integers(len(bits)))
-        j = space.widths.index(bits[g]) + int(rng.choice([-1, 1]))
-        bits[g] = space.widths[min(max(j, 0), len(space.widths) - 1)]
-    return Config(tuple(bits), tuple(structure))
+def moves(config: Config, space: Space) -> list[tuple[Config, int | None]]:
+    """Every single move from ``config``: one group one width up or down, or one structural
+    choice changed; with the moved group (None for a structural change)."""
+    out = []
+    for g, b in enumerate(config.bits):
+        j = space.widths.index(b)
+        for k in (j - 1, j + 1):
+            if 0 <= k < len(space.widths):
+                bits = config.bits[:g] + (space.widths[k],) + config.bits[g + 1 :]
+                out.append((Config(bits, config.structure), g))
+    for i, options in enumerate(space.choices.values()):
+        for o in options:
+            if o != config.structure[i]:
+                structure = config.structure[:i] + (o,) + config.structure[i + 1 :]
+                out.append((Config(config.bits, structure), None))
+    return out
 
 
 def spearman(a, b) -> float:
@@ -277,6 +267,9 @@ class Search:
     def __init__(self, space: Space, run_dir, budget_bits: float, opts: dict):
         self.space, self.run_dir, self.budget, self.opts = space, run_dir, budget_bits, opts
         self.pool = space.tight(budget_bits)
+        self._idx = np.array([[space.widths.index(b) for b in c.bits] for c in self.pool])
+        self._struct = np.array([space.structures.index(c.structure) for c in self.pool])
+        self._bits = np.array([space.bits_of(c) for c in self.pool])
         if not self.pool:
             least = min(
                 space.bits_of(Config((min(space.widths),) * len(space.groups), s))
@@ -301,42 +294,54 @@ class Search:
                 )
         return rows
 
+    def nearest(self, config: Config, keep: int | None = None) -> Config:
+        """The tight configuration closest to ``config``: the same structure, group ``keep``
+        at its width (when such exist), then the fewest width steps, then the larger
+        footprint."""
+        idx = np.array([self.space.widths.index(b) for b in config.bits])
+        ok = self._struct == self.space.structures.index(config.structure)
+        if keep is not None and (ok & (self._idx[:, keep] == idx[keep])).any():
+            ok &= self._idx[:, keep] == idx[keep]
+        if not ok.any():
+            ok[:] = True
+        steps = np.abs(self._idx - idx).sum(1) + np.where(ok, 0, 10**6)
+        best = np.flatnonzero(steps == steps.min())
+        return self.pool[best[np.argmax(self._bits[best])]]
+
+    def neighbours(self, config: Config) -> list[Config]:
+        """The distinct tight configurations one move from ``config`` (each move projected
+        back onto the tight set, keeping the moved group)."""
+        out = [self.nearest(c, g) for c, g in moves(config, self.space)]
+        return [c for c in dict.fromkeys(out) if c != config]
+
     def evolve(self, start: Config, bar) -> dict[Config, float]:
         """Estimated accuracy of every configuration the evolution evaluated."""
         o, space = self.opts, self.space
         rng = np.random.default_rng(space.recipe.seed)
-        n = o["evaluations"]
+        n, size = o["evaluations"], max(o["workers"], 1)
         uniform = min(  # every group at one width, the one closest to the budget
             (Config((w,) * len(space.groups), start.structure) for w in space.widths),
             key=lambda c: abs(space.bits_of(c) - self.budget),
         )
-        first = list(dict.fromkeys(nearest(c, self.pool, space) for c in (start, uniform)))
-        for _ in range(50 * o["population"]):  # then their neighbours, one to three moves away
-            if len(first) >= min(o["population"], n):
-                break
-            child = first[int(rng.integers(min(len(first), 2)))]
-            for _ in range(int(rng.integers(1, 4))):
-                child = mutate(child, space, rng)
-            child = nearest(child, self.pool, space)
-            if child not in first:
-                first.append(child)
+        seeds = [self.nearest(start), self.nearest(uniform)]
+        first = [*seeds, *self.neighbours(seeds[0]), *self.neighbours(seeds[1])]
+        batch = list(dict.fromkeys(first))[: min(o["population"], n)]
         scores: dict[Config, float] = {}
-        batch = first
         while batch:
             rows = self.evaluate(batch, "qat", o["short_epochs"], HOLDOUT)
             for c, r in zip(batch, rows, strict=True):
                 scores[c] = float(r.get("accuracy", 0.0))  # a diverged QAT scores 0
             bar.update(len(batch))
             batch = []
-            for _ in range(20 * max(o["workers"], 1)):
-                if len(scores) + len(batch) >= n or len(batch) >= max(o["workers"], 1):
+            for _ in range(20 * size):
+                if len(scores) + len(batch) >= n or len(batch) >= size:
                     break
                 seen = list(scores)
                 rivals = [seen[i] for i in rng.choice(len(seen), min(3, len(seen)), False)]
                 parent = max(rivals, key=lambda c: (scores[c], space.bits_of(c)))
-                child = nearest(mutate(parent, space, rng), self.pool, space)
-                if child not in scores and child not in batch:
-                    batch.append(child)
+                fresh = [c for c in self.neighbours(parent) if c not in scores and c not in batch]
+                if fresh:
+                    batch.append(fresh[int(rng.integers(len(fresh)))])
         return scores
 
     def run(self, start: Config) -> dict:

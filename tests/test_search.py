@@ -9,7 +9,7 @@ import yaml
 from qssm.cli import main
 from qssm.io import read_json
 from qssm.recipe import parse_recipe
-from qssm.search import Config, Space, measure_footprint, mutate, nearest, spearman
+from qssm.search import Config, Search, Space, measure_footprint, moves, spearman
 
 RECIPE = {
     "name": "search_tiny",
@@ -139,45 +139,18 @@ def test_tight_set_is_every_full_configuration(space):
     assert found == expected and found
 
 
-def test_children_stay_in_the_space_and_land_on_the_tight_set(space):
-    rng = np.random.default_rng(0)
-    pool = space.tight(space.float32_bits / 3)
-    parent = pool[0]
-    for _ in range(20):
-        child = mutate(parent, space, rng)
-        assert set(child.bits) <= set(space.widths)
-        assert all(v in o for v, o in zip(child.structure, space.choices.values(), strict=True))
-        assert nearest(child, pool, space) in pool
-    assert nearest(parent, pool, space) == parent
-
-
-def test_a_hardware_family_searches_its_weights_only(tmp_path):
-    """MINIMALIST-style minGRU: no activation or S4D choices; the comparator state stays float
-    (an `enabled: false` target) and is not allocated."""
-    recipe = {
-        "name": "hw_tiny",
-        "seed": 0,
-        "data": {"name": "sdigits", "options": {"limit_train": 256}},
-        "model": {"family": "mingru_hw", "d_model": 16, "n_layers": 1},
-        "float": {"mode": "recurrent", "epochs": 1, "batch_size": 32},
-        "quant": {
-            "default": {"bits": 2, "observer": "mse", "granularity": "per_channel"},
-            "targets": [
-                {"roles": ["gru.gate"], "bits": 6, "granularity": "per_tensor"},
-                {"roles": ["gru.state", "gru.cand"], "enabled": False},
-            ],
-        },
-        "ptq": {"calibration_batches": 2},
-        "qat": {"epochs": 1, "batch_size": 32},
-        "eval": {"batch_size": 400},
-    }
-    path = tmp_path / "hw.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    args = ["search", "--recipe", str(path), "--budget-reduction", "12", "--bits", "1", "2", "4"]
-    small = ["--evaluations", "3", "--population", "2", "--short-epochs", "1", "--finalists", "1"]
-    assert main([*args, *small, "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    m = read_json(tmp_path / "run" / "metrics.json")
-    s = m["search"]
-    assert set(s["structure"]) == {"scales"}
-    assert {"gru.Wz", "gru.Wh"} <= set(s["chosen_bits"]) and "gru.state" not in s["chosen_bits"]
-    assert m["footprint"]["total_bits"] == s["predicted_total_bits"] <= s["budget_bits"]
+def test_neighbours_are_one_move_away_on_the_tight_set(space):
+    budget = space.float32_bits / 3
+    finder = Search(space, None, budget, {})
+    pool = set(finder.pool)
+    for parent in finder.pool[:: max(1, len(finder.pool) // 5)]:
+        assert finder.nearest(parent) == parent
+        near = finder.neighbours(parent)
+        assert near and parent not in near and set(near) <= pool
+        for child, g in moves(parent, space):
+            projected = finder.nearest(child, g)
+            assert projected in pool
+            if g is not None and any(
+                c.bits[g] == child.bits[g] for c in pool if c.structure == child.structure
+            ):
+                assert projected.bits[g] == child.bits[g]
