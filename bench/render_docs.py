@@ -482,7 +482,7 @@ def r_search(root: Path, args: list[str]) -> str:
         "QAT (epochs)",
         "float",
         "Spearman: estimate",
-        "wall time",
+        "search + PTQ/QAT time",
         "measured at",
     ]
     body = table(header, rows) + "\n\nChosen configurations:\n\n" + "\n".join(configs)
