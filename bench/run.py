@@ -8,6 +8,9 @@ the shipped recipes, on smnist5k-shaped input:
                             convolution; minGRU / mGRADE recipes: the step loop, faster on CPU)
   qat_samples_per_s         QAT training step in recurrent mode (state quantized every step)
   qat_vs_float_ratio        how many times slower QAT is
+  qat_step_ms               ms per step: the float step, and the QAT step profiled (torch's
+                            profiler) into the quantized recurrence forward / backward, the
+                            other sites' fake-quantizers forward / backward, and the rest
   qat_peak_rss_gib          peak resident memory of the QAT steps (own process; the peak is
                             reset after building and calibrating the model)
   process_peak_rss_gib      the same process's peak including calibration
@@ -84,6 +87,29 @@ def train_step_seconds(model, x, y, mode: str, steps: int) -> float:
         opt.step()
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
+
+
+PARTS = {  # the QAT step's autograd nodes, by the profiler's event names
+    "scan_forward": ("S4DScan", "QuantGateScan"),
+    "scan_backward": ("S4DScanBackward", "QuantGateScanBackward"),
+    "fakequant_forward": ("FakeQuant",),
+    "fakequant_backward": ("FakeQuantBackward",),
+}
+
+
+def qat_breakdown_ms(model, x, y, steps: int) -> dict:
+    """Milliseconds per QAT step in the quantized recurrence (forward, backward), the
+    fake-quantizers of every other site (forward, backward) and the rest (layers, loss,
+    optimizer), from torch's profiler over ``steps`` + 1 steps (the model is warm)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step_seconds(model, x, y, "recurrent", steps)
+    events = prof.key_averages()
+    inclusive = {e.key: e.cpu_time_total for e in events}
+    parts = {k: sum(inclusive.get(n, 0) for n in names) for k, names in PARTS.items()}
+    parts["rest"] = events.self_cpu_time_total - sum(parts.values())
+    return {k: v / 1e3 / (steps + 1) for k, v in parts.items()}
 
 
 @torch.no_grad()
@@ -187,6 +213,7 @@ def measure(family: str, batch: int, steps: int, tmp: Path) -> dict:
         "float_conv_samples_per_s": batch / float_s,
         "qat_samples_per_s": batch / qat_s,
         "qat_vs_float_ratio": qat_s / float_s,
+        "qat_step_ms": {"float": 1e3 * float_s, **qat_breakdown_ms(qat_model, x, y, steps)},
         "qat_peak_rss_gib": qat_peak,
         "process_peak_rss_gib": process_peak,
         "fakequant_step_latency_us": step_latency_us(qat_model, steps),
