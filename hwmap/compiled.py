@@ -135,7 +135,7 @@ class Numba:
 
     def reduce(self, shape: tuple, dtype: str, n: int, term) -> Src:
         """Σ over k < n of ``term(index, k)``, in order (exact: the sums are over integers, or
-        over one element)."""
+        over one element, as the matrix products' are)."""
         if dtype == "float32" and n > 1:
             raise ValueError("a float32 sum over more than one element is not compiled")
 
@@ -148,9 +148,18 @@ class Numba:
         return self.bind(shape, dtype, body)
 
     def matmul(self, a: Src, w: Src) -> Src:
-        shape = (*a.shape[:-1], w.shape[-1])
-        term = lambda i, k: f"{a.at((*i[:-1], k))} * {w.at((k, i[-1]))}"  # noqa: E731
-        return self.reduce(shape, "float64", a.shape[-1], term)
+        """x (…, K) @ W (K, O): row k of W times x_k added onto the result for k = 0, 1, …
+        (the innermost loop runs along W's rows, contiguous)."""
+        shape, var = (*a.shape[:-1], w.shape[-1]), f"t{len(self.lines)}"
+        self.lines.append(f"    {var} = np.zeros({shape}, np.float64)")
+        lead, pad = self.loops(shape[:-1])
+        self.lines.append(f"{pad}for k in range({a.shape[-1]}):")
+        self.lines.append(f"{pad}    x_k = {a.at((*lead, 'k'))}")
+        self.lines.append(f"{pad}    for j in range({shape[-1]}):")
+        self.lines.append(
+            f"{pad}        {var}[{', '.join((*lead, 'j'))}] += x_k * {w.at(('k', 'j'))}"
+        )
+        return stored(self, var, shape, "float64")
 
     def sum_last(self, v: Src) -> Src:
         return self.reduce(v.shape[:-1], v.dtype, v.shape[-1], lambda i, k: v.at((*i, k)))
