@@ -492,9 +492,11 @@ def r_bench(root: Path, args: list[str]) -> str:
                 v = v.get(part) if isinstance(v, dict) else None
             cells.append(ratio(v) if digits is None else fixed(v, digits))
         body.append([label, *cells])
+    load = data.get("load_average")
+    load = f", load average {load['start']:.1f} → {load['end']:.1f}" if load else ""
     return (
         table(header, body) + f"\n\nBatch {data.get('batch')}, median of {data.get('steps')} "
-        f"timed steps after a warm-up; measured at {measured(data['provenance'])}."
+        f"timed steps after a warm-up; measured at {measured(data['provenance'])}{load}."
     )
 
 

@@ -23,6 +23,7 @@ the shipped recipes, on smnist5k-shaped input:
 Each figure is the median over timed steps after one warm-up step.  Weights are untrained (speed
 does not depend on them); quantizers are calibrated on one batch.
 
+``load_average`` records the 1-minute load average at the start and the end of the run.
 ``--out FILE`` also writes the JSON to FILE (atomically: a temporary file, then a rename) with
 its provenance: date, machine (CPU model, cores, memory, thread count), library versions, git
 commit and the command line.  ``bench/results/performance.json`` is the committed file that
@@ -31,6 +32,7 @@ commit and the command line.  ``bench/results/performance.json`` is the committe
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -312,8 +314,10 @@ def main() -> None:
         "batch": args.batch,
         "steps": args.steps,
     }
+    load = os.getloadavg()[0]  # other processes on the same cores change every timing
     with tempfile.TemporaryDirectory() as tmp:
         result.update({f: measure(f, args.batch, args.steps, Path(tmp)) for f in args.families})
+    result["load_average"] = {"start": load, "end": os.getloadavg()[0]}
     if args.out is not None:
         write_json_atomic(args.out, result)
     if args.json:
