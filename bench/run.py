@@ -8,17 +8,22 @@ the shipped recipes, on smnist5k-shaped input:
                             convolution; minGRU / mGRADE recipes: the step loop, faster on CPU)
   qat_samples_per_s         QAT training step in recurrent mode (state quantized every step)
   qat_vs_float_ratio        how many times slower QAT is
+  qat_step_ms               ms per step: the float step, and the QAT step split into the
+                            quantized recurrence forward / backward, the other sites'
+                            fake-quantizers forward / backward, and the rest
   qat_peak_rss_gib          peak resident memory of the QAT steps (own process; the peak is
                             reset after building and calibrating the model)
   process_peak_rss_gib      the same process's peak including calibration
   step_latency_us           streaming at batch 1, per timestep: Brevitas fake-quant (torch),
                             the integer reference (numpy interpreter, and its step compiled
-                            by numba: hwmap.compiled) and onnxruntime's step graph
+                            by numba: hwmap.compiled) and onnxruntime's step graph, its
+                            state fed back through IOBindings (no copies)
   sequence_samples_per_s    whole sequences at batch B: integer reference, onnxruntime's
                             sequence graph (Scan)
 Each figure is the median over timed steps after one warm-up step.  Weights are untrained (speed
 does not depend on them); quantizers are calibrated on one batch.
 
+``load_average`` records the 1-minute load average at the start and the end of the run.
 ``--out FILE`` also writes the JSON to FILE (atomically: a temporary file, then a rename) with
 its provenance: date, machine (CPU model, cores, memory, thread count), library versions, git
 commit and the command line.  ``bench/results/performance.json`` is the committed file that
@@ -27,6 +32,7 @@ commit and the command line.  ``bench/results/performance.json`` is the committe
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -72,18 +78,68 @@ def build(recipe_file: str, quantized: bool, batch: int):
     return model, x, y
 
 
-def train_step_seconds(model, x, y, mode: str, steps: int) -> float:
+def train_step_seconds(model, x, y, mode: str, steps: int, warm: bool = False) -> float:
+    """Median seconds of ``steps`` optimizer steps after one warm-up step (none if ``warm``)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     times = []
-    for _ in range(steps + 1):
+    for _ in range(steps + int(not warm)):
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x, mode), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+    return statistics.median(times[int(not warm) :])
+
+
+def qat_breakdown_ms(model, x, y, steps: int) -> dict:
+    """Milliseconds per QAT step (medians over ``steps`` steps, the model warm) in the
+    recurrence's autograd node forward and backward (S4DScan, QuantGateScan, GRUScan), in the
+    fake-quantizers of every other site (FakeQuant) forward and backward, and in the rest
+    (layers, loss, optimizer): each node's forward and backward timed as it runs."""
+    from qssm.models.kernels import GRUScan
+    from qssm.quant.kernels.mingru import QuantGateScan
+    from qssm.quant.kernels.s4d import S4DScan
+    from qssm.quant.quantizers import FakeQuant
+
+    spent = dict.fromkeys(
+        ("scan_forward", "scan_backward", "fakequant_forward", "fakequant_backward"), 0.0
+    )
+    saved = []
+
+    def timed(cls, name: str, part: str) -> None:
+        fn = getattr(cls, name)
+        saved.append((cls, name, fn))
+
+        def run(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            spent[part] += time.perf_counter() - t0
+            return out
+
+        setattr(cls, name, staticmethod(run))
+
+    nodes = (
+        (S4DScan, "scan"),
+        (QuantGateScan, "scan"),
+        (GRUScan, "scan"),
+        (FakeQuant, "fakequant"),
+    )
+    for cls, kind in nodes:
+        timed(cls, "forward", f"{kind}_forward")
+        timed(cls, "backward", f"{kind}_backward")
+    rows = []
+    try:
+        for _ in range(steps):
+            for k in spent:
+                spent[k] = 0.0
+            total = train_step_seconds(model, x, y, "recurrent", 1, warm=True)
+            rows.append({**spent, "rest": total - sum(spent.values())})
+    finally:
+        for cls, name, fn in saved:
+            setattr(cls, name, staticmethod(fn))
+    return {k: 1e3 * statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
 @torch.no_grad()
@@ -96,6 +152,52 @@ def step_latency_us(model, steps: int) -> float:
         model(x, "recurrent")
         times.append((time.perf_counter() - t0) / 784 * 1e6)
     return statistics.median(times[1:])
+
+
+def onnx_stream(graph, sess):
+    """Streaming through onnxruntime's step graph with its state fed back in place: two
+    IOBindings over two sets of state buffers, swapped every step (no copies, no dicts).
+    Returns ``stream(x)``: x (L, d_input) float32 → the logits after the last step."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from hwmap.onnx_export import code_type
+
+    def value(shape, dtype, fill=0):
+        array = np.full(shape, fill, dtype=dtype)
+        return array, ort.OrtValue.ortvalue_from_numpy(array)
+
+    x_t, x_value = value((1, graph.d_input), np.float32)
+    states = [  # per buffer set: state → (array, OrtValue)
+        {s.name: value((1, *s.shape), code_type(s.lo + s.zp, s.hi + s.zp)[0]) for s in graph.states}
+        for _ in range(2)
+    ]
+    types = {"tensor(double)": np.float64, "tensor(int32)": np.int32}
+    outputs = {  # logits and site codes, overwritten every step
+        o.name: value([1, *o.shape[1:]], types[o.type])
+        for o in sess.get_outputs()
+        if not o.name.startswith("next:")
+    }
+    bindings = []
+    for k in range(2):
+        b = sess.io_binding()
+        b.bind_ortvalue_input("x", x_value)
+        for s in graph.states:
+            b.bind_ortvalue_input(f"state:{s.name}", states[k][s.name][1])
+            b.bind_ortvalue_output(f"next:{s.name}", states[1 - k][s.name][1])
+        for name, (_, v) in outputs.items():
+            b.bind_ortvalue_output(name, v)
+        bindings.append(b)
+
+    def stream(x):
+        for s in graph.states:  # the state starts at code 0: its zero point
+            states[0][s.name][0][...] = s.zp
+        for t in range(len(x)):
+            x_t[...] = x[t]
+            sess.run_with_iobinding(bindings[t % 2])
+        return outputs["logits"][0].copy()
+
+    return stream
 
 
 def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
@@ -133,14 +235,16 @@ def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
         for t in range(784):
             compiled(x[0, t])
 
-    step = verify.session(paths["step"])
+    step = onnx_stream(graph, verify.session(paths["step"]))
+    if not np.array_equal(step(x[0]), intref.run(graph, x[:1])[0]):
+        raise AssertionError("onnxruntime's streamed logits differ from the integer reference")
     sequence = verify.session(paths["sequence"])
     intref_s = per_step(lambda: intref.run(graph, x)) * 784 / 1e6
     onnx_s = per_step(lambda: sequence.run(["logits"], {"x": x})) * 784 / 1e6
     return {
         "intref_step_latency_us": per_step(stream_intref),
         "intref_compiled_step_latency_us": per_step(stream_compiled),
-        "onnx_step_latency_us": per_step(lambda: verify.stream_onnx(graph, step, x[:1])),
+        "onnx_step_latency_us": per_step(lambda: step(x[0])),
         "intref_sequence_samples_per_s": batch / intref_s,
         "onnx_sequence_samples_per_s": batch / onnx_s,
     }
@@ -187,6 +291,7 @@ def measure(family: str, batch: int, steps: int, tmp: Path) -> dict:
         "float_conv_samples_per_s": batch / float_s,
         "qat_samples_per_s": batch / qat_s,
         "qat_vs_float_ratio": qat_s / float_s,
+        "qat_step_ms": {"float": 1e3 * float_s, **qat_breakdown_ms(qat_model, x, y, steps)},
         "qat_peak_rss_gib": qat_peak,
         "process_peak_rss_gib": process_peak,
         "fakequant_step_latency_us": step_latency_us(qat_model, steps),
@@ -209,8 +314,10 @@ def main() -> None:
         "batch": args.batch,
         "steps": args.steps,
     }
+    load = os.getloadavg()[0]  # other processes on the same cores change every timing
     with tempfile.TemporaryDirectory() as tmp:
         result.update({f: measure(f, args.batch, args.steps, Path(tmp)) for f in args.families})
+    result["load_average"] = {"start": load, "end": os.getloadavg()[0]}
     if args.out is not None:
         write_json_atomic(args.out, result)
     if args.json:

@@ -35,6 +35,8 @@ from brevitas.quant.shifted_scaled_int import (
 )
 from torch import nn
 
+from .kernels import fakequant
+
 
 @dataclass(frozen=True)
 class Site:
@@ -142,6 +144,11 @@ class FakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin: int, qmax: int):
+        ctx.q = (qmin, qmax)
+        if fakequant.applies(x, scale, zero_point):  # one numba pass, the same values
+            out, codes = fakequant.forward(x, scale, zero_point, qmin, qmax)
+            ctx.save_for_backward(x, scale, zero_point, codes)
+            return out
         r = (x / scale).add_(zero_point).round_()
         codes = torch.clamp(r, qmin, qmax)
         ctx.save_for_backward(x, scale, zero_point, r == codes, codes)
@@ -149,6 +156,12 @@ class FakeQuant(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if len(ctx.saved_tensors) == 4:
+            return (
+                *fakequant.backward(g, *ctx.saved_tensors, *ctx.q, ctx.needs_input_grad),
+                None,
+                None,
+            )
         x, scale, zero_point, inside, codes = ctx.saved_tensors
         gx = g * inside if ctx.needs_input_grad[0] else None
         gs = gz = None

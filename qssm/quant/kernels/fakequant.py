@@ -1,0 +1,71 @@
+"""Brevitas' IntQuant arithmetic with a per-tensor scale as one pass forward and one backward.
+
+:class:`qssm.quant.quantizers.FakeQuant` makes seven torch passes over its input forward and a
+dozen backward; on the (B, L, H) activations of a QAT step that was a tenth of the step.  These
+kernels make the same float32 operations on the same values in the same order — x / s, + z,
+round half to even, clamp, − z, × s forward; g·[inside], g·(code − z), −(g·s·[inside])·x /
+(s·s) and g·s·([inside] − 1) backward — so values and elementwise gradients are bit-identical;
+the scale's and zero point's gradients stay torch's ``sum_to_size`` of those products, summed as
+before.  Saved for the backward pass: the rounded codes clipped to one past the range (int8 up
+to 7 bits, int16 above), from which the kernel rebuilds the code and the clamp mask.
+``tests/quant/kernels/test_fakequant.py`` checks them against the torch arithmetic bit for bit.
+"""
+
+import numba
+import numpy as np
+import torch
+
+from . import code_dtype
+
+
+def applies(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> bool:
+    """The kernels take float32 tensors with one scale and one zero point."""
+    dtypes = {x.dtype, scale.dtype, zero_point.dtype} == {torch.float32}
+    return dtypes and scale.numel() == 1 and zero_point.numel() == 1
+
+
+def forward(x, scale, zero_point, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fake-quantized x, the saved codes)."""
+    x_ = x.detach().contiguous()
+    out = torch.empty_like(x_)
+    codes = torch.empty(x_.shape, dtype=code_dtype(qmin - 1, qmax + 1))
+    s, z = np.float32(scale.item()), np.float32(zero_point.item())
+    _forward(x_.numpy().ravel(), s, z, np.float32(qmin), np.float32(qmax), out.numpy().ravel(),
+             codes.numpy().ravel())  # fmt: skip
+    return out, codes
+
+
+def backward(g, x, scale, zero_point, codes, qmin: int, qmax: int, needs: tuple[bool, ...]):
+    """(∂L/∂x, ∂L/∂scale, ∂L/∂zero point) where ``needs`` asks for them."""
+    g_ = g.contiguous()
+    parts = [torch.empty_like(g_) for _ in range(4)]  # g·[in], g·(code − z), −g·s·[in]·x/s², …
+    s, z = np.float32(scale.item()), np.float32(zero_point.item())
+    arrays = [t.numpy().ravel() for t in (g_, x.detach().contiguous(), codes, *parts)]
+    _backward(*arrays, s, z, np.float32(qmin), np.float32(qmax), needs[1], needs[2])
+    gx, by_code, by_x, gz = parts
+    gs = by_code.sum_to_size(scale.shape) + by_x.sum_to_size(scale.shape) if needs[1] else None
+    return gx if needs[0] else None, gs, gz.sum_to_size(zero_point.shape) if needs[2] else None
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _forward(x, s, z, qmin, qmax, out, codes):
+    lo, hi = qmin - np.float32(1), qmax + np.float32(1)
+    for i in range(x.size):
+        r = np.rint(x[i] / s + z)
+        out[i] = (min(max(r, qmin), qmax) - z) * s
+        codes[i] = min(max(r, lo), hi)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _backward(g, x, codes, gx, by_code, by_x, gz, s, z, qmin, qmax, scale_grad, zp_grad):
+    one = np.float32(1)
+    for i in range(g.size):
+        r = np.float32(codes[i])
+        inside = one if (r >= qmin) & (r <= qmax) else np.float32(0)
+        gi = g[i]
+        gx[i] = gi * inside
+        if scale_grad:
+            by_code[i] = gi * (min(max(r, qmin), qmax) - z)
+            by_x[i] = (-(gi * s * inside) * x[i]) / (s * s)
+        if zp_grad:
+            gz[i] = gi * s * (inside - one)
