@@ -153,12 +153,12 @@ def summarize_sweep(run: Path) -> dict:
 def collect(run: Path, results: Path = RESULTS) -> Path:
     """Write the result file for one run dir; return its path."""
     run = Path(run)
-    if (run / "metrics.json").exists():
-        out = results / "runs" / f"{run.resolve().name}.json"
-        write_json_atomic(out, summarize_run(run))
-    elif (run / "results.csv").exists():
+    if (run / "results.csv").exists():  # a sweep (its dir has a metrics.json too)
         out = results / "sweeps" / f"{run.resolve().name}.json"
         write_json_atomic(out, summarize_sweep(run))
+    elif (run / "metrics.json").exists():
+        out = results / "runs" / f"{run.resolve().name}.json"
+        write_json_atomic(out, summarize_run(run))
     else:
         raise CollectError(
             f"{run}: not a finished run (no metrics.json) nor a finished sweep (no results.csv)"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from qssm.sweep import COLUMNS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -146,3 +148,17 @@ def test_collect_summarizes_a_run_dir(tmp_path):
     assert {"collected", "commit", "run_finished", "command"} <= set(r["provenance"])
     with pytest.raises(collect.CollectError, match="not a finished run"):
         collect.collect(tmp_path, tmp_path / "results")
+
+
+def test_collect_files_a_sweep_dir_as_a_sweep(tmp_path):
+    """`qssm sweep` writes metrics.json beside results.csv: still a sweep."""
+    run = tmp_path / "runs" / "sweep_tiny"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: sweep_tiny\ndata: {name: sdigits}\n")
+    (run / "metrics.json").write_text(json.dumps({"recipe": "sweep_tiny", "points": 1}))
+    row = "pareto-8_8-qat-s0,pareto,ssm.A=8;ssm.state=8,8/8,qat,0,0.73,1,2,0,3,4.0"
+    (run / "results.csv").write_text(",".join(COLUMNS) + "\n" + row + "\n")
+    out = collect.collect(run, tmp_path / "results")
+    assert out == tmp_path / "results" / "sweeps" / "sweep_tiny.json"
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["bits"] == "8/8" and rows[0]["accuracy"] == pytest.approx(0.73)
