@@ -44,7 +44,7 @@ import numpy as np
 
 from .graph import Graph, MinGRUHw
 from .intref import Numpy, head, init_state, step
-from .mapping import BOLTZMANN, unit_sigma
+from .mapping import BOLTZMANN, dac_code, unit_sigma
 from .targets import Comparator, Target, leak_fraction, swing, trim_step_mv
 
 NONIDEALITIES = tuple(
@@ -161,18 +161,17 @@ class Chips:
         return {"W": W.astype(self.dtype), "gain": gain[:, None].astype(self.dtype)}
 
     def _thresholds(self, th: dict) -> np.ndarray:
-        """The gate ADC's effective thresholds (chips, O, T) in volts, sorted per column."""
+        """The gate ADC's effective thresholds (chips, O, T) in volts, sorted per column: the
+        mapping's placement t_c·v_per_unit (midway between the integer accumulators it
+        separates, ``mapping.thresholds``), through the threshold DAC when ``dac`` is on."""
         volts, step = th["volts"], th["dac_step_v"][:, None]
         sar = self.target.comparator.adc == "sar"
         kept, corr = self._offsets(volts.shape[:1] if sar else volts.shape)
         if sar:
             kept, corr = kept[..., None], corr[..., None]
         want = volts[None] - corr
-        dac = step * np.clip(np.rint(want / step), -self._half(), self._half() - 1)
+        dac = step * dac_code(want, step, self.target.comparator.dac_bits)
         return np.sort((dac if "dac" in self.on else want) + kept, axis=-1)
-
-    def _half(self) -> int:
-        return 2 ** (self.target.comparator.dac_bits - 1)
 
     def _bank_z(self, bank: dict) -> np.ndarray:
         """z_k = Σ_{i<k} C_i / C_bank per chip, column and gate code k: (chips, O, K+1)."""
