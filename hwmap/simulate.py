@@ -52,6 +52,7 @@ NONIDEALITIES = tuple(
 )
 BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # S4D-Real's bank
 POOL = 1 << 22  # pre-drawn normals
+GRID = 2048  # bins per column of the gate ADC's count (a starting point; the count is exact)
 
 
 def offset_draw(rng, c: Comparator, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -71,30 +72,62 @@ def offset_draw(rng, c: Comparator, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 @cache
-def _search():
-    """code = #{θ ≤ v} for every line voltage v (S, B, O) against its chip's and column's sorted
-    thresholds (flat (S·O·size,), +inf padded): a binary search, as a SAR converts, the line
-    kicked by ±``kick`` volts after each decision (numba: one pass, no temporaries)."""
+def _kernels():
+    """numba kernels of the per-step hot loops (one pass over the chips × batch × columns
+    elements, no temporaries; float32 arithmetic in the order the numpy expressions they replace
+    take, so the results are the same to the bit)."""
     import numba
 
     @numba.njit(cache=True)
-    def search(v, flat, size, kick):  # v (S, B, O)
+    def count(v, theta, table, scale):
+        """code = #{θ ≤ v} for every line voltage v (S, B, O) against its chip's and column's
+        sorted thresholds θ (S, O, T) — what a SAR's binary search or a flash's thermometer
+        code gives: below θ_0 none, from θ_{T−1} all, else the count at the left edge of v's
+        bin of a grid over [θ_0, θ_{T−1}] (``table`` (S, O, G), ``scale`` bins per volt),
+        walked to the exact count."""
         chips, batch, cols = v.shape
+        top, bins = theta.shape[2], table.shape[2]
         codes = np.empty(v.shape, dtype=np.int64)
         for s in range(chips):
             for b in range(batch):
                 for o in range(cols):
-                    base = (s * cols + o) * size
-                    x, code, half = v[s, b, o], 0, size >> 1
-                    while half:
-                        passed = np.int64(flat[base + code + half - 1] <= x)
-                        code += half * passed
-                        x += kick * (2 * passed - 1)
-                        half >>= 1
-                    codes[s, b, o] = code
+                    x, lo, hi = v[s, b, o], theta[s, o, 0], theta[s, o, top - 1]
+                    if x < lo:
+                        c = 0
+                    elif x >= hi:
+                        c = top
+                    else:
+                        c = np.int64(table[s, o, min(int((x - lo) * scale[s, o]), bins - 1)])
+                        while c < top and theta[s, o, c] <= x:
+                            c += 1
+                        while c > 0 and theta[s, o, c - 1] > x:
+                            c -= 1
+                    codes[s, b, o] = c
         return codes
 
-    return search
+    @numba.njit(cache=True)
+    def share(h, cand, k, z, sigma, noise, inject, keep, rail):
+        """The gated state h + z_k (h̃ − h) per element (S, B, O) with z (S, O, K+1), then the
+        k sampled units' kT/C (``sigma`` (O, K+1) volts per unit of ``noise``; empty: off),
+        injection where k > 0, leakage (× ``keep``) and the rails (``rail`` ≤ 0: off)."""
+        chips, batch, cols = h.shape
+        out = np.empty_like(h)
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    g = k[s, b, o]
+                    x = (cand[s, b, o] - h[s, b, o]) * z[s, o, g] + h[s, b, o]
+                    if sigma.size:
+                        x += sigma[o, g] * noise[s, b, o]
+                    if g > 0:
+                        x += inject
+                    x *= keep
+                    if rail > 0:
+                        x = min(max(x, -rail), rail)
+                    out[s, b, o] = x
+        return out
+
+    return count, share
 
 
 class Noise:
@@ -192,23 +225,31 @@ class Chips:
         cum = np.concatenate([np.zeros((self.n, len(n_eff), 1)), units.cumsum(-1)], -1)
         return (cum / total[..., None]).astype(self.dtype)
 
+    def _ktc(self, bank: dict) -> np.ndarray:
+        """σ of the kT/C that k sampled units share into the bank, volts (O, K+1)."""
+        c_bank = bank["unit_ff"] * bank["units_effective"] * 1e-15  # (O,)
+        k = np.arange(bank["switchable_units"] + 1)
+        kT = BOLTZMANN * self.target.process.temperature_k
+        return (np.sqrt(kT * k * bank["unit_ff"] * 1e-15) / c_bank[:, None]).astype(self.dtype)
+
     def _mingru(self, layer: dict) -> dict:
         bank = layer["bank"]
         kept, corr = self._offsets(bank["units_effective"].shape)
-        theta = self._thresholds(layer["gate_thresholds"])  # (S, O, T)
-        S, cols, T = theta.shape
-        size = 1 << int(np.ceil(np.log2(T + 1)))  # the binary search's span, +inf padded
-        flat = np.full((S, cols, size), np.inf)
-        flat[..., :T] = theta
+        theta = self._thresholds(layer["gate_thresholds"]).astype(self.dtype)  # (S, O, T)
+        lo, hi = theta[..., 0].astype(np.float64), theta[..., -1].astype(np.float64)
+        scale = np.where(hi > lo, GRID / np.where(hi > lo, hi - lo, 1), 0)  # bins per volt
+        edges = lo[..., None] + np.arange(GRID) / np.where(scale > 0, scale, 1)[..., None]
+        table = (theta[..., None, :] <= edges[..., None]).sum(-1)  # (S, O, GRID)
         return {
             "gate_mac": self._mac(layer["gate_mac"], ratiometric=True),
             "cand_mac": self._mac(layer["cand_mac"]),
-            "thresholds": flat.astype(self.dtype).ravel(),
-            "search": size,
-            "base": ((np.arange(S)[:, None, None] * cols + np.arange(cols)) * size).astype(
-                np.int32
-            ),
+            "thresholds": np.ascontiguousarray(theta),
+            "table": table.astype(
+                np.uint8 if theta.shape[-1] < 256 else np.int32
+            ),  # the count's starting points
+            "scale": scale.astype(self.dtype),
             "z": self._bank_z(bank),
+            "ktc": self._ktc(bank),
             "out_offset": (kept - corr).astype(self.dtype),  # the reference DAC corrects it
         }
 
@@ -272,15 +313,25 @@ class Simulator:
         return v
 
     def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
-        """The gate ADC: the number of thresholds the MAC line passes."""
+        """The gate ADC: the number of thresholds the MAC line passes.  A flash's comparators
+        decide at once on one line: those far from their threshold resolve first and kick the
+        line (a StrongARM input is pulled against its decision, −q/C_line for a high one) while
+        those at the line's voltage are still resolving, so they see it moved by
+        q/C_line·(#low − #high).  A SAR's one comparator is reset between its decisions on the
+        floating line: the kicked charge flows back and no later decision sees it."""
         m = layer["gate_mac"]
         v = self._clip(self._line(b.get(rec.gate.x), m, draws["gate_mac"]))
         if "noise" in self.on:
             v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
-        kick = self.target.comparator.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15)
-        sar_kick = "kickback" in self.on and self.target.comparator.adc == "sar"
-        kick = v.dtype.type(kick if sar_kick else 0.0)
-        code = _search()(v, draws["thresholds"], draws["search"], kick)
+        count = _kernels()[0]
+        theta, table, scale = draws["thresholds"], draws["table"], draws["scale"]
+        code = count(v, theta, table, scale)
+        c = self.target.comparator
+        if "kickback" in self.on and c.adc == "flash" and c.kickback_fc > 0:
+            kick = self.dtype(c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15))
+            code = count(
+                v + kick * (theta.shape[-1] - 2 * code).astype(self.dtype), theta, table, scale
+            )
         return (layer["gate_thresholds"]["lo"] + code).reshape(-1, v.shape[-1])
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
@@ -298,23 +349,30 @@ class Simulator:
             h = np.zeros(cand.shape, dtype=self.dtype)
         armed = self.armed.get(rec.name)
         self.armed[rec.name] = (k > 0) if armed is None else armed | (k > 0)
-        z_tab = draws["z"]  # (S, O, K+1)
-        S, cols, n_k = z_tab.shape
-        index = (np.arange(S)[:, None, None] * cols + np.arange(cols)) * n_k
-        z = z_tab.ravel()[index + k.reshape(S, -1, cols)].reshape(h.shape)
-        bank, new = layer["bank"], cand - h
-        new *= z
-        new += h
+        S, bank = self.chips.n, layer["bank"]
+        split = (S, -1, h.shape[-1])
+        sigma, noise = np.zeros((0, 0), dtype=self.dtype), np.zeros((0, 0, 0), dtype=self.dtype)
         if "ktc" in self.on:  # the k sampled units' kT/C, shared into the bank
-            c_bank = bank["unit_ff"] * bank["units_effective"] * 1e-15
-            sigma = np.sqrt(self.kT * k * bank["unit_ff"] * 1e-15) / c_bank
-            new += sigma.astype(self.dtype) * self.noise(new.shape)
-        if "injection" in self.on:  # where the gate switched units (k > 0)
-            new += self.dtype(self.target.leakage.charge_injection_mv * 1e-3) * (k > 0)
+            sigma = draws["ktc"]
+            noise = self.noise(h.shape).reshape(split)
+        inject = self.target.leakage.charge_injection_mv * 1e-3 * ("injection" in self.on)
+        keep = 1.0
         if "leakage" in self.on:
             c_ff = float(bank["unit_ff"] * bank["units_effective"].mean())
-            new *= self.dtype(1 - leak_fraction(self.target, c_ff, self.step_s))
-        return self._clip(new)
+            keep = 1 - leak_fraction(self.target, c_ff, self.step_s)
+        rail = self.swing if "clipping" in self.on else 0.0
+        new = _kernels()[1](
+            h.reshape(split),
+            cand.reshape(split),
+            k.reshape(split),
+            draws["z"],
+            sigma,
+            noise,
+            self.dtype(inject),
+            self.dtype(keep),
+            self.dtype(rail),
+        )
+        return new.reshape(h.shape)
 
     def _comparator(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         h = b.get(rec.bank.out)
@@ -323,11 +381,6 @@ class Simulator:
         if "noise" in self.on:
             v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
         out = (v > 0) & self.armed[rec.name]  # enabled once the gate has opened
-        c = self.target.comparator
-        if "kickback" in self.on and c.kickback_fc > 0:  # onto the bank, which keeps it
-            bank = layer["bank"]
-            c_bank = bank["unit_ff"] * float(bank["units_effective"].mean())
-            h += self.dtype(c.kickback_fc / c_bank) * (2 * out.astype(self.dtype) - 1)
         return out.astype(np.int64)
 
     # ---------------------------------------------------------------- S4D-Real
