@@ -16,16 +16,19 @@ Hardware minGRU, per timestep and column:
   line is clipped at the rails (±V_swing around V_cm, ``clipping``); the candidate's bias is a
   charge on its line.
 - gate ADC: the thresholds come out of a threshold DAC (``dac``: its quantization over the
-  column's span); a SAR compares with one comparator in a binary search (its offset, its
-  ``kickback`` onto the line between decisions), a flash with one comparator per threshold
-  (an offset each; the code counts the thresholds passed).  Offsets (``offset``) are drawn raw
-  and corrected as the target's calibration does (trim DAC, foreground measurement through the
-  threshold DAC, auto-zero); noise (``noise``) per conversion.
+  column's span); a SAR compares with one comparator in a binary search (its offset), a flash
+  with one comparator per threshold (an offset each, and the ``kickback`` of the comparators
+  that resolve first onto the line the others still read); either code counts the thresholds
+  the line passes.  A SAR's comparator is reset between decisions and the output comparator
+  before the bank shares again, so the charge they kick onto a floating node flows back.
+  Offsets (``offset``) are drawn raw and corrected as the target's calibration does (trim DAC,
+  foreground measurement through the threshold DAC, auto-zero); noise (``noise``) per
+  conversion.
 - state bank: k gate units sample the candidate line and share with the bank holding h:
   h ← h + z_k (h̃ − h), z_k = Σ_{i<k} C_i / (Σ C + C_p) from the chip's own units (``mismatch``)
   and the part of the node's parasitic the remainder capacitor could not absorb, with its
-  spread (``parasitic``); kT/C of the sampling (``ktc``), injection, ``leakage`` I·t/C(T), the
-  output comparator's ``kickback`` onto the bank, rail clipping.
+  spread (``parasitic``); kT/C of the sampling (``ktc``), injection, ``leakage`` I·t/C(T), rail
+  clipping.
 - output comparator: h + offset + noise > 0, enabled by its column's latch once the gate has
   switched a unit (see ``hwmap.mapping``).
 
@@ -127,7 +130,45 @@ def _kernels():
                     out[s, b, o] = x
         return out
 
-    return count, share
+    @numba.njit(cache=True)
+    def line(v, per_unit, gain, ktc_sigma, ktc, inject, bias, rail, sigma, noise):
+        """In place on a MAC's line (S, B, O), from units to volts: × ``per_unit`` and the
+        column's ``gain`` (S, O), kT/C, injection, the ``bias`` (O,) charge, the rails
+        (``rail`` ≤ 0: off), the comparator's noise (an empty array: off)."""
+        chips, batch, cols = v.shape
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    x = v[s, b, o] * per_unit
+                    if gain.size:
+                        x *= gain[s, o]
+                    if ktc.size:
+                        x += ktc_sigma * ktc[s, b, o]
+                    if inject != 0:
+                        x += inject
+                    if bias.size:
+                        x += bias[o]
+                    if rail > 0:
+                        x = min(max(x, -rail), rail)
+                    if noise.size:
+                        x += sigma * noise[s, b, o]
+                    v[s, b, o] = x
+
+    @numba.njit(cache=True)
+    def compare(h, offset, sigma, noise, armed):
+        """The output comparators: h + offset (S, O) + noise > 0 where the column is armed."""
+        chips, batch, cols = h.shape
+        out = np.empty(h.shape, dtype=np.int64)
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    x = h[s, b, o] + offset[s, o]
+                    if noise.size:
+                        x += sigma * noise[s, b, o]
+                    out[s, b, o] = 1 if x > 0 and armed[s, b, o] else 0
+        return out
+
+    return count, share, line, compare
 
 
 class Noise:
@@ -294,22 +335,28 @@ class Simulator:
 
     # ---------------------------------------------------------------- hardware minGRU
 
-    def _line(self, x: np.ndarray, m: dict, d: dict) -> np.ndarray:
-        """A MAC's column voltages (S, B, O) for inputs x (S·B, K)."""
+    def _line(self, x: np.ndarray, m: dict, d: dict, bias=None, converted=False) -> np.ndarray:
+        """A MAC's column voltages (S, B, O) for inputs x (S·B, K): the GEMM over the chip's
+        units, then in one pass the gain, kT/C, injection, a ``bias`` charge (O,) volts, the
+        rails and, for a line a comparator ``converted``, its noise."""
         x = x.astype(self.dtype).reshape(self.chips.n, -1, x.shape[-1])
         v = np.matmul(x, d["W"])  # (S, B, O) units
-        v *= self.dtype(m["v_per_unit"])
-        if "parasitic" in self.on:
-            v *= d["gain"]
-        if "ktc" in self.on:
-            v += self.dtype(m["ktc_sigma_units"] * m["v_per_unit"]) * self.noise(v.shape)
-        if "injection" in self.on:
-            v += self.dtype(self.target.leakage.charge_injection_mv * 1e-3)
-        return v
-
-    def _clip(self, v: np.ndarray) -> np.ndarray:
-        if "clipping" in self.on:
-            np.clip(v, -self.swing, self.swing, out=v)
+        on, none = self.on, np.zeros((0, 0, 0), dtype=np.float32)
+        gain = d["gain"][:, 0] if "parasitic" in on else np.zeros((0, 0), dtype=self.dtype)
+        ktc = self.noise(v.shape) if "ktc" in on else none
+        noise = self.noise(v.shape) if converted and "noise" in on else none
+        _kernels()[2](
+            v,
+            self.dtype(m["v_per_unit"]),
+            gain,
+            self.dtype(m["ktc_sigma_units"] * m["v_per_unit"]),
+            ktc,
+            self.dtype(self.target.leakage.charge_injection_mv * 1e-3 * ("injection" in on)),
+            np.zeros(0, dtype=self.dtype) if bias is None else bias,
+            self.dtype(self.swing if "clipping" in on else 0.0),
+            self.dtype(self.target.comparator.noise_mv * 1e-3),
+            noise,
+        )
         return v
 
     def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
@@ -320,9 +367,7 @@ class Simulator:
         q/C_line·(#low − #high).  A SAR's one comparator is reset between its decisions on the
         floating line: the kicked charge flows back and no later decision sees it."""
         m = layer["gate_mac"]
-        v = self._clip(self._line(b.get(rec.gate.x), m, draws["gate_mac"]))
-        if "noise" in self.on:
-            v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
+        v = self._line(b.get(rec.gate.x), m, draws["gate_mac"], converted=True)
         count = _kernels()[0]
         theta, table, scale = draws["thresholds"], draws["table"], draws["scale"]
         code = count(v, theta, table, scale)
@@ -336,11 +381,15 @@ class Simulator:
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The candidate line h̃ (volts), its bias a charge on the line."""
-        v = self._line(b.get(rec.cand.x), layer["cand_mac"], draws["cand_mac"])
         bias = np.asarray(b.get(rec.bank.cand_offset), dtype=np.float64)
         bias_v = bias / np.asarray(b.get(rec.bank.cand), dtype=np.float64)
-        v += (bias_v * layer["cand_mac"]["v_per_unit"]).astype(self.dtype)
-        return self._clip(v).reshape(-1, v.shape[-1])
+        bias_v = np.broadcast_to(
+            bias_v * layer["cand_mac"]["v_per_unit"], draws["cand_mac"]["gain"].shape[-1:]
+        )
+        v = self._line(
+            b.get(rec.cand.x), layer["cand_mac"], draws["cand_mac"], bias_v.astype(self.dtype)
+        )
+        return v.reshape(-1, v.shape[-1])
 
     def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """h ← h + z_k (h̃ − h) by charge sharing, in volts."""
@@ -376,12 +425,14 @@ class Simulator:
 
     def _comparator(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         h = b.get(rec.bank.out)
-        S = self.chips.n
-        v = (h.reshape(S, -1, h.shape[-1]) + draws["out_offset"][:, None]).reshape(h.shape)
+        split = (self.chips.n, -1, h.shape[-1])
+        noise = np.zeros((0, 0, 0), dtype=np.float32)
         if "noise" in self.on:
-            v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
-        out = (v > 0) & self.armed[rec.name]  # enabled once the gate has opened
-        return out.astype(np.int64)
+            noise = self.noise(h.shape).reshape(split)
+        sigma = self.dtype(self.target.comparator.noise_mv * 1e-3)
+        armed = self.armed[rec.name].reshape(split)  # enabled once the gate has opened
+        out = _kernels()[3](h.reshape(split), draws["out_offset"], sigma, noise, armed)
+        return out.reshape(h.shape)
 
     # ---------------------------------------------------------------- S4D-Real
 
