@@ -82,29 +82,50 @@ def _kernels():
     import numba
 
     @numba.njit(cache=True)
-    def count(v, theta, table, scale):
-        """code = #{θ ≤ v} for every line voltage v (S, B, O) against its chip's and column's
-        sorted thresholds θ (S, O, T) — what a SAR's binary search or a flash's thermometer
-        code gives: below θ_0 none, from θ_{T−1} all, else the count at the left edge of v's
-        bin of a grid over [θ_0, θ_{T−1}] (``table`` (S, O, G), ``scale`` bins per volt),
-        walked to the exact count."""
-        chips, batch, cols = v.shape
+    def gate(
+        units, per_unit, gain, ktc_sigma, ktc, inject, rail, sigma, noise, theta, table, scale, kick
+    ):
+        """The gate ADC's codes (S, B, O) from its MAC's accumulators: the line in volts (×
+        ``per_unit`` and the column's ``gain`` (S, O), kT/C, injection; empty arrays, zero:
+        off), clipped at the rails (``rail`` ≤ 0: off), the comparator's noise, then the count
+        #{θ ≤ v} against its chip's and column's sorted thresholds θ (S, O, T) — what a SAR's
+        binary search or a flash's thermometer code gives: below θ_0 none, from θ_{T−1} all,
+        else the count at the left edge of v's bin of a grid over [θ_0, θ_{T−1}] (``table``
+        (S, O, G), ``scale`` bins per volt) walked to the exact count.  With a ``kick`` (a
+        flash's kickback, volts per comparator) counted again on the line moved by
+        kick·(#low − #high).  (One body: numba calls with array arguments cost more than the
+        work.)"""
+        chips, batch, cols = units.shape
         top, bins = theta.shape[2], table.shape[2]
-        codes = np.empty(v.shape, dtype=np.int64)
+        codes = np.empty(units.shape, dtype=np.int64)
         for s in range(chips):
             for b in range(batch):
                 for o in range(cols):
-                    x, lo, hi = v[s, b, o], theta[s, o, 0], theta[s, o, top - 1]
-                    if x < lo:
-                        c = 0
-                    elif x >= hi:
-                        c = top
-                    else:
-                        c = np.int64(table[s, o, min(int((x - lo) * scale[s, o]), bins - 1)])
-                        while c < top and theta[s, o, c] <= x:
-                            c += 1
-                        while c > 0 and theta[s, o, c - 1] > x:
-                            c -= 1
+                    x = units[s, b, o] * per_unit
+                    if gain.size:
+                        x *= gain[s, o]
+                    if ktc.size:
+                        x += ktc_sigma * ktc[s, b, o]
+                    if inject != 0:
+                        x += inject
+                    if rail > 0:
+                        x = min(max(x, -rail), rail)
+                    if noise.size:
+                        x += sigma * noise[s, b, o]
+                    lo, hi, c = theta[s, o, 0], theta[s, o, top - 1], 0
+                    for again in range(2 if kick != 0 else 1):
+                        if again:
+                            x = x + kick * (top - 2 * c)
+                        if x < lo:
+                            c = 0
+                        elif x >= hi:
+                            c = top
+                        else:
+                            c = np.int64(table[s, o, min(int((x - lo) * scale[s, o]), bins - 1)])
+                            while c < top and theta[s, o, c] <= x:
+                                c += 1
+                            while c > 0 and theta[s, o, c - 1] > x:
+                                c -= 1
                     codes[s, b, o] = c
         return codes
 
@@ -131,28 +152,24 @@ def _kernels():
         return out
 
     @numba.njit(cache=True)
-    def line(v, per_unit, gain, ktc_sigma, ktc, inject, bias, rail, sigma, noise):
-        """In place on a MAC's line (S, B, O), from units to volts: × ``per_unit`` and the
-        column's ``gain`` (S, O), kT/C, injection, the ``bias`` (O,) charge, the rails
-        (``rail`` ≤ 0: off), the comparator's noise (an empty array: off)."""
-        chips, batch, cols = v.shape
+    def line(units, per_unit, gain, ktc_sigma, ktc, inject, bias, rail):
+        """A candidate line (S, B, O) in volts, in place: as ``gate`` does, then its ``bias``
+        (O,) charge and the rails."""
+        chips, batch, cols = units.shape
         for s in range(chips):
             for b in range(batch):
                 for o in range(cols):
-                    x = v[s, b, o] * per_unit
+                    x = units[s, b, o] * per_unit
                     if gain.size:
                         x *= gain[s, o]
                     if ktc.size:
                         x += ktc_sigma * ktc[s, b, o]
                     if inject != 0:
                         x += inject
-                    if bias.size:
-                        x += bias[o]
+                    x += bias[o]
                     if rail > 0:
                         x = min(max(x, -rail), rail)
-                    if noise.size:
-                        x += sigma * noise[s, b, o]
-                    v[s, b, o] = x
+                    units[s, b, o] = x
 
     @numba.njit(cache=True)
     def compare(h, offset, sigma, noise, armed):
@@ -168,7 +185,7 @@ def _kernels():
                     out[s, b, o] = 1 if x > 0 and armed[s, b, o] else 0
         return out
 
-    return count, share, line, compare
+    return gate, share, line, compare
 
 
 class Noise:
@@ -281,9 +298,11 @@ class Chips:
         scale = np.where(hi > lo, GRID / np.where(hi > lo, hi - lo, 1), 0)  # bins per volt
         edges = lo[..., None] + np.arange(GRID) / np.where(scale > 0, scale, 1)[..., None]
         table = (theta[..., None, :] <= edges[..., None]).sum(-1)  # (S, O, GRID)
+        gate, cand = self._mac(layer["gate_mac"], ratiometric=True), self._mac(layer["cand_mac"])
         return {
-            "gate_mac": self._mac(layer["gate_mac"], ratiometric=True),
-            "cand_mac": self._mac(layer["cand_mac"]),
+            "gate_mac": gate,
+            "cand_mac": cand,
+            "W_both": np.concatenate([gate["W"], cand["W"]], -1),  # one GEMM for both
             "thresholds": np.ascontiguousarray(theta),
             "table": table.astype(
                 np.uint8 if theta.shape[-1] < 256 else np.int32
@@ -324,6 +343,7 @@ class Simulator:
         self.kT = kT
         self.step_s = mapping["totals"]["time_per_step_ns"] * 1e-9
         self.analog = {}  # tensor → the layer's part that computes it (op, backend) → value
+        self.armed, self.cand_units = {}, {}  # per run: see ``run``
         layers = zip(graph.layers, mapping["layers"], self.chips.layers, strict=True)
         for rec, layer, draws in layers:
             if isinstance(rec, MinGRUHw):
@@ -335,29 +355,24 @@ class Simulator:
 
     # ---------------------------------------------------------------- hardware minGRU
 
-    def _line(self, x: np.ndarray, m: dict, d: dict, bias=None, converted=False) -> np.ndarray:
-        """A MAC's column voltages (S, B, O) for inputs x (S·B, K): the GEMM over the chip's
-        units, then in one pass the gain, kT/C, injection, a ``bias`` charge (O,) volts, the
-        rails and, for a line a comparator ``converted``, its noise."""
-        x = x.astype(self.dtype).reshape(self.chips.n, -1, x.shape[-1])
-        v = np.matmul(x, d["W"])  # (S, B, O) units
-        on, none = self.on, np.zeros((0, 0, 0), dtype=np.float32)
-        gain = d["gain"][:, 0] if "parasitic" in on else np.zeros((0, 0), dtype=self.dtype)
-        ktc = self.noise(v.shape) if "ktc" in on else none
-        noise = self.noise(v.shape) if converted and "noise" in on else none
-        _kernels()[2](
-            v,
+    def _units(self, x: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """A MAC's accumulators (S, B, O) over the chip's units W (S, K, O), inputs x (S·B, K)."""
+        return np.matmul(x.astype(self.dtype).reshape(self.chips.n, -1, x.shape[-1]), W)
+
+    def _errors(self, m: dict, d: dict, shape) -> tuple:
+        """The arguments of a line's ``volts``: volts per unit, the column gains, kT/C's σ and
+        its noise, the injection (what is off: empty, zero)."""
+        on = self.on
+        return (
             self.dtype(m["v_per_unit"]),
-            gain,
+            d["gain"][:, 0] if "parasitic" in on else np.zeros((0, 0), dtype=self.dtype),
             self.dtype(m["ktc_sigma_units"] * m["v_per_unit"]),
-            ktc,
+            self.noise(shape) if "ktc" in on else np.zeros((0, 0, 0), dtype=np.float32),
             self.dtype(self.target.leakage.charge_injection_mv * 1e-3 * ("injection" in on)),
-            np.zeros(0, dtype=self.dtype) if bias is None else bias,
-            self.dtype(self.swing if "clipping" in on else 0.0),
-            self.dtype(self.target.comparator.noise_mv * 1e-3),
-            noise,
         )
-        return v
+
+    def _rail(self):
+        return self.dtype(self.swing if "clipping" in self.on else 0.0)
 
     def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The gate ADC: the number of thresholds the MAC line passes.  A flash's comparators
@@ -365,31 +380,42 @@ class Simulator:
         line (a StrongARM input is pulled against its decision, −q/C_line for a high one) while
         those at the line's voltage are still resolving, so they see it moved by
         q/C_line·(#low − #high).  A SAR's one comparator is reset between its decisions on the
-        floating line: the kicked charge flows back and no later decision sees it."""
-        m = layer["gate_mac"]
-        v = self._line(b.get(rec.gate.x), m, draws["gate_mac"], converted=True)
-        count = _kernels()[0]
-        theta, table, scale = draws["thresholds"], draws["table"], draws["scale"]
-        code = count(v, theta, table, scale)
+        floating line: the kicked charge flows back and no later decision sees it.  The gate and
+        the candidate MAC read the same input rows: one GEMM over both (the candidate's half is
+        kept for ``_cand``)."""
+        m, x = layer["gate_mac"], b.get(rec.gate.x)
+        cols = m["outputs"]
+        if rec.cand.x == rec.gate.x:
+            both = self._units(x, draws["W_both"])
+            units, self.cand_units[rec.name] = both[..., :cols], both[..., cols:]
+        else:
+            units = self._units(x, draws["gate_mac"]["W"])
+        errors = self._errors(m, draws["gate_mac"], units.shape)
         c = self.target.comparator
-        if "kickback" in self.on and c.adc == "flash" and c.kickback_fc > 0:
-            kick = self.dtype(c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15))
-            code = count(
-                v + kick * (theta.shape[-1] - 2 * code).astype(self.dtype), theta, table, scale
-            )
-        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, v.shape[-1])
+        noise = np.zeros((0, 0, 0), dtype=np.float32)
+        if "noise" in self.on:
+            noise = self.noise(units.shape)
+        kick = 0.0
+        if "kickback" in self.on and c.adc == "flash":
+            kick = c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15)
+        code = _kernels()[0](
+            units, *errors, self._rail(), self.dtype(c.noise_mv * 1e-3), noise,
+            draws["thresholds"], draws["table"], draws["scale"], self.dtype(kick),
+        )  # fmt: skip
+        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, cols)
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The candidate line h̃ (volts), its bias a charge on the line."""
+        m = layer["cand_mac"]
+        units = self.cand_units.pop(rec.name, None)
+        if units is None:
+            units = self._units(b.get(rec.cand.x), draws["cand_mac"]["W"])
         bias = np.asarray(b.get(rec.bank.cand_offset), dtype=np.float64)
         bias_v = bias / np.asarray(b.get(rec.bank.cand), dtype=np.float64)
-        bias_v = np.broadcast_to(
-            bias_v * layer["cand_mac"]["v_per_unit"], draws["cand_mac"]["gain"].shape[-1:]
-        )
-        v = self._line(
-            b.get(rec.cand.x), layer["cand_mac"], draws["cand_mac"], bias_v.astype(self.dtype)
-        )
-        return v.reshape(-1, v.shape[-1])
+        bias_v = np.broadcast_to(bias_v * m["v_per_unit"], (m["outputs"],)).astype(self.dtype)
+        errors = self._errors(m, draws["cand_mac"], units.shape)
+        _kernels()[2](units, *errors, bias_v, self._rail())
+        return units.reshape(-1, m["outputs"])
 
     def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """h ← h + z_k (h̃ − h) by charge sharing, in volts."""
@@ -511,6 +537,7 @@ class Simulator:
         xs = np.tile(x, (self.chips.n, 1, 1))
         state = init_state(self.graph, len(xs))
         self.armed = {}  # layer → its columns' enable latches
+        self.cand_units = {}  # layer → its candidate accumulators, from the gate's GEMM
         traced = {out: [] for out in self.analog} if trace else {}
         for t in range(x.shape[1]):
             if force is not None:

@@ -99,7 +99,7 @@ def first_layer_inputs(graph, x):
 
 @pytest.mark.parametrize("adc", ["sar", "flash"])
 def test_gate_adc_counts_the_thresholds_its_line_passes(tiny_run, recipe_of, adc):
-    """The binary search against a brute-force count of the chip's thresholds (offsets, DAC
+    """The gate ADC kernel against a brute-force count of the chip's thresholds (offsets, DAC
     steps, mismatch and parasitic on; a flash's offsets reorder nothing the count needs)."""
     graph, _, t, x, _ = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
     t = with_fields(t.with_offset(3.0), comparator={"adc": adc, "dac_bits": 6})
@@ -110,7 +110,8 @@ def test_gate_adc_counts_the_thresholds_its_line_passes(tiny_run, recipe_of, adc
     xs = np.tile(first_layer_inputs(graph, x), (2, 1))
     b = Numpy({rec.gate.x: xs}, graph.consts)
     got = sim._gate(rec, layer, draws, None, b).reshape(2, len(x), -1)
-    v = sim._line(xs, layer["gate_mac"], draws["gate_mac"])  # (S, B, O) volts
+    units = sim._units(xs, draws["gate_mac"]["W"])  # (S, B, O) volts
+    v = units * np.float64(layer["gate_mac"]["v_per_unit"]) * draws["gate_mac"]["gain"]
     theta = draws["thresholds"].reshape(2, v.shape[-1], -1)  # (S, O, padded)
     want = layer["gate_thresholds"]["lo"] + (theta[:, None] <= v[..., None]).sum(-1)
     assert np.array_equal(got, want)
@@ -171,7 +172,8 @@ def test_mismatch_and_parasitic_spread_have_their_physical_size(tiny_run, recipe
     xs = first_layer_inputs(graph, x)[:1].astype(np.float64)  # one sequence
     W = graph.consts[rec.gate.W]
     sim = simulate.Simulator(graph, mapping, t, ["mismatch"], list(range(400)), np.float64)
-    v = sim._line(np.tile(xs, (400, 1)), m, sim.chips.layers[0]["gate_mac"])[:, 0]
+    v = sim._units(np.tile(xs, (400, 1)), sim.chips.layers[0]["gate_mac"]["W"])[:, 0]
+    v = v * m["v_per_unit"]
     units = v / m["v_per_unit"] - xs @ W  # (chips, O)
     want = unit_sigma(t) * np.sqrt((xs.T**2 * np.abs(W)).sum(0))
     assert np.allclose(units.std(0), want, rtol=0.2)
