@@ -91,9 +91,9 @@ def _kernels():
         #{θ ≤ v} against its chip's and column's sorted thresholds θ (S, O, T) — what a SAR's
         binary search or a flash's thermometer code gives: below θ_0 none, from θ_{T−1} all,
         else the count at the left edge of v's bin of a grid over [θ_0, θ_{T−1}] (``table``
-        (S, O, G), ``scale`` bins per volt) walked to the exact count.  With a ``kick`` (a
-        flash's kickback, volts per comparator) counted again on the line moved by
-        kick·(#low − #high).  (One body: numba calls with array arguments cost more than the
+        (S, O, G), ``scale`` bins per volt) walked to the exact count.  With a ``kick`` (T+1,)
+        (a flash's kickback: the line's move for each first count) counted again on the moved
+        line.  (One body: numba calls with array arguments cost more than the
         work.)"""
         chips, batch, cols = units.shape
         top, bins = theta.shape[2], table.shape[2]
@@ -113,9 +113,9 @@ def _kernels():
                     if noise.size:
                         x += sigma * noise[s, b, o]
                     lo, hi, c = theta[s, o, 0], theta[s, o, top - 1], 0
-                    for again in range(2 if kick != 0 else 1):
+                    for again in range(2 if kick.size else 1):
                         if again:
-                            x = x + kick * (top - 2 * c)
+                            x += kick[c]
                         if x < lo:
                             c = 0
                         elif x >= hi:
@@ -395,12 +395,14 @@ class Simulator:
         noise = np.zeros((0, 0, 0), dtype=np.float32)
         if "noise" in self.on:
             noise = self.noise(units.shape)
-        kick = 0.0
-        if "kickback" in self.on and c.adc == "flash":
-            kick = c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15)
+        kick = np.zeros(0, dtype=self.dtype)
+        if "kickback" in self.on and c.adc == "flash":  # q/C_line·(#low − #high) per count
+            top = draws["thresholds"].shape[-1]
+            q = self.dtype(c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15))
+            kick = q * (top - 2 * np.arange(top + 1)).astype(self.dtype)
         code = _kernels()[0](
             units, *errors, self._rail(), self.dtype(c.noise_mv * 1e-3), noise,
-            draws["thresholds"], draws["table"], draws["scale"], self.dtype(kick),
+            draws["thresholds"], draws["table"], draws["scale"], kick,
         )  # fmt: skip
         return (layer["gate_thresholds"]["lo"] + code).reshape(-1, cols)
 
