@@ -134,13 +134,31 @@ def mac(
     }
 
 
+def dac_code(volts, step, bits: int) -> np.ndarray:
+    """The threshold-DAC code nearest to ``volts`` in steps of ``step`` volts (both broadcast),
+    clipped to the ``bits``-bit DAC's signed range: what the mapping programs and the simulator
+    reads back (its foreground correction subtracted first)."""
+    half = 2 ** (bits - 1)
+    return np.clip(np.rint(volts / step), -half, half - 1)
+
+
 def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float, span=None) -> dict:
-    """Thresholds (accumulator units of the ADC's MAC) of its output codes: code ≥ c ⇔
-    acc ≥ t_c, t_c = ⌈(c·2^S − 2^(S−1) − offset) / M⌉, placed at t_c − ½ (the offset folds in
-    the constant terms: bias, offsets).  The threshold DAC of each column spans ±``span`` (O,)
-    accumulator units (its observed range; default the whole swing), plus ±3σ of the raw
-    comparator offset when a foreground calibration corrects it through the DAC, in 2^dac_bits
-    steps."""
+    """Thresholds (accumulator units of the ADC's MAC) of its output codes, placed midway
+    between the two accumulator values the integer graph separates.
+
+    The integer ADC gives code ≥ c ⇔ acc·M + offset + 2^(S−1) ≥ c·2^S (the offset folds in the
+    constant terms: bias, offsets), i.e. acc ≥ τ_c = (c·2^S − 2^(S−1) − offset) / M; the
+    accumulator is an integer, so every threshold in (⌈τ_c⌉ − 1, ⌈τ_c⌉] gives the same codes.
+    On the chip the accumulator is a charge: the column's units share it onto the line,
+    ΔV = acc·v_per_unit with v_per_unit = V_code·C_u / C_line, and every error (mismatch,
+    kT/C, offset, the DAC's step) makes it continuous.  A comparator threshold at ⌈τ_c⌉ would
+    sit on the integer value that must read ≥ c, so an error of any size below zero flips it;
+    at t_c = ⌈τ_c⌉ − ½ — midway between the codes, as a designer places a threshold — both
+    neighbours keep their decision under any error below ½ LSB (½·v_per_unit volts).
+
+    The threshold DAC of each column spans ±``span`` (O,) accumulator units (its observed
+    range; default the whole swing), plus ±3σ of the raw comparator offset when a foreground
+    calibration corrects it through the DAC, in 2^dac_bits steps (``dac_code``)."""
     S, lo, hi = adc.shift, adc.lo, adc.hi
     M = np.atleast_1d(consts[adc.M]).astype(np.float64)
     rest = np.asarray(consts[adc.offset], dtype=np.float64)
@@ -156,8 +174,7 @@ def thresholds(adc: Adc, consts: dict, target: Target, v_per_unit: float, span=N
     full = np.full(len(t), swing(target)) if span is None else np.asarray(span) * v_per_unit
     full = np.minimum(full + headroom, swing(target))
     step = 2 * full / 2**c.dac_bits  # (O,)
-    half = 2 ** (target.comparator.dac_bits - 1)
-    dac = np.clip(np.rint(volts / step[:, None]), -half, half - 1)
+    dac = dac_code(volts, step[:, None], c.dac_bits)
     return {
         "acc": t,  # (O, codes)
         "volts": volts,

@@ -19,7 +19,7 @@ COLUMNS = {  # the tables' headers
     "alone off: within 2 pts",
     "checks": "check | result | threshold | passed",
     "spice": "layer | piece | mismatch | max diff (mV) | max diff (column LSB) | "
-    "decisions agree (simulator / placed threshold) | netlist",
+    "decisions agree (simulator / integer model) | netlist",
 }
 
 
@@ -98,9 +98,7 @@ def _spice_section(checked: dict) -> str:
     for r in checked["pieces"]:
         agree = "—"
         if "decision_agreement" in r:
-            agree = (
-                f"{_figure(r['decision_agreement'])} / {_figure(r['decision_agreement_placed'])}"
-            )
+            agree = f"{_figure(r['decision_agreement'])} / {_figure(r['integer_agreement'])}"
         rows.append(
             [r["layer"], r["piece"], ("no", "yes")[r["mismatch"]], f"{r['max_diff_mv']:.4f}"]
             + [f"{r['max_diff_lsb']:.3g}", agree, f"`{r['netlist']}`"]

@@ -16,16 +16,19 @@ Hardware minGRU, per timestep and column:
   line is clipped at the rails (±V_swing around V_cm, ``clipping``); the candidate's bias is a
   charge on its line.
 - gate ADC: the thresholds come out of a threshold DAC (``dac``: its quantization over the
-  column's span); a SAR compares with one comparator in a binary search (its offset, its
-  ``kickback`` onto the line between decisions), a flash with one comparator per threshold
-  (an offset each; the code counts the thresholds passed).  Offsets (``offset``) are drawn raw
-  and corrected as the target's calibration does (trim DAC, foreground measurement through the
-  threshold DAC, auto-zero); noise (``noise``) per conversion.
+  column's span); a SAR compares with one comparator in a binary search (its offset), a flash
+  with one comparator per threshold (an offset each, and the ``kickback`` of the comparators
+  that resolve first onto the line the others still read); either code counts the thresholds
+  the line passes.  A SAR's comparator is reset between decisions and the output comparator
+  before the bank shares again, so the charge they kick onto a floating node flows back.
+  Offsets (``offset``) are drawn raw and corrected as the target's calibration does (trim DAC,
+  foreground measurement through the threshold DAC, auto-zero); noise (``noise``) per
+  conversion.
 - state bank: k gate units sample the candidate line and share with the bank holding h:
   h ← h + z_k (h̃ − h), z_k = Σ_{i<k} C_i / (Σ C + C_p) from the chip's own units (``mismatch``)
   and the part of the node's parasitic the remainder capacitor could not absorb, with its
-  spread (``parasitic``); kT/C of the sampling (``ktc``), injection, ``leakage`` I·t/C(T), the
-  output comparator's ``kickback`` onto the bank, rail clipping.
+  spread (``parasitic``); kT/C of the sampling (``ktc``), injection, ``leakage`` I·t/C(T), rail
+  clipping.
 - output comparator: h + offset + noise > 0, enabled by its column's latch once the gate has
   switched a unit (see ``hwmap.mapping``).
 
@@ -44,7 +47,7 @@ import numpy as np
 
 from .graph import Graph, MinGRUHw
 from .intref import Numpy, head, init_state, step
-from .mapping import BOLTZMANN, unit_sigma
+from .mapping import BOLTZMANN, dac_code, unit_sigma
 from .targets import Comparator, Target, leak_fraction, swing, trim_step_mv
 
 NONIDEALITIES = tuple(
@@ -52,6 +55,7 @@ NONIDEALITIES = tuple(
 )
 BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # S4D-Real's bank
 POOL = 1 << 22  # pre-drawn normals
+GRID = 2048  # bins per column of the gate ADC's count (a starting point; the count is exact)
 
 
 def offset_draw(rng, c: Comparator, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -71,30 +75,117 @@ def offset_draw(rng, c: Comparator, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 @cache
-def _search():
-    """code = #{θ ≤ v} for every line voltage v (S, B, O) against its chip's and column's sorted
-    thresholds (flat (S·O·size,), +inf padded): a binary search, as a SAR converts, the line
-    kicked by ±``kick`` volts after each decision (numba: one pass, no temporaries)."""
+def _kernels():
+    """numba kernels of the per-step hot loops (one pass over the chips × batch × columns
+    elements, no temporaries; float32 arithmetic in the order the numpy expressions they replace
+    take, so the results are the same to the bit)."""
     import numba
 
     @numba.njit(cache=True)
-    def search(v, flat, size, kick):  # v (S, B, O)
-        chips, batch, cols = v.shape
-        codes = np.empty(v.shape, dtype=np.int64)
+    def gate(
+        units, per_unit, gain, ktc_sigma, ktc, inject, rail, sigma, noise, theta, table, scale, kick
+    ):
+        """The gate ADC's codes (S, B, O) from its MAC's accumulators: the line in volts (×
+        ``per_unit`` and the column's ``gain`` (S, O), kT/C, injection; empty arrays, zero:
+        off), clipped at the rails (``rail`` ≤ 0: off), the comparator's noise, then the count
+        #{θ ≤ v} against its chip's and column's sorted thresholds θ (S, O, T) — what a SAR's
+        binary search or a flash's thermometer code gives: below θ_0 none, from θ_{T−1} all,
+        else the count at the left edge of v's bin of a grid over [θ_0, θ_{T−1}] (``table``
+        (S, O, G), ``scale`` bins per volt) walked to the exact count.  With a ``kick`` (T+1,)
+        (a flash's kickback: the line's move for each first count) counted again on the moved
+        line.  (One body: numba calls with array arguments cost more than the
+        work.)"""
+        chips, batch, cols = units.shape
+        top, bins = theta.shape[2], table.shape[2]
+        codes = np.empty(units.shape, dtype=np.int64)
         for s in range(chips):
             for b in range(batch):
                 for o in range(cols):
-                    base = (s * cols + o) * size
-                    x, code, half = v[s, b, o], 0, size >> 1
-                    while half:
-                        passed = np.int64(flat[base + code + half - 1] <= x)
-                        code += half * passed
-                        x += kick * (2 * passed - 1)
-                        half >>= 1
-                    codes[s, b, o] = code
+                    x = units[s, b, o] * per_unit
+                    if gain.size:
+                        x *= gain[s, o]
+                    if ktc.size:
+                        x += ktc_sigma * ktc[s, b, o]
+                    if inject != 0:
+                        x += inject
+                    if rail > 0:
+                        x = min(max(x, -rail), rail)
+                    if noise.size:
+                        x += sigma * noise[s, b, o]
+                    lo, hi, c = theta[s, o, 0], theta[s, o, top - 1], 0
+                    for again in range(2 if kick.size else 1):
+                        if again:
+                            x += kick[c]
+                        if x < lo:
+                            c = 0
+                        elif x >= hi:
+                            c = top
+                        else:
+                            c = np.int64(table[s, o, min(int((x - lo) * scale[s, o]), bins - 1)])
+                            while c < top and theta[s, o, c] <= x:
+                                c += 1
+                            while c > 0 and theta[s, o, c - 1] > x:
+                                c -= 1
+                    codes[s, b, o] = c
         return codes
 
-    return search
+    @numba.njit(cache=True)
+    def share(h, cand, k, z, sigma, noise, inject, keep, rail):
+        """The gated state h + z_k (h̃ − h) per element (S, B, O) with z (S, O, K+1), then the
+        k sampled units' kT/C (``sigma`` (O, K+1) volts per unit of ``noise``; empty: off),
+        injection where k > 0, leakage (× ``keep``) and the rails (``rail`` ≤ 0: off)."""
+        chips, batch, cols = h.shape
+        out = np.empty_like(h)
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    g = k[s, b, o]
+                    x = (cand[s, b, o] - h[s, b, o]) * z[s, o, g] + h[s, b, o]
+                    if sigma.size:
+                        x += sigma[o, g] * noise[s, b, o]
+                    if g > 0:
+                        x += inject
+                    x *= keep
+                    if rail > 0:
+                        x = min(max(x, -rail), rail)
+                    out[s, b, o] = x
+        return out
+
+    @numba.njit(cache=True)
+    def line(units, per_unit, gain, ktc_sigma, ktc, inject, bias, rail):
+        """A candidate line (S, B, O) in volts, in place: as ``gate`` does, then its ``bias``
+        (O,) charge and the rails."""
+        chips, batch, cols = units.shape
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    x = units[s, b, o] * per_unit
+                    if gain.size:
+                        x *= gain[s, o]
+                    if ktc.size:
+                        x += ktc_sigma * ktc[s, b, o]
+                    if inject != 0:
+                        x += inject
+                    x += bias[o]
+                    if rail > 0:
+                        x = min(max(x, -rail), rail)
+                    units[s, b, o] = x
+
+    @numba.njit(cache=True)
+    def compare(h, offset, sigma, noise, armed):
+        """The output comparators: h + offset (S, O) + noise > 0 where the column is armed."""
+        chips, batch, cols = h.shape
+        out = np.empty(h.shape, dtype=np.int64)
+        for s in range(chips):
+            for b in range(batch):
+                for o in range(cols):
+                    x = h[s, b, o] + offset[s, o]
+                    if noise.size:
+                        x += sigma * noise[s, b, o]
+                    out[s, b, o] = 1 if x > 0 and armed[s, b, o] else 0
+        return out
+
+    return gate, share, line, compare
 
 
 class Noise:
@@ -161,18 +252,17 @@ class Chips:
         return {"W": W.astype(self.dtype), "gain": gain[:, None].astype(self.dtype)}
 
     def _thresholds(self, th: dict) -> np.ndarray:
-        """The gate ADC's effective thresholds (chips, O, T) in volts, sorted per column."""
+        """The gate ADC's effective thresholds (chips, O, T) in volts, sorted per column: the
+        mapping's placement t_c·v_per_unit (midway between the integer accumulators it
+        separates, ``mapping.thresholds``), through the threshold DAC when ``dac`` is on."""
         volts, step = th["volts"], th["dac_step_v"][:, None]
         sar = self.target.comparator.adc == "sar"
         kept, corr = self._offsets(volts.shape[:1] if sar else volts.shape)
         if sar:
             kept, corr = kept[..., None], corr[..., None]
         want = volts[None] - corr
-        dac = step * np.clip(np.rint(want / step), -self._half(), self._half() - 1)
+        dac = step * dac_code(want, step, self.target.comparator.dac_bits)
         return np.sort((dac if "dac" in self.on else want) + kept, axis=-1)
-
-    def _half(self) -> int:
-        return 2 ** (self.target.comparator.dac_bits - 1)
 
     def _bank_z(self, bank: dict) -> np.ndarray:
         """z_k = Σ_{i<k} C_i / C_bank per chip, column and gate code k: (chips, O, K+1)."""
@@ -193,23 +283,33 @@ class Chips:
         cum = np.concatenate([np.zeros((self.n, len(n_eff), 1)), units.cumsum(-1)], -1)
         return (cum / total[..., None]).astype(self.dtype)
 
+    def _ktc(self, bank: dict) -> np.ndarray:
+        """σ of the kT/C that k sampled units share into the bank, volts (O, K+1)."""
+        c_bank = bank["unit_ff"] * bank["units_effective"] * 1e-15  # (O,)
+        k = np.arange(bank["switchable_units"] + 1)
+        kT = BOLTZMANN * self.target.process.temperature_k
+        return (np.sqrt(kT * k * bank["unit_ff"] * 1e-15) / c_bank[:, None]).astype(self.dtype)
+
     def _mingru(self, layer: dict) -> dict:
         bank = layer["bank"]
         kept, corr = self._offsets(bank["units_effective"].shape)
-        theta = self._thresholds(layer["gate_thresholds"])  # (S, O, T)
-        S, cols, T = theta.shape
-        size = 1 << int(np.ceil(np.log2(T + 1)))  # the binary search's span, +inf padded
-        flat = np.full((S, cols, size), np.inf)
-        flat[..., :T] = theta
+        theta = self._thresholds(layer["gate_thresholds"]).astype(self.dtype)  # (S, O, T)
+        lo, hi = theta[..., 0].astype(np.float64), theta[..., -1].astype(np.float64)
+        scale = np.where(hi > lo, GRID / np.where(hi > lo, hi - lo, 1), 0)  # bins per volt
+        edges = lo[..., None] + np.arange(GRID) / np.where(scale > 0, scale, 1)[..., None]
+        table = (theta[..., None, :] <= edges[..., None]).sum(-1)  # (S, O, GRID)
+        gate, cand = self._mac(layer["gate_mac"], ratiometric=True), self._mac(layer["cand_mac"])
         return {
-            "gate_mac": self._mac(layer["gate_mac"], ratiometric=True),
-            "cand_mac": self._mac(layer["cand_mac"]),
-            "thresholds": flat.astype(self.dtype).ravel(),
-            "search": size,
-            "base": ((np.arange(S)[:, None, None] * cols + np.arange(cols)) * size).astype(
-                np.int32
-            ),
+            "gate_mac": gate,
+            "cand_mac": cand,
+            "W_both": np.concatenate([gate["W"], cand["W"]], -1),  # one GEMM for both
+            "thresholds": np.ascontiguousarray(theta),
+            "table": table.astype(
+                np.uint8 if theta.shape[-1] < 256 else np.int32
+            ),  # the count's starting points
+            "scale": scale.astype(self.dtype),
             "z": self._bank_z(bank),
+            "ktc": self._ktc(bank),
             "out_offset": (kept - corr).astype(self.dtype),  # the reference DAC corrects it
         }
 
@@ -243,6 +343,7 @@ class Simulator:
         self.kT = kT
         self.step_s = mapping["totals"]["time_per_step_ns"] * 1e-9
         self.analog = {}  # tensor → the layer's part that computes it (op, backend) → value
+        self.armed, self.cand_units = {}, {}  # per run: see ``run``
         layers = zip(graph.layers, mapping["layers"], self.chips.layers, strict=True)
         for rec, layer, draws in layers:
             if isinstance(rec, MinGRUHw):
@@ -254,43 +355,69 @@ class Simulator:
 
     # ---------------------------------------------------------------- hardware minGRU
 
-    def _line(self, x: np.ndarray, m: dict, d: dict) -> np.ndarray:
-        """A MAC's column voltages (S, B, O) for inputs x (S·B, K)."""
-        x = x.astype(self.dtype).reshape(self.chips.n, -1, x.shape[-1])
-        v = np.matmul(x, d["W"])  # (S, B, O) units
-        v *= self.dtype(m["v_per_unit"])
-        if "parasitic" in self.on:
-            v *= d["gain"]
-        if "ktc" in self.on:
-            v += self.dtype(m["ktc_sigma_units"] * m["v_per_unit"]) * self.noise(v.shape)
-        if "injection" in self.on:
-            v += self.dtype(self.target.leakage.charge_injection_mv * 1e-3)
-        return v
+    def _units(self, x: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """A MAC's accumulators (S, B, O) over the chip's units W (S, K, O), inputs x (S·B, K)."""
+        return np.matmul(x.astype(self.dtype).reshape(self.chips.n, -1, x.shape[-1]), W)
 
-    def _clip(self, v: np.ndarray) -> np.ndarray:
-        if "clipping" in self.on:
-            np.clip(v, -self.swing, self.swing, out=v)
-        return v
+    def _errors(self, m: dict, d: dict, shape) -> tuple:
+        """The arguments of a line's ``volts``: volts per unit, the column gains, kT/C's σ and
+        its noise, the injection (what is off: empty, zero)."""
+        on = self.on
+        return (
+            self.dtype(m["v_per_unit"]),
+            d["gain"][:, 0] if "parasitic" in on else np.zeros((0, 0), dtype=self.dtype),
+            self.dtype(m["ktc_sigma_units"] * m["v_per_unit"]),
+            self.noise(shape) if "ktc" in on else np.zeros((0, 0, 0), dtype=np.float32),
+            self.dtype(self.target.leakage.charge_injection_mv * 1e-3 * ("injection" in on)),
+        )
+
+    def _rail(self):
+        return self.dtype(self.swing if "clipping" in self.on else 0.0)
 
     def _gate(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
-        """The gate ADC: the number of thresholds the MAC line passes."""
-        m = layer["gate_mac"]
-        v = self._clip(self._line(b.get(rec.gate.x), m, draws["gate_mac"]))
+        """The gate ADC: the number of thresholds the MAC line passes.  A flash's comparators
+        decide at once on one line: those far from their threshold resolve first and kick the
+        line (a StrongARM input is pulled against its decision, −q/C_line for a high one) while
+        those at the line's voltage are still resolving, so they see it moved by
+        q/C_line·(#low − #high).  A SAR's one comparator is reset between its decisions on the
+        floating line: the kicked charge flows back and no later decision sees it.  The gate and
+        the candidate MAC read the same input rows: one GEMM over both (the candidate's half is
+        kept for ``_cand``)."""
+        m, x = layer["gate_mac"], b.get(rec.gate.x)
+        cols = m["outputs"]
+        if rec.cand.x == rec.gate.x:
+            both = self._units(x, draws["W_both"])
+            units, self.cand_units[rec.name] = both[..., :cols], both[..., cols:]
+        else:
+            units = self._units(x, draws["gate_mac"]["W"])
+        errors = self._errors(m, draws["gate_mac"], units.shape)
+        c = self.target.comparator
+        noise = np.zeros((0, 0, 0), dtype=np.float32)
         if "noise" in self.on:
-            v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
-        kick = self.target.comparator.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15)
-        sar_kick = "kickback" in self.on and self.target.comparator.adc == "sar"
-        kick = v.dtype.type(kick if sar_kick else 0.0)
-        code = _search()(v, draws["thresholds"], draws["search"], kick)
-        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, v.shape[-1])
+            noise = self.noise(units.shape)
+        kick = np.zeros(0, dtype=self.dtype)
+        if "kickback" in self.on and c.adc == "flash":  # q/C_line·(#low − #high) per count
+            top = draws["thresholds"].shape[-1]
+            q = self.dtype(c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15))
+            kick = q * (top - 2 * np.arange(top + 1)).astype(self.dtype)
+        code = _kernels()[0](
+            units, *errors, self._rail(), self.dtype(c.noise_mv * 1e-3), noise,
+            draws["thresholds"], draws["table"], draws["scale"], kick,
+        )  # fmt: skip
+        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, cols)
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The candidate line h̃ (volts), its bias a charge on the line."""
-        v = self._line(b.get(rec.cand.x), layer["cand_mac"], draws["cand_mac"])
+        m = layer["cand_mac"]
+        units = self.cand_units.pop(rec.name, None)
+        if units is None:
+            units = self._units(b.get(rec.cand.x), draws["cand_mac"]["W"])
         bias = np.asarray(b.get(rec.bank.cand_offset), dtype=np.float64)
         bias_v = bias / np.asarray(b.get(rec.bank.cand), dtype=np.float64)
-        v += (bias_v * layer["cand_mac"]["v_per_unit"]).astype(self.dtype)
-        return self._clip(v).reshape(-1, v.shape[-1])
+        bias_v = np.broadcast_to(bias_v * m["v_per_unit"], (m["outputs"],)).astype(self.dtype)
+        errors = self._errors(m, draws["cand_mac"], units.shape)
+        _kernels()[2](units, *errors, bias_v, self._rail())
+        return units.reshape(-1, m["outputs"])
 
     def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """h ← h + z_k (h̃ − h) by charge sharing, in volts."""
@@ -299,37 +426,41 @@ class Simulator:
             h = np.zeros(cand.shape, dtype=self.dtype)
         armed = self.armed.get(rec.name)
         self.armed[rec.name] = (k > 0) if armed is None else armed | (k > 0)
-        z_tab = draws["z"]  # (S, O, K+1)
-        S, cols, n_k = z_tab.shape
-        index = (np.arange(S)[:, None, None] * cols + np.arange(cols)) * n_k
-        z = z_tab.ravel()[index + k.reshape(S, -1, cols)].reshape(h.shape)
-        bank, new = layer["bank"], cand - h
-        new *= z
-        new += h
+        S, bank = self.chips.n, layer["bank"]
+        split = (S, -1, h.shape[-1])
+        sigma, noise = np.zeros((0, 0), dtype=self.dtype), np.zeros((0, 0, 0), dtype=self.dtype)
         if "ktc" in self.on:  # the k sampled units' kT/C, shared into the bank
-            c_bank = bank["unit_ff"] * bank["units_effective"] * 1e-15
-            sigma = np.sqrt(self.kT * k * bank["unit_ff"] * 1e-15) / c_bank
-            new += sigma.astype(self.dtype) * self.noise(new.shape)
-        if "injection" in self.on:  # where the gate switched units (k > 0)
-            new += self.dtype(self.target.leakage.charge_injection_mv * 1e-3) * (k > 0)
+            sigma = draws["ktc"]
+            noise = self.noise(h.shape).reshape(split)
+        inject = self.target.leakage.charge_injection_mv * 1e-3 * ("injection" in self.on)
+        keep = 1.0
         if "leakage" in self.on:
             c_ff = float(bank["unit_ff"] * bank["units_effective"].mean())
-            new *= self.dtype(1 - leak_fraction(self.target, c_ff, self.step_s))
-        return self._clip(new)
+            keep = 1 - leak_fraction(self.target, c_ff, self.step_s)
+        rail = self.swing if "clipping" in self.on else 0.0
+        new = _kernels()[1](
+            h.reshape(split),
+            cand.reshape(split),
+            k.reshape(split),
+            draws["z"],
+            sigma,
+            noise,
+            self.dtype(inject),
+            self.dtype(keep),
+            self.dtype(rail),
+        )
+        return new.reshape(h.shape)
 
     def _comparator(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         h = b.get(rec.bank.out)
-        S = self.chips.n
-        v = (h.reshape(S, -1, h.shape[-1]) + draws["out_offset"][:, None]).reshape(h.shape)
+        split = (self.chips.n, -1, h.shape[-1])
+        noise = np.zeros((0, 0, 0), dtype=np.float32)
         if "noise" in self.on:
-            v += self.dtype(self.target.comparator.noise_mv * 1e-3) * self.noise(v.shape)
-        out = (v > 0) & self.armed[rec.name]  # enabled once the gate has opened
-        c = self.target.comparator
-        if "kickback" in self.on and c.kickback_fc > 0:  # onto the bank, which keeps it
-            bank = layer["bank"]
-            c_bank = bank["unit_ff"] * float(bank["units_effective"].mean())
-            h += self.dtype(c.kickback_fc / c_bank) * (2 * out.astype(self.dtype) - 1)
-        return out.astype(np.int64)
+            noise = self.noise(h.shape).reshape(split)
+        sigma = self.dtype(self.target.comparator.noise_mv * 1e-3)
+        armed = self.armed[rec.name].reshape(split)  # enabled once the gate has opened
+        out = _kernels()[3](h.reshape(split), draws["out_offset"], sigma, noise, armed)
+        return out.reshape(h.shape)
 
     # ---------------------------------------------------------------- S4D-Real
 
@@ -408,6 +539,7 @@ class Simulator:
         xs = np.tile(x, (self.chips.n, 1, 1))
         state = init_state(self.graph, len(xs))
         self.armed = {}  # layer → its columns' enable latches
+        self.cand_units = {}  # layer → its candidate accumulators, from the gate's GEMM
         traced = {out: [] for out in self.analog} if trace else {}
         for t in range(x.shape[1]):
             if force is not None:

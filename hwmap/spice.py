@@ -33,11 +33,14 @@ then bit b's bottom plate steps to V_cm + F when bit b of (DAC code + 2^(bits−
 column's span (``dac_step_v`` · 2^(bits−1); the swing by default):
 V_dac − V_cm = code · 2F / 2^bits (each bit cap C_u·2^b carries ε of σ·√(2^b)).  A B-source
 comparator (a tanh 0.1 µV wide) decides V+ − V− ≥ V_dac − V_cm.  The mapping places the
-threshold at t = ⌈t⌉ − ½ accumulator units (t·v_per_unit volts); the voltage difference is the
-DAC's quantization (and, with mismatch, its capacitor errors).  The simulator decides
-acc + err ≥ ⌈t⌉: the same decision for an integer accumulator, half a unit higher once errors
-make it continuous; decisions are compared with both rules.  Each draw tests the code boundary
-nearest to its accumulator (the hardest case).
+threshold at t = ⌈τ⌉ − ½ accumulator units (t·v_per_unit volts), midway between the two integer
+accumulators the integer model separates (see ``mapping.thresholds``); the voltage difference
+is the DAC's quantization (and, with mismatch, its capacitor errors).  Each draw tests the code
+boundary nearest to its accumulator, and every second draw's inputs are moved until its integer
+accumulator is ⌈τ⌉ − 1 or ⌈τ⌉ — the decisions an error of under ½ LSB must not flip.  ngspice's
+decisions are compared with the simulator's comparator (line ≥ the DAC code's volts: its rule
+with the DAC's step on) and with the integer model (Σ x·w ≥ ⌈τ⌉); a threshold at ⌈τ⌉ instead
+of ⌈τ⌉ − ½ would put about half of the critical draws with mismatch on the wrong side.
 
 **State bank** (``mapping.bank``): per state element, ``switchable_units`` unit capacitors of
 C_u with their switch parasitic (``unit_ff``), the fixed remainder capacitor (``remainder_ff``)
@@ -223,7 +226,10 @@ def bank_netlist(bank: dict, target: Target, d: dict) -> tuple[str, list[str]]:
 def column_draws(mac: dict, th: dict | None, target: Target, rng, n: int, mismatch: bool):
     """``n`` draws of a column of ``mac`` and input codes over the full swing (signed codes for
     multi-bit and analog inputs, 0/1 for binary ones), unit errors (zero without ``mismatch``),
-    and the threshold boundary nearest to each draw's accumulator."""
+    and, where the layer has thresholds, the boundary nearest to each draw's accumulator.  Every
+    second draw's inputs are then moved until its integer accumulator is one of the two values
+    that boundary separates (⌈τ⌉ − 1 or ⌈τ⌉, at random): the decisions a misplaced threshold
+    gets wrong."""
     K, outputs = mac["pos_units"].shape
     top = round(swing(target) / v_code(mac, target))  # codes that span the swing
     lo, hi = (0, 1) if top == 1 else (-top, top - 1)
@@ -232,15 +238,37 @@ def column_draws(mac: dict, th: dict | None, target: Target, rng, n: int, mismat
     su = unit_sigma(target) * mismatch
     d["eps"] = rng.normal(0, 1, (n, 2, K, mac["units_per_side"])) * su
     d["dac_eps"] = rng.normal(0, 1, (n, bits + 1)) * su * np.sqrt(2.0 ** np.r_[np.arange(bits), 0])
-    d["acc"] = column_model(mac, d)
     if th is not None:
-        t = th["acc"][d["col"]]  # (n, boundaries)
-        b = np.abs(t - d["acc"][:, None]).argmin(1)
+        W = (mac["pos_units"] - mac["neg_units"])[:, d["col"]].T  # (n, K)
+        t = th["acc"][d["col"]]  # (n, boundaries): midway, ⌈τ⌉ − ½
+        b = np.abs(t - (d["x"] * W).sum(1)[:, None]).argmin(1)
+        side = rng.integers(-1, 1, n)  # ⌈τ⌉ − 1 or ⌈τ⌉
+        for j in range(0, n, 2):
+            want = int(np.ceil(t[j, b[j]])) + int(side[j])
+            d["x"][j] = _inputs_reaching(d["x"][j], W[j], want, lo, hi, rng)
+        d["acc_int"] = (d["x"] * W).sum(1)
+        b = np.abs(t - d["acc_int"][:, None]).argmin(1)
         d["threshold"] = t[np.arange(n), b]
         d["threshold_v"] = th["volts"][d["col"], b]
         d["dac"] = th["dac_codes"][d["col"], b]
-        d["dac_full"] = th["dac_step_v"][d["col"]] * 2 ** (bits - 1)  # ± the column's span
+        d["dac_step_v"] = th["dac_step_v"][d["col"]]
+        d["dac_full"] = d["dac_step_v"] * 2 ** (bits - 1)  # ± the column's span
+    d["acc"] = column_model(mac, d)
     return d
+
+
+def _inputs_reaching(x: np.ndarray, w: np.ndarray, want: int, lo: int, hi: int, rng):
+    """Input codes near ``x`` (within [lo, hi]) whose product with ``w`` is ``want``: rows
+    moved one at a time, in random order, by as much as the remaining difference allows; ``x``
+    itself where that does not reach it."""
+    moved, acc = x.copy(), int(x @ w)
+    for i in np.concatenate([rng.permutation(len(w)), rng.permutation(len(w))]):
+        if acc == want:
+            break
+        if w[i]:
+            new = int(np.clip(moved[i] + int((want - acc) / w[i]), lo, hi))
+            acc, moved[i] = acc + (new - moved[i]) * int(w[i]), new
+    return moved if acc == want else x
 
 
 def column_model(mac: dict, d: dict) -> np.ndarray:
@@ -342,12 +370,20 @@ def _column_rows(name, key, mac, th, target, d, out: Path, tag: str) -> list[dic
         # a boundary beyond its column's span is clipped by the DAC: one the column never reaches
         inside = np.abs(d["threshold_v"]) <= d["dac_full"]
         diff = np.where(inside, dac - d["threshold_v"], 0.0)
+        # the simulator's comparator (the DAC's step on): line ≥ its DAC code's volts; the
+        # integer model: the integer accumulator ≥ ⌈τ⌉; critical: a draw on ⌈τ⌉ − 1 or ⌈τ⌉
+        simulator = d["acc"] * lsb >= d["dac"] * d["dac_step_v"]
+        ceil = np.ceil(d["threshold"])
+        integer = d["acc_int"] >= ceil
         rows.append(
             _row(name, "threshold DAC", mismatch, diff, lsb, dac, path)
             | {"beyond_span": int((~inside).sum())}
-            | {  # the simulator decides acc ≥ ⌈t⌉; the threshold is placed at t = ⌈t⌉ − ½
-                "decision_agreement": float((high == (d["acc"] >= np.ceil(d["threshold"]))).mean()),
-                "decision_agreement_placed": float((high == (d["acc"] >= d["threshold"])).mean()),
+            | {
+                "decision_agreement": float((high == simulator).mean()),
+                "integer_agreement": float((high == integer)[inside].mean()),
+                "critical_draws": int(np.isin(d["acc_int"] - ceil, (-1, 0)).sum()),
+                "dac_step_lsb": float(d["dac_step_v"].max() / lsb),
+                "max_error_lsb": float(np.abs(d["acc"] - d["acc_int"]).max()),
             }
         )
     return rows

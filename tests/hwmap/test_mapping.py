@@ -34,7 +34,8 @@ def test_differential_units_with_constant_column_totals(tiny_run):
 
 
 def test_gate_thresholds_reproduce_the_integer_codes(tiny_run):
-    """Exhaustively over every accumulator value the MAC can reach."""
+    """Exhaustively over every accumulator value the MAC can reach, and with any error below
+    ½ LSB on it: the thresholds sit midway between the integer accumulators they separate."""
     graph, mapping, _ = mapped(tiny_run, "mingru_hw")
     op = next(o for o in graph.step if o.out == "blocks.0.gru.gate")
     layer = mapping["layers"][0]
@@ -46,9 +47,10 @@ def test_gate_thresholds_reproduce_the_integer_codes(tiny_run):
     terms = (Term("mul", ("acc",), mac.weight), *rest)
     fake = Affine(out="gate", terms=terms, shift=op.shift, lo=op.lo, hi=op.hi)
     expected = fake.eval(Numpy({"acc": acc}, graph.consts))
-    t = np.ceil(layer["gate_thresholds"]["acc"])  # (O, codes)
-    got = layer["gate_thresholds"]["lo"] + (acc[..., None] >= t).sum(-1)
-    assert np.array_equal(got, expected)
+    t = layer["gate_thresholds"]["acc"]  # (O, codes)
+    for error in (-0.499, 0.0, 0.499):
+        got = layer["gate_thresholds"]["lo"] + (acc[..., None] + error >= t).sum(-1)
+        assert np.array_equal(got, expected)
 
 
 def test_gate_bank_shares_exactly_the_gate_scale(tiny_run):

@@ -11,7 +11,7 @@ from hwmap import montecarlo, simulate
 from hwmap.intref import Numpy, init_state, step
 from hwmap.lower import lower
 from hwmap.mapping import map_graph, unit_sigma
-from hwmap.targets import load_target, swing
+from hwmap.targets import leak_fraction, load_target, swing
 from hwmap.verify import sim_ideal_vs_intref
 from qssm.recipe import parse_recipe
 from qssm.runs import load_data, load_run_model, open_run, quantize_run
@@ -64,8 +64,14 @@ def test_every_nonideality_moves_the_outputs_and_chips_are_seeded(
     _, ideal = simulate.Simulator(graph, mapping, t, on=[], seeds=[0]).run(x, trace=True)
     skip = {"clipping"} | (ONLY_MINGRU if family == "s4d_real_hw" else set())
     for name in set(simulate.NONIDEALITIES) - skip:  # each moves some analog op's outputs
-        _, trace = simulate.Simulator(graph, mapping, t, on=[name], seeds=[0]).run(x, trace=True)
-        assert any(not np.array_equal(trace[k], ideal[k]) for k in ideal), name
+        # kickback acts where comparators decide at once on one line: a flash gate ADC
+        tn = with_fields(t, comparator={"adc": "flash"}) if name == "kickback" else t
+        m = map_graph(graph, tn) if name == "kickback" else mapping
+        ideal_n = ideal if name != "kickback" else None
+        if ideal_n is None:
+            _, ideal_n = simulate.Simulator(graph, m, tn, on=[], seeds=[0]).run(x, trace=True)
+        _, trace = simulate.Simulator(graph, m, tn, on=[name], seeds=[0]).run(x, trace=True)
+        assert any(not np.array_equal(trace[k], ideal_n[k]) for k in ideal_n), name
     if family == "mingru_hw":  # clipping holds the lines and the state inside the rails
         rail = with_fields(t, leakage={"charge_injection_mv": 2000.0})
         for on, inside in ((["injection"], False), (["injection", "clipping"], True)):
@@ -93,7 +99,7 @@ def first_layer_inputs(graph, x):
 
 @pytest.mark.parametrize("adc", ["sar", "flash"])
 def test_gate_adc_counts_the_thresholds_its_line_passes(tiny_run, recipe_of, adc):
-    """The binary search against a brute-force count of the chip's thresholds (offsets, DAC
+    """The gate ADC kernel against a brute-force count of the chip's thresholds (offsets, DAC
     steps, mismatch and parasitic on; a flash's offsets reorder nothing the count needs)."""
     graph, _, t, x, _ = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
     t = with_fields(t.with_offset(3.0), comparator={"adc": adc, "dac_bits": 6})
@@ -104,10 +110,57 @@ def test_gate_adc_counts_the_thresholds_its_line_passes(tiny_run, recipe_of, adc
     xs = np.tile(first_layer_inputs(graph, x), (2, 1))
     b = Numpy({rec.gate.x: xs}, graph.consts)
     got = sim._gate(rec, layer, draws, None, b).reshape(2, len(x), -1)
-    v = sim._line(xs, layer["gate_mac"], draws["gate_mac"])  # (S, B, O) volts
+    units = sim._units(xs, draws["gate_mac"]["W"])  # (S, B, O) volts
+    v = units * np.float64(layer["gate_mac"]["v_per_unit"]) * draws["gate_mac"]["gain"]
     theta = draws["thresholds"].reshape(2, v.shape[-1], -1)  # (S, O, padded)
     want = layer["gate_thresholds"]["lo"] + (theta[:, None] <= v[..., None]).sum(-1)
     assert np.array_equal(got, want)
+
+
+def test_a_sar_comparator_kicks_back_no_charge_it_keeps(tiny_run, recipe_of):
+    """A SAR's comparator is reset between decisions and the output comparator before the bank
+    shares again: the charge a decision kicks onto a floating node flows back (charge
+    conservation on a capacitive node), so kickback changes no code of a SAR chip, however
+    large."""
+    graph, _, t, x, _ = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
+    t = with_fields(t, comparator={"kickback_fc": 50.0})
+    mapping = map_graph(graph, t)
+    runs = [
+        simulate.Simulator(graph, mapping, t, on, [0]).run(x, trace=True)
+        for on in ([], ["kickback"])
+    ]
+    assert all(np.array_equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_gated_state_kernel_is_the_charge_sharing_formula(tiny_run, recipe_of):
+    """The fused kernel against the numpy expressions, bit for bit in float32: h + z_k(h̃ − h)
+    with the chip's z, kT/C of the k sampled units (the same noise draws), injection where
+    k > 0, leakage and the rails."""
+    graph, _, t, _, _ = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
+    t = with_fields(t, leakage={"current_fa": 1e6, "charge_injection_mv": 5.0})
+    mapping = map_graph(graph, t)
+    on = ["mismatch", "parasitic", "ktc", "injection", "leakage", "clipping"]
+    sim, ref = (simulate.Simulator(graph, mapping, t, on, [0, 1]) for _ in "ab")
+    rec, layer = graph.layers[0], mapping["layers"][0]
+    bank, z = layer["bank"], ref.chips.layers[0]["z"]  # (S, O, K+1)
+    rng = np.random.default_rng(5)
+    cols = z.shape[1]
+    h = rng.normal(0, 0.4, (2 * 30, cols)).astype(np.float32)
+    cand = rng.normal(0, 0.4, h.shape).astype(np.float32)
+    k = rng.integers(0, bank["switchable_units"] + 1, h.shape)
+    sim.armed = {}
+    env = {rec.bank.h: h, rec.bank.z: k, rec.bank.acc: cand}
+    got = sim._gated_state(rec, layer, sim.chips.layers[0], None, Numpy(env, graph.consts))
+    zk = np.take_along_axis(z, k.reshape(2, 30, cols).transpose(0, 2, 1), 2).transpose(0, 2, 1)
+    want = (cand - h) * zk.reshape(h.shape) + h
+    c_bank = bank["unit_ff"] * bank["units_effective"] * 1e-15
+    sigma = np.sqrt(ref.kT * k * bank["unit_ff"] * 1e-15) / c_bank
+    want += sigma.astype(np.float32) * ref.noise(h.shape)
+    want += np.float32(t.leakage.charge_injection_mv * 1e-3) * (k > 0)
+    c_ff = float(bank["unit_ff"] * bank["units_effective"].mean())
+    want *= np.float32(1 - leak_fraction(t, c_ff, ref.step_s))
+    want = np.clip(want, -swing(t), swing(t))
+    assert got.dtype == np.float32 and np.array_equal(got, want)
 
 
 def test_mismatch_and_parasitic_spread_have_their_physical_size(tiny_run, recipe_of):
@@ -119,7 +172,8 @@ def test_mismatch_and_parasitic_spread_have_their_physical_size(tiny_run, recipe
     xs = first_layer_inputs(graph, x)[:1].astype(np.float64)  # one sequence
     W = graph.consts[rec.gate.W]
     sim = simulate.Simulator(graph, mapping, t, ["mismatch"], list(range(400)), np.float64)
-    v = sim._line(np.tile(xs, (400, 1)), m, sim.chips.layers[0]["gate_mac"])[:, 0]
+    v = sim._units(np.tile(xs, (400, 1)), sim.chips.layers[0]["gate_mac"]["W"])[:, 0]
+    v = v * m["v_per_unit"]
     units = v / m["v_per_unit"] - xs @ W  # (chips, O)
     want = unit_sigma(t) * np.sqrt((xs.T**2 * np.abs(W)).sum(0))
     assert np.allclose(units.std(0), want, rtol=0.2)
