@@ -8,6 +8,7 @@ not recomputed).  Chips run in batches of ``CHIP_BATCH`` over every sequence; ch
 whatever the batching.
 """
 
+import hashlib
 import json
 import time
 import warnings
@@ -17,7 +18,8 @@ import numpy as np
 
 from qssm.io import write_json
 
-from . import intref, simulate
+from . import intref, ops, simulate, targets
+from . import mapping as mapping_code
 from .targets import Target, residual_offset_mv
 
 CHIP_BATCH = 10
@@ -77,12 +79,14 @@ def run(graph, fit, target: Target, x, y, chips: int, rows: list[dict], out: Pat
     maps the graph onto a target.  Results in ``out`` (one JSON per setting; existing ones are
     reused when they describe the same setting, chips and sequences)."""
     out.mkdir(parents=True, exist_ok=True)
-    ref = intref.run(graph, x)[0].argmax(-1)
+    logits = intref.run(graph, x)[0]
+    ref = logits.argmax(-1)
     ideal = float(np.mean(ref == y))
+    model = fingerprint(target, logits, x, y)
     results, computed = [], {}  # a sweep point that is the nominal chip is computed once
     for s in rows:
         path = out / f"{s['id']}.json"
-        key = {**s, "chips": chips, "sequences": len(x)}
+        key = {**s, "chips": chips, "sequences": len(x), "fingerprint": model}
         if path.exists():
             done = json.loads(path.read_text())
             if {k: done.get(k) for k in key} == key:
@@ -113,6 +117,19 @@ def run(graph, fit, target: Target, x, y, chips: int, rows: list[dict], out: Pat
         if progress is not None:
             progress(row)
     return results
+
+
+def fingerprint(target: Target, logits: np.ndarray, x: np.ndarray, y: np.ndarray) -> str:
+    """What a stored setting's result depends on beyond the setting itself: the simulator's and
+    the mapping's code, the whole target, the model (its integer logits on these sequences) and
+    the sequences.  A result of other code or another model is simulated again."""
+    digest = hashlib.sha256()
+    for module in (simulate, mapping_code, targets, intref, ops):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(target.model_dump_json().encode())
+    for a in (logits, x, y):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _chip(s: dict) -> str:

@@ -268,3 +268,26 @@ def test_a_sweep_point_at_the_nominal_chip_is_not_simulated_again(
     assert [r["id"] for r in got] == ["nominal", "unit_ff=1", "unit_ff=0.5"] and len(calls) == 2
     assert got[1]["accuracies"] == got[0]["accuracies"] and got[1]["sweep"] == "unit_ff"
     assert (tmp_path / "mc" / "unit_ff=1.json").exists()
+
+
+def test_a_stored_setting_of_other_code_or_another_model_is_simulated_again(
+    tiny_run, recipe_of, tmp_path, monkeypatch
+):
+    """Results carry a fingerprint of the simulator's code, the target and the model: a file
+    another version wrote (here: its fingerprint changed) is recomputed, a matching one reused."""
+    graph, _, t, x, y = setup(tiny_run, recipe_of, "mingru_hw", "minimalist_like")
+    calls, simulate_chips = [], montecarlo.accuracies
+    monkeypatch.setattr(
+        montecarlo, "accuracies", lambda *a: calls.append(a[3]) or simulate_chips(*a)
+    )
+    rows = montecarlo.settings(t, [], [], [], ablation=False)
+    fit = lambda target: map_graph(graph, target)  # noqa: E731
+    first = montecarlo.run(graph, fit, t, x, y, 2, rows, tmp_path / "mc")
+    montecarlo.run(graph, fit, t, x, y, 2, rows, tmp_path / "mc")
+    assert len(calls) == 1
+    path = tmp_path / "mc" / "nominal.json"
+    path.write_text(path.read_text().replace(first[0]["fingerprint"], "0" * 16))
+    again = montecarlo.run(graph, fit, t, x, y, 2, rows, tmp_path / "mc")
+    assert len(calls) == 2 and again[0]["fingerprint"] == first[0]["fingerprint"]
+    other = montecarlo.run(graph, fit, t.with_noise(0.25), x, y, 2, rows, tmp_path / "mc")
+    assert len(calls) == 3 and other[0]["fingerprint"] != first[0]["fingerprint"]
