@@ -423,19 +423,26 @@ def sweep_tables(rows: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def r_sweep(root: Path, args: list[str]) -> str:
+def sweep_file(root: Path, args: list[str], kind: str, source: str) -> dict | str:
+    """The committed result file of the one sweep ``args`` names, or the line saying which
+    commands make it (``source``: the run whose float model the sweep reuses)."""
     if len(args) != 1:
-        raise RenderError("sweep takes one sweep run name")
+        raise RenderError(f"{kind} takes one sweep run name")
     path = root / "bench" / "results" / "sweeps" / f"{args[0]}.json"
     if not path.exists():
         recipe = args[0].removeprefix("sweep_")
         return missing(
             f"`{args[0]}`",
-            f"`qssm sweep --recipe recipes/sweeps/{recipe}.yaml "
-            f"--from runs/fp32_s4d_smnist5k`, then "
+            f"`qssm sweep --recipe recipes/sweeps/{recipe}.yaml --from runs/{source}`, then "
             f"`python bench/collect.py runs/{args[0]}`",
         )
-    data = read_json(path)
+    return read_json(path)
+
+
+def r_sweep(root: Path, args: list[str]) -> str:
+    data = sweep_file(root, args, "sweep", "fp32_s4d_smnist5k")
+    if isinstance(data, str):
+        return data
     return sweep_tables(data["rows"]) + f"\n\nMeasured at {measured(data['provenance'])}."
 
 
@@ -509,17 +516,9 @@ def search_command(run: str) -> str:
 def r_interaction(root: Path, args: list[str]) -> str:
     """A two-group Pareto sweep as a grid per stage: measured accuracy, and what adding the two
     one-group losses to the corner where both groups are widest predicts."""
-    if len(args) != 1:
-        raise RenderError("interaction takes one sweep run name")
-    path = root / "bench" / "results" / "sweeps" / f"{args[0]}.json"
-    if not path.exists():
-        recipe = args[0].removeprefix("sweep_")
-        return missing(
-            f"`{args[0]}`",
-            f"`qssm sweep --recipe recipes/sweeps/{recipe}.yaml --from runs/hetero_4_8`, then "
-            f"`python bench/collect.py runs/{args[0]}`",
-        )
-    data = read_json(path)
+    data = sweep_file(root, args, "interaction", "hetero_4_8")
+    if isinstance(data, str):
+        return data
     parts = []
     for stage in sorted({r["stage"] for r in data["rows"]}):
         acc, names = {}, None
