@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 $(BIN)/qssm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -c constraints.txt --no-deps neurobench snntorch  # metrics only (pyproject.toml)
 	touch $@
 
 .PHONY: install demo test test-all bench docs

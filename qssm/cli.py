@@ -267,12 +267,32 @@ def cmd_search(args) -> dict:
 
 def cmd_eval(args) -> dict:
     """Rebuilds a finished run's model from its files alone (model.safetensors + model.json,
-    recipe.yaml) and evaluates it on the recipe's test split, beside the stored accuracy."""
+    recipe.yaml) and evaluates it on the recipe's test split, beside the stored accuracy.  With
+    --neurobench, also NeuroBench's footprint, connection sparsity, activation sparsity and
+    synaptic operations of the float and quantized models (docs/quantization.md, "NeuroBench")."""
+    if args.limit is not None and not args.neurobench:
+        raise RunError("--limit goes with --neurobench (the accuracy is always on the whole split)")
     r = eval_run(Path(args.run_dir))
     print(
         f"{r['recipe']} ({r['stage']}): test accuracy {100 * r['accuracy']:.2f} % "
         f"(stored: {100 * r['stored_accuracy']:.2f} %)"
     )
+    if args.neurobench:  # with --neurobench: NeuroBench's metrics, recorded in the run dir
+        from .neurobench import measure_run, record
+
+        run_dir = Path(args.run_dir)
+        args.hold(run_lock(run_dir))
+        r["neurobench"] = measure_run(run_dir, args.limit)
+        record(run_dir, r["neurobench"])
+        for stage, m in r["neurobench"]["models"].items():
+            ops = m["synaptic_operations"]
+            print(
+                f"NeuroBench {stage}: footprint {m['footprint_bytes']:,} bytes, connection "
+                f"sparsity {m['connection_sparsity']:.4f}, activation sparsity "
+                f"{m['activation_sparsity']:.4f}, {ops['dense']:,.0f} dense synaptic ops, "
+                f"{ops['effective_macs']:,.0f} MACs + {ops['effective_acs']:,.0f} ACs per sample"
+            )
+        print(f"→ {run_dir}/neurobench.json, metrics.json, report.md")
     return r
 
 
@@ -459,9 +479,16 @@ def parser() -> argparse.ArgumentParser:
         "eval",
         cmd_eval,
         "re-evaluate a finished run from its saved files",
-        "qssm eval runs/hetero_4_8 --json",
+        "qssm eval runs/hetero_4_8 --json\n  qssm eval runs/hetero_4_8 --neurobench",
     )
     e.add_argument("run_dir")
+    e.add_argument(
+        "--neurobench",
+        action="store_true",
+        help="also NeuroBench's metrics of the float and quantized models (the neurobench "
+        "package) into RUN_DIR/neurobench.json, metrics.json and report.md",
+    )
+    e.add_argument("--limit", type=int, help="NeuroBench on the first N test sequences only")
 
     s = _command(
         sub,

@@ -52,6 +52,70 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Non
     atomic_write(path, "\n".join(body))
 
 
+def put_section(path: Path, heading: str, text: str) -> None:
+    """Replace the report's section ``## heading`` (up to the next ``## ``) or append it."""
+    lines = path.read_text().rstrip("\n").split("\n") if path.exists() else []
+    start = next((i for i, line in enumerate(lines) if line == f"## {heading}"), len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), None)
+    before, rest = lines[:start], lines[end:] if end is not None else []
+    gap = [""] if before and before[-1] else []
+    body = [*before, *gap, f"## {heading}", "", text, *([""] if rest else []), *rest]
+    atomic_write(path, "\n".join(body) + "\n")
+
+
+def neurobench_section(nb: dict) -> str:
+    """NeuroBench's figures per model (``qssm.neurobench.measure_run``) beside qssm's footprint."""
+    fp = nb.get("qssm_footprint") or {}
+    rows = []
+    for stage, m in nb["models"].items():
+        ops = m["synaptic_operations"]
+        ours = fp.get("total_bits") if m["quantized"] else fp.get("float32_bits")
+        rows.append(
+            [
+                stage,
+                f"{_pct(m['accuracy'])} ({_pct(m['stored_accuracy'])})",
+                f"{m['footprint_bytes']:,}",
+                "—" if ours is None else f"{ours / 8:,.0f}",
+                f"{m['connection_sparsity']:.4f}",
+                f"{m['activation_sparsity']:.4f}",
+                f"{ops['dense']:,.0f}",
+                f"{ops['effective_macs']:,.0f}",
+                f"{ops['effective_acs']:,.0f}",
+            ]
+        )
+    header = [
+        "model",
+        "accuracy (qssm)",
+        "NeuroBench footprint, bytes",
+        "qssm footprint, bytes",
+        "connection sparsity",
+        "activation sparsity",
+        "dense synaptic ops / sample",
+        "effective MACs",
+        "effective ACs",
+    ]
+    seen = list(nb["models"].values())[-1]  # the run's model (the same layers as its float one)
+    return (
+        f"NeuroBench {nb['neurobench']} on {'the first' if nb['limit'] else 'all'} "
+        f"{nb['sequences']} sequences of the test split ({nb['steps']} steps); accuracy in "
+        "brackets: qssm's, stored for the whole split. NeuroBench's footprint is the bytes of "
+        "the torch module's parameters and buffers (float32 for a fake-quantized model, no "
+        "recurrent state); qssm's counts each stored element at its bit width, with the "
+        "per-sample state and quantizer scales (float model: float32 as trained). Synaptic "
+        "operations count only the layers below, per sample; effective ones skip zero inputs "
+        "and zero weights, and a layer whose inputs are all 0 or ±1 counts accumulates (ACs) "
+        "instead of MACs.\n\n"
+        + table(header, rows)
+        + "\n\nCounted (synaptic operations, connection sparsity): "
+        + ", ".join(seen["counted"])
+        + ".\n\nNot counted: "
+        + "; ".join(seen["not_counted"])
+        + ".\n\nActivation sparsity over: "
+        + ", ".join(seen["activation_points"])
+        + "."
+    )
+
+
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f} %"
 
