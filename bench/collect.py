@@ -12,6 +12,10 @@ verification figures (per-site tables and per-chip accuracies left out).
 For a run of ``qssm sweep`` (a dir with ``results.csv``) it writes
 ``bench/results/sweeps/<run dir name>.json``: the rows of ``results.csv``.
 
+With ``--neurobench`` it writes only ``bench/results/neurobench/<run dir name>.json``: the run's
+``neurobench.json`` (``qssm eval RUN_DIR --neurobench``), NeuroBench's figures beside qssm's
+footprint.
+
 Every file carries ``provenance``: when and at which git commit it was collected, when the run
 finished (``metrics.json``'s / ``results.csv``'s modification time), the command line and (run
 files) the machine it was collected on.  The
@@ -150,10 +154,29 @@ def summarize_sweep(run: Path) -> dict:
     }
 
 
-def collect(run: Path, results: Path = RESULTS) -> Path:
+def summarize_neurobench(run: Path) -> dict:
+    path = run / "neurobench.json"
+    if not path.exists():
+        raise CollectError(f"{run}: no neurobench.json; run `qssm eval {run} --neurobench` first")
+    return {
+        **_read_json(path),
+        "provenance": {
+            "collected": now(),
+            **git_commit(),
+            "run_finished": _mtime(path),  # when the NeuroBench measurement was written
+            "command": command_line(),
+            "machine": machine(),
+        },
+    }
+
+
+def collect(run: Path, results: Path = RESULTS, neurobench: bool = False) -> Path:
     """Write the result file for one run dir; return its path."""
     run = Path(run)
-    if (run / "results.csv").exists():  # a sweep (its dir has a metrics.json too)
+    if neurobench:
+        out = results / "neurobench" / f"{run.resolve().name}.json"
+        write_json_atomic(out, summarize_neurobench(run))
+    elif (run / "results.csv").exists():  # a sweep (its dir has a metrics.json too)
         out = results / "sweeps" / f"{run.resolve().name}.json"
         write_json_atomic(out, summarize_sweep(run))
     elif (run / "metrics.json").exists():
@@ -170,10 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="finished run or sweep dirs")
     p.add_argument("--results", type=Path, default=RESULTS, help="default: bench/results")
+    p.add_argument(
+        "--neurobench", action="store_true", help="collect only the run's neurobench.json"
+    )
     args = p.parse_args(argv)
     try:
         for run in args.runs:
-            print(collect(run, args.results))
+            print(collect(run, args.results, args.neurobench))
     except CollectError as err:
         print(f"collect: {err}", file=sys.stderr)
         return 2

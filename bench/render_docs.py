@@ -614,6 +614,62 @@ def r_provenance(root: Path, args: list[str]) -> str:
     return "\n".join(lines)
 
 
+def neurobench_command(run: str) -> str:
+    return (
+        f"`qssm eval runs/{run} --neurobench`, then "
+        f"`python bench/collect.py --neurobench runs/{run}`"
+    )
+
+
+def r_neurobench(root: Path, args: list[str]) -> str:
+    """NeuroBench's figures per run and model beside qssm's footprint, and what it counts."""
+    folder = root / "bench" / "results" / "neurobench"
+    found = [read_json(folder / f"{a}.json") for a in args if (folder / f"{a}.json").exists()]
+    absent = [a for a in args if not (folder / f"{a}.json").exists()]
+    rows, notes = [], []
+    for r in found:
+        fp = r.get("qssm_footprint") or {}
+        for stage, m in r["models"].items():
+            ops = m["synaptic_operations"]
+            ours = fp.get("total_bits") if m["quantized"] else fp.get("float32_bits")
+            rows.append(
+                [
+                    f"`{r['run']}`",
+                    stage,
+                    f"{pct(m['accuracy'])} ({pct(m['stored_accuracy'])})",
+                    num(m["footprint_bytes"]),
+                    num(None if ours is None else round(ours / 8)),
+                    f"{m['connection_sparsity']:.4f}",
+                    f"{m['activation_sparsity']:.4f}",
+                    num(round(ops["dense"])),
+                    num(round(ops["effective_macs"])),
+                    num(round(ops["effective_acs"])),
+                    measured(r["provenance"]),
+                ]
+            )
+        m = list(r["models"].values())[-1]
+        notes.append(
+            f"- `{r['run']}` ({r['sequences']:,} test sequences, {r['steps']} steps, NeuroBench "
+            f"{r['neurobench']}): counted {', '.join(m['counted'])}; not counted "
+            f"{'; '.join(m['not_counted'])}."
+        )
+    header = [
+        "run",
+        "model",
+        "accuracy",
+        "NeuroBench footprint (bytes)",
+        "qssm footprint (bytes)",
+        "connection sparsity",
+        "activation sparsity",
+        "dense ops / sample",
+        "effective MACs",
+        "effective ACs",
+        "measured at",
+    ]
+    body = table(header, rows) + "\n\n" + "\n".join(notes) if rows else None
+    return with_missing(body, absent, neurobench_command)
+
+
 KINDS = {
     "headline": r_headline,
     "accuracy": r_accuracy,
@@ -628,6 +684,7 @@ KINDS = {
     "interaction": r_interaction,
     "bench": r_bench,
     "provenance": r_provenance,
+    "neurobench": r_neurobench,
 }
 
 

@@ -162,3 +162,38 @@ def test_collect_files_a_sweep_dir_as_a_sweep(tmp_path):
     assert out == tmp_path / "results" / "sweeps" / "sweep_tiny.json"
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["bits"] == "8/8" and rows[0]["accuracy"] == pytest.approx(0.73)
+
+
+def test_neurobench_figures_are_collected_and_rendered(tmp_path, capsys):
+    model = {
+        "quantized": True,
+        "stored_accuracy": 0.5,
+        "accuracy": 0.5,
+        "footprint_bytes": 2240,
+        "connection_sparsity": 0.0926,
+        "activation_sparsity": 0.37576,
+        "synaptic_operations": {"dense": 8784.0, "effective_macs": 2301.2, "effective_acs": 0.0},
+        "counted": ["encoder (Linear, weight 8×1)"],
+        "not_counted": ["blocks.0.ssm (QuantS4D: state recurrence)"],
+    }
+    figures = {
+        "run": "tiny",
+        "neurobench": "2.3.0",
+        "sequences": 64,
+        "steps": 64,
+        "qssm_footprint": {"total_bits": 2600, "float32_bits": 16000},
+        "models": {"qat": model},
+    }
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    results = tmp_path / "bench" / "results"
+    assert collect.main([str(run), "--neurobench", "--results", str(results)]) == 2
+    assert "run `qssm eval" in capsys.readouterr().err
+    (run / "neurobench.json").write_text(json.dumps(figures))
+    assert collect.main([str(run), "--neurobench", "--results", str(results)]) == 0
+    assert not (results / "runs").exists()  # the run's own summary is left alone
+    out = render.render_text(block("neurobench tiny absent"), tmp_path)
+    row = "| `tiny` | qat | 50.00 % (50.00 %) | 2,240 | 325 | 0.0926 | 0.3758 | 8,784 | 2,301 | 0 |"
+    assert row + " `" in out  # then the commit it was collected at
+    assert "not counted blocks.0.ssm (QuantS4D: state recurrence)." in out
+    assert "`qssm eval runs/absent --neurobench`" in out
