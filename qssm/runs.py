@@ -40,7 +40,7 @@ from .train import evaluate, fit, seed_everything
 # resumable training state of the float and QAT stages (``_fit``), deleted once the run is finished
 # (the .json files: the second half of the checkpoints of runs written before issue 16)
 CHECKPOINTS = tuple(f"{s}_state.{ext}" for s in ("train", "qat") for ext in ("json", "safetensors"))
-STAGE_FILES = ("metrics.json", *CHECKPOINTS, "float.json", "float.safetensors")
+STAGE_FILES = ("metrics.json", *CHECKPOINTS, "float.json", "float.safetensors", "neurobench.json")
 
 
 class RunError(ValueError):

@@ -2,6 +2,7 @@
 counts made with our own hooks on the original model."""
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -16,6 +17,7 @@ from qssm.models.s4d import S4D
 from qssm.quant.layers import QuantLinear
 from qssm.quant.mingru import QuantMinGRU
 from qssm.quant.wrap import quantizers
+from qssm.recipe import load_recipe
 from qssm.runs import load_data, load_run_model, open_run, quantize_run
 from qssm.train import evaluate
 
@@ -160,6 +162,9 @@ def test_eval_neurobench_records_in_the_run_dir(minimalist_run, capsys):
     report = (run / "report.md").read_text()
     assert report.count("## NeuroBench") == 1 and "## Footprint" in report
     assert "blocks.1.gru (QuantMinGRU" in report  # what is not counted, named
+    again = shutil.copytree(run, run.parent / "again")  # a run started over drops the figures
+    open_run(again, load_recipe(again / "recipe.yaml"), force=True)
+    assert not (again / "neurobench.json").exists()
 
 
 def test_eval_neurobench_bad_input_is_one_line(minimalist_run, capsys, monkeypatch):
