@@ -14,6 +14,8 @@ single ``Quant`` node (domain ``qonnx.custom_op.general``).
 Opset 21 (int16 Q/DQ); IR version 10; the batch axis is dynamic everywhere.
 """
 
+from functools import reduce
+from operator import add
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +48,18 @@ DTYPES = {DOUBLE: np.dtype(np.float64), FLOAT: np.dtype(np.float32), INT64: np.d
 
 class Val(Symbolic):
     """A tensor of the graph being written, one of: a node's output (``name``); a constant,
-    folded at export (``value``); a table (``value``, ``table``: its axis 0 runs over the codes
-    of the emitter's index instead of over the batch); a pending product ``x · c`` (``scaled``)
-    or float64 view of a float32 tensor (``f32``), written when a node first reads it.  ``bound``
-    (integer values of |v| ≤ bound) is known for codes."""
+    folded at export (``value``); a table (``value``; its axis ``table`` runs over the codes of
+    the emitter's index where the batch axis would be); a pending product ``x · c``
+    (``scaled``), float64 view of a float32 tensor (``f32``) or node (``make`` writes it and
+    returns its name), written when a node first reads it.  ``bound`` (integer values of
+    |v| ≤ bound) is known for codes."""
 
-    def __init__(self, e, name=None, dtype=np.float64, value=None, table=False, **extra):
+    def __init__(self, e, name=None, dtype=np.float64, value=None, table=None, **extra):
         self.e, self.name, self.value, self.table = e, name, value, table
         self.dtype = np.dtype(dtype if value is None else value.dtype)
         self.scaled, self.f32 = extra.get("scaled"), extra.get("f32")
-        self.bound = extra.get("bound")
+        self.make, self.bound = extra.get("make"), extra.get("bound")
+        self.stacked = extra.get("stacked")  # (stack, k): this is stack[k] (``to_code``)
 
     @property
     def node(self) -> bool:
@@ -75,17 +79,20 @@ class Emitter:
     op casts to float32.  Constants are folded at export with numpy, each tensor in the dtype
     onnxruntime would hold it in.  With ``table`` (an input of one scalar per sample, quantized
     to at most 256 codes), everything computed from those codes and constants alone is folded
-    into a table over the codes and read with one ``GatherND`` where a node needs it.
-    ``name_ops`` names every op's output after the op (an Identity)."""
+    into a table over the codes and read with one ``Gather`` where a node needs it.
+    ``name_ops`` names every op's output after the op (an Identity); ``shapes`` (per-sample
+    shapes of the ops' outputs) and ``formats`` (the graph's) let ``ops`` fuse ops."""
 
-    def __init__(self, consts: dict, prefix="", qonnx=False, table=False, name_ops=True):
+    def __init__(self, consts: dict, prefix="", qonnx=False, table=False, name_ops=True, **graph):
         self.consts, self.prefix, self.qonnx, self.table = consts, prefix, qonnx, table
         self.name_ops = name_ops
+        self.shapes, self.formats = graph.get("shapes", {}), graph.get("formats", {})
         self.nodes: list = []
         self.inits: dict[str, onnx.TensorProto] = {}
         self.env: dict[str, Val] = {}
         self.folded: dict[str, Val] = {}  # the graph's constants as Vals (initializers once)
-        self.index = None  # (int64 index (B, 1), codes' row roll) of the tables
+        self.memo: dict = {}  # nodes written once for several readers
+        self.index = None  # (int64 index (B,), codes' row roll) of the tables
         self.n = 0
         self.hint = ""  # the output of the op being written: its nodes are named after it
 
@@ -132,6 +139,16 @@ class Emitter:
             shifted = self.lift(value + float(zp) if zp else value)
             self.nodes.append(helper.make_node("Cast", [shifted], [out], to=onnx_type))
             return
+        if value.stacked is not None and not self.qonnx:  # one QuantizeLinear for the stack
+            stack, k = value.stacked
+            key = ("QuantizeLinear", stack.f32.name, zp)
+            if key not in self.memo:
+                self.memo[key] = self.node(
+                    "QuantizeLinear", [stack.f32, *self.unit_scale(np_type, zp)]
+                )
+            take = [self.memo[key], self.scalar(k, np.int64)]
+            self.nodes.append(helper.make_node("Gather", take, [out], axis=0))
+            return
         f = self.lift(self.f32(value))
         if self.qonnx:
             q = self.quant(f, zp, np_type, out, dequant=False)
@@ -161,10 +178,12 @@ class Emitter:
         if not isinstance(v, Val):
             return self.scalar(float(v))
         if v.name is None:
-            if v.table:
-                table = np.roll(v.value, self.index[1], axis=0)
+            if v.make is not None:
+                v.name = v.make()
+            elif v.table is not None:
+                table = np.roll(v.value, self.index[1], axis=v.table)
                 data = self.init(self.fresh("table"), table)
-                v.name = self.node("GatherND", [data, self.index[0]])
+                v.name = self.node("Gather", [data, self.index[0]], axis=v.table)
             elif v.value is not None:
                 v.name = self.init(self.fresh("const"), v.value)
             elif v.f32 is not None:
@@ -212,13 +231,13 @@ class Emitter:
         vals = [a for a in args if isinstance(a, Val)]
         if any(v.node for v in vals) or prim not in FOLD:
             return None
-        tables = [v for v in vals if v.table]
-        if tables and not _table_fits(prim, args, tables[0].value.ndim):
+        axis = _table_axis(prim, args)
+        if axis is False:
             return None
         value = np.asarray(FOLD[prim](*(a.value if isinstance(a, Val) else a for a in args)))
-        if tables and value.size > TABLE_LIMIT:
+        if axis is not None and value.size > TABLE_LIMIT:
             return None
-        return Val(self, value=value, table=bool(tables))
+        return Val(self, value=value, table=axis)
 
     def get(self, name: str) -> Val:
         if name in self.env:
@@ -245,11 +264,12 @@ class Emitter:
         qlo, qhi = lo + zp, hi + zp
         bounds = [self.scalar(q, np_type) for q in (qlo, qhi)]
         index = self.node("Cast", [self.node("Clip", [code, *bounds])], to=INT64)
-        roll = qlo  # GatherND reads negative indices from the end: rows rolled by the lowest code
+        index = self.node("Reshape", [index, self.init("c/flat", np.int64([-1]))])
+        roll = qlo  # Gather reads negative indices from the end: rows rolled by the lowest code
         if not qlo <= 0 <= qhi + 1:
-            index, roll = self.node("Sub", [index, self.init(f"c/i64/{qlo}", np.int64(qlo))]), 0
+            index, roll = self.node("Sub", [index, self.scalar(qlo, np.int64)]), 0
         self.index = (index, roll)
-        return Val(self, value=np.arange(lo, hi + 1, dtype=np.float64)[:, None], table=True)
+        return Val(self, value=np.arange(lo, hi + 1, dtype=np.float64)[:, None], table=0)
 
     def halves(self, v: Val) -> tuple[Val, Val]:
         if not v.node:
@@ -268,26 +288,53 @@ class Emitter:
 
     def op(self, op) -> None:
         self.hint = op.out
-        self.set(op.eval(self), op.out)
+        fused = FUSED[op.kind](self, op) if op.kind in FUSED else None
+        self.set(op.eval(self) if fused is None else fused, op.out)
         if self.name_ops:
             self.output(self.env[op.out], self.prefix + op.out)
+
+    def ops(self, ops: list) -> None:
+        """``op`` of each, two S4D state updates over the same inputs (and the readout of both
+        that follows) written as one over a stacked axis."""
+        i = 0
+        while i < len(ops):
+            n = _s4d(self, ops[i : i + 3])
+            if not n:
+                self.op(ops[i])
+            i += n or 1
 
     def graph(self, name: str, inputs: list, outputs: list) -> onnx.GraphProto:
         return helper.make_graph(self.nodes, name, inputs, outputs, list(self.inits.values()))
 
 
-def _table_fits(prim: str, args, ndim: int) -> bool:
-    """Whether ``prim`` keeps a table's axis 0 the codes' axis: constants broadcast over it as
-    over the batch (of lower rank, or of size 1 there); matmul by a matrix; gather from a
-    1-d table; never a concatenation with a constant."""
-    consts = [a.value for a in args if isinstance(a, Val) and not a.table]
+def _table_axis(prim: str, args):
+    """The codes' axis of the result of ``prim`` on constants and tables (None: no table; False:
+    the codes' axis would not stay one axis of the result).  Constants broadcast over it as over
+    the batch (of size 1 there, or of lower rank); matmul is by a matrix; gather reads a 1-d
+    table; a concatenation takes no constants."""
+    arrays = [a for a in args if isinstance(a, Val)]
+    tables = [a for a in arrays if a.table is not None]
+    if not tables:
+        return None
+    consts = [a.value for a in arrays if a.table is None]
+    rank = max(a.value.ndim for a in arrays)
+    axes = {rank - t.value.ndim + t.table for t in tables}
+    if len(axes) > 1:
+        return False
+    (axis,) = axes
     if prim == "matmul":
-        return args[0].table and consts[0].ndim == 2
+        return (
+            axis if args[0].table is not None and consts[0].ndim == 2 and axis < rank - 1 else False
+        )
     if prim == "gather":
-        return not args[0].table and consts[0].ndim == 1
-    if prim == "concat_last":
-        return not consts
-    return all(c.ndim < ndim or (c.ndim == ndim and c.shape[0] == 1) for c in consts)
+        return axis if args[0].table is None and consts[0].ndim == 1 else False
+    if prim in ("concat_last", "sum_last", "sum_keep", "unsqueeze_last", "drop_last", "slice_last"):
+        return axis if not consts and axis < rank - 1 else False
+    for c in consts:
+        at = c.ndim - (rank - axis)
+        if 0 <= at and c.shape[at] != 1:
+            return False
+    return axis
 
 
 def _node(op: str):
@@ -374,7 +421,7 @@ def _mul(e: Emitter, a, b) -> Val | None:
     x · 1 is x."""
     if isinstance(a, Val) and not a.node and not (isinstance(b, Val) and not b.node):
         a, b = b, a  # the constant second
-    c = b.value if isinstance(b, Val) and not b.node and not b.table else None
+    c = b.value if isinstance(b, Val) and not b.node and b.table is None else None
     if c is None or not isinstance(a, Val):
         return None
     if c.ndim == 0 and c == 1:
@@ -398,6 +445,136 @@ def _div(e: Emitter, a, b) -> Val | None:
 
 
 RULES = {"f32": _f32, "rint": _rint, "clip": _clip, "mul": _mul, "div": _div}
+
+
+# ---- ops written as fewer nodes than their primitives (the same arithmetic, tested bit-exact)
+
+
+def _lut(e: Emitter, op) -> Val | None:
+    """One table, codes in reach of Gather's negative indices: Gather by the code itself, the
+    table's rows rolled by the offset."""
+    src, table = e.get(op.src), np.asarray(e.consts[op.table], np.float64)
+    if not src.node or op.channels != 1 or not op.offset <= 0 <= op.offset + len(table):
+        return None
+    index = e.node("Cast", [src.f32 if src.f32 is not None else src], to=INT64)
+    rolled = e.init(f"{op.table}:rolled", np.roll(table, op.offset))
+    return Val(e, e.node("Gather", [rolled, index], axis=0))
+
+
+def _dyadic(v: np.ndarray) -> int | None:
+    """The smallest k with v · 2^k integer everywhere (None past 2^60)."""
+    for k in range(61):
+        if np.all(np.ldexp(v, k) == np.round(np.ldexp(v, k))):
+            return k
+    return None
+
+
+def _real(e: Emitter, op) -> Val | None:
+    """Integer codes @ an integer matrix × dyadic scales + a constant: every product and partial
+    sum is a multiple of 2^−k below 2^(53−k), so exact in any order: one Gemm of the matrix
+    times its scales."""
+    if len(op.terms) != 2 or [t.kind for t in op.terms] != ["matmul", "const"]:
+        return None
+    mm, const = op.terms
+    fmt = e.formats.get(mm.inputs[0])
+    w = np.asarray(e.consts.get(mm.inputs[1], 0.5))  # 0.5: not an integer matrix
+    x = e.get(mm.inputs[0])
+    if fmt is None or not x.node or len(e.shapes.get(mm.inputs[0], ())) != 1 or w.ndim != 2:
+        return None
+    scale = np.asarray(e.consts[mm.weight], np.float64)
+    c = e.get(const.inputs[0]).value * e.get(const.weight).value  # the folded constant term
+    k = _dyadic(np.concatenate([scale.ravel(), np.ravel(c)]))
+    total = fmt.bound * np.abs(w).sum(0) * np.abs(scale) + np.abs(c)
+    if k is None or np.any(np.ldexp(total, k) >= 2.0**53) or c.ndim > 1:
+        return None
+    b = e.const(w * scale)
+    return Val(e, e.node("Gemm", [x, b, e.const(np.broadcast_to(c, b.value.shape[1:]))]))
+
+
+FUSED = {"lut": _lut, "real": _real}
+
+
+def _divides_exactly(s: np.ndarray, terms: list) -> bool:
+    """Whether Σ fᵢ·(xᵢ·gᵢ) / s equals Σ (fᵢ/s)·(xᵢ·gᵢ) bit for bit: s powers of two; a folded
+    term (a table) exactly 1/s of itself; for a term of integer codes xᵢ, gᵢ powers of two and
+    the nonzero |fᵢ·gᵢ/s| ≥ 2^−100, so that no product of a nonzero code is subnormal.  Scaling
+    by a power of two then commutes with every rounding: products and sums stay normal, or a sum
+    that underflows is exact (and so is its scaled twin)."""
+    if not _is_pow2(s):
+        return False
+    for x, f, g in terms:
+        if x.table is not None:
+            p = (f.value * (x.value * g.value)).astype(np.float32)
+            if not np.array_equal((f.value / s) * (x.value * g.value) * s, p):
+                return False
+        elif (
+            x.bound is None or not _is_pow2(g.value) or not np.array_equal(f.value / s * s, f.value)
+        ):
+            return False
+        else:
+            fg = np.abs(f.value.astype(np.float64) * g.value / s)
+            if fg[fg > 0].min(initial=1.0) < 2.0**-100 or fg.max() * x.bound > 2.0**100:
+                return False
+    return True
+
+
+def _stack(a, b, rank: int) -> np.ndarray:
+    """Two constants broadcast to one shape and stacked on a leading axis, shaped (2, 1, …) to
+    broadcast over the batch of tensors of ``rank`` per-sample axes."""
+    v = np.stack(np.broadcast_arrays(np.asarray(a), np.asarray(b)))
+    return v.reshape(2, 1, *[1] * (rank - v.ndim + 1), *v.shape[1:])
+
+
+def _s4d(e: Emitter, ops: list) -> int:
+    """Two ``Float32Update`` ops over the same inputs (an S4D state's real and imaginary parts)
+    as one over a leading axis of 2 (the first op's constants, then the second's); a
+    ``Float32Readout`` of both that follows reads the stacked state: its two products sum as a
+    ReduceSum over that axis, the halving sum over a power-of-two number of modes as one
+    ReduceSum per halving over the modes' bits.  Returns how many ops it wrote (0: none)."""
+    from .ops import Float32Readout, Float32Update
+
+    if len(ops) < 2 or not all(type(op) is Float32Update for op in ops[:2]) or not e.shapes:
+        return 0
+    a, b = ops[:2]
+    inputs = [t.inputs for t in a.terms]
+    if [t.inputs for t in b.terms] != inputs or (a.lo, a.hi) != (b.lo, b.hi):
+        return 0
+    if any(t.kind != "mul" or len(t.inputs) != 1 for t in a.terms):
+        return 0
+    shape = e.shapes[a.out]
+    stack = lambda na, nb: e.f32(e.const(_stack(e.get(na).value, e.get(nb).value, len(shape))))  # noqa: E731
+    e.hint = f"{a.out}+{b.out}"
+    parts = zip(inputs, a.factors, b.factors, a.scales, b.scales, strict=True)
+    terms = [(e.f32(e.get(x)), stack(fa, fb), stack(ga, gb)) for (x,), fa, fb, ga, gb in parts]
+    scale = stack(a.out_scale, b.out_scale)
+    if _divides_exactly(scale.value, terms):  # ÷ scale folded into every product
+        v = reduce(add, [(f / scale) * (x * g) for x, f, g in terms])
+    else:
+        v = reduce(add, [f * (x * g) for x, f, g in terms]) / scale
+    x = e.codes(e.clip(e.rint(v), a.lo, a.hi))  # (2, B, …), a float64 view of float32 codes
+    for k, op in enumerate((a, b)):
+        take = lambda k=k: e.node("Gather", [x.f32, e.scalar(k, np.int64)], axis=0)  # noqa: E731
+        part = Val(e, dtype=np.float32, make=take, bound=x.bound)
+        e.set(Val(e, f32=part, bound=x.bound, stacked=(x, k)), op.out)
+    r = ops[2] if len(ops) > 2 else None
+    if not (
+        type(r) is Float32Readout
+        and [t.inputs[0] for t in r.terms[:-1]] == [a.out, b.out]
+        and r.modes & (r.modes - 1) == 0
+        and shape[-1] == r.modes
+    ):
+        return 2
+    e.hint = r.out
+    rank = len(shape)
+    p = stack(r.factors[0], r.factors[1]) * (e.f32(x) * stack(r.scales[0], r.scales[1]))
+    t = e.apply("ReduceSum", p, e.init("c/axis0", np.int64([0])), keepdims=0)  # (B, …, modes)
+    bits = r.modes.bit_length() - 1
+    t = e.apply("Reshape", t, e.init(f"c/bits{bits}", np.int64([-1, *shape[:-1], *[2] * bits])))
+    for _ in range(bits):  # the second half onto the first: the modes' highest bit
+        t = e.apply("ReduceSum", t, e.init(f"c/axis{rank}", np.int64([rank])), keepdims=0)
+    skip = r.products(e)[-1]  # (the other products are pending Vals, never written)
+    e.set(r.rounded(e, t + skip), r.out)
+    return 3
 
 
 # ------------------------------------------------------------------------------------- graphs
@@ -426,15 +603,21 @@ def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
 def _body(graph: Graph, qonnx: bool, codes: bool) -> tuple[Emitter, list, list, list]:
     """The step: (emitter, inputs, state outputs, site outputs (none unless ``codes``)), before
     the head."""
-    e = Emitter(graph.consts, qonnx=qonnx, table=graph.d_input == 1 and not qonnx, name_ops=False)
+    x = np.zeros((1, graph.d_input), dtype=np.float32)
+    env, _ = intref.step(graph, x, intref.init_state(graph, 1))  # per-sample shapes
+    intref.head(graph, env)
+    shapes = {op.out: env[op.out].shape[1:] for op in graph.step + graph.head}
+    table = graph.d_input == 1 and not qonnx
+    e = Emitter(
+        graph.consts, qonnx=qonnx, table=table, name_ops=False, shapes=shapes, formats=graph.formats
+    )
     inputs = []
     for s in graph.states:
         np_type, onnx_type, qdq = _state_type(s)
         inputs.append(_value(f"state:{s.name}", onnx_type, ["batch", *s.shape]))
         e.set(e.from_code(f"state:{s.name}", s.zp, np_type, qdq, s.name), s.name)
     inputs.append(_value("x", TensorProto.FLOAT, ["batch", graph.d_input]))
-    for op in graph.step:
-        e.op(op)
+    e.ops(graph.step)
     state_out = []
     for s in graph.states:
         np_type, onnx_type, qdq = _state_type(s)
