@@ -14,6 +14,7 @@ single ``Quant`` node (domain ``qonnx.custom_op.general``).
 Opset 21 (int16 Q/DQ); IR version 10; the batch axis is dynamic everywhere.
 """
 
+import dataclasses
 from functools import reduce
 from operator import add
 from pathlib import Path
@@ -60,6 +61,7 @@ class Val(Symbolic):
         self.scaled, self.f32 = extra.get("scaled"), extra.get("f32")
         self.make, self.bound = extra.get("make"), extra.get("bound")
         self.stacked = extra.get("stacked")  # (stack, k): this is stack[k] (``to_code``)
+        self.gemm, self.negated = extra.get("gemm"), extra.get("negated")  # (x, B, C); −this
 
     @property
     def node(self) -> bool:
@@ -271,12 +273,24 @@ class Emitter:
         self.index = (index, roll)
         return Val(self, value=np.arange(lo, hi + 1, dtype=np.float64)[:, None], table=0)
 
-    def halves(self, v: Val) -> tuple[Val, Val]:
+    def halves(self, v: Val, axis: int = -1) -> tuple[Val, Val]:
+        """The two halves of the last axis (or ``axis``); of a Gemm not yet written, one Gemm
+        whose second half is negated (the second half is then the negation of a node, which
+        GLU's sigmoid takes the negation of)."""
         if not v.node:
-            a, g = np.split(v.value, 2, axis=-1)
+            a, g = np.split(v.value, 2, axis=axis)
             return Val(self, value=a, table=v.table), Val(self, value=g, table=v.table)
+        if v.name is None and v.gemm is not None and axis == -1:
+            x, b, c = v.gemm
+            n = b.shape[1] // 2
+            sign = np.where(np.arange(2 * n) < n, 1.0, -1.0)  # exact: the Gemm is exact
+            a, ng = self.halves(
+                Val(self, self.node("Gemm", [x, self.const(b * sign), self.const(c * sign)]))
+            )
+            return a, Val(self, make=lambda: self.node("Neg", [ng]), negated=ng)
         a, g = self.tmp(self.hint), self.tmp(self.hint)
-        self.nodes.append(helper.make_node("Split", [self.lift(v)], [a, g], axis=-1, num_outputs=2))
+        split = helper.make_node("Split", [self.lift(v)], [a, g], axis=axis, num_outputs=2)
+        self.nodes.append(split)
         return Val(self, a, v.dtype), Val(self, g, v.dtype)
 
     def set(self, value: Val, out: str) -> None:
@@ -444,7 +458,11 @@ def _div(e: Emitter, a, b) -> Val | None:
     return None
 
 
-RULES = {"f32": _f32, "rint": _rint, "clip": _clip, "mul": _mul, "div": _div}
+def _neg(e: Emitter, v) -> Val | None:
+    return v.negated if isinstance(v, Val) else None
+
+
+RULES = {"f32": _f32, "rint": _rint, "clip": _clip, "mul": _mul, "div": _div, "neg": _neg}
 
 
 # ---- ops written as fewer nodes than their primitives (the same arithmetic, tested bit-exact)
@@ -487,8 +505,8 @@ def _real(e: Emitter, op) -> Val | None:
     total = fmt.bound * np.abs(w).sum(0) * np.abs(scale) + np.abs(c)
     if k is None or np.any(np.ldexp(total, k) >= 2.0**53) or c.ndim > 1:
         return None
-    b = e.const(w * scale)
-    return Val(e, e.node("Gemm", [x, b, e.const(np.broadcast_to(c, b.value.shape[1:]))]))
+    b, c = w * scale, np.broadcast_to(c, w.shape[1:])
+    return Val(e, make=lambda: e.node("Gemm", [x, e.const(b), e.const(c)]), gemm=(x, b, c))
 
 
 FUSED = {"lut": _lut, "real": _real}
@@ -528,9 +546,10 @@ def _stack(a, b, rank: int) -> np.ndarray:
 def _s4d(e: Emitter, ops: list) -> int:
     """Two ``Float32Update`` ops over the same inputs (an S4D state's real and imaginary parts)
     as one over a leading axis of 2 (the first op's constants, then the second's); a
-    ``Float32Readout`` of both that follows reads the stacked state: its two products sum as a
-    ReduceSum over that axis, the halving sum over a power-of-two number of modes as one
-    ReduceSum per halving over the modes' bits.  Returns how many ops it wrote (0: none)."""
+    ``Float32Readout`` of both that follows reads the stacked state (one product for both),
+    its halving sum over a power-of-two number of modes a Split and an Add per halving (a
+    ReduceSum over an axis of 2 costs onnxruntime more, at batch 1 and far more at 64).
+    Returns how many ops it wrote (0: none)."""
     from .ops import Float32Readout, Float32Update
 
     if len(ops) < 2 or not all(type(op) is Float32Update for op in ops[:2]) or not e.shapes:
@@ -551,7 +570,16 @@ def _s4d(e: Emitter, ops: list) -> int:
         v = reduce(add, [(f / scale) * (x * g) for x, f, g in terms])
     else:
         v = reduce(add, [f * (x * g) for x, f, g in terms]) / scale
-    x = e.codes(e.clip(e.rint(v), a.lo, a.hi))  # (2, B, …), a float64 view of float32 codes
+    int8 = np.iinfo(np.int8)
+    if (a.lo, a.hi) == (int8.min, int8.max) and not e.qonnx:
+        # QuantizeLinear at scale 1 rounds half to even and saturates to [lo, hi]: the codes
+        # of both next states, and back through DequantizeLinear those the readout reads
+        q = e.node("QuantizeLinear", [v, *e.unit_scale(np.int8, 0)])
+        codes = e.node("DequantizeLinear", [q, *e.unit_scale(np.int8, 0)])
+        e.memo[("QuantizeLinear", codes, 0)] = q
+        x = Val(e, f32=Val(e, codes, np.float32, bound=128), bound=128)
+    else:
+        x = e.codes(e.clip(e.rint(v), a.lo, a.hi))  # (2, B, …), a float64 view of float32 codes
     for k, op in enumerate((a, b)):
         take = lambda k=k: e.node("Gather", [x.f32, e.scalar(k, np.int64)], axis=0)  # noqa: E731
         part = Val(e, dtype=np.float32, make=take, bound=x.bound)
@@ -565,14 +593,13 @@ def _s4d(e: Emitter, ops: list) -> int:
     ):
         return 2
     e.hint = r.out
-    rank = len(shape)
     p = stack(r.factors[0], r.factors[1]) * (e.f32(x) * stack(r.scales[0], r.scales[1]))
-    t = e.apply("ReduceSum", p, e.init("c/axis0", np.int64([0])), keepdims=0)  # (B, …, modes)
-    bits = r.modes.bit_length() - 1
-    t = e.apply("Reshape", t, e.init(f"c/bits{bits}", np.int64([-1, *shape[:-1], *[2] * bits])))
-    for _ in range(bits):  # the second half onto the first: the modes' highest bit
-        t = e.apply("ReduceSum", t, e.init(f"c/axis{rank}", np.int64([rank])), keepdims=0)
-    skip = r.products(e)[-1]  # (the other products are pending Vals, never written)
+    t = reduce(add, e.halves(p, axis=0))  # (1, B, …, modes)
+    for _ in range(r.modes.bit_length() - 1):  # the second half onto the first
+        t = reduce(add, e.halves(t))
+    t = e.apply("Reshape", t, e.init(f"c/shape{shape[:-1]}", np.int64([-1, *shape[:-1]])))
+    last = dataclasses.replace(r, terms=r.terms[-1:], factors=r.factors[-1:], scales=r.scales[-1:])
+    (skip,) = last.products(e)  # the last term's product (D·u)
     e.set(r.rounded(e, t + skip), r.out)
     return 3
 
