@@ -19,6 +19,8 @@ the shipped recipes, on smnist5k-shaped input:
                             by numba: hwmap.compiled) and onnxruntime's deployable step graph
                             (step_deploy.onnx), its state fed back through IOBindings (no
                             copies)
+  onnx_step_cpu_us          the same streaming, this process's CPU time per timestep (what
+                            other processes on the same cores do not change)
   onnx_step_nodes           that graph's nodes, as exported and after onnxruntime's optimizer
   sequence_samples_per_s    whole sequences at batch B: integer reference, onnxruntime's
                             deployable sequence graph (sequence_deploy.onnx: one Scan)
@@ -231,12 +233,12 @@ def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
     onnx_export.save_onnx(onnx_export.sequence_model(graph, codes=False), paths["sequence"])
     x = np.random.default_rng(0).random((batch, 784, 1), dtype=np.float32)
 
-    def per_step(fn) -> float:
+    def per_step(fn, clock=time.perf_counter) -> float:
         times = []
         for _ in range(steps + 1):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times.append((time.perf_counter() - t0) / 784 * 1e6)
+            times.append((clock() - t0) / 784 * 1e6)
         return statistics.median(times[1:])
 
     def stream_intref():
@@ -261,6 +263,7 @@ def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
         "intref_step_latency_us": per_step(stream_intref),
         "intref_compiled_step_latency_us": per_step(stream_compiled),
         "onnx_step_latency_us": per_step(lambda: step(x[0])),
+        "onnx_step_cpu_us": per_step(lambda: step(x[0]), time.process_time),
         "onnx_step_nodes": {
             "exported": len(onnx.load(paths["step"]).graph.node),
             "optimized": optimized_nodes(paths["step"], tmp / "step_optimized.onnx"),

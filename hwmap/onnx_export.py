@@ -3,13 +3,17 @@ body) and a QONNX step graph.
 
 Every op of ``hwmap.ops`` becomes standard ONNX nodes (``NODES``: its primitives as nodes) that
 reproduce the integer reference bit for bit: codes travel as float64 tensors holding exact
-integers (every sum stays below 2^52), the fixed-point requantization is Mul by the integer
-multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
-Integer tensors enter and leave in QCDQ form: weights and lookup tables are int8/int16
-initializers read through ``DequantizeLinear``; the float input goes through ``QuantizeLinear``
-with its real scale; states and per-site codes leave through ``QuantizeLinear`` (zero point,
-integer type) and come back through ``DequantizeLinear``.  In the QONNX file each such pair is a
-single ``Quant`` node (domain ``qonnx.custom_op.general``).
+integers (every sum stays below 2^52), or float32 where the op computes in float32; the
+fixed-point requantization is Mul by the integer multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
+At batch 1 onnxruntime spends about as long per node as on its arithmetic, so the emitter writes
+few nodes (``Emitter``): constants are folded at export (an integer weight times its multiplier
+is one float64 initializer), an input of one scalar per sample becomes a table over its codes,
+float32 stays float32 between casts, and some ops are written fused (``FUSED``, ``_s4d``); every
+rewrite is exact (the conditions are checked at export, else the op's own nodes are written).
+Integers at the boundary: the float input goes through ``QuantizeLinear`` with its real scale;
+states (and per-site codes) leave through ``QuantizeLinear`` (zero point, integer type) and come
+back through ``DequantizeLinear`` (int32 states through Cast).  In the QONNX file each such pair
+is a single ``Quant`` node (domain ``qonnx.custom_op.general``).
 
 Opset 21 (int16 Q/DQ); IR version 10; the batch axis is dynamic everywhere.
 """
