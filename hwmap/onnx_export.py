@@ -54,18 +54,32 @@ DTYPES = {DOUBLE: np.dtype(np.float64), FLOAT: np.dtype(np.float32), INT64: np.d
 class Val(Symbolic):
     """A tensor of the graph being written, one of: a node's output (``name``); a constant,
     folded at export (``value``); a table (``value``; its axis ``table`` runs over the codes of
-    the emitter's index where the batch axis would be); a pending product ``x · c``
-    (``scaled``), float64 view of a float32 tensor (``f32``) or node (``make`` writes it and
-    returns its name), written when a node first reads it.  ``bound`` (integer values of
-    |v| ≤ bound) is known for codes."""
+    the emitter's index where the batch axis would be); or a node written when a node first
+    reads it: a product ``x · c`` (``scaled``), the float64 view of a float32 tensor (``f32``),
+    a node ``make`` writes.  Known where it applies: ``bound`` (integer values, |v| ≤ bound),
+    ``stacked`` ((stack, k): this is stack[k]), ``gemm`` ((x, B, C): this is x·B + C, exact),
+    ``negated`` (a node holding −this)."""
 
-    def __init__(self, e, name=None, dtype=np.float64, value=None, table=None, **extra):
+    def __init__(
+        self,
+        e,
+        name=None,
+        dtype=np.float64,
+        value=None,
+        table=None,
+        *,
+        scaled=None,
+        f32=None,
+        make=None,
+        bound=None,
+        stacked=None,
+        gemm=None,
+        negated=None,
+    ):
         self.e, self.name, self.value, self.table = e, name, value, table
         self.dtype = np.dtype(dtype if value is None else value.dtype)
-        self.scaled, self.f32 = extra.get("scaled"), extra.get("f32")
-        self.make, self.bound = extra.get("make"), extra.get("bound")
-        self.stacked = extra.get("stacked")  # (stack, k): this is stack[k] (``to_code``)
-        self.gemm, self.negated = extra.get("gemm"), extra.get("negated")  # (x, B, C); −this
+        self.scaled, self.f32, self.make, self.bound = scaled, f32, make, bound
+        self.stacked, self.gemm, self.negated = stacked, gemm, negated
 
     @property
     def node(self) -> bool:

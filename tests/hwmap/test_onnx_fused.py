@@ -13,7 +13,8 @@ from hwmap.ops import Affine, Float32Readout, Float32Update, Quantize, Real, Ter
 from qssm.runs import load_data, load_run_model
 
 
-def _run(e: onnx_export.Emitter, inputs: dict, outputs: dict, feeds: dict) -> dict:
+def _run(e: onnx_export.Emitter, inputs: dict, outputs: dict, feeds: dict) -> tuple[dict, list]:
+    """The emitted nodes as a model run once in onnxruntime: (outputs, node kinds)."""
     info = helper.make_tensor_value_info
     graph = e.graph(
         "t",
