@@ -560,9 +560,11 @@ BENCH_ROWS = [
     ("fakequant_step_latency_us", "streaming µs/step, batch 1: Brevitas fake-quant (torch)", 1),
     ("intref_step_latency_us", "integer reference, numpy interpreter", 1),
     ("intref_compiled_step_latency_us", "**integer reference, compiled step** (numba)", 1),
-    ("onnx_step_latency_us", "onnxruntime, `step.onnx`, state fed back (IOBinding)", 1),
+    ("onnx_step_latency_us", "onnxruntime, `step_deploy.onnx`, state fed back (IOBinding)", 1),
+    ("onnx_step_cpu_us", "the same, CPU time of the process", 1),
+    ("onnx_step_nodes.optimized", "its nodes, after onnxruntime's optimizer", 0),
     ("intref_sequence_samples_per_s", "whole sequences, samples/s: integer reference", 1),
-    ("onnx_sequence_samples_per_s", "onnxruntime `sequence.onnx` (Scan)", 1),
+    ("onnx_sequence_samples_per_s", "onnxruntime `sequence_deploy.onnx` (Scan)", 1),
 ]
 
 

@@ -16,10 +16,14 @@ the shipped recipes, on smnist5k-shaped input:
   process_peak_rss_gib      the same process's peak including calibration
   step_latency_us           streaming at batch 1, per timestep: Brevitas fake-quant (torch),
                             the integer reference (numpy interpreter, and its step compiled
-                            by numba: hwmap.compiled) and onnxruntime's step graph, its
-                            state fed back through IOBindings (no copies)
+                            by numba: hwmap.compiled) and onnxruntime's deployable step graph
+                            (step_deploy.onnx), its state fed back through IOBindings (no
+                            copies)
+  onnx_step_cpu_us          the same streaming, this process's CPU time per timestep (what
+                            other processes on the same cores do not change)
+  onnx_step_nodes           that graph's nodes, as exported and after onnxruntime's optimizer
   sequence_samples_per_s    whole sequences at batch B: integer reference, onnxruntime's
-                            sequence graph (Scan)
+                            deployable sequence graph (sequence_deploy.onnx: one Scan)
 Each figure is the median over timed steps after one warm-up step.  Weights are untrained (speed
 does not depend on them); quantizers are calibrated on one batch.
 
@@ -200,27 +204,41 @@ def onnx_stream(graph, sess):
     return stream
 
 
+def optimized_nodes(path: Path, out: Path) -> int:
+    """How many nodes onnxruntime runs for the ONNX file ``path`` (its optimized graph, saved
+    to ``out``)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3  # not its warning that the saved graph is machine-specific
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return len(onnx.load(out).graph.node)
+
+
 def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
     """Streaming latency and whole-sequence throughput of the integer reference and of
     onnxruntime, on the lowered model."""
     import numpy as np
+    import onnx
 
     from hwmap import intref, onnx_export, verify
     from hwmap.compiled import CompiledStream
     from hwmap.lower import lower
 
     graph = lower(model)
-    paths = {"step": tmp / "step.onnx", "sequence": tmp / "sequence.onnx"}
-    onnx_export.save_onnx(onnx_export.step_model(graph), paths["step"])
-    onnx_export.save_onnx(onnx_export.sequence_model(graph), paths["sequence"])
+    paths = {"step": tmp / "step_deploy.onnx", "sequence": tmp / "sequence_deploy.onnx"}
+    onnx_export.save_onnx(onnx_export.step_model(graph, codes=False), paths["step"])
+    onnx_export.save_onnx(onnx_export.sequence_model(graph, codes=False), paths["sequence"])
     x = np.random.default_rng(0).random((batch, 784, 1), dtype=np.float32)
 
-    def per_step(fn) -> float:
+    def per_step(fn, clock=time.perf_counter) -> float:
         times = []
         for _ in range(steps + 1):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times.append((time.perf_counter() - t0) / 784 * 1e6)
+            times.append((clock() - t0) / 784 * 1e6)
         return statistics.median(times[1:])
 
     def stream_intref():
@@ -245,6 +263,11 @@ def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
         "intref_step_latency_us": per_step(stream_intref),
         "intref_compiled_step_latency_us": per_step(stream_compiled),
         "onnx_step_latency_us": per_step(lambda: step(x[0])),
+        "onnx_step_cpu_us": per_step(lambda: step(x[0]), time.process_time),
+        "onnx_step_nodes": {
+            "exported": len(onnx.load(paths["step"]).graph.node),
+            "optimized": optimized_nodes(paths["step"], tmp / "step_optimized.onnx"),
+        },
         "intref_sequence_samples_per_s": batch / intref_s,
         "onnx_sequence_samples_per_s": batch / onnx_s,
     }

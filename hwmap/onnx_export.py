@@ -3,17 +3,24 @@ body) and a QONNX step graph.
 
 Every op of ``hwmap.ops`` becomes standard ONNX nodes (``NODES``: its primitives as nodes) that
 reproduce the integer reference bit for bit: codes travel as float64 tensors holding exact
-integers (every sum stays below 2^52), the fixed-point requantization is Mul by the integer
-multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
-Integer tensors enter and leave in QCDQ form: weights and lookup tables are int8/int16
-initializers read through ``DequantizeLinear``; the float input goes through ``QuantizeLinear``
-with its real scale; states and per-site codes leave through ``QuantizeLinear`` (zero point,
-integer type) and come back through ``DequantizeLinear``.  In the QONNX file each such pair is a
-single ``Quant`` node (domain ``qonnx.custom_op.general``).
+integers (every sum stays below 2^52), or float32 where the op computes in float32; the
+fixed-point requantization is Mul by the integer multiplier, Add 2^(S−1), Mul 2^−S, Floor, Clip.
+At batch 1 onnxruntime spends about as long per node as on its arithmetic, so the emitter writes
+few nodes (``Emitter``): constants are folded at export (an integer weight times its multiplier
+is one float64 initializer), an input of one scalar per sample becomes a table over its codes,
+float32 stays float32 between casts, and some ops are written fused (``FUSED``, ``_s4d``); every
+rewrite is exact (the conditions are checked at export, else the op's own nodes are written).
+Integers at the boundary: the float input goes through ``QuantizeLinear`` with its real scale;
+states (and per-site codes) leave through ``QuantizeLinear`` (zero point, integer type) and come
+back through ``DequantizeLinear`` (int32 states through Cast).  In the QONNX file each such pair
+is a single ``Quant`` node (domain ``qonnx.custom_op.general``).
 
 Opset 21 (int16 Q/DQ); IR version 10; the batch axis is dynamic everywhere.
 """
 
+import dataclasses
+from functools import reduce
+from operator import add
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +46,73 @@ def code_type(lo: int, hi: int):
     raise ValueError(f"codes in [{lo}, {hi}] need more than 32 bits")
 
 
-class Emitter:
-    """Writes nodes for lowered ops; every op-level tensor is a float64 ONNX value of that name."""
+TABLE_LIMIT = 2**18  # the most elements a table (below) may hold
+DOUBLE, FLOAT, INT64 = TensorProto.DOUBLE, TensorProto.FLOAT, TensorProto.INT64
+DTYPES = {DOUBLE: np.dtype(np.float64), FLOAT: np.dtype(np.float32), INT64: np.dtype(np.int64)}
 
-    def __init__(self, consts: dict, prefix: str = "", qonnx: bool = False):
-        self.consts, self.prefix, self.qonnx = consts, prefix, qonnx
+
+class Val(Symbolic):
+    """A tensor of the graph being written, one of: a node's output (``name``); a constant,
+    folded at export (``value``); a table (``value``; its axis ``table`` runs over the codes of
+    the emitter's index where the batch axis would be); or a node written when a node first
+    reads it: a product ``x · c`` (``scaled``), the float64 view of a float32 tensor (``f32``),
+    a node ``make`` writes.  Known where it applies: ``bound`` (integer values, |v| ≤ bound),
+    ``stacked`` ((stack, k): this is stack[k]), ``gemm`` ((x, B, C): this is x·B + C, exact),
+    ``negated`` (a node holding −this)."""
+
+    def __init__(
+        self,
+        e,
+        name=None,
+        dtype=np.float64,
+        value=None,
+        table=None,
+        *,
+        scaled=None,
+        f32=None,
+        make=None,
+        bound=None,
+        stacked=None,
+        gemm=None,
+        negated=None,
+    ):
+        self.e, self.name, self.value, self.table = e, name, value, table
+        self.dtype = np.dtype(dtype if value is None else value.dtype)
+        self.scaled, self.f32, self.make, self.bound = scaled, f32, make, bound
+        self.stacked, self.gemm, self.negated = stacked, gemm, negated
+
+    @property
+    def node(self) -> bool:
+        return self.value is None
+
+    def apply(self, prim: str, *args) -> "Val":
+        return self.e.prim(prim, *args)
+
+
+def _is_pow2(c: np.ndarray) -> bool:
+    a = np.abs(c.astype(np.float64))
+    return bool(np.all(np.frexp(a)[0] == 0.5) and a.min() >= 2.0**-100 and a.max() <= 2.0**50)
+
+
+class Emitter:
+    """Writes nodes for lowered ops (``op``); the ops' tensors are ``Val``s, float64 unless the
+    op casts to float32.  Constants are folded at export with numpy, each tensor in the dtype
+    onnxruntime would hold it in.  With ``table`` (an input of one scalar per sample, quantized
+    to at most 256 codes), everything computed from those codes and constants alone is folded
+    into a table over the codes and read with one ``Gather`` where a node needs it.
+    ``name_ops`` names every op's output after the op (an Identity); ``shapes`` (per-sample
+    shapes of the ops' outputs) and ``formats`` (the graph's) let ``ops`` fuse ops."""
+
+    def __init__(self, consts: dict, prefix="", qonnx=False, table=False, name_ops=True, **graph):
+        self.consts, self.prefix, self.qonnx, self.table = consts, prefix, qonnx, table
+        self.name_ops = name_ops
+        self.shapes, self.formats = graph.get("shapes", {}), graph.get("formats", {})
         self.nodes: list = []
         self.inits: dict[str, onnx.TensorProto] = {}
-        self.weights: dict[str, str] = {}
+        self.env: dict[str, Val] = {}
+        self.folded: dict[str, Val] = {}  # the graph's constants as Vals (initializers once)
+        self.memo: dict = {}  # nodes written once for several readers
+        self.index = None  # (int64 index (B,), codes' row roll) of the tables
         self.n = 0
         self.hint = ""  # the output of the op being written: its nodes are named after it
 
@@ -60,8 +126,11 @@ class Emitter:
             self.inits[name] = numpy_helper.from_array(np.asarray(value), name)
         return name
 
-    def scalar(self, value: float) -> str:
-        return self.init(f"c/{value!r}", np.float64(value))
+    def scalar(self, value: float, dtype=np.float64) -> str:
+        return self.init(f"c/{np.dtype(dtype).name}/{value!r}", np.asarray(value, dtype))
+
+    def const(self, value) -> Val:
+        return Val(self, value=np.asarray(value))
 
     # ---- the integer boundary: codes of an integer type ↔ exact float64 values
 
@@ -73,22 +142,34 @@ class Emitter:
         """Scale 1 and the zero point: the parameters of a Q/DQ pair over stored codes."""
         return [self.init("c/one_f32", np.float32(1)), self.zero_point(np_type, zp)]
 
-    def from_code(self, code: str, zp: int, np_type, qdq: bool, hint: str) -> str:
+    def from_code(self, code: str, zp: int, np_type, qdq: bool, hint: str) -> Val:
+        info = np.iinfo(np_type)
+        bound = max(abs(info.min - zp), abs(info.max - zp))
         if not qdq:
-            return self.node("Cast", [code], hint, to=TensorProto.DOUBLE)
+            return Val(self, self.node("Cast", [code], hint, to=DOUBLE), bound=bound)
         if self.qonnx:  # a Quant node over the float codes (scale 1, the zero point, the width)
-            f = self.node("Cast", [code], hint, to=TensorProto.FLOAT)
+            f = self.node("Cast", [code], hint, to=FLOAT)
             v = self.quant(f, zp, np_type, hint, dequant=True)
         else:
             v = self.node("DequantizeLinear", [code, *self.unit_scale(np_type, zp)], hint)
-        return self.node("Cast", [v], hint, to=TensorProto.DOUBLE)
+        return Val(self, f32=Val(self, v, np.float32, bound=bound), bound=bound)
 
-    def to_code(self, value: str, zp: int, np_type, onnx_type, qdq: bool, out: str) -> None:
+    def to_code(self, value: Val, zp: int, np_type, onnx_type, qdq: bool, out: str) -> None:
         if not qdq:
-            shifted = self.node("Add", [value, self.scalar(float(zp))], out) if zp else value
+            shifted = self.lift(value + float(zp) if zp else value)
             self.nodes.append(helper.make_node("Cast", [shifted], [out], to=onnx_type))
             return
-        f = self.node("Cast", [value], out, to=TensorProto.FLOAT)
+        if value.stacked is not None and not self.qonnx:  # one QuantizeLinear for the stack
+            stack, k = value.stacked
+            key = ("QuantizeLinear", stack.f32.name, zp)
+            if key not in self.memo:
+                self.memo[key] = self.node(
+                    "QuantizeLinear", [stack.f32, *self.unit_scale(np_type, zp)]
+                )
+            take = [self.memo[key], self.scalar(k, np.int64)]
+            self.nodes.append(helper.make_node("Gather", take, [out], axis=0))
+            return
+        f = self.lift(self.f32(value))
         if self.qonnx:
             q = self.quant(f, zp, np_type, out, dequant=False)
             self.nodes.append(helper.make_node("Cast", [q], [out], to=onnx_type))
@@ -107,26 +188,34 @@ class Emitter:
         q = self.node("Quant", [f, one, zero, bits], hint, domain=QONNX_DOMAIN, **attrs)
         return self.node("Sub", [q, self.init(f"c/f{zp}", np.float32(zp))], hint) if dequant else q
 
-    def weight(self, name: str) -> str:
-        """A constant as float64: integer constants through Q/DQ, the rest as float64 (once)."""
-        if name in self.weights:
-            return self.weights[name]
-        value = self.consts[name]
-        if value.dtype.kind in "iu" and value.size > 1 and np.abs(value).max() < 2**15:
-            np_type, _, _ = code_type(int(value.min()), int(value.max()))
-            stored = self.init(f"{name}:code", value.astype(np_type))
-            self.weights[name] = self.from_code(stored, 0, np_type, True, name)
-        else:
-            self.weights[name] = self.init(name, value.astype(np.float64))
-        return self.weights[name]
-
-    # ---- the ops' backend: tensors are Val, primitives add nodes named after the op (hint)
+    # ---- the ops' backend: primitives fold, or add nodes named after the op (hint)
 
     def lift(self, v) -> str:
-        """A tensor name, a Val, or a number (a float64 scalar initializer)."""
+        """The tensor name of a Val (writing what it still needs), a name, or a number (a
+        float64 scalar initializer)."""
         if isinstance(v, str):
             return v
-        return v.name if isinstance(v, Val) else self.scalar(float(v))
+        if not isinstance(v, Val):
+            return self.scalar(float(v))
+        if v.name is None:
+            if v.make is not None:
+                v.name = v.make()
+            elif v.table is not None:
+                table = np.roll(v.value, self.index[1], axis=v.table)
+                data = self.init(self.fresh("table"), table)
+                v.name = self.node("Gather", [data, self.index[0]], axis=v.table)
+            elif v.value is not None:
+                v.name = self.init(self.fresh("const"), v.value)
+            elif v.f32 is not None:
+                v.name = self.node("Cast", [v.f32], to=DOUBLE)
+            else:
+                x, c = v.scaled
+                v.name = self.node("Mul", [x, self.const(c)])
+        return v.name
+
+    def fresh(self, kind: str) -> str:
+        self.n += 1
+        return f"{self.hint}/{kind}{self.n}"
 
     def node(self, op: str, inputs: list, hint: str | None = None, domain=None, **attrs) -> str:
         out = self.tmp(hint or self.hint)
@@ -134,46 +223,150 @@ class Emitter:
         self.nodes.append(helper.make_node(op, names, [out], domain=domain, **attrs))
         return out
 
-    def apply(self, op: str, *inputs, **attrs) -> "Val":
-        return Val(self, self.node(op, list(inputs), **attrs))
+    def apply(self, op: str, *inputs, **attrs) -> Val:
+        if op == "Cast":
+            dtype = DTYPES[attrs["to"]]
+        else:
+            dtype = next((i.dtype for i in inputs if isinstance(i, Val)), np.float64)
+        return Val(self, self.node(op, list(inputs), **attrs), dtype)
 
     def __getattr__(self, prim: str):
         if prim in NODES:
-            return lambda *args: NODES[prim](self, *args)
+            return lambda *args: self.prim(prim, *args)
         raise AttributeError(prim)
 
-    def get(self, name: str) -> "Val":
-        return Val(self, self.weight(name) if name in self.consts else self.prefix + name)
+    def prim(self, prim: str, *args) -> Val:
+        """A primitive on Vals and numbers: folded when no argument is a node, else rewritten
+        (``RULES``) or written as ONNX nodes (``NODES``)."""
+        folded = self.fold(prim, args)
+        if folded is not None:
+            return folded
+        if prim in RULES:
+            ruled = RULES[prim](self, *args)
+            if ruled is not None:
+                return ruled
+        return NODES[prim](self, *args)
 
-    def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> "Val":
-        np_type, _, _ = code_type(min(lo + zp, 0), max(hi + zp, 0))
+    def fold(self, prim: str, args) -> Val | None:
+        vals = [a for a in args if isinstance(a, Val)]
+        if any(v.node for v in vals) or prim not in FOLD:
+            return None
+        axis = _table_axis(prim, args)
+        if axis is False:
+            return None
+        value = np.asarray(FOLD[prim](*(a.value if isinstance(a, Val) else a for a in args)))
+        if axis is not None and value.size > TABLE_LIMIT:
+            return None
+        return Val(self, value=value, table=axis)
+
+    def get(self, name: str) -> Val:
+        if name in self.env:
+            return self.env[name]
+        if name in self.consts:
+            if name not in self.folded:
+                self.folded[name] = self.const(np.asarray(self.consts[name]).astype(np.float64))
+            return self.folded[name]
+        return Val(self, self.prefix + name, np.float32 if name == "x" else np.float64)
+
+    def quantize(self, src: str, scale: str, zp: int, lo: int, hi: int) -> Val:
+        np_type, onnx_type, _ = code_type(min(lo + zp, 0), max(hi + zp, 0))
         s = self.init(scale, self.consts[scale].astype(np.float32))
         z = self.zero_point(np_type, zp)
-        x, hint = self.get(src), self.hint
+        x, hint = self.lift(self.get(src)), self.hint
         if self.qonnx:  # Quant at scale 1 on x / scale: the same rounding as QuantizeLinear
             code = self.quant(self.node("Div", [x, s]), zp, np_type, hint, dequant=False)
             v = self.node("Sub", [code, self.init(f"c/f{zp}", np.float32(zp))])
-            return self.apply("Cast", v, to=TensorProto.DOUBLE)
+            return self.apply("Cast", v, to=DOUBLE)
         code = self.node("QuantizeLinear", [x, s, z])
-        return Val(self, self.from_code(code, zp, np_type, True, hint))
+        if not (self.table and self.index is None and hi - lo < 256):
+            return self.from_code(code, zp, np_type, True, hint)
+        # the table's index: the stored code clipped, as int64; row i holds code lo + i
+        qlo, qhi = lo + zp, hi + zp
+        bounds = [self.scalar(q, np_type) for q in (qlo, qhi)]
+        index = self.node("Cast", [self.node("Clip", [code, *bounds])], to=INT64)
+        index = self.node("Reshape", [index, self.init("c/flat", np.int64([-1]))])
+        roll = qlo  # Gather reads negative indices from the end: rows rolled by the lowest code
+        if not qlo <= 0 <= qhi + 1:
+            index, roll = self.node("Sub", [index, self.scalar(qlo, np.int64)]), 0
+        self.index = (index, roll)
+        return Val(self, value=np.arange(lo, hi + 1, dtype=np.float64)[:, None], table=0)
 
-    def halves(self, v: "Val") -> tuple["Val", "Val"]:
+    def halves(self, v: Val, axis: int = -1) -> tuple[Val, Val]:
+        """The two halves of the last axis (or ``axis``); of a Gemm not yet written, one Gemm
+        whose second half is negated (the second half is then the negation of a node, which
+        GLU's sigmoid takes the negation of)."""
+        if not v.node:
+            a, g = np.split(v.value, 2, axis=axis)
+            return Val(self, value=a, table=v.table), Val(self, value=g, table=v.table)
+        if v.name is None and v.gemm is not None and axis == -1:
+            x, b, c = v.gemm
+            n = b.shape[1] // 2
+            sign = np.where(np.arange(2 * n) < n, 1.0, -1.0)  # exact: the Gemm is exact
+            a, ng = self.halves(
+                Val(self, self.node("Gemm", [x, self.const(b * sign), self.const(c * sign)]))
+            )
+            return a, Val(self, make=lambda: self.node("Neg", [ng]), negated=ng)
         a, g = self.tmp(self.hint), self.tmp(self.hint)
-        self.nodes.append(helper.make_node("Split", [v.name], [a, g], axis=-1, num_outputs=2))
-        return Val(self, a), Val(self, g)
+        split = helper.make_node("Split", [self.lift(v)], [a, g], axis=axis, num_outputs=2)
+        self.nodes.append(split)
+        return Val(self, a, v.dtype), Val(self, g, v.dtype)
 
-    def set(self, value: str, out: str) -> None:
-        self.nodes.append(helper.make_node("Identity", [value], [self.prefix + out]))
+    def set(self, value: Val, out: str) -> None:
+        self.env[out] = value
+
+    def output(self, value: Val, name: str) -> None:
+        """Writes ``value`` as the tensor ``name`` (a graph output)."""
+        self.nodes.append(helper.make_node("Identity", [self.lift(value)], [name]))
 
     def op(self, op) -> None:
         self.hint = op.out
-        self.set(op.eval(self).name, op.out)
+        fused = FUSED[op.kind](self, op) if op.kind in FUSED else None
+        self.set(op.eval(self) if fused is None else fused, op.out)
+        if self.name_ops:
+            self.output(self.env[op.out], self.prefix + op.out)
+
+    def ops(self, ops: list) -> None:
+        """``op`` of each, two S4D state updates over the same inputs (and the readout of both
+        that follows) written as one over a stacked axis."""
+        i = 0
+        while i < len(ops):
+            n = _s4d(self, ops[i : i + 3])
+            if not n:
+                self.op(ops[i])
+            i += n or 1
 
     def graph(self, name: str, inputs: list, outputs: list) -> onnx.GraphProto:
         return helper.make_graph(self.nodes, name, inputs, outputs, list(self.inits.values()))
 
 
-INT64, DOUBLE = TensorProto.INT64, TensorProto.DOUBLE
+def _table_axis(prim: str, args):
+    """The codes' axis of the result of ``prim`` on constants and tables (None: no table; False:
+    the codes' axis would not stay one axis of the result).  Constants broadcast over it as over
+    the batch (of size 1 there, or of lower rank); matmul is by a matrix; gather reads a 1-d
+    table; a concatenation takes no constants."""
+    arrays = [a for a in args if isinstance(a, Val)]
+    tables = [a for a in arrays if a.table is not None]
+    if not tables:
+        return None
+    consts = [a.value for a in arrays if a.table is None]
+    rank = max(a.value.ndim for a in arrays)
+    axes = {rank - t.value.ndim + t.table for t in tables}
+    if len(axes) > 1:
+        return False
+    (axis,) = axes
+    if prim == "matmul":
+        return (
+            axis if args[0].table is not None and consts[0].ndim == 2 and axis < rank - 1 else False
+        )
+    if prim == "gather":
+        return axis if args[0].table is None and consts[0].ndim == 1 else False
+    if prim in ("concat_last", "sum_last", "sum_keep", "unsqueeze_last", "drop_last", "slice_last"):
+        return axis if not consts and axis < rank - 1 else False
+    for c in consts:
+        at = c.ndim - (rank - axis)
+        if 0 <= at and c.shape[at] != 1:
+            return False
+    return axis
 
 
 def _node(op: str):
@@ -184,7 +377,7 @@ def _last(e: Emitter, name: str = "axis_last", value: int = -1) -> str:
     return e.init(f"c/{name}", np.int64([value]))
 
 
-NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes over float64 tensors
+NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes
     **{
         p: _node(p.capitalize())
         for p in ("add", "sub", "mul", "div", "neg", "exp", "sqrt", "abs", "sign", "floor")
@@ -197,7 +390,7 @@ NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes over float64 tens
     "float": lambda e, v: v,
     "codes": lambda e, v: v,
     "gather": lambda e, t, i: e.apply("Gather", t, e.apply("Cast", i, to=INT64), axis=0),
-    "arange": lambda e, n: Val(e, e.init(f"c/arange{n}", np.arange(n, dtype=np.float64))),
+    "arange": lambda e, n: e.const(np.arange(n, dtype=np.float64)),
     "positive": lambda e, v: e.apply("Cast", e.apply("Greater", v, 0.0), to=DOUBLE),
     "unsqueeze_last": lambda e, v: e.apply("Unsqueeze", v, _last(e)),
     "drop_last": lambda e, v: e.apply("Slice", v, _last(e, "zero_i64", 0), _last(e), _last(e)),
@@ -205,19 +398,228 @@ NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes over float64 tens
     "slice_last": lambda e, v, a, c: e.apply(
         "Slice", v, _last(e, f"i{a}", a), _last(e, f"i{c}", c), _last(e)
     ),
-    "f32": lambda e, v: e.apply("Cast", v, to=TensorProto.FLOAT),
+    "f32": lambda e, v: e.apply("Cast", v, to=FLOAT),
     "rint": lambda e, v: e.apply("Cast", e.apply("Round", v), to=DOUBLE),  # half to even
 }
 
+FOLD = {  # the same primitives over numpy arrays in the ONNX graph's dtypes (float64, float32)
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "neg": np.negative,
+    **{p: getattr(np, p) for p in ("exp", "sqrt", "abs", "sign", "floor", "clip", "matmul")},
+    "sum_last": lambda v: v.sum(-1),
+    "sum_keep": lambda v: v.sum(-1, keepdims=True),
+    "shr": lambda v, shift: np.floor(v * 2.0**-shift),
+    "float": lambda v: v,
+    "codes": lambda v: v,
+    "gather": lambda t, i: t[i.astype(np.int64)],
+    "positive": lambda v: (v > 0).astype(np.float64),
+    "unsqueeze_last": lambda v: v[..., None],
+    "drop_last": lambda v: v[..., :-1],
+    "concat_last": lambda a, b: np.concatenate([a, b], -1),
+    "slice_last": lambda v, a, c: v[..., a:c],
+    "f32": lambda v: v.astype(np.float32),
+    "rint": np.rint,
+}
 
-class Val(Symbolic):
-    """A float64 tensor of the ONNX graph being written."""
 
-    def __init__(self, e: Emitter, name: str):
-        self.e, self.name = e, name
+def _f32(e: Emitter, v: Val) -> Val | None:
+    """float32 of a float64 view of a float32 tensor: that tensor."""
+    return v.f32 if v.f32 is not None else None
 
-    def apply(self, prim: str, *args) -> "Val":
-        return NODES[prim](self.e, *args)
+
+def _rint(e: Emitter, v: Val) -> Val | None:
+    """Round of float32 stays float32 (exact integers), its float64 view written on use."""
+    if v.dtype == np.float32:
+        return Val(e, f32=Val(e, e.node("Round", [v]), np.float32))
+    return None
+
+
+def _clip(e: Emitter, v: Val, lo, hi) -> Val | None:
+    """Clip of the float64 view of float32 integers to float32-exact bounds: in float32."""
+    if v.f32 is None or np.float32(lo) != lo or np.float32(hi) != hi:
+        return None
+    bounds = [e.scalar(float(b), np.float32) for b in (lo, hi)]
+    bound = max(abs(lo), abs(hi))
+    clipped = Val(e, e.node("Clip", [v.f32, *bounds]), np.float32, bound=bound)
+    return Val(e, f32=clipped, bound=bound)
+
+
+def _mul(e: Emitter, a, b) -> Val | None:
+    """x · c (c a constant) is written on use; c₁ · (x · c₂) of float32 integers x, c₂ powers
+    of two, is (c₁·c₂) · x where c₁·c₂ is exact (x·c₂ is exact: both round c₁·c₂·x once);
+    x · 1 is x."""
+    if isinstance(a, Val) and not a.node and not (isinstance(b, Val) and not b.node):
+        a, b = b, a  # the constant second
+    c = b.value if isinstance(b, Val) and not b.node and b.table is None else None
+    if c is None or not isinstance(a, Val):
+        return None
+    if c.ndim == 0 and c == 1:
+        return a
+    if a.scaled is not None and a.dtype == c.dtype == np.float32:
+        x, c2 = a.scaled
+        c12 = c * c2
+        if _is_pow2(c2) and np.array_equal(c12.astype(np.float64), c.astype(np.float64) * c2):
+            return e.prim("mul", x, e.const(c12))
+    if a.bound is not None and a.dtype == c.dtype == np.float32 and a.bound <= 2**24:
+        return Val(e, dtype=np.float32, scaled=(a, c))
+    return None
+
+
+def _div(e: Emitter, a, b) -> Val | None:
+    """1 / v as Reciprocal: onnxruntime would fuse Div(1, v) into a following Mul (a · (1/v) →
+    a / v), which rounds differently."""
+    if isinstance(a, (int, float)) and a == 1 and isinstance(b, Val) and b.node:
+        return e.apply("Reciprocal", b)
+    return None
+
+
+def _neg(e: Emitter, v) -> Val | None:
+    return v.negated if isinstance(v, Val) else None
+
+
+RULES = {"f32": _f32, "rint": _rint, "clip": _clip, "mul": _mul, "div": _div, "neg": _neg}
+
+
+# ---- ops written as fewer nodes than their primitives (the same arithmetic, tested bit-exact)
+
+
+def _lut(e: Emitter, op) -> Val | None:
+    """One table, codes in reach of Gather's negative indices: Gather by the code itself, the
+    table's rows rolled by the offset."""
+    src, table = e.get(op.src), np.asarray(e.consts[op.table], np.float64)
+    if not src.node or op.channels != 1 or not op.offset <= 0 <= op.offset + len(table):
+        return None
+    index = e.node("Cast", [src.f32 if src.f32 is not None else src], to=INT64)
+    rolled = e.init(f"{op.table}:rolled", np.roll(table, op.offset))
+    return Val(e, e.node("Gather", [rolled, index], axis=0))
+
+
+def _dyadic(v: np.ndarray) -> int | None:
+    """The smallest k with v · 2^k integer everywhere (None past 2^60)."""
+    for k in range(61):
+        if np.all(np.ldexp(v, k) == np.round(np.ldexp(v, k))):
+            return k
+    return None
+
+
+def _real(e: Emitter, op) -> Val | None:
+    """Integer codes @ an integer matrix × dyadic scales + a constant: every product and partial
+    sum is a multiple of 2^−k below 2^(53−k), so exact in any order: one Gemm of the matrix
+    times its scales."""
+    if len(op.terms) != 2 or [t.kind for t in op.terms] != ["matmul", "const"]:
+        return None
+    mm, const = op.terms
+    fmt = e.formats.get(mm.inputs[0])
+    w = np.asarray(e.consts.get(mm.inputs[1], 0.5))  # 0.5: not an integer matrix
+    x = e.get(mm.inputs[0])
+    if fmt is None or not x.node or len(e.shapes.get(mm.inputs[0], ())) != 1 or w.ndim != 2:
+        return None
+    scale = np.asarray(e.consts[mm.weight], np.float64)
+    c = e.get(const.inputs[0]).value * e.get(const.weight).value  # the folded constant term
+    k = _dyadic(np.concatenate([scale.ravel(), np.ravel(c)]))
+    total = fmt.bound * np.abs(w).sum(0) * np.abs(scale) + np.abs(c)
+    if k is None or np.any(np.ldexp(total, k) >= 2.0**53) or c.ndim > 1:
+        return None
+    b, c = w * scale, np.broadcast_to(c, w.shape[1:])
+    return Val(e, make=lambda: e.node("Gemm", [x, e.const(b), e.const(c)]), gemm=(x, b, c))
+
+
+FUSED = {"lut": _lut, "real": _real}
+
+
+def _divides_exactly(s: np.ndarray, terms: list) -> bool:
+    """Whether Σ fᵢ·(xᵢ·gᵢ) / s equals Σ (fᵢ/s)·(xᵢ·gᵢ) bit for bit: s powers of two; a folded
+    term (a table) exactly 1/s of itself; for a term of integer codes xᵢ, gᵢ powers of two and
+    the nonzero |fᵢ·gᵢ/s| ≥ 2^−100, so that no product of a nonzero code is subnormal.  Scaling
+    by a power of two then commutes with every rounding: products and sums stay normal, or a sum
+    that underflows is exact (and so is its scaled twin)."""
+    if not _is_pow2(s):
+        return False
+    for x, f, g in terms:
+        if x.table is not None:
+            p = (f.value * (x.value * g.value)).astype(np.float32)
+            if not np.array_equal((f.value / s) * (x.value * g.value) * s, p):
+                return False
+        elif (
+            x.bound is None or not _is_pow2(g.value) or not np.array_equal(f.value / s * s, f.value)
+        ):
+            return False
+        else:
+            fg = np.abs(f.value.astype(np.float64) * g.value / s)
+            if fg[fg > 0].min(initial=1.0) < 2.0**-100 or fg.max() * x.bound > 2.0**100:
+                return False
+    return True
+
+
+def _stack(a, b, rank: int) -> np.ndarray:
+    """Two constants broadcast to one shape and stacked on a leading axis, shaped (2, 1, …) to
+    broadcast over the batch of tensors of ``rank`` per-sample axes."""
+    v = np.stack(np.broadcast_arrays(np.asarray(a), np.asarray(b)))
+    return v.reshape(2, 1, *[1] * (rank - v.ndim + 1), *v.shape[1:])
+
+
+def _s4d(e: Emitter, ops: list) -> int:
+    """Two ``Float32Update`` ops over the same inputs (an S4D state's real and imaginary parts)
+    as one over a leading axis of 2 (the first op's constants, then the second's); a
+    ``Float32Readout`` of both that follows reads the stacked state (one product for both),
+    its halving sum over a power-of-two number of modes a Split and an Add per halving (a
+    ReduceSum over an axis of 2 costs onnxruntime more, at batch 1 and far more at 64).
+    Returns how many ops it wrote (0: none)."""
+    from .ops import Float32Readout, Float32Update
+
+    if len(ops) < 2 or not all(type(op) is Float32Update for op in ops[:2]) or not e.shapes:
+        return 0
+    a, b = ops[:2]
+    inputs = [t.inputs for t in a.terms]
+    if [t.inputs for t in b.terms] != inputs or (a.lo, a.hi) != (b.lo, b.hi):
+        return 0
+    if any(t.kind != "mul" or len(t.inputs) != 1 for t in a.terms):
+        return 0
+    shape = e.shapes[a.out]
+    stack = lambda na, nb: e.f32(e.const(_stack(e.get(na).value, e.get(nb).value, len(shape))))  # noqa: E731
+    e.hint = f"{a.out}+{b.out}"
+    parts = zip(inputs, a.factors, b.factors, a.scales, b.scales, strict=True)
+    terms = [(e.f32(e.get(x)), stack(fa, fb), stack(ga, gb)) for (x,), fa, fb, ga, gb in parts]
+    scale = stack(a.out_scale, b.out_scale)
+    if _divides_exactly(scale.value, terms):  # ÷ scale folded into every product
+        v = reduce(add, [(f / scale) * (x * g) for x, f, g in terms])
+    else:
+        v = reduce(add, [f * (x * g) for x, f, g in terms]) / scale
+    int8 = np.iinfo(np.int8)
+    if (a.lo, a.hi) == (int8.min, int8.max) and not e.qonnx:
+        # QuantizeLinear at scale 1 rounds half to even and saturates to [lo, hi]: the codes
+        # of both next states, and back through DequantizeLinear those the readout reads
+        q = e.node("QuantizeLinear", [v, *e.unit_scale(np.int8, 0)])
+        codes = e.node("DequantizeLinear", [q, *e.unit_scale(np.int8, 0)])
+        e.memo[("QuantizeLinear", codes, 0)] = q
+        x = Val(e, f32=Val(e, codes, np.float32, bound=128), bound=128)
+    else:
+        x = e.codes(e.clip(e.rint(v), a.lo, a.hi))  # (2, B, …), a float64 view of float32 codes
+    for k, op in enumerate((a, b)):
+        take = lambda k=k: e.node("Gather", [x.f32, e.scalar(k, np.int64)], axis=0)  # noqa: E731
+        part = Val(e, dtype=np.float32, make=take, bound=x.bound)
+        e.set(Val(e, f32=part, bound=x.bound, stacked=(x, k)), op.out)
+    r = ops[2] if len(ops) > 2 else None
+    if not (
+        type(r) is Float32Readout
+        and [t.inputs[0] for t in r.terms[:-1]] == [a.out, b.out]
+        and r.modes & (r.modes - 1) == 0
+        and shape[-1] == r.modes
+    ):
+        return 2
+    e.hint = r.out
+    p = stack(r.factors[0], r.factors[1]) * (e.f32(x) * stack(r.scales[0], r.scales[1]))
+    t = reduce(add, e.halves(p, axis=0))  # (1, B, …, modes)
+    for _ in range(r.modes.bit_length() - 1):  # the second half onto the first
+        t = reduce(add, e.halves(t))
+    t = e.apply("Reshape", t, e.init(f"c/shape{shape[:-1]}", np.int64([-1, *shape[:-1]])))
+    last = dataclasses.replace(r, terms=r.terms[-1:], factors=r.factors[-1:], scales=r.scales[-1:])
+    (skip,) = last.products(e)  # the last term's product (D·u)
+    e.set(r.rounded(e, t + skip), r.out)
+    return 3
 
 
 # ------------------------------------------------------------------------------------- graphs
@@ -237,7 +639,8 @@ def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
     outputs = []
     for op in intref.site_ops(graph):
         name = f"code:{op.site}"
-        e.nodes.append(helper.make_node("Cast", [e.get(op.out).name], [name], to=TensorProto.INT32))
+        code = e.lift(e.get(op.out))
+        e.nodes.append(helper.make_node("Cast", [code], [name], to=TensorProto.INT32))
         outputs.append(_value(name, TensorProto.INT32, ["batch", *env[op.out].shape[1:]]))
     return outputs
 
@@ -245,19 +648,25 @@ def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
 def _body(graph: Graph, qonnx: bool, codes: bool) -> tuple[Emitter, list, list, list]:
     """The step: (emitter, inputs, state outputs, site outputs (none unless ``codes``)), before
     the head."""
-    e = Emitter(graph.consts, qonnx=qonnx)
+    x = np.zeros((1, graph.d_input), dtype=np.float32)
+    env, _ = intref.step(graph, x, intref.init_state(graph, 1))  # per-sample shapes
+    intref.head(graph, env)
+    shapes = {op.out: env[op.out].shape[1:] for op in graph.step + graph.head}
+    table = graph.d_input == 1 and not qonnx
+    e = Emitter(
+        graph.consts, qonnx=qonnx, table=table, name_ops=False, shapes=shapes, formats=graph.formats
+    )
     inputs = []
     for s in graph.states:
         np_type, onnx_type, qdq = _state_type(s)
         inputs.append(_value(f"state:{s.name}", onnx_type, ["batch", *s.shape]))
         e.set(e.from_code(f"state:{s.name}", s.zp, np_type, qdq, s.name), s.name)
     inputs.append(_value("x", TensorProto.FLOAT, ["batch", graph.d_input]))
-    for op in graph.step:
-        e.op(op)
+    e.ops(graph.step)
     state_out = []
     for s in graph.states:
         np_type, onnx_type, qdq = _state_type(s)
-        e.to_code(e.get(s.next).name, s.zp, np_type, onnx_type, qdq, f"next:{s.name}")
+        e.to_code(e.get(s.next), s.zp, np_type, onnx_type, qdq, f"next:{s.name}")
         state_out.append(_value(f"next:{s.name}", onnx_type, ["batch", *s.shape]))
     return e, inputs, state_out, _site_outputs(e, graph) if codes else []
 
@@ -275,6 +684,7 @@ def step_model(graph: Graph, qonnx: bool = False, codes: bool = True) -> onnx.Mo
     e, inputs, state_out, sites = _body(graph, qonnx, codes)
     for op in graph.head:
         e.op(op)
+    e.output(e.get("logits"), "logits")
     outputs = [*state_out, _value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *sites]
     return _model(e.graph("qssm_step", inputs, outputs), qonnx)
 
@@ -290,7 +700,7 @@ def sequence_model(graph: Graph, codes: bool = True) -> onnx.ModelProto:
     without ``codes`` the deployable graph, logits only."""
     e, inputs, state_out, sites = _body(graph, qonnx=False, codes=codes)
     body = e.graph("qssm_step_body", inputs, state_out + sites)
-    outer = Emitter(graph.consts, prefix="seq/")  # one namespace with the body
+    outer = Emitter(graph.consts, prefix="seq/", name_ops=False)  # one namespace with the body
     batch = outer.node("Shape", ["x"], "batch", start=0, end=1)
     init_states = []
     for s in graph.states:
@@ -310,7 +720,7 @@ def sequence_model(graph: Graph, codes: bool = True) -> onnx.ModelProto:
         outer.set(outer.from_code(f"final:{s.name}", s.zp, np_type, qdq, s.next), s.next)
     for op in graph.head:
         outer.op(op)
-    outer.nodes.append(helper.make_node("Identity", [outer.get("logits").name], ["logits"]))
+    outer.output(outer.get("logits"), "logits")
     outputs = [_value("logits", TensorProto.DOUBLE, ["batch", graph.n_classes]), *seq_codes]
     x = _value("x", TensorProto.FLOAT, ["batch", "time", graph.d_input])
     return _model(outer.graph("qssm_sequence", [x], outputs))

@@ -1,0 +1,217 @@
+"""The fewer, fused nodes of the ONNX step graph (folded constants, tables over the input's
+codes, the stacked S4D layer, Gather and Gemm ops, Reciprocal) stay bit-exact against the
+integer reference, also where float32 rounding ties."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from hwmap import intref, onnx_export, verify
+from hwmap.graph import Format, Graph
+from hwmap.lower import lower
+from hwmap.ops import Affine, Float32Readout, Float32Update, Quantize, Real, Term
+from qssm.runs import load_data, load_run_model
+
+
+def _run(e: onnx_export.Emitter, inputs: dict, outputs: dict, feeds: dict) -> tuple[dict, list]:
+    """The emitted nodes as a model run once in onnxruntime: (outputs, node kinds)."""
+    info = helper.make_tensor_value_info
+    graph = e.graph(
+        "t",
+        [info(k, t, ["batch", *s]) for k, (t, s) in inputs.items()],
+        [info(k, t, ["batch", *s]) for k, (t, s) in outputs.items()],
+    )
+    model = onnx_export._model(graph)
+    sess = verify.session(model.SerializeToString())
+    return dict(zip(outputs, sess.run(None, feeds), strict=True)), [n.op_type for n in e.nodes]
+
+
+@pytest.mark.parametrize("zp, lo, hi", [(0, -8, 7), (5, -5, 10), (10, -2, 5), (-3, -100, 120)])
+def test_a_scalar_input_becomes_a_table_over_its_codes(zp, lo, hi):
+    # the requantization of the input's codes folds into one Gather from a table of them,
+    # read by the stored code itself or (codes above 0) shifted by the lowest
+    step = [
+        Quantize(out="c", src="x", scale="s", zp=zp, lo=lo, hi=hi, site="c"),
+        Affine(out="y", terms=(Term("mul", ("c",), "M"),), shift=2, lo=-50, hi=40, site="y"),
+    ]
+    head = [Real(out="logits", terms=(Term("mul", ("y",), "one"),))]
+    consts = {"s": np.float32(0.37), "M": np.int64(3), "one": np.float64(1.0)}
+    graph = Graph("hand", 1, 1, "y", [], step, head, consts, {})
+    x = np.linspace(-60, 60, 2001, dtype=np.float32)[:, None]  # every code, and clipped ones
+    env, _ = intref.step(graph, x, {})
+    ref = intref.head(graph, env)
+    model = onnx_export.step_model(graph)
+    out = dict(
+        zip(
+            ["logits", "code:c", "code:y"],
+            verify.session(model.SerializeToString()).run(None, {"x": x}),
+            strict=True,
+        )
+    )
+    assert np.array_equal(out["logits"], ref) and np.array_equal(out["code:y"], env["y"])
+    assert np.array_equal(out["code:c"], env["c"]) and len(np.unique(env["c"])) == hi - lo + 1
+    kinds = [n.op_type for n in model.graph.node]
+    assert "Gather" in kinds and not {"Mul", "Floor", "MatMul"} & set(kinds)
+
+
+def _s4d_layer(H: int, M: int, pow2: bool, rng):
+    """Two state updates (the inputs xr, xi, u) and their readout (+ v), with constants
+    that make float32 ties in every other mode: with powers of two x·1.5 rounds half to even,
+    otherwise f = 1/3 and g = 3 make f·(x·g) x in float32, x·(1 + 3e−8) in float64, and ÷ 2
+    a tie (as in test_compiled)."""
+    c = {}
+    for part in ("r", "i"):
+        for k in range(3):
+            c[f"f{part}{k}"] = rng.uniform(-1, 1, (H, M)).astype(np.float32)
+            if pow2:
+                c[f"g{part}{k}"] = np.float32(2.0) ** rng.integers(-3, 3, (H, M)).astype(np.float32)
+            else:
+                c[f"g{part}{k}"] = rng.uniform(0.01, 0.1, (H, M)).astype(np.float32)
+        c[f"s{part}"] = (
+            np.float32(2.0) ** rng.integers(-2, 2, (H, M)).astype(np.float32)
+            if pow2
+            else rng.uniform(0.01, 0.1, (H, M)).astype(np.float32)
+        )
+        if pow2:  # f·(x·1)/0.5 = 1.5·x: a tie for odd x (the other terms' codes are even)
+            c[f"f{part}0"][:, ::2], c[f"s{part}"][:, ::2] = 0.75, 0.5
+            c[f"f{part}1"][:, ::2] = c[f"f{part}2"][:, ::2] = 0.5
+            for k in range(3):
+                c[f"g{part}{k}"][:, ::2] = 1
+        else:
+            c[f"f{part}0"][:, ::2], c[f"g{part}0"][:, ::2], c[f"s{part}"][:, ::2] = 1 / 3, 3, 2
+            c[f"f{part}1"][:, ::2] = c[f"f{part}2"][:, ::2] = 0  # x/2 alone: a tie for odd x
+    c.update(
+        h0=rng.uniform(-0.1, 0.1, (H, M)).astype(np.float32),
+        h1=rng.uniform(-0.1, 0.1, (H, M)).astype(np.float32),
+        D=rng.uniform(-1, 1, H).astype(np.float32),
+        su=np.float32(0.25),
+        one=np.float32(0.5),
+        M=np.int64(1),
+    )
+    terms = tuple(Term("mul", (name,), "M") for name in ("xr", "xi", "u"))
+    updates = [
+        Float32Update(
+            out=f"x{p}'",
+            terms=terms,
+            shift=0,
+            lo=-128,
+            hi=127,
+            factors=(f"f{p}0", f"f{p}1", f"f{p}2"),
+            scales=(f"g{p}0", f"g{p}1", f"g{p}2"),
+            out_scale=f"s{p}",
+        )  # fmt: skip
+        for p in ("r", "i")
+    ]
+    readout = Float32Readout(
+        out="y", terms=(Term("dot", ("xr'", "h0"), "M"), Term("dot", ("xi'", "h1"), "M"),
+                        Term("mul", ("v",), "M")),
+        shift=0, lo=-8, hi=7, factors=("h0", "h1", "D"), scales=("gr0", "gi1", "su"),
+        out_scale="one", modes=M,
+    )  # fmt: skip
+    return c, [*updates, readout]
+
+
+@pytest.mark.parametrize("pow2", [True, False])
+@pytest.mark.parametrize("modes", [8, 7])
+def test_stacked_s4d_layer_equals_the_reference_on_float32_ties(pow2, modes):
+    rng = np.random.default_rng(modes + 10 * pow2)
+    B, H = 300, 3
+    consts, ops = _s4d_layer(H, modes, pow2, rng)
+    feeds = {
+        "state:xr": rng.integers(-128, 128, (B, H, modes)).astype(np.int8),
+        "state:xi": rng.integers(-128, 128, (B, H, modes)).astype(np.int8),
+        "state:u": 2 * rng.integers(-4, 4, (B, H, 1)).astype(np.int8),
+        "v": rng.integers(-8, 8, (B, H)).astype(np.float64),
+    }
+    if pow2:  # even codes beside the tie column's odd ones
+        for k in ("state:xi",):
+            feeds[k] = (feeds[k] // 2 * 2).astype(np.int8)
+    env = {"xr": feeds["state:xr"].astype(np.int64), "xi": feeds["state:xi"].astype(np.int64)}
+    env.update(u=feeds["state:u"].astype(np.int64), v=feeds["v"].astype(np.int64))
+    b = intref.Numpy(env, consts)
+    for op in ops:
+        env[op.out] = op.eval(b)
+    shapes = {"xr'": (H, modes), "xi'": (H, modes), "y": (H,)}
+    e = onnx_export.Emitter(consts, name_ops=False, shapes=shapes)
+    for s in ("xr", "xi", "u"):  # int8 codes through DequantizeLinear
+        e.set(e.from_code(f"state:{s}", 0, np.int8, True, s), s)
+    e.ops(ops)
+    for s in ("xr", "xi"):
+        e.to_code(e.get(f"{s}'"), 0, np.int8, TensorProto.INT8, True, f"next:{s}")
+    e.output(e.get("y"), "y")
+    int8, double = TensorProto.INT8, TensorProto.DOUBLE
+    inputs = {
+        "state:xr": (int8, (H, modes)),
+        "state:xi": (int8, (H, modes)),
+        "state:u": (int8, (H, 1)),
+        "v": (double, (H,)),
+    }
+    outputs = {"next:xr": (int8, (H, modes)), "next:xi": (int8, (H, modes)), "y": (double, (H,))}
+    out, kinds = _run(e, inputs, outputs, feeds)
+    assert np.array_equal(out["next:xr"], env["xr'"]) and np.array_equal(out["next:xi"], env["xi'"])
+    assert np.array_equal(out["y"], env["y"]) and len(np.unique(env["y"])) > 3
+    assert kinds.count("ReduceSum") == (modes != 8)  # the stacked readout halves by Split + Add
+    assert kinds.count("QuantizeLinear") == 1  # both next states through one
+    assert kinds.count("Div") == (1 if pow2 else 2)  # the update's ÷ powers of two folded
+    c = {k: np.float64(v) for k, v in consts.items()}
+    xr = env["xr"].astype(np.float64)
+    v = (
+        c["fr0"] * (xr * c["gr0"])
+        + c["fr1"] * (env["xi"] * c["gr1"])
+        + c["fr2"] * (env["u"] * c["gr2"])
+    )
+    v = v / c["sr"]
+    if pow2:  # ties that round to even
+        assert (np.floor(v + 0.5) != np.clip(np.rint(v), -128, 127)).any()
+    else:  # float64 rounds otherwise
+        assert (np.clip(np.rint(v), -128, 127) != env["xr'"]).any()
+
+
+def test_a_times_one_over_d_is_written_with_reciprocal():
+    # onnxruntime rewrites Mul(a, Div(1, d)) as Div(a, d), which rounds otherwise; the ops'
+    # sigmoid and erf compute a · (1 / d) and so must the graph
+    rng = np.random.default_rng(3)
+    feeds = {"a": rng.normal(0, 4, (2000, 8)), "d": rng.uniform(0.5, 40, (2000, 8))}
+    e = onnx_export.Emitter({})
+    e.output(e.get("a") * (1.0 / e.get("d")), "y")
+    double = TensorProto.DOUBLE
+    out, kinds = _run(e, {k: (double, (8,)) for k in feeds}, {"y": (double, (8,))}, feeds)
+    assert np.array_equal(out["y"], feeds["a"] * (1.0 / feeds["d"]))
+    assert (feeds["a"] / feeds["d"] != out["y"]).any()  # what Div(a, d) would have given
+    assert kinds == ["Reciprocal", "Mul", "Identity"]
+
+
+def test_s4d_deployable_step_graph_is_few_nodes_and_exact(tiny_run, recipe_of):
+    graph = lower(load_run_model(tiny_run("s4d"))[0])
+    model = onnx_export.step_model(graph, codes=False)
+    kinds = [n.op_type for n in model.graph.node]
+    assert len(kinds) <= 64 and kinds.count("QuantizeLinear") == 2, kinds  # x; both states
+    x = load_data(recipe_of("s4d")).test.x.numpy()[:16]
+    sess = verify.session(model.SerializeToString())
+    logits, _ = verify.stream_onnx(graph, sess, x)
+    assert np.array_equal(logits, intref.run(graph, x)[0])
+
+
+@pytest.mark.parametrize("scale, gemm", [(0.375, True), (0.37, False), (2.0**-60, False)])
+def test_an_exact_dyadic_real_is_one_gemm(scale, gemm):
+    # codes @ W × s + b × s₁: one Gemm where every product and sum is a multiple of 2^−k
+    # below 2^(53−k) (0.375 = 3·2^−3); otherwise MatMul, Mul, Add as the reference computes
+    rng = np.random.default_rng(5)
+    step = [Quantize(out="c", src="x", scale="s", zp=0, lo=-128, hi=127, site="c")]
+    mm = Term("matmul", ("c", "W"), "s0")
+    head = [Real(out="logits", terms=(mm, Term("const", ("b",), "s1")))]
+    consts = {
+        "s": np.float32(0.01),
+        "W": rng.integers(-128, 128, (4, 3)),
+        "s0": np.array([scale, 2 * scale, scale / 4]),
+        "b": rng.integers(-8, 8, 3),
+        "s1": np.float64(0.0625),
+    }
+    formats = {"c": Format(np.float64(0.01), 0, -128, 127)}
+    graph = Graph("hand", 4, 3, "c", [], step, head, consts, formats)
+    x = rng.normal(0, 1, (500, 4)).astype(np.float32)
+    ref = intref.head(graph, intref.step(graph, x, {})[0])
+    model = onnx_export.step_model(graph, codes=False)
+    (logits,) = verify.session(model.SerializeToString()).run(None, {"x": x})
+    assert np.array_equal(logits, ref)
+    assert ("Gemm" in [n.op_type for n in model.graph.node]) == gemm
