@@ -205,9 +205,11 @@ def _check_search(args, recipe) -> None:
     if memory and (args.budget_kib or args.budget_reduction or 0) <= 0:
         raise RunError("the budget must be positive")
     _check_target(args, recipe)
-    for name in ("evaluations", "population", "short_epochs", "finalists"):
+    for name in ("evaluations", "population", "short_epochs"):
         if getattr(args, name) < 1:
             raise RunError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.finalists < 0:
+        raise RunError("--finalists must not be negative (0: the best estimate is chosen)")
     if args.validate < 0 or (args.validate_epochs or 1) < 1:
         raise RunError("--validate and --validate-epochs must not be negative (epochs ≥ 1)")
     if args.executor == "ray" and importlib.util.find_spec("ray") is None:
@@ -587,7 +589,10 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--population", type=int, default=12, help="first generation's size")
     h.add_argument("--short-epochs", type=int, default=2, help="QAT epochs of the estimate")
     h.add_argument(
-        "--finalists", type=int, default=3, help="best estimates given 3× the QAT epochs"
+        "--finalists",
+        type=int,
+        default=3,
+        help="best estimates given 3× the QAT epochs (0: the best estimate is chosen)",
     )
     h.add_argument(
         "--validate",

@@ -186,6 +186,7 @@ def search_section(metrics: dict, out: Path) -> str:
     structure = ", ".join(f"{k} {v}" for k, v in s["structure"].items())
     bits = ", ".join(f"{r} {b}" for r, b in sorted(s["chosen_bits"].items()))
     area = s.get("area")
+    finalists = sum(e["longer"] is not None for e in s["evaluated"])
     chosen_area = (
         f", {area['chosen']['area_mm2']:.6f} mm² and {area['chosen']['capacitance_pf']:.1f} pF "
         "as calibrated"
@@ -195,9 +196,13 @@ def search_section(metrics: dict, out: Path) -> str:
     text = (
         f"Budget {_budget_text(s)}. "
         f"{s['candidates']:,} configurations fill it; {len(s['evaluated'])} were scored by a "
-        f"{s['short_epochs']}-epoch QAT on a held-out tenth of the training split, the best "
-        f"{sum(e['longer'] is not None for e in s['evaluated'])} by a "
-        f"{3 * s['short_epochs']}-epoch one.\n\nChosen: {bits}; {structure}: "
+        f"{s['short_epochs']}-epoch QAT on a held-out tenth of the training split"
+        + (
+            f", the best {finalists} by a {3 * s['short_epochs']}-epoch one"
+            if finalists
+            else "; the best estimate was chosen"
+        )
+        + f".\n\nChosen: {bits}; {structure}: "
         f"{s['predicted_total_bits']:,} bits{chosen_area}, {stage.upper()} "
         f"{_pct(metrics[stage]['accuracy'])} on the test split.\n\n"
     )

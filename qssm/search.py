@@ -480,7 +480,8 @@ class Search:
             final = {
                 c: float(r.get("accuracy", 0.0)) for c, r in zip(finalists, longer, strict=True)
             }
-            best = max(finalists, key=lambda c: (final[c], scores[c]))
+            # no finalists: the best estimate
+            best = max(finalists or ranked[:1], key=lambda c: (final.get(c, 0), scores[c]))
             validation = self.validate(ranked, scores, bar) if o["validate"] else None
         return {
             "chosen": best,
