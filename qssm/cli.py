@@ -295,14 +295,15 @@ def cmd_search(args) -> dict:
     with one_thread():
         float_stage(recipe, data, out, source, "float", not args.quiet)
         try:
-            chip = _chip(load_target(args.target)) if args.target else None
+            target = load_target(args.target) if args.target else None
+            chip = _chip(target) if target else None
             budgets = (args.budget_kib, args.budget_reduction, opts, chip, args.area_budget_mm2)
             chosen, record = search(recipe, out, *budgets)
         except ValueError as err:
             raise RunError(f"search: {err}") from None
-    if chip is not None:
-        record["area"]["target"] = load_target(args.target).name
-    area = f", {record['area']['chosen']['area_mm2']:.6f} mm²" if chip else ""
+    if target is not None:
+        record["area"]["target"] = target.name
+    area = f", {record['area']['chosen']['area_mm2']:.6f} mm²" if target else ""
     print(f"chosen: {record['chosen']} ({record['predicted_total_bits']:,} bits{area})")
     if record.get("validation"):
         v = record["validation"]
@@ -319,8 +320,6 @@ def cmd_search(args) -> dict:
         f"{m['footprint']['total_bits'] / 8192:.2f} KiB "
         f"({m['footprint']['reduction']:.2f}× smaller than float32) → {out}/report.md"
     )
-    if chip is not None:
-        print(f"capacitor area: `qssm map-to-hw {out} --target {args.target}` maps it")
     return m
 
 
