@@ -216,36 +216,47 @@ def test_a_hardware_family_searches_no_activation_or_s4d_choice(searched_hw):
     assert {"gru.Wz", "gru.Wh"} <= {r for g in space.groups for r in g}
 
 
+def test_area_model_is_the_measured_area(searched_hw):
+    """The per-group model against the mapping of the configuration itself (inf: unmappable)."""
+    _, _, space = searched_hw
+    rng = np.random.default_rng(2)
+    for _ in range(6):
+        s = space.structures[rng.integers(len(space.structures))]
+        config = Config(tuple(int(b) for b in rng.choice(space.widths, len(space.groups))), s)
+        assert space.area_of(config) == pytest.approx(_measured_area(space, config), rel=1e-12)
+
+
 def test_tight_set_under_an_area_budget_is_every_full_configuration(searched_hw):
-    """Brute force, every area measured through the mapping (not the per-group model): the
-    pool is exactly the configurations that fit both budgets and cannot raise one group."""
+    """Brute force: the pool is exactly the configurations that fit both budgets and cannot
+    raise one group; nothing over either budget was trained or chosen."""
     _, out, space = searched_hw
     s = read_json(out / "metrics.json")["search"]
     bits_budget, area_budget = s["budget_bits"], s["area"]["budget_mm2"]
     w = space.widths
+
+    def fits(c):
+        return space.bits_of(c) <= bits_budget and space.area_of(c) <= area_budget
+
     expected, over_area = set(), 0
     for st in space.structures:
         for bits in itertools.product(w, repeat=len(space.groups)):
             c = Config(bits, st)
-            if space.bits_of(c) > bits_budget:
-                continue
-            if _measured_area(space, c) > area_budget:
-                over_area += 1
-                continue
+            over_area += space.bits_of(c) <= bits_budget and space.area_of(c) > area_budget
             up = [
                 Config(bits[:i] + (w[w.index(b) + 1],) + bits[i + 1 :], st)
                 for i, b in enumerate(bits)
                 if b != w[-1]
             ]
-            if all(
-                space.bits_of(u) > bits_budget or _measured_area(space, u) > area_budget for u in up
-            ):
+            if fits(c) and not any(fits(u) for u in up):
                 expected.add(c)
     assert set(space.tight(bits_budget, area_budget)) == expected and expected
     assert over_area  # the area budget binds: some configurations fit the memory but not it
-    for e in s["evaluated"]:  # nothing over either budget was trained
-        assert e["bits"] <= bits_budget and e["area_mm2"] <= area_budget
-    assert s["area"]["chosen"]["area_mm2"] <= area_budget
+    assert len(s["evaluated"]) == 3
+    for e in s["evaluated"]:  # measured again through the mapping
+        config = next(c for c in expected if c.label(space) == e["config"])
+        assert e["bits"] <= bits_budget and _measured_area(space, config) <= area_budget
+    chosen = space.chip_of(read_json(out / "model.json")["quant"])
+    assert chosen == s["area"]["chosen"] and chosen["area_mm2"] <= area_budget
 
 
 def test_search_area_is_what_map_to_hw_reports(searched_hw, tmp_path):
