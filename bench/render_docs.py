@@ -555,9 +555,10 @@ def r_search_area(root: Path, args: list[str]) -> str:
                 measured(r["provenance"]),
             ]
         )
+        est = [e["estimate"] for e in s["evaluated"]]
         notes.append(
             f"- `{r['run']}`: {len(s['evaluated'])} of {num(s['candidates'])} configurations "
-            f"evaluated; chosen `{s['chosen']}`"
+            f"evaluated, estimates {pct(min(est))} to {pct(max(est))}; chosen `{s['chosen']}`"
         )
     header = [
         "allocation",

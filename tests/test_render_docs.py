@@ -174,7 +174,7 @@ def test_an_area_search_renders_beside_the_hand_allocation(root):
         "float32_bits": 856384,
         "candidates": 14,
         "chosen": "gru.Wz=2;scales=float16",
-        "evaluated": [{}] * 10,
+        "evaluated": [{"estimate": 0.9}] * 9 + [{"estimate": 0.925}],
         "seconds": 1500.0,
         "area": {"target": "minimalist_like", "budget_mm2": 0.0393, "chosen": area, "recipe": area},
     }
@@ -190,7 +190,10 @@ def test_an_area_search_renders_beside_the_hand_allocation(root):
         "| 0.039206 mm², 76.1 pF | 0.039200 mm², 76.1 pF | **81.25 %** (3) "
         "| 25 min 0 s + 1 min 15 s |" in out
     )
-    assert "- `s`: 10 of 14 configurations evaluated; chosen `gru.Wz=2;scales=float16`" in out
+    assert (
+        "- `s`: 10 of 14 configurations evaluated, estimates 90.00 % to 92.50 %; chosen "
+        "`gru.Wz=2;scales=float16`" in out
+    )
     assert "No measurement committed yet for `gone`" in render.render_text(
         block("search_area tiny gone"), root
     )
