@@ -7,7 +7,8 @@ this writes ``bench/results/runs/<run dir name>.json``: the recipe name, the dat
 family (from the run's ``recipe.yaml``), the accuracy of each stage, the footprint, the wall time
 of each stage and in all (as the run recorded them), the ``search`` record if there is one, and,
 when the run dir holds ``hw/verify.json`` (``qssm export`` / ``qssm map-to-hw``), its
-verification figures (per-site tables and per-chip accuracies left out).
+verification figures (per-site tables and per-chip accuracies left out), and with
+``hw/mapping.json`` (``qssm map-to-hw``) the mapping's totals (capacitance, area, energy).
 
 For a run of ``qssm sweep`` (a dir with ``results.csv``) it writes
 ``bench/results/sweeps/<run dir name>.json``: the rows of ``results.csv``.
@@ -115,6 +116,8 @@ def summarize_run(run: Path) -> dict:
     verify = run / "hw" / "verify.json"
     if verify.exists():
         result["verify"] = _prune(_read_json(verify))
+    if (run / "hw" / "mapping.json").exists():
+        result["mapping"] = _read_json(run / "hw" / "mapping.json")["totals"]
     result["provenance"] = {
         "collected": now(),
         **git_commit(),

@@ -479,7 +479,7 @@ def r_search(root: Path, args: list[str]) -> str:
         rows.append(
             [
                 f"`{r['run']}`",
-                ratio(s["float32_bits"] / s["budget_bits"]),
+                ratio(s["float32_bits"] / s["budget_bits"]) if s["budget_bits"] else "—",
                 f"{len(s['evaluated'])} of {num(s['candidates'])}",
                 num(fp.get("total_bits")),
                 f"**{pct(qat.get('accuracy'))}** ({qat.get('epochs')})",
@@ -503,6 +503,77 @@ def r_search(root: Path, args: list[str]) -> str:
     ]
     body = table(header, rows) + "\n\nChosen configurations:\n\n" + "\n".join(configs)
     return with_missing(body if rows else None, absent, search_command)
+
+
+def r_search_area(root: Path, args: list[str]) -> str:
+    """``qssm search --target`` runs against the hand allocation of their recipe (the first
+    argument: its `qssm quantize` run): budgets, capacitor area and capacitance (calibrated, and
+    after QAT as `qssm map-to-hw` maps the run), footprint and QAT accuracy."""
+    if len(args) < 2:
+        raise RenderError("search_area takes the hand recipe's run, then search runs")
+    hands, _ = runs(root, args[:1])
+    if not hands:
+        return missing(f"`{args[0]}`", run_command(args[0]))
+    hand, (found, absent) = hands[0], runs(root, args[1:])
+
+    def area(t) -> str:
+        return "—" if not t else f"{t['area_mm2']:.6f} mm², {t['capacitance_pf']:.1f} pF"
+
+    def qat(r) -> str:
+        q = r.get("qat", {})
+        return f"**{pct(q.get('accuracy'))}** ({q.get('epochs')})"
+
+    rows, notes = [], []
+    for r in found:
+        s, a = r["search"], r["search"]["area"]
+        budget = [f"{a['budget_mm2']} mm²" if a["budget_mm2"] is not None else "—"]
+        budget.append(num(round(s["budget_bits"])) + " bits" if s["budget_bits"] else "—")
+        rows.append(
+            [
+                f"`{hand['run']}` (the recipe's)",
+                f"`{a['target']}`",
+                "",
+                "",
+                num(hand.get("footprint", {}).get("total_bits")),
+                area(a["recipe"]),
+                area(hand.get("mapping")),
+                qat(hand),
+                duration(hand.get("wall_seconds")),
+                measured(hand["provenance"]),
+            ]
+        )
+        rows.append(
+            [
+                f"`{r['run']}` (searched)",
+                f"`{a['target']}`",
+                *budget,
+                num(r.get("footprint", {}).get("total_bits")),
+                area(a["chosen"]),
+                area(r.get("mapping")),
+                qat(r),
+                f"{duration(s.get('seconds'))} + {duration(r.get('wall_seconds'))}",
+                measured(r["provenance"]),
+            ]
+        )
+        est = [e["estimate"] for e in s["evaluated"]]
+        notes.append(
+            f"- `{r['run']}`: {len(s['evaluated'])} of {num(s['candidates'])} configurations "
+            f"evaluated, estimates {pct(min(est))} to {pct(max(est))}; chosen `{s['chosen']}`"
+        )
+    header = [
+        "allocation",
+        "target",
+        "area budget",
+        "memory budget",
+        "bits",
+        "area, calibrated",
+        "area after QAT (map-to-hw)",
+        "QAT (epochs)",
+        "time (search + PTQ/QAT)",
+        "measured at",
+    ]
+    body = table(header, rows) + "\n\n" + "\n".join(notes) if rows else None
+    return with_missing(body, absent, search_command)
 
 
 def search_command(run: str) -> str:
@@ -683,6 +754,7 @@ KINDS = {
     "sweep": r_sweep,
     "golden": r_golden,
     "search": r_search,
+    "search_area": r_search_area,
     "interaction": r_interaction,
     "bench": r_bench,
     "provenance": r_provenance,

@@ -8,11 +8,14 @@ import json
 import signal
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
+import torch
+
 from hwmap.hwaware import hardware_noise
-from hwmap.lower import LoweringError
-from hwmap.mapping import MappingError
+from hwmap.lower import LoweringError, lower
+from hwmap.mapping import MappingError, check_mappable, map_graph
 from hwmap.spice import SpiceError
 from hwmap.targets import TargetError, load_target
 
@@ -36,12 +39,13 @@ from .runs import (
     float_source,
     float_stage,
     load_data,
+    make_model,
     open_run,
     quantize_run,
     run_lock,
     train_run,
 )
-from .search import search
+from .search import calibrated, search
 from .sweep import check_points, compare, one_thread, read_csv, sweep
 from .train import Diverged
 from .version import __version__
@@ -151,7 +155,40 @@ SEARCH_KEYS = ("budget_kib", "budget_reduction", "bits", "act_bits", "short_epoc
 def _search_record(args) -> dict:
     """What a search's points depend on; another value in the same run dir needs --force."""
     record = {k: getattr(args, k) for k in SEARCH_KEYS}
+    if args.target:  # (absent from the records of searches without a target)
+        record |= {"target": args.target, "area_budget_mm2": args.area_budget_mm2}
     return record | {"bits": sorted(set(args.bits)), "act_bits": sorted(set(args.act_bits))}
+
+
+def _chip(target):
+    """The search's ``chip``: a calibrated quantized model → its capacitor area and capacitance
+    on ``target``, as `qssm map-to-hw` maps it (MappingError: the target cannot map it)."""
+
+    def chip(model) -> dict:
+        with warnings.catch_warnings():  # a starved gate LSB: map-to-hw's report says so
+            warnings.simplefilter("ignore")
+            t = map_graph(lower(model), target)["totals"]
+        return {"area_mm2": t["area_mm2"], "capacitance_pf": t["capacitance_pf"]}
+
+    return chip
+
+
+def _check_target(args, recipe) -> None:
+    """--target and --area-budget-mm2: the target loads, and the recipe's model family maps
+    onto it (checked on an untrained model of the recipe, before anything is written)."""
+    if args.area_budget_mm2 is not None and not args.target:
+        raise RunError("--area-budget-mm2 needs --target (the chip whose capacitor area it bounds)")
+    if args.area_budget_mm2 is not None and args.area_budget_mm2 <= 0:
+        raise RunError("--area-budget-mm2 must be positive")
+    if not args.target:
+        return
+    target = load_target(args.target)
+    untrained = make_model(recipe.model_dict(), 1, 2)
+    model, _ = calibrated(untrained, recipe.quant.model_dump(), torch.zeros(2, 4, 1))
+    try:
+        check_mappable(lower(model), target)
+    except (MappingError, LoweringError) as err:
+        raise RunError(f"--target {args.target}: {err}") from None
 
 
 def _check_search(args, recipe) -> None:
@@ -159,11 +196,20 @@ def _check_search(args, recipe) -> None:
         raise RunError("--bits: give at least two bit-widths in 1..32")
     if any(b < 1 or b > 32 for b in args.act_bits):
         raise RunError("--act-bits: bit-widths in 1..32 (or none: keep the recipe's)")
-    if (args.budget_kib or args.budget_reduction or 0) <= 0:
+    memory = args.budget_kib is not None or args.budget_reduction is not None
+    if not memory and args.area_budget_mm2 is None:
+        raise RunError(
+            "give a budget: --budget-kib or --budget-reduction (memory), --area-budget-mm2 "
+            "with --target (capacitor area), or both"
+        )
+    if memory and (args.budget_kib or args.budget_reduction or 0) <= 0:
         raise RunError("the budget must be positive")
-    for name in ("evaluations", "population", "short_epochs", "finalists"):
+    _check_target(args, recipe)
+    for name in ("evaluations", "population", "short_epochs"):
         if getattr(args, name) < 1:
             raise RunError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.finalists < 0:
+        raise RunError("--finalists must not be negative (0: the best estimate is chosen)")
     if args.validate < 0 or (args.validate_epochs or 1) < 1:
         raise RunError("--validate and --validate-epochs must not be negative (epochs ≥ 1)")
     if args.executor == "ray" and importlib.util.find_spec("ray") is None:
@@ -214,11 +260,17 @@ def cmd_sweep(args) -> dict:
 
 def cmd_search(args) -> dict:
     """Searches bits per stored role and the structural choices (S4D fold_b, state scale
-    granularity, scale storage, activation bits) under a memory budget with QAT in the loop: a
-    regularized evolution over the configurations that fill the budget, each scored by a short QAT
-    on a held-out tenth of the training split; the best finalists get a longer QAT; the winner
-    gets PTQ and QAT like `qssm quantize` and is reported on the test split. The report has the
-    chosen configuration, every evaluated one and the accuracy-footprint plot."""
+    granularity, scale storage, activation bits) under a memory budget, a capacitor-area budget
+    on a switched-capacitor target (hardware families: mingru_hw, mgrade_hw, s4d_real), or both,
+    with QAT in the loop: a regularized evolution over the configurations that fill the budgets,
+    each scored by a short QAT on a held-out tenth of the training split; the best finalists get
+    a longer QAT; the winner gets PTQ and QAT like `qssm quantize` and is reported on the test
+    split. With --target only configurations the target maps are searched; the area of each is
+    that of its calibrated model mapped as `qssm map-to-hw` maps it (the weight and gate
+    capacitor arrays grow like 2^bits; the digital parts — encoder, delay taps, decoder, biases
+    — take no capacitor area, so an area budget alone gives them the widest bits: add a memory
+    budget to bound them). The report has the chosen configuration, every evaluated one and the
+    accuracy-footprint (or accuracy-area) plot."""
     recipe, data, out, source = _prepare(args, check=_check_search)
     write_json(out / "search.json", _search_record(args))
     opts = {
@@ -243,10 +295,16 @@ def cmd_search(args) -> dict:
     with one_thread():
         float_stage(recipe, data, out, source, "float", not args.quiet)
         try:
-            chosen, record = search(recipe, out, args.budget_kib, args.budget_reduction, opts)
+            target = load_target(args.target) if args.target else None
+            chip = _chip(target) if target else None
+            budgets = (args.budget_kib, args.budget_reduction, opts, chip, args.area_budget_mm2)
+            chosen, record = search(recipe, out, *budgets)
         except ValueError as err:
             raise RunError(f"search: {err}") from None
-    print(f"chosen: {record['chosen']} ({record['predicted_total_bits']:,} bits)")
+    if target is not None:
+        record["area"]["target"] = target.name
+    area = f", {record['area']['chosen']['area_mm2']:.6f} mm²" if target else ""
+    print(f"chosen: {record['chosen']} ({record['predicted_total_bits']:,} bits{area})")
     if record.get("validation"):
         v = record["validation"]
         print(
@@ -516,13 +574,26 @@ def parser() -> argparse.ArgumentParser:
         "qssm search --recipe hetero_4_8 --budget-reduction 8 --from runs/fp32_s4d_smnist5k",
     )
     _run_args(h, "recipe YAML with a `quant` section")
-    budget = h.add_mutually_exclusive_group(required=True)
+    budget = h.add_mutually_exclusive_group()
     budget.add_argument("--budget-kib", type=float, help="parameters + state budget in KiB")
     budget.add_argument(
         "--budget-reduction",
         type=float,
         metavar="R",
         help="budget as float32 footprint / R (e.g. 8)",
+    )
+    h.add_argument(
+        "--target",
+        help="switched-capacitor target (YAML, or minimalist_like / generic_28nm): search only "
+        "configurations it maps, and report their capacitor area",
+    )
+    h.add_argument(
+        "--area-budget-mm2",
+        type=float,
+        metavar="MM2",
+        help="capacitor area budget on --target in mm², alone or with a memory budget (e.g. "
+        "`--recipe mgrade_hw --from runs/mghw_64 --target generic_28nm --area-budget-mm2 0.06 "
+        "--budget-reduction 8.49`; `qssm map-to-hw RUN --target T` prints a run's area)",
     )
     h.add_argument(
         "--bits",
@@ -544,7 +615,10 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--population", type=int, default=12, help="first generation's size")
     h.add_argument("--short-epochs", type=int, default=2, help="QAT epochs of the estimate")
     h.add_argument(
-        "--finalists", type=int, default=3, help="best estimates given 3× the QAT epochs"
+        "--finalists",
+        type=int,
+        default=3,
+        help="best estimates given 3× the QAT epochs (0: the best estimate is chosen)",
     )
     h.add_argument(
         "--validate",

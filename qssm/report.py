@@ -218,26 +218,70 @@ def write_run_report(out: Path, recipe, data, metrics: dict) -> None:
     write_report(out / "report.md", f"qssm run `{recipe.name}`", sections)
 
 
+def _budget_text(s: dict) -> str:
+    f32 = s["float32_bits"] / 8192
+    parts = []
+    if s["budget_bits"] is not None:
+        budget = s["budget_bits"] / 8192
+        parts.append(f"{budget:.2f} KiB (float32: {f32:.2f} KiB, {f32 / budget:.2f}×)")
+    a = s.get("area")
+    if a:
+        mine = a["recipe"]
+        of_recipe = (
+            f"the recipe's own allocation {mine['area_mm2']:.6f} mm², "
+            f"{mine['capacitance_pf']:.1f} pF"
+            if mine
+            else "the recipe's own allocation does not map"
+        )
+        limit = (
+            f"{a['budget_mm2']:.6f} mm² of capacitor area"
+            if a["budget_mm2"] is not None
+            else "no area limit"
+        )
+        parts.append(
+            f"{limit} on `{a['target']}` ({of_recipe}; configurations it cannot map left out)"
+        )
+    return " and ".join(parts)
+
+
 def search_section(metrics: dict, out: Path) -> str:
-    """The search's budget, choice, evaluated configurations, validation and Pareto plot."""
+    """The search's budgets, choice, evaluated configurations, validation and Pareto plot."""
     s, stage = metrics["search"], "qat" if "qat" in metrics else "ptq"
-    budget, f32 = s["budget_bits"] / 8192, s["float32_bits"] / 8192
     structure = ", ".join(f"{k} {v}" for k, v in s["structure"].items())
     bits = ", ".join(f"{r} {b}" for r, b in sorted(s["chosen_bits"].items()))
+    area = s.get("area")
+    finalists = sum(e["longer"] is not None for e in s["evaluated"])
+    chosen_area = (
+        f", {area['chosen']['area_mm2']:.6f} mm² and {area['chosen']['capacitance_pf']:.1f} pF "
+        "as calibrated"
+        if area
+        else ""
+    )
     text = (
-        f"Budget {budget:.2f} KiB (float32: {f32:.2f} KiB, {f32 / budget:.2f}×). "
+        f"Budget {_budget_text(s)}. "
         f"{s['candidates']:,} configurations fill it; {len(s['evaluated'])} were scored by a "
-        f"{s['short_epochs']}-epoch QAT on a held-out tenth of the training split, the best "
-        f"{sum(e['longer'] is not None for e in s['evaluated'])} by a "
-        f"{3 * s['short_epochs']}-epoch one.\n\nChosen: {bits}; {structure}: "
-        f"{s['predicted_total_bits']:,} bits, {stage.upper()} "
+        f"{s['short_epochs']}-epoch QAT on a held-out tenth of the training split"
+        + (
+            f", the best {finalists} by a {3 * s['short_epochs']}-epoch one"
+            if finalists
+            else "; the best estimate was chosen"
+        )
+        + f".\n\nChosen: {bits}; {structure}: "
+        f"{s['predicted_total_bits']:,} bits{chosen_area}, {stage.upper()} "
         f"{_pct(metrics[stage]['accuracy'])} on the test split.\n\n"
     )
     top = s["evaluated"][:10]
+    mm2 = ["area (mm²)"] if area else []
     text += table(
-        ["configuration", "bits", "estimate (held out)", "longer QAT (held out)"],
+        ["configuration", "bits", *mm2, "estimate (held out)", "longer QAT (held out)"],
         [
-            [f"`{e['config']}`", f"{e['bits']:,}", _pct(e["estimate"]), _pct(e["longer"])]
+            [
+                f"`{e['config']}`",
+                f"{e['bits']:,}",
+                *([f"{e['area_mm2']:.6f}"] if area else []),
+                _pct(e["estimate"]),
+                _pct(e["longer"]),
+            ]
             for e in top
         ],
     )
@@ -264,24 +308,35 @@ def search_section(metrics: dict, out: Path) -> str:
             ],
         )
     plot_search(s, metrics[stage]["accuracy"], metrics["footprint"]["total_bits"], out)
-    return text + "\n\n![accuracy against footprint](search.png)"
+    what = "capacitor area" if area and area["budget_mm2"] is not None else "footprint"
+    return text + f"\n\n![accuracy against {what}](search.png)"
 
 
 def plot_search(s: dict, accuracy: float, bits: int, out: Path) -> None:
-    """Accuracy against footprint of every evaluated configuration, its Pareto front, the
-    validation runs and the chosen configuration."""
+    """Accuracy against footprint (against capacitor area, when that is a budget) of every
+    evaluated configuration, its Pareto front, the validation runs and the chosen one."""
+    area = s.get("area") and s["area"]["budget_mm2"] is not None
+    if area:
+        at, label, budget = (
+            (lambda e: e["area_mm2"]),
+            "capacitor area (mm²)",
+            s["area"]["budget_mm2"],
+        )
+        x = s["area"]["chosen"]["area_mm2"]
+    else:
+        at, label = (lambda e: e["bits"] / 8192), "footprint (KiB)"
+        budget, x = (s["budget_bits"] or 0) / 8192, bits / 8192
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    kib = [e["bits"] / 8192 for e in s["evaluated"]]
     ax.scatter(
-        kib,
+        [at(e) for e in s["evaluated"]],
         [100 * e["estimate"] for e in s["evaluated"]],
         s=14,
         c="0.6",
         label="estimate (short QAT, held out)",
     )
-    front = pareto_front([(e["bits"], e["estimate"]) for e in s["evaluated"]])
+    front = pareto_front([(at(e), e["estimate"]) for e in s["evaluated"]])
     ax.step(
-        [b / 8192 for b, _ in front],
+        [b for b, _ in front],
         [100 * a for _, a in front],
         where="post",
         c="0.3",
@@ -290,7 +345,7 @@ def plot_search(s: dict, accuracy: float, bits: int, out: Path) -> None:
     )
     longer = [e for e in s["evaluated"] if e["longer"] is not None]
     ax.scatter(
-        [e["bits"] / 8192 for e in longer],
+        [at(e) for e in longer],
         [100 * e["longer"] for e in longer],
         s=22,
         marker="s",
@@ -299,23 +354,18 @@ def plot_search(s: dict, accuracy: float, bits: int, out: Path) -> None:
     if s.get("validation"):
         c = s["validation"]["configs"]
         ax.scatter(
-            [x["bits"] / 8192 for x in c],
-            [100 * x["measured"] for x in c],
+            [at(e) for e in c],
+            [100 * e["measured"] for e in c],
             s=22,
             marker="^",
             label=f"validation ({s['validation']['epochs']}-epoch QAT, test)",
         )
     ax.scatter(
-        [bits / 8192],
-        [100 * accuracy],
-        s=90,
-        marker="*",
-        c="C3",
-        zorder=3,
-        label="chosen (full QAT, test)",
+        [x], [100 * accuracy], s=90, marker="*", c="C3", zorder=3, label="chosen (full QAT, test)"
     )
-    ax.axvline(s["budget_bits"] / 8192, c="C3", ls="--", lw=1, label="budget")
-    ax.set(xlabel="footprint (KiB)", ylabel="accuracy (%)")
+    if area or s["budget_bits"] is not None:
+        ax.axvline(budget, c="C3", ls="--", lw=1, label="budget")
+    ax.set(xlabel=label, ylabel="accuracy (%)")
     save_figure(fig, out / "search.png", (ax,))
 
 

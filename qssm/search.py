@@ -22,6 +22,15 @@ longer QAT (3 × ``short_epochs``) on the same split; the winner is trained with
 full PTQ + QAT like ``qssm quantize``, on the whole training split, and reported on the test
 split, which no selection step has seen.
 
+For a hardware family the budget can also be a target's capacitor area (``chip``: a callable
+the CLI builds from ``hwmap``, calibrated quantized model → its mapped area and capacitance;
+this module knows nothing of the hardware).  Area is not linear in bits (a weight of b bits
+takes 2^(b−1) unit capacitors per side), so it is measured through the mapping, per
+configuration and cached: at a base configuration (the recipe's widths) and with each group
+moved alone to each width; a configuration's area is the base plus each group's change
+(``Space.area_of``, checked against a direct measurement of every evaluated point).  A width the
+target cannot map (a weight with more units than a cell holds) leaves the space.
+
 Every evaluation is a sweep point (``points/<id>.json``): it resumes, caches and runs in
 ``--workers`` processes or on Ray.  ``validate`` configurations spread over the estimate's range
 are also trained with the full QAT and scored on the test split: the Spearman rank correlation
@@ -31,7 +40,10 @@ of the estimate (and of PTQ accuracy) against that measured accuracy goes into t
 import copy
 import hashlib
 import itertools
+import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +84,20 @@ class Config:
 class Space:
     """The configurations of a recipe's model and their footprints (see the module doc)."""
 
-    def __init__(self, recipe: Recipe, run_dir, bits: list[int], act_bits: list[int]):
-        self.recipe, self.widths = recipe, sorted(set(bits))
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir,
+        bits: list[int],
+        act_bits: list[int],
+        chip: Callable[[torch.nn.Module], dict] | None = None,
+    ):
+        """``chip``: calibrated quantized model → {"area_mm2", "capacitance_pf"} of its mapping
+        onto a target (raising ValueError for a model the target cannot map), or None."""
+        self.recipe, self.widths, self.chip = recipe, sorted(set(bits)), chip
+        self._chips: dict[str, dict | None] = {}
+        self._areas: dict[tuple, tuple[float, np.ndarray]] = {}
+        self._recipe_config: Config | None = None
         family = recipe.model.family
         self.choices: dict[str, list] = {}
         if family == "s4d":
@@ -131,6 +155,11 @@ class Space:
     def recipe_config(self) -> Config:
         """The recipe's own allocation and structure (widths rounded to the nearest candidate;
         the search's first candidate is the tight configuration nearest to it)."""
+        if self._recipe_config is None:
+            self._recipe_config = self._recipe_config_measured()
+        return self._recipe_config
+
+    def _recipe_config_measured(self) -> Config:
         fp, table = self._footprint(self.recipe.quant.model_dump(mode="json"))
         bits = []
         for g in self.groups:
@@ -175,33 +204,95 @@ class Space:
             total += b * sum(elements.get(r, 0) for r in group)
         return total
 
-    def tight(self, budget_bits: float) -> list[Config]:
-        """Every configuration that fits ``budget_bits`` and cannot raise one group by one
-        width without leaving it."""
+    def chip_of(self, quant: dict) -> dict | None:
+        """``chip``'s figures of ``quant`` on its calibrated model (None: the target cannot map
+        it); measured once per configuration."""
+        key = json.dumps(quant, sort_keys=True)
+        if key not in self._chips:
+            model, _ = calibrated(self._model, quant, self._x)
+            try:
+                self._chips[key] = self.chip(model)
+            except ValueError:
+                self._chips[key] = None
+        return self._chips[key]
+
+    def _area_table(self, structure) -> tuple[float, np.ndarray]:
+        """(base area, (groups, widths) changes): the area of a configuration of ``structure``
+        is the base plus each group's change at its width (inf: the target cannot map it)."""
+        if structure not in self._areas:
+            bits = self.recipe_config().bits
+            base = self.chip_of(self.quant(Config(bits, structure)))
+            if base is None:  # the recipe's widths do not map: try the narrowest
+                bits = (self.widths[0],) * len(self.groups)
+                base = self.chip_of(self.quant(Config(bits, structure)))
+            if base is None:
+                model, _ = calibrated(self._model, self.quant(Config(bits, structure)), self._x)
+                self.chip(model)  # raises the target's reason
+            table = np.zeros((len(self.groups), len(self.widths)))
+            for g, j in itertools.product(range(len(self.groups)), range(len(self.widths))):
+                if self.widths[j] != bits[g]:
+                    moved = bits[:g] + (self.widths[j],) + bits[g + 1 :]
+                    got = self.chip_of(self.quant(Config(moved, structure)))
+                    table[g, j] = np.inf if got is None else got["area_mm2"] - base["area_mm2"]
+            self._areas[structure] = (base["area_mm2"], table)
+        return self._areas[structure]
+
+    def area_of(self, config: Config) -> float:
+        """The capacitor area (mm²) of ``config`` on the target (inf: it cannot map it)."""
+        base, table = self._area_table(config.structure)
+        idx = [self.widths.index(b) for b in config.bits]
+        return float(base + table[np.arange(len(idx)), idx].sum())
+
+    def totals(self, structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every width index per group of ``structure`` (rows), with its footprint in bits and
+        its area in mm² (0 without a ``chip``)."""
         w = np.array(self.widths)
+        elements = self.elements(structure)
+        n = np.array([sum(elements.get(r, 0) for r in g) for g in self.groups])
+        idx = np.array(list(itertools.product(range(len(w)), repeat=len(n))))
+        bits = self._fixed[structure] + w[idx] @ n
+        area = np.zeros(len(idx))
+        if self.chip is not None:
+            base, table = self._area_table(structure)
+            area = base + table[np.arange(len(n)), idx].sum(1)
+        return idx, bits, area
+
+    def tight(self, budget_bits: float, budget_area: float = math.inf) -> list[Config]:
+        """Every configuration that fits ``budget_bits`` and ``budget_area`` (mm²) and cannot
+        raise one group by one width without leaving one of them."""
+        w, top = np.array(self.widths), len(self.widths) - 1
         out = []
         for s in self.structures:
-            elements = self.elements(s)
-            n = np.array([sum(elements.get(r, 0) for r in g) for g in self.groups])
-            idx = np.array(list(itertools.product(range(len(w)), repeat=len(n))))
-            total = self._fixed[s] + w[idx] @ n
-            nxt = np.minimum(idx + 1, len(w) - 1)
-            raise_cost = (w[nxt] - w[idx]) * n  # 0 at the top width or for an empty group
-            raisable = (raise_cost > 0) & (total[:, None] + raise_cost <= budget_bits)
-            ok = (total <= budget_bits) & ~raisable.any(1)
+            idx, bits, area = self.totals(s)
+            n = np.array([sum(self.elements(s).get(r, 0) for r in g) for g in self.groups])
+            nxt = np.minimum(idx + 1, top)
+            raise_bits = (w[nxt] - w[idx]) * n  # 0 at the top width or for an empty group
+            up = bits[:, None] + raise_bits <= budget_bits
+            if self.chip is not None:
+                _, table = self._area_table(s)
+                g = np.arange(len(n))
+                with np.errstate(invalid="ignore"):  # inf − inf: neither width maps
+                    up &= area[:, None] + table[g, nxt] - table[g, idx] <= budget_area
+            ok = (bits <= budget_bits) & (area <= budget_area) & ~((raise_bits > 0) & up).any(1)
             # an empty group (ssm.B with B̄ folded) takes the top width only: one config each
-            ok &= (idx[:, n == 0] == len(w) - 1).all(1)
+            ok &= (idx[:, n == 0] == top).all(1)
             out += [Config(tuple(int(v) for v in w[i]), s) for i in idx[ok]]
         return out
 
 
-def measure_footprint(model, float_params: int, quant: dict, x) -> tuple[dict, dict]:
-    """Footprint of ``quant`` on a copy of the float ``model`` (calibrated on ``x``, so that
-    every quantizer's scales exist and are counted)."""
+def calibrated(model, quant: dict, x):
+    """(a copy of the float ``model`` quantized as ``quant`` and calibrated on ``x``, so that
+    every quantizer's scales exist, its site table)."""
     model, table = wrap(copy.deepcopy(model), QuantConfig.model_validate(quant))
     model.train()
     with calibration_mode(model), torch.no_grad():
         model(x, "recurrent")
+    return model.eval(), table
+
+
+def measure_footprint(model, float_params: int, quant: dict, x) -> tuple[dict, dict]:
+    """Footprint of ``quant`` on a copy of the float ``model`` (see ``calibrated``)."""
+    model, table = calibrated(model, quant, x)
     return footprint(model, table, float_params), table
 
 
@@ -264,26 +355,52 @@ def point(space: Space, config: Config, stage: str, epochs: int | None, holdout:
 class Search:
     """One search in ``run_dir`` (which holds the float model); see the module doc."""
 
-    def __init__(self, space: Space, run_dir, budget_bits: float, opts: dict):
+    def __init__(self, space: Space, run_dir, budget_bits: float, opts: dict, budget_area=math.inf):
         self.space, self.run_dir, self.budget, self.opts = space, run_dir, budget_bits, opts
-        self.pool = space.tight(budget_bits)
+        self.budget_area = budget_area
+        self.pool = space.tight(budget_bits, budget_area)
         self._idx = np.array([[space.widths.index(b) for b in c.bits] for c in self.pool])
         self._struct = np.array([space.structures.index(c.structure) for c in self.pool])
         self._bits = np.array([space.bits_of(c) for c in self.pool])
         if not self.pool:
-            least = min(
-                space.bits_of(Config((min(space.widths),) * len(space.groups), s))
-                for s in space.structures
-            )
-            raise ValueError(
-                f"even with every stored role at {min(space.widths)} bits the footprint is "
-                f"{least / 8192:.2f} KiB, above the budget of {budget_bits / 8192:.2f} KiB; "
+            raise ValueError(self._nothing_fits())
+
+    def _nothing_fits(self) -> str:
+        """Why no configuration fits the budgets, with the smallest that would."""
+        rows = [self.space.totals(s)[1:] for s in self.space.structures]
+        bits, area = (np.concatenate(v) for v in zip(*rows, strict=True))
+        low = min(self.space.widths)
+        if bits.min() > self.budget:
+            return (
+                f"even with every stored role at {low} bits the footprint is "
+                f"{bits.min() / 8192:.2f} KiB, above the budget of {self.budget / 8192:.2f} KiB; "
                 "raise the budget or allow fewer bits (--bits)"
             )
+        if area.min() > self.budget_area:
+            least = math.ceil(area.min() * 1e6) / 1e6  # rounded up: a budget of it fits
+            return (
+                f"the smallest capacitor area of any configuration the target maps is "
+                f"{least:.6f} mm², above the budget of {self.budget_area:.6f} mm²; raise "
+                f"--area-budget-mm2 to at least {least:.6f} or allow fewer bits (--bits)"
+            )
+        least = area[bits <= self.budget].min()
+        return (
+            f"no configuration fits both budgets: within {self.budget / 8192:.2f} KiB the "
+            f"smallest capacitor area is {least:.6f} mm², above {self.budget_area:.6f} mm²; "
+            "raise either budget"
+        )
 
     def evaluate(self, configs: list[Config], stage: str, epochs, holdout: float) -> list[dict]:
         """The rows of ``configs`` trained and scored as a sweep point each."""
         todo = [point(self.space, c, stage, epochs, holdout) for c in configs]
+        if self.space.chip is not None:
+            for c in configs:  # the area model must be the area, before anything is trained
+                got = self.space.chip_of(self.space.quant(c))
+                if got is None or not math.isclose(got["area_mm2"], self.space.area_of(c)):
+                    raise RuntimeError(
+                        f"search: {c.label(self.space)} has a capacitor area of "
+                        f"{got and got['area_mm2']} mm², predicted {self.space.area_of(c)}"
+                    )
         o = self.opts
         rows = run_points(self.run_dir, todo, o["workers"], o["executor"], o["address"], False)
         for c, row in zip(configs, rows, strict=True):
@@ -293,6 +410,10 @@ class Search:
                     f"predicted {self.space.bits_of(c)}"
                 )
         return rows
+
+    def area(self, config: Config) -> float | None:
+        """``config``'s capacitor area in mm² (None without a target)."""
+        return None if self.space.chip is None else self.space.area_of(config)
 
     def nearest(self, config: Config, keep: int | None = None) -> Config:
         """The tight configuration closest to ``config``: the same structure, group ``keep``
@@ -319,9 +440,12 @@ class Search:
         o, space = self.opts, self.space
         rng = np.random.default_rng(space.recipe.seed)
         n, size = o["evaluations"], max(o["workers"], 1)
-        uniform = min(  # every group at one width, the one closest to the budget
+        uniform = min(  # every group at one width, the one closest to the budget(s)
             (Config((w,) * len(space.groups), start.structure) for w in space.widths),
-            key=lambda c: abs(space.bits_of(c) - self.budget),
+            key=lambda c: (
+                abs(space.bits_of(c) - self.budget) if math.isfinite(self.budget) else 0,
+                abs(self.area(c) - self.budget_area) if math.isfinite(self.budget_area) else 0,
+            ),
         )
         seeds = [self.nearest(start), self.nearest(uniform)]
         first = [*seeds, *self.neighbours(seeds[0]), *self.neighbours(seeds[1])]
@@ -356,7 +480,8 @@ class Search:
             final = {
                 c: float(r.get("accuracy", 0.0)) for c, r in zip(finalists, longer, strict=True)
             }
-            best = max(finalists, key=lambda c: (final[c], scores[c]))
+            # no finalists: the best estimate
+            best = max(finalists or ranked[:1], key=lambda c: (final.get(c, 0), scores[c]))
             validation = self.validate(ranked, scores, bar) if o["validate"] else None
         return {
             "chosen": best,
@@ -364,6 +489,7 @@ class Search:
                 {
                     "config": c.label(space),
                     "bits": space.bits_of(c),
+                    "area_mm2": self.area(c),
                     "estimate": scores[c],
                     "longer": final.get(c),
                 }
@@ -390,6 +516,7 @@ class Search:
                 {
                     "config": c.label(self.space),
                     "bits": self.space.bits_of(c),
+                    "area_mm2": self.area(c),
                     "estimate": e,
                     "ptq": p,
                     "measured": m,
@@ -401,20 +528,32 @@ class Search:
         }
 
 
-def search(recipe: Recipe, run_dir: Path, budget_kib, budget_reduction, opts: dict):
+def search(
+    recipe: Recipe,
+    run_dir: Path,
+    budget_kib,
+    budget_reduction,
+    opts: dict,
+    chip: Callable[[torch.nn.Module], dict] | None = None,
+    budget_area_mm2: float | None = None,
+):
     """Returns (the recipe with the chosen ``quant``, the search record for the report).
-    ``run_dir`` holds the float model (``float.*``); the budget is in KiB or a reduction factor
-    against float32."""
+    ``run_dir`` holds the float model (``float.*``); the memory budget is in KiB or a reduction
+    factor against float32 (or none); with ``chip`` (see ``Space``) only configurations the
+    target maps are searched, within ``budget_area_mm2`` of capacitor area when given."""
     write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
-    space = Space(recipe, run_dir, opts["bits"], opts["act_bits"])
+    space = Space(recipe, run_dir, opts["bits"], opts["act_bits"], chip)
     f32 = space.float32_bits
-    budget = budget_kib * 8192 if budget_kib is not None else f32 / budget_reduction
+    budget = math.inf
+    if budget_kib is not None or budget_reduction is not None:
+        budget = budget_kib * 8192 if budget_kib is not None else f32 / budget_reduction
+    area = math.inf if budget_area_mm2 is None else budget_area_mm2
     start = time.perf_counter()
-    finder = Search(space, run_dir, budget, opts)
+    finder = Search(space, run_dir, budget, opts, area)
     found = finder.run(space.recipe_config())
     chosen = found["chosen"]
     record = {
-        "budget_bits": budget,
+        "budget_bits": budget if math.isfinite(budget) else None,
         "float32_bits": f32,
         "chosen": chosen.label(space),
         "chosen_bits": {
@@ -430,5 +569,11 @@ def search(recipe: Recipe, run_dir: Path, budget_kib, budget_reduction, opts: di
         "seconds": time.perf_counter() - start,  # the search, before the chosen one's PTQ + QAT
         **{k: v for k, v in found.items() if k != "chosen"},
     }
+    if chip is not None:  # the chosen and the recipe's own allocation, on calibrated models
+        record["area"] = {
+            "budget_mm2": budget_area_mm2,
+            "chosen": space.chip_of(space.quant(chosen)),
+            "recipe": space.chip_of(recipe.quant.model_dump(mode="json")),
+        }
     quant = QuantConfig.model_validate(space.quant(chosen))
     return recipe.model_copy(update={"quant": quant}), record

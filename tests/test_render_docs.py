@@ -136,6 +136,8 @@ def test_collect_summarizes_a_run_dir(tmp_path):
         "monte_carlo": [{"unit_ff": 1.0, "mean": 0.3, "accuracies": [0.3]}],
     }
     (run / "hw" / "verify.json").write_text(json.dumps(verify))
+    totals = {"area_mm2": 0.04, "capacitance_pf": 76.2}
+    (run / "hw" / "mapping.json").write_text(json.dumps({"totals": totals, "layers": []}))
     out = collect.collect(run, tmp_path / "results")
     assert out == tmp_path / "results" / "runs" / "tiny.json"
     r = json.loads(out.read_text())
@@ -145,6 +147,7 @@ def test_collect_summarizes_a_run_dir(tmp_path):
     assert r["footprint"] == TINY["footprint"]
     assert r["verify"]["fakequant_vs_intref"] == {"prediction_agreement": 1.0, "max_code_diff": 1}
     assert r["verify"]["monte_carlo"] == [{"unit_ff": 1.0, "mean": 0.3}]
+    assert r["mapping"] == totals
     assert {"collected", "commit", "run_finished", "command"} <= set(r["provenance"])
     with pytest.raises(collect.CollectError, match="not a finished run"):
         collect.collect(tmp_path, tmp_path / "results")
@@ -197,3 +200,35 @@ def test_neurobench_figures_are_collected_and_rendered(tmp_path, capsys):
     assert row + " `" in out  # then the commit it was collected at
     assert "not counted blocks.0.ssm (QuantS4D: state recurrence)." in out
     assert "`qssm eval runs/absent --neurobench`" in out
+
+
+def test_an_area_search_renders_beside_the_hand_allocation(root):
+    area = {"area_mm2": 0.0392064, "capacitance_pf": 76.1088}
+    search = {
+        "budget_bits": 100864,
+        "float32_bits": 856384,
+        "candidates": 14,
+        "chosen": "gru.Wz=2;scales=float16",
+        "evaluated": [{"estimate": 0.9}] * 9 + [{"estimate": 0.925}],
+        "seconds": 1500.0,
+        "area": {"target": "minimalist_like", "budget_mm2": 0.0393, "chosen": area, "recipe": area},
+    }
+    searched = {**TINY, "run": "s", "search": search, "mapping": {**area, "area_mm2": 0.0392}}
+    (root / "bench" / "results" / "runs" / "s.json").write_text(json.dumps(searched))
+    out = render.render_text(block("search_area tiny s"), root)
+    assert (
+        "| `tiny` (the recipe's) | `minimalist_like` |  |  | 1,200 | 0.039206 mm², 76.1 pF | — "
+        "| **81.25 %** (3) | 1 min 15 s | `0123456`, 2026-12-01 |" in out
+    )
+    assert (
+        "| `s` (searched) | `minimalist_like` | 0.0393 mm² | 100,864 bits | 1,200 "
+        "| 0.039206 mm², 76.1 pF | 0.039200 mm², 76.1 pF | **81.25 %** (3) "
+        "| 25 min 0 s + 1 min 15 s |" in out
+    )
+    assert (
+        "- `s`: 10 of 14 configurations evaluated, estimates 90.00 % to 92.50 %; chosen "
+        "`gru.Wz=2;scales=float16`" in out
+    )
+    assert "No measurement committed yet for `gone`" in render.render_text(
+        block("search_area tiny gone"), root
+    )

@@ -6,7 +6,8 @@ import pytest
 import scipy.stats
 import yaml
 
-from qssm.cli import main
+from hwmap.targets import load_target
+from qssm.cli import _chip, main
 from qssm.io import read_json
 from qssm.recipe import parse_recipe
 from qssm.search import Config, Search, Space, measure_footprint, moves, spearman
@@ -154,3 +155,159 @@ def test_neighbours_are_one_move_away_on_the_tight_set(space):
                 c.bits[g] == child.bits[g] for c in pool if c.structure == child.structure
             ):
                 assert projected.bits[g] == child.bits[g]
+
+
+# A hardware family: the budget can be a target's capacitor area (the tiny MINIMALIST minGRU)
+RECIPE_HW = {
+    "name": "search_hw_tiny",
+    "seed": 0,
+    "data": {"name": "sdigits"},
+    "model": {"family": "mingru_hw", "d_model": 16, "n_layers": 1, "pool": "mean"},
+    "float": {"epochs": 2, "batch_size": 32, "lr": 0.01, "mode": "recurrent"},
+    "quant": {
+        "default": {"bits": 2, "observer": "mse", "granularity": "per_channel"},
+        "targets": [
+            {"roles": ["encoder.bias", "decoder.bias", "gru.bz", "gru.bh"], "bits": 6},
+            {"roles": ["gru.gate"], "bits": 6, "granularity": "per_tensor"},
+            {"roles": ["gru.state", "gru.cand"], "enabled": False},
+            {
+                "roles": ["act.input", "act.output", "decoder.weight"],
+                "bits": 8,
+                "observer": "percentile",
+                "granularity": "per_tensor",
+            },
+        ],
+    },
+    "ptq": {"calibration_batches": 2},
+    "qat": {"epochs": 1, "batch_size": 32},
+    "eval": {"batch_size": 400},
+}
+HW = ["--target", "generic_28nm", "--bits", "2", "4"]
+HW_BUDGET = ["--area-budget-mm2", "0.0035", "--budget-kib", "0.7"]
+
+
+def _search_hw(path, out, *extra) -> int:
+    args = ["search", "--recipe", str(path), *HW, "--evaluations", "3", "--population", "2"]
+    args += ["--short-epochs", "1", "--finalists", "1", "--out", str(out), "--quiet"]
+    return main([*args, *extra])
+
+
+@pytest.fixture(scope="module")
+def searched_hw(tmp_path_factory):
+    """A finished tiny search under a capacitor-area and a memory budget, and its Space."""
+    tmp = tmp_path_factory.mktemp("search_hw")
+    path = tmp / "r.yaml"
+    path.write_text(yaml.safe_dump(RECIPE_HW))
+    assert _search_hw(path, tmp / "run", *HW_BUDGET) == 0
+    chip = _chip(load_target("generic_28nm"))
+    space = Space(parse_recipe(RECIPE_HW), tmp / "run", [2, 4], [], chip)
+    return path, tmp / "run", space
+
+
+def _measured_area(space, config) -> float:
+    """The area of ``config`` mapped directly (inf: the target cannot map it)."""
+    got = space.chip_of(space.quant(config))
+    return math.inf if got is None else got["area_mm2"]
+
+
+def test_a_hardware_family_searches_no_activation_or_s4d_choice(searched_hw):
+    _, _, space = searched_hw
+    assert set(space.choices) == {"scales"}  # no act bits, fold_b or state granularity
+    assert {"gru.Wz", "gru.Wh"} <= {r for g in space.groups for r in g}
+
+
+def test_area_model_is_the_measured_area(searched_hw):
+    """The per-group model against the mapping of the configuration itself (inf: unmappable)."""
+    _, _, space = searched_hw
+    rng = np.random.default_rng(2)
+    for _ in range(6):
+        s = space.structures[rng.integers(len(space.structures))]
+        config = Config(tuple(int(b) for b in rng.choice(space.widths, len(space.groups))), s)
+        assert space.area_of(config) == pytest.approx(_measured_area(space, config), rel=1e-12)
+
+
+def test_tight_set_under_an_area_budget_is_every_full_configuration(searched_hw):
+    """Brute force: the pool is exactly the configurations that fit both budgets and cannot
+    raise one group; nothing over either budget was trained or chosen."""
+    _, out, space = searched_hw
+    s = read_json(out / "metrics.json")["search"]
+    bits_budget, area_budget = s["budget_bits"], s["area"]["budget_mm2"]
+    w = space.widths
+
+    def fits(c):
+        return space.bits_of(c) <= bits_budget and space.area_of(c) <= area_budget
+
+    expected, over_area = set(), 0
+    for st in space.structures:
+        for bits in itertools.product(w, repeat=len(space.groups)):
+            c = Config(bits, st)
+            over_area += space.bits_of(c) <= bits_budget and space.area_of(c) > area_budget
+            up = [
+                Config(bits[:i] + (w[w.index(b) + 1],) + bits[i + 1 :], st)
+                for i, b in enumerate(bits)
+                if b != w[-1]
+            ]
+            if fits(c) and not any(fits(u) for u in up):
+                expected.add(c)
+    assert set(space.tight(bits_budget, area_budget)) == expected and expected
+    assert over_area  # the area budget binds: some configurations fit the memory but not it
+    assert len(s["evaluated"]) == 3
+    for e in s["evaluated"]:  # measured again through the mapping
+        config = next(c for c in expected if c.label(space) == e["config"])
+        assert e["bits"] <= bits_budget and _measured_area(space, config) <= area_budget
+    chosen = space.chip_of(read_json(out / "model.json")["quant"])
+    assert chosen == s["area"]["chosen"] and chosen["area_mm2"] <= area_budget
+
+
+def test_search_area_is_what_map_to_hw_reports(searched_hw, tmp_path):
+    """An independent path: the configuration's own recipe, PTQ on the training split
+    (`qssm quantize`), lowered, exported and mapped by `qssm map-to-hw`."""
+    _, out, space = searched_hw
+    for bits in [(4,) * len(space.groups), tuple(4 if "gru.Wz" in g else 2 for g in space.groups)]:
+        config = Config(bits, ("float16",))
+        recipe = {**RECIPE_HW, "quant": space.quant(config), "qat": {"epochs": 0}}
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        run = tmp_path / "-".join(map(str, bits))
+        quantize = ["quantize", "--recipe", str(path), "--from", str(out), "--out", str(run)]
+        assert main([*quantize, "--quiet"]) == 0
+        hw = ["map-to-hw", str(run), "--target", "generic_28nm", "--mc-seeds", "0"]
+        assert main([*hw, "--limit", "20", "--quiet"]) == 0
+        mapped = read_json(run / "hw" / "mapping.json")["totals"]
+        assert space.area_of(config) == pytest.approx(mapped["area_mm2"], rel=1e-12)
+        got = space.chip_of(space.quant(config))
+        assert got["capacitance_pf"] == pytest.approx(mapped["capacitance_pf"], rel=1e-12)
+
+
+def test_an_impossible_area_budget_names_the_smallest(searched_hw, tmp_path, capsys):
+    path, _, space = searched_hw
+    smallest = min(
+        _measured_area(space, Config((2,) * len(space.groups), st)) for st in space.structures
+    )
+    args = ["--area-budget-mm2", f"{smallest * 0.99:.7f}"]
+    assert _search_hw(path, tmp_path / "r", *args) == 2
+    err = capsys.readouterr().err
+    assert "raise --area-budget-mm2 to at least" in err
+    said = float(err.split("at least ")[1].split()[0])
+    assert smallest <= said <= smallest + 2e-6  # rounded up, so that it fits
+
+
+def test_bad_area_arguments_are_one_line_errors(searched_hw, tmp_path, capsys):
+    path, _, _ = searched_hw
+    s4d = tmp_path / "s4d.yaml"
+    s4d.write_text(yaml.safe_dump(RECIPE))
+    cases = [
+        (["--recipe", str(path), "--area-budget-mm2", "1"], "needs --target"),
+        (["--recipe", str(path), "--target", "generic_28nm"], "give a budget"),
+        (
+            ["--recipe", str(s4d), "--target", "minimalist_like", "--area-budget-mm2", "1"],
+            "s4d_real",
+        ),
+        (["--recipe", str(path), "--target", "nowhere", "--area-budget-mm2", "1"], "nowhere"),
+    ]
+    for args, words in cases:
+        out = tmp_path / "never"
+        assert main(["search", *args, "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+        assert not out.exists()  # nothing written
