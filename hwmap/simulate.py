@@ -57,7 +57,6 @@ NONIDEALITIES = tuple(
 )
 BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # S4D-Real's bank
 POOL = 1 << 22  # pre-drawn normals
-GRID = 2048  # bins per column of the gate ADC's count (a starting point; the count is exact)
 CHUNK_ROWS = 8192  # sequences × steps of the chip-invariant input side computed at once
 
 
@@ -85,21 +84,19 @@ def _kernels():
     import numba
 
     @numba.njit(cache=True)
-    def gate(
-        units, per_unit, gain, ktc_sigma, ktc, inject, rail, sigma, noise, theta, table, scale, kick
-    ):
-        """The gate ADC's codes (S, B, O) from its MAC's accumulators: the line in volts (×
-        ``per_unit`` and the column's ``gain`` (S, O), kT/C, injection; empty arrays, zero:
-        off), clipped at the rails (``rail`` ≤ 0: off), the comparator's noise, then the count
-        #{θ ≤ v} against its chip's and column's sorted thresholds θ (S, O, T) — what a SAR's
-        binary search or a flash's thermometer code gives: below θ_0 none, from θ_{T−1} all,
-        else the count at the left edge of v's bin of a grid over [θ_0, θ_{T−1}] (``table``
-        (S, O, G), ``scale`` bins per volt) walked to the exact count.  With a ``kick`` (T+1,)
-        (a flash's kickback: the line's move for each first count) counted again on the moved
-        line.  (One body: numba calls with array arguments cost more than the
-        work.)"""
+    def gate(units, per_unit, gain, ktc_sigma, ktc, inject, rail, sigma, noise, theta, kick, lo):
+        """The gate ADC's codes ``lo`` + c (S, B, O) from its MAC's accumulators: the line in
+        volts (× ``per_unit`` and the column's ``gain`` (S, O), kT/C, injection; empty arrays,
+        zero: off), clipped at the rails (``rail`` ≤ 0: off), the comparator's noise,
+        then the count c = #{θ ≤ v} of its chip's and column's sorted thresholds θ (S, O, P),
+        padded with +inf to P = 2^n ≥ 64 — what a SAR's binary search or a flash's
+        thermometer code gives — by a binary search without branches (each level adds its
+        step where θ[c + step − 1] ≤ v; the levels up to 32 unrolled).  With a ``kick``
+        (T+1,) (a flash's kickback: the line's move for each first count) counted again on
+        the moved line.  (One body: numba calls with array arguments, inlined or not, cost
+        more than the work — hence the MAC-line prefix written out here and in ``line``.)"""
         chips, batch, cols = units.shape
-        top, bins = theta.shape[2], table.shape[2]
+        top = theta.shape[2] // 2
         codes = np.empty(units.shape, dtype=np.int64)
         for s in range(chips):
             for b in range(batch):
@@ -115,21 +112,21 @@ def _kernels():
                         x = min(max(x, -rail), rail)
                     if noise.size:
                         x += sigma * noise[s, b, o]
-                    lo, hi, c = theta[s, o, 0], theta[s, o, top - 1], 0
+                    c = 0
                     for again in range(2 if kick.size else 1):
                         if again:
                             x += kick[c]
-                        if x < lo:
-                            c = 0
-                        elif x >= hi:
-                            c = top
-                        else:
-                            c = np.int64(table[s, o, min(int((x - lo) * scale[s, o]), bins - 1)])
-                            while c < top and theta[s, o, c] <= x:
-                                c += 1
-                            while c > 0 and theta[s, o, c - 1] > x:
-                                c -= 1
-                    codes[s, b, o] = c
+                        c, step = 0, top
+                        while step > 32:
+                            c += step if theta[s, o, c + step - 1] <= x else 0
+                            step >>= 1
+                        c += 32 if theta[s, o, c + 31] <= x else 0
+                        c += 16 if theta[s, o, c + 15] <= x else 0
+                        c += 8 if theta[s, o, c + 7] <= x else 0
+                        c += 4 if theta[s, o, c + 3] <= x else 0
+                        c += 2 if theta[s, o, c + 1] <= x else 0
+                        c += 1 if theta[s, o, c] <= x else 0
+                    codes[s, b, o] = lo + c
         return codes
 
     @numba.njit(cache=True)
@@ -208,6 +205,14 @@ def _kernels():
         return out
 
     return {"gate": gate, "share": share, "line": line, "compare": compare, "taps": taps}
+
+
+def padded(theta: np.ndarray) -> np.ndarray:
+    """Sorted thresholds (…, T) padded with +inf to P = 2^n > T, at least 64 (the gate
+    kernel's binary search)."""
+    P = max(64, 1 << theta.shape[-1].bit_length())
+    pad = np.full((*theta.shape[:-1], P - theta.shape[-1]), np.inf, dtype=theta.dtype)
+    return np.ascontiguousarray(np.concatenate([theta, pad], -1))
 
 
 class Noise:
@@ -407,20 +412,12 @@ class Chips:
         bank = layer["bank"]
         kept, corr = self._offsets(bank["units_effective"].shape)
         theta = self._thresholds(layer["gate_thresholds"]).astype(self.dtype)  # (S, O, T)
-        lo, hi = theta[..., 0].astype(np.float64), theta[..., -1].astype(np.float64)
-        scale = np.where(hi > lo, GRID / np.where(hi > lo, hi - lo, 1), 0)  # bins per volt
-        edges = lo[..., None] + np.arange(GRID) / np.where(scale > 0, scale, 1)[..., None]
-        table = (theta[..., None, :] <= edges[..., None]).sum(-1)  # (S, O, GRID)
         gate, cand = self._mac(layer["gate_mac"], ratiometric=True), self._mac(layer["cand_mac"])
         return {
             "gate_mac": gate,
             "cand_mac": cand,
             "W_both": np.concatenate([gate["W"], cand["W"]], -1),  # one GEMM for both
-            "thresholds": np.ascontiguousarray(theta),
-            "table": table.astype(
-                np.uint8 if theta.shape[-1] < 256 else np.int32
-            ),  # the count's starting points
-            "scale": scale.astype(self.dtype),
+            "thresholds": padded(theta),  # (S, O, P)
             "z": self._bank_z(bank),
             "ktc": self._ktc(bank),
             "out_offset": (kept - corr).astype(self.dtype),  # the reference DAC corrects it
@@ -573,14 +570,14 @@ class Simulator:
             noise = self.noise(units.shape)
         kick = np.zeros(0, dtype=self.dtype)
         if "kickback" in self.on and c.adc == "flash":  # q/C_line·(#low − #high) per count
-            top = draws["thresholds"].shape[-1]
+            top = layer["gate_thresholds"]["volts"].shape[-1]
             q = self.dtype(c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15))
             kick = q * (top - 2 * np.arange(top + 1)).astype(self.dtype)
         code = _kernels()["gate"](
             units, *errors, self._rail(), self.dtype(c.noise_mv * 1e-3), noise,
-            draws["thresholds"], draws["table"], draws["scale"], kick,
+            draws["thresholds"], kick, layer["gate_thresholds"]["lo"],
         )  # fmt: skip
-        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, cols)
+        return code.reshape(-1, cols)
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The candidate line h̃ (volts), its bias a charge on the line."""
