@@ -44,8 +44,9 @@ def measure(run_dir: Path, target_name: str, chips: int, sequences: int) -> dict
         ranges = observed_ranges(graph, data.train.x.numpy()[:RANGE_SEQUENCES])
         mapping = map_graph(graph, target, ranges=ranges)
     x, y = data.test.x.numpy()[:sequences], data.test.y.numpy()[:sequences]
-    sim = simulate.Simulator(graph, mapping, target, simulate.NONIDEALITIES, list(range(chips)))
-    sim.run(x[:2, :2])  # compile the kernels outside the timing
+    every = simulate.NONIDEALITIES
+    simulate.Simulator(graph, mapping, target, every).run(x[:2, :2])  # compile, outside the timing
+    sim = simulate.Simulator(graph, mapping, target, every, list(range(chips)))
     load = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
     acc = simulate.accuracy(sim, x, y)
