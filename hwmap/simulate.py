@@ -130,16 +130,18 @@ def _kernels():
         return codes
 
     @numba.njit(cache=True)
-    def share(h, cand, k, z, sigma, noise, inject, keep, rail):
+    def share(h, cand, k, z, sigma, noise, inject, keep, rail, armed):
         """The gated state h + z_k (h̃ − h) per element (S, B, O) with z (S, O, K+1), then the
         k sampled units' kT/C (``sigma`` (O, K+1) volts per unit of ``noise``; empty: off),
-        injection where k > 0, leakage (× ``keep``) and the rails (``rail`` ≤ 0: off)."""
+        injection where k > 0, leakage (× ``keep``) and the rails (``rail`` ≤ 0: off); sets
+        the column's enable latch (``armed``, in place) where k > 0."""
         chips, batch, cols = h.shape
         out = np.empty_like(h)
         for s in range(chips):
             for b in range(batch):
                 for o in range(cols):
                     g = k[s, b, o]
+                    armed[s, b, o] |= g > 0
                     x = (cand[s, b, o] - h[s, b, o]) * z[s, o, g] + h[s, b, o]
                     if sigma.size:
                         x += sigma[o, g] * noise[s, b, o]
@@ -597,10 +599,10 @@ class Simulator:
         h, k, cand = b.get(rec.bank.h), b.get(rec.bank.z), b.get(rec.bank.acc)
         if h.dtype.kind == "i":  # the first step: the bank reset to V_cm
             h = np.zeros(cand.shape, dtype=self.dtype)
-        armed = self.armed.get(rec.name)
-        self.armed[rec.name] = (k > 0) if armed is None else armed | (k > 0)
         S, bank = self.chips.n, layer["bank"]
         split = (S, -1, h.shape[-1])
+        if rec.name not in self.armed:  # the columns' enable latches, open at the start
+            self.armed[rec.name] = np.zeros(k.shape, dtype=np.bool_)
         sigma, noise = np.zeros((0, 0), dtype=self.dtype), np.zeros((0, 0, 0), dtype=self.dtype)
         if "ktc" in self.on:  # the k sampled units' kT/C, shared into the bank
             sigma = draws["ktc"]
@@ -621,6 +623,7 @@ class Simulator:
             self.dtype(inject),
             self.dtype(keep),
             self.dtype(rail),
+            self.armed[rec.name].reshape(split),
         )
         return new.reshape(h.shape)
 
