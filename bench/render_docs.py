@@ -22,6 +22,7 @@ is replaced by what KIND renders from the result files:
     sweep NAME           bench/results/sweeps/NAME.json    per-role / uniform / Pareto tables
     golden NAME          tests/golden/NAME.csv             the same for a golden CI table
     bench                bench/results/performance.json    speed and memory per family
+    mcspeed              bench/results/montecarlo.json     Monte-Carlo throughput per run
     provenance FILE      bench/results/FILE                date, commit, machine, command
 
 Without RUN arguments a block covers every committed run file.  A block whose file is missing
@@ -663,6 +664,34 @@ def r_bench(root: Path, args: list[str]) -> str:
     )
 
 
+MC_CMD = (
+    "OMP_NUM_THREADS=1 python bench/montecarlo.py runs/minimalist runs/mgrade_hw "
+    "--out bench/results/montecarlo.json"
+)
+
+
+def r_mcspeed(root: Path, args: list[str]) -> str:
+    path = root / "bench" / "results" / "montecarlo.json"
+    if not path.exists():
+        return missing("the Monte-Carlo throughput", f"`{MC_CMD}`")
+    data = read_json(path)
+    header = ["run", "chips × sequences × steps", "seconds", "chip·sequences/s", "CPU seconds"]
+    header += ["chip·sequences per CPU-second", "load average"]
+    body = [
+        [
+            f"`{name}`",
+            f"{r['chips']} × {r['sequences']:,} × {r['steps']}",
+            fixed(r["seconds"]),
+            f"**{fixed(r['chip_sequences_per_s'], 0)}**",
+            fixed(r["cpu_seconds"]),
+            fixed(r["chip_sequences_per_cpu_s"], 0),
+            f"{r['load_average']['start']:.1f} → {r['load_average']['end']:.1f}",
+        ]
+        for name, r in data["montecarlo"].items()
+    ]
+    return table(header, body) + f"\n\nMeasured at {measured(data['provenance'])}."
+
+
 def r_provenance(root: Path, args: list[str]) -> str:
     if len(args) != 1:
         raise RenderError("provenance takes one file under bench/results")
@@ -757,6 +786,7 @@ KINDS = {
     "search_area": r_search_area,
     "interaction": r_interaction,
     "bench": r_bench,
+    "mcspeed": r_mcspeed,
     "provenance": r_provenance,
     "neurobench": r_neurobench,
 }

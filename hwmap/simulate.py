@@ -41,13 +41,15 @@ is the bottleneck otherwise).  Static draws depend only on the chip's seed, so c
 same chip in every batch.
 """
 
+import dataclasses
 from functools import cache, partial
 
 import numpy as np
 
-from .graph import Graph, MinGRUHw
-from .intref import Numpy, head, init_state, step
+from .graph import DelayLine, Graph, MinGRUHw
+from .intref import Numpy, head
 from .mapping import BOLTZMANN, dac_code, unit_sigma
+from .ops import Affine, Term
 from .targets import Comparator, Target, leak_fraction, swing, trim_step_mv
 
 NONIDEALITIES = tuple(
@@ -55,7 +57,7 @@ NONIDEALITIES = tuple(
 )
 BANK_ERRORS = {"mismatch", "ktc", "injection", "leakage", "clipping"}  # S4D-Real's bank
 POOL = 1 << 22  # pre-drawn normals
-GRID = 2048  # bins per column of the gate ADC's count (a starting point; the count is exact)
+CHUNK_ROWS = 8192  # sequences × steps of the chip-invariant input side computed at once
 
 
 def offset_draw(rng, c: Comparator, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -82,21 +84,19 @@ def _kernels():
     import numba
 
     @numba.njit(cache=True)
-    def gate(
-        units, per_unit, gain, ktc_sigma, ktc, inject, rail, sigma, noise, theta, table, scale, kick
-    ):
-        """The gate ADC's codes (S, B, O) from its MAC's accumulators: the line in volts (×
-        ``per_unit`` and the column's ``gain`` (S, O), kT/C, injection; empty arrays, zero:
-        off), clipped at the rails (``rail`` ≤ 0: off), the comparator's noise, then the count
-        #{θ ≤ v} against its chip's and column's sorted thresholds θ (S, O, T) — what a SAR's
-        binary search or a flash's thermometer code gives: below θ_0 none, from θ_{T−1} all,
-        else the count at the left edge of v's bin of a grid over [θ_0, θ_{T−1}] (``table``
-        (S, O, G), ``scale`` bins per volt) walked to the exact count.  With a ``kick`` (T+1,)
-        (a flash's kickback: the line's move for each first count) counted again on the moved
-        line.  (One body: numba calls with array arguments cost more than the
-        work.)"""
+    def gate(units, per_unit, gain, ktc_sigma, ktc, inject, rail, sigma, noise, theta, kick, lo):
+        """The gate ADC's codes ``lo`` + c (S, B, O) from its MAC's accumulators: the line in
+        volts (× ``per_unit`` and the column's ``gain`` (S, O), kT/C, injection; empty arrays,
+        zero: off), clipped at the rails (``rail`` ≤ 0: off), the comparator's noise,
+        then the count c = #{θ ≤ v} of its chip's and column's sorted thresholds θ (S, O, P),
+        padded with +inf to P = 2^n ≥ 64 — what a SAR's binary search or a flash's
+        thermometer code gives — by a binary search without branches (each level adds its
+        step where θ[c + step − 1] ≤ v; the levels up to 32 unrolled).  With a ``kick``
+        (T+1,) (a flash's kickback: the line's move for each first count) counted again on
+        the moved line.  (One body: numba calls with array arguments, inlined or not, cost
+        more than the work — hence the MAC-line prefix written out here and in ``line``.)"""
         chips, batch, cols = units.shape
-        top, bins = theta.shape[2], table.shape[2]
+        top = theta.shape[2] // 2
         codes = np.empty(units.shape, dtype=np.int64)
         for s in range(chips):
             for b in range(batch):
@@ -112,34 +112,36 @@ def _kernels():
                         x = min(max(x, -rail), rail)
                     if noise.size:
                         x += sigma * noise[s, b, o]
-                    lo, hi, c = theta[s, o, 0], theta[s, o, top - 1], 0
+                    c = 0
                     for again in range(2 if kick.size else 1):
                         if again:
                             x += kick[c]
-                        if x < lo:
-                            c = 0
-                        elif x >= hi:
-                            c = top
-                        else:
-                            c = np.int64(table[s, o, min(int((x - lo) * scale[s, o]), bins - 1)])
-                            while c < top and theta[s, o, c] <= x:
-                                c += 1
-                            while c > 0 and theta[s, o, c - 1] > x:
-                                c -= 1
-                    codes[s, b, o] = c
+                        c, step = 0, top
+                        while step > 32:
+                            c += step if theta[s, o, c + step - 1] <= x else 0
+                            step >>= 1
+                        c += 32 if theta[s, o, c + 31] <= x else 0
+                        c += 16 if theta[s, o, c + 15] <= x else 0
+                        c += 8 if theta[s, o, c + 7] <= x else 0
+                        c += 4 if theta[s, o, c + 3] <= x else 0
+                        c += 2 if theta[s, o, c + 1] <= x else 0
+                        c += 1 if theta[s, o, c] <= x else 0
+                    codes[s, b, o] = lo + c
         return codes
 
     @numba.njit(cache=True)
-    def share(h, cand, k, z, sigma, noise, inject, keep, rail):
+    def share(h, cand, k, z, sigma, noise, inject, keep, rail, armed):
         """The gated state h + z_k (h̃ − h) per element (S, B, O) with z (S, O, K+1), then the
         k sampled units' kT/C (``sigma`` (O, K+1) volts per unit of ``noise``; empty: off),
-        injection where k > 0, leakage (× ``keep``) and the rails (``rail`` ≤ 0: off)."""
+        injection where k > 0, leakage (× ``keep``) and the rails (``rail`` ≤ 0: off); sets
+        the column's enable latch (``armed``, in place) where k > 0."""
         chips, batch, cols = h.shape
         out = np.empty_like(h)
         for s in range(chips):
             for b in range(batch):
                 for o in range(cols):
                     g = k[s, b, o]
+                    armed[s, b, o] |= g > 0
                     x = (cand[s, b, o] - h[s, b, o]) * z[s, o, g] + h[s, b, o]
                     if sigma.size:
                         x += sigma[o, g] * noise[s, b, o]
@@ -185,7 +187,34 @@ def _kernels():
                     out[s, b, o] = 1 if x > 0 and armed[s, b, o] else 0
         return out
 
-    return gate, share, line, compare
+    @numba.njit(cache=True)
+    def taps(codes, pos, K, delays, M, half, shift, lo, hi):
+        """A delay line's tap sum requantized as its ``Affine`` op does, from the ring ``codes``
+        (N, J, H) whose slot ``pos`` holds delay 0: clip((Σ_j x_j·K_j·M + half) >> shift)
+        with K (J, H) and M (H,) int64, over the ``delays`` where some K_j ≠ 0 (exact integers:
+        the op's value)."""
+        rows, depth, cols = codes.shape
+        out = np.empty((rows, cols), dtype=np.int64)
+        acc = np.empty(cols, dtype=np.int64)
+        for n in range(rows):
+            acc[:] = 0
+            for d in delays:
+                slot = (pos - d) % depth
+                for h in range(cols):
+                    acc[h] += codes[n, slot, h] * K[d, h]
+            for h in range(cols):
+                out[n, h] = min(max((acc[h] * M[h] + half) >> shift, lo), hi)
+        return out
+
+    return {"gate": gate, "share": share, "line": line, "compare": compare, "taps": taps}
+
+
+def padded(theta: np.ndarray) -> np.ndarray:
+    """Sorted thresholds (…, T) padded with +inf to P = 2^n > T, at least 64 (the gate
+    kernel's binary search)."""
+    P = max(64, 1 << theta.shape[-1].bit_length())
+    pad = np.full((*theta.shape[:-1], P - theta.shape[-1]), np.inf, dtype=theta.dtype)
+    return np.ascontiguousarray(np.concatenate([theta, pad], -1))
 
 
 class Noise:
@@ -201,6 +230,97 @@ class Noise:
             return self.rng.standard_normal(shape, dtype=np.float32)
         start = self.rng.integers(0, POOL - n)
         return self.pool[start : start + n].reshape(shape)
+
+
+class Ring:
+    """A delay line's last J input codes as a ring (rows, J, H) of the smallest integer type
+    that holds its codes, slot ``pos`` at delay 0: a step writes one slot instead of shifting
+    the (rows, H, J) buffer the graph's ``Shift`` makes."""
+
+    def __init__(self, codes: np.ndarray, pos: int = 0):
+        self.codes, self.pos = codes, pos
+
+    @classmethod
+    def of(cls, buffer: np.ndarray, dtype) -> "Ring":
+        """The ring of a graph buffer (rows, H, J), index j delay j."""
+        J = buffer.shape[-1]
+        return cls(np.ascontiguousarray(buffer[..., -np.arange(J) % J].transpose(0, 2, 1), dtype))
+
+    def push(self, x: np.ndarray) -> None:
+        self.pos = (self.pos + 1) % self.codes.shape[1]
+        self.codes[:, self.pos] = x
+
+    def buffer(self) -> np.ndarray:
+        """The graph's buffer (rows, H, J) int64."""
+        J = self.codes.shape[1]
+        return self.codes[:, (self.pos - np.arange(J)) % J].transpose(0, 2, 1).astype(np.int64)
+
+
+def reads(op) -> set[str]:
+    """The tensors and constants an op reads (every name among its fields)."""
+    names = set()
+    for f in dataclasses.fields(op):
+        value = getattr(op, f.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, Term):
+                names |= {*item.inputs, item.weight}
+            elif isinstance(item, str) and f.name not in ("out", "site"):
+                names.add(item)
+    return names
+
+
+def invariant(graph: Graph, per_chip: set[str]) -> set[str]:
+    """The tensors every chip computes alike (the input side: quantizer, encoder, a first delay
+    line): those of ops outside ``per_chip`` that read only the input, constants and invariant
+    states; a state is invariant when its next value is (the largest such set)."""
+    nxt = {s.name: s.next for s in graph.states}
+    states = set(nxt)
+    while True:
+        same = {"x"} | states
+        for op in graph.step:
+            if op.out not in per_chip and reads(op) - graph.consts.keys() <= same:
+                same.add(op.out)
+        if (kept := {s for s in states if nxt[s] in same}) == states:
+            return same
+        states = kept
+
+
+def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of an integer matrix and each row's index among them (as
+    ``np.unique(rows, axis=0, return_inverse=True)``, in another order): rows hashed by a
+    wrapping integer product, every row checked against its hash's first row (a collision
+    falls back to sorting the rows)."""
+    mix = np.random.default_rng(0).integers(1, 2**62, rows.shape[1]) | 1
+    _, first, index = np.unique(rows @ mix, return_index=True, return_inverse=True)
+    if not np.array_equal(rows[first[index]], rows):
+        distinct, index = np.unique(rows, axis=0, return_inverse=True)
+        return distinct, index.ravel()
+    return rows[first], index.ravel()
+
+
+def _tap_sum(op, line: DelayLine) -> bool:
+    """Whether ``op`` is the lowering's tap sum of ``line``: Σ_j buffer·K times one multiplier,
+    requantized (the ring and its kernel compute that; another form runs as the graph's op)."""
+    return isinstance(op, Affine) and [(t.kind, t.inputs) for t in op.terms] == [
+        ("dot", (line.buffer, line.K))
+    ]
+
+
+class Tiled(Numpy):
+    """The backend of the per-chip ops: a chip-invariant tensor (B rows) reads as every chip's
+    copy (S·B rows, chip-major)."""
+
+    def __init__(self, env: dict, consts: dict, same: set[str], chips: int):
+        super().__init__(env, consts)
+        self.same, self.chips, self.tiled = same, chips, {}
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.same or name not in self.env or self.chips == 1:
+            return super().get(name)
+        if name not in self.tiled:
+            v = self.env[name]
+            self.tiled[name] = np.tile(v, (self.chips,) + (1,) * (v.ndim - 1))
+        return self.tiled[name]
 
 
 class Chips:
@@ -294,20 +414,12 @@ class Chips:
         bank = layer["bank"]
         kept, corr = self._offsets(bank["units_effective"].shape)
         theta = self._thresholds(layer["gate_thresholds"]).astype(self.dtype)  # (S, O, T)
-        lo, hi = theta[..., 0].astype(np.float64), theta[..., -1].astype(np.float64)
-        scale = np.where(hi > lo, GRID / np.where(hi > lo, hi - lo, 1), 0)  # bins per volt
-        edges = lo[..., None] + np.arange(GRID) / np.where(scale > 0, scale, 1)[..., None]
-        table = (theta[..., None, :] <= edges[..., None]).sum(-1)  # (S, O, GRID)
         gate, cand = self._mac(layer["gate_mac"], ratiometric=True), self._mac(layer["cand_mac"])
         return {
             "gate_mac": gate,
             "cand_mac": cand,
             "W_both": np.concatenate([gate["W"], cand["W"]], -1),  # one GEMM for both
-            "thresholds": np.ascontiguousarray(theta),
-            "table": table.astype(
-                np.uint8 if theta.shape[-1] < 256 else np.int32
-            ),  # the count's starting points
-            "scale": scale.astype(self.dtype),
+            "thresholds": padded(theta),  # (S, O, P)
             "z": self._bank_z(bank),
             "ktc": self._ktc(bank),
             "out_offset": (kept - corr).astype(self.dtype),  # the reference DAC corrects it
@@ -343,21 +455,84 @@ class Simulator:
         self.kT = kT
         self.step_s = mapping["totals"]["time_per_step_ns"] * 1e-9
         self.analog = {}  # tensor → the layer's part that computes it (op, backend) → value
+        self.lines = {}  # the delay lines' Shift and tap sum, as a ring and a kernel
+        self.rings = {}  # a delay line's state → the integer type of its ring
         self.armed, self.cand_units = {}, {}  # per run: see ``run``
+        self.chunk, self.tables = (0, []), {}  # per run: the input side of some steps
         layers = zip(graph.layers, mapping["layers"], self.chips.layers, strict=True)
+        ops = {op.out: op for op in graph.step}
         for rec, layer, draws in layers:
             if isinstance(rec, MinGRUHw):
                 parts = {rec.gate.out: self._gate, rec.cand.out: self._cand}
                 parts |= {rec.bank.out: self._gated_state, rec.out: self._comparator}
+                if rec.line is not None and _tap_sum(ops[rec.line.out], rec.line):
+                    self.lines |= {rec.line.buffer: self._push, rec.line.out: self._taps}
+                    held = ops[rec.line.buffer].buffer  # the state the Shift op reads
+                    self.rings[held] = self._ring_type(held)
             else:
                 parts = {rec.retention.out: self._retention, rec.readout.out: self._s4d_output}
             self.analog |= {out: partial(fn, rec, layer, draws) for out, fn in parts.items()}
+        self.parts = self.analog | self.lines
+        self.same = invariant(graph, set(self.analog))  # computed once for all chips
+
+    # ---------------------------------------------------------------- delay lines
+
+    def _ring_type(self, state: str):
+        s = next(s for s in self.graph.states if s.name == state)
+        types = (np.int8, np.int16, np.int32, np.int64)
+        return next(t for t in types if np.iinfo(t).min <= s.lo and s.hi <= np.iinfo(t).max)
+
+    def _push(self, op, b: Numpy) -> Ring:
+        """The graph's Shift: the newest codes into the ring (a buffer array, the initial or a
+        forced state, becomes one)."""
+        ring = b.get(op.buffer)
+        if not isinstance(ring, Ring):
+            ring = Ring.of(ring, self.rings[op.buffer])
+        ring.push(b.get(op.src))
+        return ring
+
+    def _taps(self, op: Affine, b: Numpy) -> np.ndarray:
+        """The tap sum over the ring, requantized as the op does (its exact integers)."""
+        ring, K = b.get(op.terms[0].inputs[0]), b.get(op.terms[0].inputs[1])
+        Kt = np.ascontiguousarray(K.T, dtype=np.int64)
+        M = np.broadcast_to(np.asarray(b.get(op.terms[0].weight), np.int64), K.shape[:1])
+        wide = np.iinfo(np.int64)
+        lo, hi = (wide.min, wide.max) if op.lo is None else (op.lo, op.hi)
+        half = 2 ** (op.shift - 1) if op.shift else 0
+        return _kernels()["taps"](
+            ring.codes, ring.pos, Kt, np.flatnonzero(Kt.any(1)), np.ascontiguousarray(M),
+            half, op.shift, lo, hi,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------- hardware minGRU
 
     def _units(self, x: np.ndarray, W: np.ndarray) -> np.ndarray:
         """A MAC's accumulators (S, B, O) over the chip's units W (S, K, O), inputs x (S·B, K)."""
         return np.matmul(x.astype(self.dtype).reshape(self.chips.n, -1, x.shape[-1]), W)
+
+    def _accumulators(self, key: str, x: str, W: np.ndarray, b: Numpy) -> np.ndarray:
+        """A MAC's accumulators (S, B, O) of input ``x``.  A chip-invariant input's rows are
+        one GEMM per chip, without copies per chip; when few of the chunk's rows
+        (``self.chunk``) are distinct (one input pixel: at most one row per code), once per
+        distinct row and gathered.  Both are the same GEMM rows: BLAS computes each row alike
+        whatever the others in a GEMM of two rows or more (a single row is a GEMV: B = 1 takes
+        no table)."""
+        if x not in self.same:
+            return self._units(b.get(x), W)
+        start, envs = self.chunk
+        if key not in self.tables:
+            rows = np.concatenate([env[x] for env in envs])
+            distinct, index = distinct_rows(rows)
+            if len(distinct) > len(rows) // 4 or len(envs[0][x]) == 1:
+                self.tables[key] = None
+            else:
+                distinct = np.concatenate([distinct, distinct[:1]])  # two rows at least
+                table = np.matmul(distinct.astype(self.dtype), W)  # (S, U, O)
+                self.tables[key] = table, index.reshape(len(envs), -1)
+        if self.tables[key] is None:
+            return np.matmul(b.env[x].astype(self.dtype), W)
+        table, index = self.tables[key]
+        return table[:, index[self.t - start]]
 
     def _errors(self, m: dict, d: dict, shape) -> tuple:
         """The arguments of a line's ``volts``: volts per unit, the column gains, kT/C's σ and
@@ -383,13 +558,13 @@ class Simulator:
         floating line: the kicked charge flows back and no later decision sees it.  The gate and
         the candidate MAC read the same input rows: one GEMM over both (the candidate's half is
         kept for ``_cand``)."""
-        m, x = layer["gate_mac"], b.get(rec.gate.x)
+        m, x = layer["gate_mac"], rec.gate.x
         cols = m["outputs"]
         if rec.cand.x == rec.gate.x:
-            both = self._units(x, draws["W_both"])
+            both = self._accumulators(f"{rec.name}.both", x, draws["W_both"], b)
             units, self.cand_units[rec.name] = both[..., :cols], both[..., cols:]
         else:
-            units = self._units(x, draws["gate_mac"]["W"])
+            units = self._accumulators(rec.gate.out, x, draws["gate_mac"]["W"], b)
         errors = self._errors(m, draws["gate_mac"], units.shape)
         c = self.target.comparator
         noise = np.zeros((0, 0, 0), dtype=np.float32)
@@ -397,26 +572,26 @@ class Simulator:
             noise = self.noise(units.shape)
         kick = np.zeros(0, dtype=self.dtype)
         if "kickback" in self.on and c.adc == "flash":  # q/C_line·(#low − #high) per count
-            top = draws["thresholds"].shape[-1]
+            top = layer["gate_thresholds"]["volts"].shape[-1]
             q = self.dtype(c.kickback_fc * 1e-15 / (m["c_line_ff"] * 1e-15))
             kick = q * (top - 2 * np.arange(top + 1)).astype(self.dtype)
-        code = _kernels()[0](
+        code = _kernels()["gate"](
             units, *errors, self._rail(), self.dtype(c.noise_mv * 1e-3), noise,
-            draws["thresholds"], draws["table"], draws["scale"], kick,
+            draws["thresholds"], kick, layer["gate_thresholds"]["lo"],
         )  # fmt: skip
-        return (layer["gate_thresholds"]["lo"] + code).reshape(-1, cols)
+        return code.reshape(-1, cols)
 
     def _cand(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
         """The candidate line h̃ (volts), its bias a charge on the line."""
         m = layer["cand_mac"]
         units = self.cand_units.pop(rec.name, None)
         if units is None:
-            units = self._units(b.get(rec.cand.x), draws["cand_mac"]["W"])
+            units = self._accumulators(rec.cand.out, rec.cand.x, draws["cand_mac"]["W"], b)
         bias = np.asarray(b.get(rec.bank.cand_offset), dtype=np.float64)
         bias_v = bias / np.asarray(b.get(rec.bank.cand), dtype=np.float64)
         bias_v = np.broadcast_to(bias_v * m["v_per_unit"], (m["outputs"],)).astype(self.dtype)
         errors = self._errors(m, draws["cand_mac"], units.shape)
-        _kernels()[2](units, *errors, bias_v, self._rail())
+        _kernels()["line"](units, *errors, bias_v, self._rail())
         return units.reshape(-1, m["outputs"])
 
     def _gated_state(self, rec: MinGRUHw, layer, draws, op, b: Numpy):
@@ -424,10 +599,10 @@ class Simulator:
         h, k, cand = b.get(rec.bank.h), b.get(rec.bank.z), b.get(rec.bank.acc)
         if h.dtype.kind == "i":  # the first step: the bank reset to V_cm
             h = np.zeros(cand.shape, dtype=self.dtype)
-        armed = self.armed.get(rec.name)
-        self.armed[rec.name] = (k > 0) if armed is None else armed | (k > 0)
         S, bank = self.chips.n, layer["bank"]
         split = (S, -1, h.shape[-1])
+        if rec.name not in self.armed:  # the columns' enable latches, open at the start
+            self.armed[rec.name] = np.zeros(k.shape, dtype=np.bool_)
         sigma, noise = np.zeros((0, 0), dtype=self.dtype), np.zeros((0, 0, 0), dtype=self.dtype)
         if "ktc" in self.on:  # the k sampled units' kT/C, shared into the bank
             sigma = draws["ktc"]
@@ -438,7 +613,7 @@ class Simulator:
             c_ff = float(bank["unit_ff"] * bank["units_effective"].mean())
             keep = 1 - leak_fraction(self.target, c_ff, self.step_s)
         rail = self.swing if "clipping" in self.on else 0.0
-        new = _kernels()[1](
+        new = _kernels()["share"](
             h.reshape(split),
             cand.reshape(split),
             k.reshape(split),
@@ -448,6 +623,7 @@ class Simulator:
             self.dtype(inject),
             self.dtype(keep),
             self.dtype(rail),
+            self.armed[rec.name].reshape(split),
         )
         return new.reshape(h.shape)
 
@@ -459,7 +635,7 @@ class Simulator:
             noise = self.noise(h.shape).reshape(split)
         sigma = self.dtype(self.target.comparator.noise_mv * 1e-3)
         armed = self.armed[rec.name].reshape(split)  # enabled once the gate has opened
-        out = _kernels()[3](h.reshape(split), draws["out_offset"], sigma, noise, armed)
+        out = _kernels()["compare"](h.reshape(split), draws["out_offset"], sigma, noise, armed)
         return out.reshape(h.shape)
 
     # ---------------------------------------------------------------- S4D-Real
@@ -535,21 +711,62 @@ class Simulator:
         """x (B, L, d) for every chip → logits (S, B, C) and, with ``trace``, the outputs of
         every analog part, by tensor (S, B, L, …).  ``force(t, state)``, when given, replaces the
         state entering step t and ``after(t, op, env)`` runs after each op (verification feeds
-        the integer reference's state and codes there)."""
-        xs = np.tile(x, (self.chips.n, 1, 1))
-        state = init_state(self.graph, len(xs))
+        the integer reference's state and codes there).  The input side every chip computes
+        alike (``invariant``) runs once per sequence, CHUNK_ROWS sequence·steps at a time ahead
+        of the chips' steps; it is the integer graph's own, so ``force`` replaces only the
+        state of the per-chip part."""
+        S, (B, L) = self.chips.n, x.shape[:2]
+        same = [s for s in self.graph.states if s.name in self.same]
+        per_chip = [s for s in self.graph.states if s.name not in self.same]
+        inputs, state = self._zeros(same, B), self._zeros(per_chip, S * B)
         self.armed = {}  # layer → its columns' enable latches
         self.cand_units = {}  # layer → its candidate accumulators, from the gate's GEMM
         traced = {out: [] for out in self.analog} if trace else {}
-        for t in range(x.shape[1]):
+        ahead = max(1, CHUNK_ROWS // B)
+        for t in range(L):
+            if t % ahead == 0:
+                envs, inputs = self._input_side(x[:, t : t + ahead], inputs, same)
+                self.chunk, self.tables = (t, envs), {}
+            self.t, env = t, dict(self.chunk[1][t - self.chunk[0]])
             if force is not None:
-                state = force(t, state)
-            hook = None if after is None else partial(after, t)
-            env, state = step(self.graph, xs[:, t], state, after=hook, parts=self.analog)
+                forced = force(t, {s.name: env[s.name] for s in same} | state)
+                state = {s.name: forced[s.name] for s in per_chip}
+            env |= state
+            b = Tiled(env, self.graph.consts, self.same, S)
+            for op in self.graph.step:
+                if op.out not in self.same:
+                    env[op.out] = self.parts[op.out](op, b) if op.out in self.parts else op.eval(b)
+                if after is not None:
+                    after(t, op, env)
+            state = {s.name: env[s.next] for s in per_chip}
             for out in traced:
                 traced[out].append(env[out])
         traced = {k: self._split(np.stack(v, 1)) for k, v in traced.items()}
-        return self._split(head(self.graph, env)), traced
+        read = set().union(*map(reads, self.graph.head)) & env.keys()
+        return self._split(head(self.graph, env | {k: b.get(k) for k in read})), traced
+
+    def _zeros(self, states: list, rows: int) -> dict:
+        """Every state zero at the start of a sequence (a delay line's as its ring)."""
+        return {
+            s.name: Ring(np.zeros((rows, s.shape[1], s.shape[0]), self.rings[s.name]))
+            if s.name in self.rings
+            else np.zeros((rows, *s.shape), dtype=np.int64)
+            for s in states
+        }
+
+    def _input_side(self, x: np.ndarray, state: dict, states: list) -> tuple[list, dict]:
+        """The chip-invariant ops over the steps of x (B, C, d): the env of each step (its
+        state entering it and every invariant tensor, B rows) and the state after the last."""
+        envs = []
+        for t in range(x.shape[1]):
+            env = {"x": x[:, t], **state}
+            b = Numpy(env, self.graph.consts)
+            for op in self.graph.step:
+                if op.out in self.same:
+                    env[op.out] = self.lines[op.out](op, b) if op.out in self.lines else op.eval(b)
+            state = {s.name: env[s.next] for s in states}
+            envs.append(env)
+        return envs, state
 
 
 def accuracy(sim: Simulator, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -107,10 +107,8 @@ def test_gate_adc_counts_the_thresholds_its_line_passes(tiny_run, recipe_of, adc
     on = ["mismatch", "parasitic", "offset", "dac"]
     sim = simulate.Simulator(graph, mapping, t, on, seeds=[0, 1], dtype=np.float64)
     rec, layer, draws = graph.layers[0], mapping["layers"][0], sim.chips.layers[0]
-    xs = np.tile(first_layer_inputs(graph, x), (2, 1))
-    b = Numpy({rec.gate.x: xs}, graph.consts)
-    got = sim._gate(rec, layer, draws, None, b).reshape(2, len(x), -1)
-    units = sim._units(xs, draws["gate_mac"]["W"])  # (S, B, O) volts
+    got = sim.run(x[:, :1], trace=True)[1][rec.gate.out][:, :, 0]  # (S, B, O) at step 0
+    units = np.matmul(first_layer_inputs(graph, x).astype(np.float64), draws["gate_mac"]["W"])
     v = units * np.float64(layer["gate_mac"]["v_per_unit"]) * draws["gate_mac"]["gain"]
     theta = draws["thresholds"].reshape(2, v.shape[-1], -1)  # (S, O, padded)
     want = layer["gate_thresholds"]["lo"] + (theta[:, None] <= v[..., None]).sum(-1)
