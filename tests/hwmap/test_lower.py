@@ -144,7 +144,7 @@ def test_analog_s4d_state_is_float64_to_its_rounding(tiny_run, recipe_of, monkey
     """The analog state is 2^24-step fixed point: each step's rounding (≤ ½ step) decays by Ā,
     so it stays within ½ / (1 − Ā) steps of the float64 recurrence.  On 2^20 steps the readout
     errs more: here 5.7× (the readout's multipliers, 4 bits shorter on the finer grid, keep part
-    of the error), on the first layer of ``s4d_real_hw_2x32`` (32 slow modes) 19×."""
+    of the error), on the first layer of the two-layer ``s4d_real_hw`` (32 slow modes) 19×."""
     model, _ = load_run_model(tiny_run("s4d_real_hw"))
     x = load_data(recipe_of("s4d_real_hw")).test.x.numpy()
     graph = lower(model)
