@@ -12,6 +12,7 @@ Brevitas or qssm's models.
 """
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -33,6 +34,14 @@ PRECISION = 52  # fixed-point sums stay below 2^52: exact in int64 and float64
 MULTIPLIER_SLACK_BITS = 4  # rounded multipliers move a sum by < 1/16 of an output step
 FIXED_BITS = 16  # weights folded with per-element scales become 16-bit fixed point
 INT32 = 2**31 - 1
+# An analog S4D state: the finest of 2^24 … 2^21 steps over its worst-case range whose
+# fixed-point sums fit (else 2^ANALOG_BITS).  Each step rounds the state by up to half a step,
+# and a slow mode (Ā → 1) sums those roundings over ~1/(1 − Ā) steps into the readout: on 2^20
+# steps a 2 × 32-channel × 32-mode S4D-Real read out 1 in 5,000 output codes one off
+# fake-quant's, on 2^24 steps 1 in 90,000.  2^24 is the most the update's 52-bit sum holds with
+# its multipliers' rounding below 1/8 step (slack Σ bounds / 2^(shift+1): real 2^24 / 2^28,
+# complex twice that); the readout's slack grows with the state's steps, its modes and C's bits.
+S4D_ANALOG_BITS = (24, 23, 22, 21)
 
 
 class LoweringError(ValueError):
@@ -106,6 +115,15 @@ class Builder:
         self.formats: dict[str, Format] = {}
         self.layers: list = []
 
+    def tried(self, lowered):
+        """``lowered()``, or None when it raises LoweringError — with whatever it added undone."""
+        saved = {k: type(v)(v) for k, v in vars(self).items()}
+        try:
+            return lowered()
+        except LoweringError:
+            vars(self).update(saved)
+            return None
+
     def const(self, name: str, value) -> str:
         value = np.asarray(value)
         assert name not in self.consts, name
@@ -156,7 +174,7 @@ class Builder:
         shift = PRECISION - math.ceil(math.log2(total + 2))
         # rounding the multipliers moves the sum by at most Σ bound/2^(shift+1) output steps
         slack = sum(self._term_bound(k, i) for k, i, _ in terms) / 2.0 ** (shift + 1)
-        if slack > (1.0 if q.analog else 2.0**-MULTIPLIER_SLACK_BITS):  # analog: 2^-20 of range
+        if slack > (1.0 if q.analog else 2.0**-MULTIPLIER_SLACK_BITS):  # analog: one step
             raise LoweringError(
                 f"{name}: a 52-bit fixed-point sum cannot hold this requantization to "
                 f"1/{2**MULTIPLIER_SLACK_BITS} of an output step (its inputs are too wide for "
@@ -190,11 +208,11 @@ class Builder:
 # ------------------------------------------------------------------------------------- pieces
 
 
-def analog(top: float) -> Format:
-    """An unquantized state bounded by ``top``: fixed point with 2^ANALOG_BITS steps over it
-    (rounding may step past the bound by one)."""
-    span = 2**ANALOG_BITS + 2
-    return Format(np.float64(top / 2**ANALOG_BITS), 0, -span, span, analog=True)
+def analog(top: float, bits: int = ANALOG_BITS) -> Format:
+    """An unquantized state bounded by ``top``: fixed point with 2^bits steps over it (rounding
+    may step past the bound by one)."""
+    span = 2**bits + 2
+    return Format(np.float64(top / 2**bits), 0, -span, span, analog=True)
 
 
 def fixed(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -310,9 +328,26 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tup
         A, B_, C, D = (
             _np(t) if not t.is_complex() else t.detach().cdouble().numpy() for t in ssm.quantized()
         )
+    lowered = partial(s4d_layer, b, ssm, sname, u, qu, (A, B_, C, D))
     qx = site_q(ssm, "state", (H, n), f"{sname}.state")
-    if qx is None:  # analog state: |x| ≤ max|u|·|B̄| / (1 − |Ā|), fixed point over the largest
-        qx = analog(float((qu.bound * np.max(qu.scale) * np.abs(B_) / (1 - np.abs(A))).max()))
+    if qx is not None:
+        y, qy = lowered(qx)
+    else:  # analog state: |x| ≤ max|u|·|B̄| / (1 − |Ā|), the finest fixed point that fits
+        top = float((qu.bound * np.max(qu.scale) * np.abs(B_) / (1 - np.abs(A))).max())
+        fits = (b.tried(partial(lowered, analog(top, bits))) for bits in S4D_ANALOG_BITS)
+        y, qy = next(filter(None, fits), None) or lowered(analog(top))  # none fits: its error
+    g, qg = lut(b, block, "gelu", F.gelu, y.out, qy, name)
+    v = b.real(f"{name}.linear", linear_terms(b, block.linear, g, qg, f"{name}.linear"))
+    glu = b.emit(ops.Glu(out=f"{name}.glu", src=v))
+    r = b.real(f"{name}.residual", [("mul", [u], qu.scale), ("float", [glu], 1.0)])
+    return act_round(b, block, "block", r, H, name, "the block output is a code")
+
+
+def s4d_layer(b: Builder, ssm, sname: str, u: str, qu: Format, params, qx: Format):
+    """The S4D layer (its state update and readout) with its state in format ``qx`` →
+    (the output op, its format)."""
+    A, B_, C, D = params
+    H, n = ssm.C.shape[:2]
     if qx.zp != 0:
         raise LoweringError(
             f"{sname}.state: an asymmetric state cannot be lowered; make it symmetric"
@@ -357,11 +392,7 @@ def s4d_block(b: Builder, block: S4DBlock, name: str, u: str, qu: Format) -> tup
         y = float32(b, y, ops.Float32Readout, factors, scales, qy.scale, modes=n)
     if ssm.real:
         b.layers.append(s4d_real_record(b, ssm, sname, new["re"], y))
-    g, qg = lut(b, block, "gelu", F.gelu, y.out, qy, name)
-    v = b.real(f"{name}.linear", linear_terms(b, block.linear, g, qg, f"{name}.linear"))
-    glu = b.emit(ops.Glu(out=f"{name}.glu", src=v))
-    r = b.real(f"{name}.residual", [("mul", [u], qu.scale), ("float", [glu], 1.0)])
-    return act_round(b, block, "block", r, H, name, "the block output is a code")
+    return y, qy
 
 
 def mingru_hw_record(

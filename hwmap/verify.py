@@ -207,7 +207,7 @@ def sim_ideal_vs_intref(
     """The charge-domain simulator with every non-ideality off against the integer reference:
     the decisions of every analog part that is a quantization site (gate codes, comparator
     outputs, S4D output codes) at every timestep, and the logits.  The simulator computes in
-    volts (float64) while the reference holds an analog state as 2^20-step fixed point, so the
+    volts (float64) while the reference holds an analog state as fine fixed point, so the
     decisions are compared *forced* — every step starts from the reference's state and every
     decision, once compared, is replaced by the reference's, so each figure is the per-step
     error and a flip does not travel; ``unresolved`` counts the comparator decisions on a state

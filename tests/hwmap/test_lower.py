@@ -119,6 +119,58 @@ def test_per_channel_state_keeps_the_readout_in_codes(recipe_of):
     assert np.abs(graph.consts["blocks.0.ssm.C_re"]).max() <= 8  # 4-bit codes, not 16-bit
 
 
+def _analog_errors(model, graph, x: np.ndarray):
+    """The first layer's analog S4D state against the float64 recurrence of its quantized Ā, B̄
+    on the integer reference's own encoder codes: (|state − float64| in state steps (L, B, H,
+    n), its worst case ½ / (1 − Ā) per element, the readout's |y − float64| in output steps)."""
+    ssm, fmt = model.blocks[0].ssm, graph.formats
+    with torch.no_grad():
+        A, B, C, D = (t.double().numpy() for t in ssm.quantized())
+    sx, sy = fmt["blocks.0.ssm.x_re'"].scale, fmt["blocks.0.ssm.output"].scale
+    state, xs, err, dy = intref.init_state(graph, len(x)), np.zeros((len(x), *A.shape)), [], []
+    readout = next(op for op in graph.step if op.out == "blocks.0.ssm.output")
+    for t in range(x.shape[1]):
+        env, state = intref.step(graph, x[:, t], state)
+        u = env["encoder"] * fmt["encoder"].scale  # (B, H)
+        xs = A * xs + B * u[..., None]
+        err.append(np.abs(env["blocks.0.ssm.x_re'"] - xs / sx))
+        acc = sum(ops.term(intref.Numpy(env, graph.consts), term) * graph.consts[term.weight]
+                  for term in readout.terms)  # fmt: skip
+        dy.append(np.abs(acc / 2.0**readout.shift - ((C * xs).sum(-1) + u * D) / sy))
+    return np.stack(err), 0.5 / (1 - A), np.stack(dy)
+
+
+def test_analog_s4d_state_is_float64_to_its_rounding(tiny_run, recipe_of, monkeypatch):
+    """The analog state is 2^24-step fixed point: each step's rounding (≤ ½ step) decays by Ā,
+    so it stays within ½ / (1 − Ā) steps of the float64 recurrence.  On 2^20 steps the readout
+    errs more: here 5.7× (the readout's multipliers, 4 bits shorter on the finer grid, keep part
+    of the error), on the first layer of the two-layer ``s4d_real_hw`` (32 slow modes) 19×."""
+    model, _ = load_run_model(tiny_run("s4d_real_hw"))
+    x = load_data(recipe_of("s4d_real_hw")).test.x.numpy()
+    graph = lower(model)
+    assert graph.formats["blocks.0.ssm.x_re'"].hi == 2**24 + 2
+    err, bound, dy = _analog_errors(model, graph, x)
+    assert (err <= bound + 1e-6).all() and err.max() > 0.5  # rounded, within its bound
+    monkeypatch.setattr("hwmap.lower.S4D_ANALOG_BITS", ())  # 2^20 steps
+    coarse = lower(model)
+    assert coarse.formats["blocks.0.ssm.x_re'"].hi == 2**20 + 2
+    assert dy.max() < _analog_errors(model, coarse, x)[2].max() / 4
+
+
+def test_analog_s4d_state_takes_the_finest_grid_whose_sums_fit(tiny_recipe, monkeypatch):
+    """256 modes of 8-bit C: the readout's 52-bit sum holds 2^23 state steps, not 2^24 (with
+    2^24 the only finer choice, the lowering falls back to 2^20)."""
+    model = {"family": "s4d_real", "d_model": 8, "d_state": 256, "dt_min": 0.01, "dt_max": 0.5}
+    quant = {"default": {"bits": 8}, "targets": [{"roles": ["ssm.state"], "enabled": False}]}
+    r = tiny_recipe("s4d_real", model, quant)
+    header = {"model": r.model_dict(), "d_input": 1, "n_classes": 10}
+    torch.manual_seed(0)  # the untrained weights set the readout's range
+    m = build_model(header, r.quant.model_dump(mode="json")).eval()
+    assert lower(m).formats["blocks.0.ssm.x_re'"].hi == 2**23 + 2
+    monkeypatch.setattr("hwmap.lower.S4D_ANALOG_BITS", (24,))
+    assert lower(m).formats["blocks.0.ssm.x_re'"].hi == 2**20 + 2
+
+
 def test_states_and_formats_are_described(tiny_run):
     graph = lower(load_run_model(tiny_run("s4d"))[0])
     names = [s.name for s in graph.states]
