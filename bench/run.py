@@ -165,7 +165,7 @@ def onnx_stream(graph, sess):
     import numpy as np
     import onnxruntime as ort
 
-    from hwmap.onnx_export import code_type
+    from hwmap.onnx_export import state_type
 
     def value(shape, dtype, fill=0):
         array = np.full(shape, fill, dtype=dtype)
@@ -173,8 +173,7 @@ def onnx_stream(graph, sess):
 
     x_t, x_value = value((1, graph.d_input), np.float32)
     states = [  # per buffer set: state → (array, OrtValue)
-        {s.name: value((1, *s.shape), code_type(s.lo + s.zp, s.hi + s.zp)[0]) for s in graph.states}
-        for _ in range(2)
+        {s.name: value((1, *s.shape), state_type(s)[0]) for s in graph.states} for _ in range(2)
     ]
     types = {"tensor(double)": np.float64, "tensor(int32)": np.int32}
     outputs = {  # logits and site codes, overwritten every step

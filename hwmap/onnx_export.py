@@ -108,6 +108,7 @@ class Emitter:
         self.name_ops = name_ops
         self.shapes, self.formats = graph.get("shapes", {}), graph.get("formats", {})
         self.nodes: list = []
+        self.outputs: set[str] = set()  # the graph outputs written
         self.inits: dict[str, onnx.TensorProto] = {}
         self.env: dict[str, Val] = {}
         self.folded: dict[str, Val] = {}  # the graph's constants as Vals (initializers once)
@@ -142,11 +143,10 @@ class Emitter:
         """Scale 1 and the zero point: the parameters of a Q/DQ pair over stored codes."""
         return [self.init("c/one_f32", np.float32(1)), self.zero_point(np_type, zp)]
 
-    def from_code(self, code: str, zp: int, np_type, qdq: bool, hint: str) -> Val:
+    def from_code(self, code: str, zp: int, np_type, hint: str) -> Val:
+        """Stored codes of a Q/DQ type → the centered codes, float32 (its float64 view on use)."""
         info = np.iinfo(np_type)
         bound = max(abs(info.min - zp), abs(info.max - zp))
-        if not qdq:
-            return Val(self, self.node("Cast", [code], hint, to=DOUBLE), bound=bound)
         if self.qonnx:  # a Quant node over the float codes (scale 1, the zero point, the width)
             f = self.node("Cast", [code], hint, to=FLOAT)
             v = self.quant(f, zp, np_type, hint, dequant=True)
@@ -154,11 +154,8 @@ class Emitter:
             v = self.node("DequantizeLinear", [code, *self.unit_scale(np_type, zp)], hint)
         return Val(self, f32=Val(self, v, np.float32, bound=bound), bound=bound)
 
-    def to_code(self, value: Val, zp: int, np_type, onnx_type, qdq: bool, out: str) -> None:
-        if not qdq:
-            shifted = self.lift(value + float(zp) if zp else value)
-            self.nodes.append(helper.make_node("Cast", [shifted], [out], to=onnx_type))
-            return
+    def to_code(self, value: Val, zp: int, np_type, onnx_type, out: str) -> None:
+        """Centered codes → stored codes of a Q/DQ type, the tensor ``out``."""
         if value.stacked is not None and not self.qonnx:  # one QuantizeLinear for the stack
             stack, k = value.stacked
             key = ("QuantizeLinear", stack.f32.name, zp)
@@ -176,6 +173,22 @@ class Emitter:
         else:
             q_inputs = [f, *self.unit_scale(np_type, zp)]
             self.nodes.append(helper.make_node("QuantizeLinear", q_inputs, [out]))
+
+    def from_state(self, name: str, s: State) -> Val:
+        """The centered codes of state ``s`` from its tensor ``name`` (``state_type``)."""
+        np_type, _, qdq = state_type(s)
+        if qdq:
+            return self.from_code(name, s.zp, np_type, s.name)
+        v = Val(self, name, bound=max(abs(s.lo), abs(s.hi)))  # float64: the stored codes
+        return v - float(s.zp) if s.zp else v
+
+    def to_state(self, value: Val, s: State, out: str) -> None:
+        """The stored codes of state ``s`` as the tensor ``out`` (``state_type``)."""
+        np_type, onnx_type, qdq = state_type(s)
+        if qdq:
+            self.to_code(value, s.zp, np_type, onnx_type, out)
+        else:
+            self.output(value + float(s.zp) if s.zp else value, out)
 
     def quant(self, f: str, zp: int, np_type, hint: str, dequant: bool) -> str:
         """QONNX ``Quant``: the stored integer grid of ``np_type`` at scale 1 around ``zp``."""
@@ -279,7 +292,7 @@ class Emitter:
             return self.apply("Cast", v, to=DOUBLE)
         code = self.node("QuantizeLinear", [x, s, z])
         if not (self.table and self.index is None and hi - lo < 256):
-            return self.from_code(code, zp, np_type, True, hint)
+            return self.from_code(code, zp, np_type, hint)
         # the table's index: the stored code clipped, as int64; row i holds code lo + i
         qlo, qhi = lo + zp, hi + zp
         bounds = [self.scalar(q, np_type) for q in (qlo, qhi)]
@@ -315,8 +328,16 @@ class Emitter:
         self.env[out] = value
 
     def output(self, value: Val, name: str) -> None:
-        """Writes ``value`` as the tensor ``name`` (a graph output)."""
-        self.nodes.append(helper.make_node("Identity", [self.lift(value)], [name]))
+        """Writes ``value`` as the tensor ``name`` (a graph output): the node that wrote it
+        renames its output when no node has read it yet, else an Identity."""
+        src = self.lift(value)
+        writer = next((n for n in reversed(self.nodes) if src in n.output), None)
+        read = any(src in n.input for n in self.nodes) or src in self.outputs
+        if isinstance(value, Val) and writer is not None and not read:
+            writer.output[list(writer.output).index(src)] = value.name = name
+        else:
+            self.nodes.append(helper.make_node("Identity", [src], [name]))
+        self.outputs.add(name)
 
     def op(self, op) -> None:
         self.hint = op.out
@@ -625,8 +646,12 @@ def _s4d(e: Emitter, ops: list) -> int:
 # ------------------------------------------------------------------------------------- graphs
 
 
-def _state_type(s: State):
-    return code_type(s.lo + s.zp, s.hi + s.zp)
+def state_type(s: State):
+    """A state's type at the graph's boundary, (numpy type, ONNX type, Q/DQ-able): the narrowest
+    integer type of its stored codes up to 16 bits (through Q/DQ); float64 holding the integer
+    codes exactly for wider ones (analog states, pooling sums), which needs no Cast either way."""
+    np_type, onnx_type, qdq = code_type(s.lo + s.zp, s.hi + s.zp)
+    return (np_type, onnx_type, True) if qdq else (np.float64, DOUBLE, False)
 
 
 _value = helper.make_tensor_value_info  # (name, element type, shape)
@@ -658,16 +683,14 @@ def _body(graph: Graph, qonnx: bool, codes: bool) -> tuple[Emitter, list, list, 
     )
     inputs = []
     for s in graph.states:
-        np_type, onnx_type, qdq = _state_type(s)
-        inputs.append(_value(f"state:{s.name}", onnx_type, ["batch", *s.shape]))
-        e.set(e.from_code(f"state:{s.name}", s.zp, np_type, qdq, s.name), s.name)
+        inputs.append(_value(f"state:{s.name}", state_type(s)[1], ["batch", *s.shape]))
+        e.set(e.from_state(f"state:{s.name}", s), s.name)
     inputs.append(_value("x", TensorProto.FLOAT, ["batch", graph.d_input]))
     e.ops(graph.step)
     state_out = []
     for s in graph.states:
-        np_type, onnx_type, qdq = _state_type(s)
-        e.to_code(e.get(s.next), s.zp, np_type, onnx_type, qdq, f"next:{s.name}")
-        state_out.append(_value(f"next:{s.name}", onnx_type, ["batch", *s.shape]))
+        e.to_state(e.get(s.next), s, f"next:{s.name}")
+        state_out.append(_value(f"next:{s.name}", state_type(s)[1], ["batch", *s.shape]))
     return e, inputs, state_out, _site_outputs(e, graph) if codes else []
 
 
@@ -704,7 +727,7 @@ def sequence_model(graph: Graph, codes: bool = True) -> onnx.ModelProto:
     batch = outer.node("Shape", ["x"], "batch", start=0, end=1)
     init_states = []
     for s in graph.states:
-        np_type, onnx_type, _ = _state_type(s)
+        np_type = state_type(s)[0]
         per_sample = outer.init(f"shape/{s.name}", np.int64(s.shape))
         shape = outer.node("Concat", [batch, per_sample], s.name, axis=0)
         zero = numpy_helper.from_array(np.asarray([s.zp], dtype=np_type))
@@ -716,8 +739,7 @@ def sequence_model(graph: Graph, codes: bool = True) -> onnx.ModelProto:
         scan["scan_output_axes"] = [1] * len(sites)
     outer.nodes.append(helper.make_node("Scan", [*init_states, "x"], scan_out, body=body, **scan))
     for s in graph.states:
-        np_type, _, qdq = _state_type(s)
-        outer.set(outer.from_code(f"final:{s.name}", s.zp, np_type, qdq, s.next), s.next)
+        outer.set(outer.from_state(f"final:{s.name}", s), s.next)
     for op in graph.head:
         outer.op(op)
     outer.output(outer.get("logits"), "logits")

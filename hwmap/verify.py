@@ -164,7 +164,7 @@ def stream_onnx(graph: Graph, sess, x: np.ndarray) -> tuple[np.ndarray, dict]:
     """The step graph called once per timestep, its state fed back: (logits, site codes)."""
     states = {}
     for s in graph.states:
-        np_type = onnx_export.code_type(s.lo + s.zp, s.hi + s.zp)[0]
+        np_type = onnx_export.state_type(s)[0]
         states[f"state:{s.name}"] = np.full((len(x), *s.shape), s.zp, dtype=np_type)
     names = [o.name for o in sess.get_outputs()]
     codes: dict[str, list] = {}

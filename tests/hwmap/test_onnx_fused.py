@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from hwmap import intref, onnx_export, verify
-from hwmap.graph import Format, Graph
+from hwmap.graph import Format, Graph, State
 from hwmap.lower import lower
 from hwmap.ops import Affine, Float32Readout, Float32Update, Quantize, Real, Term
 from qssm.runs import load_data, load_run_model
@@ -134,10 +134,10 @@ def test_stacked_s4d_layer_equals_the_reference_on_float32_ties(pow2, modes):
     shapes = {"xr'": (H, modes), "xi'": (H, modes), "y": (H,)}
     e = onnx_export.Emitter(consts, name_ops=False, shapes=shapes)
     for s in ("xr", "xi", "u"):  # int8 codes through DequantizeLinear
-        e.set(e.from_code(f"state:{s}", 0, np.int8, True, s), s)
+        e.set(e.from_code(f"state:{s}", 0, np.int8, s), s)
     e.ops(ops)
     for s in ("xr", "xi"):
-        e.to_code(e.get(f"{s}'"), 0, np.int8, TensorProto.INT8, True, f"next:{s}")
+        e.to_code(e.get(f"{s}'"), 0, np.int8, TensorProto.INT8, f"next:{s}")
     e.output(e.get("y"), "y")
     int8, double = TensorProto.INT8, TensorProto.DOUBLE
     inputs = {
@@ -178,7 +178,7 @@ def test_a_times_one_over_d_is_written_with_reciprocal():
     out, kinds = _run(e, {k: (double, (8,)) for k in feeds}, {"y": (double, (8,))}, feeds)
     assert np.array_equal(out["y"], feeds["a"] * (1.0 / feeds["d"]))
     assert (feeds["a"] / feeds["d"] != out["y"]).any()  # what Div(a, d) would have given
-    assert kinds == ["Reciprocal", "Mul", "Identity"]
+    assert kinds == ["Reciprocal", "Mul"]  # the Mul writes the output: no Identity
 
 
 def test_s4d_deployable_step_graph_is_few_nodes_and_exact(tiny_run, recipe_of):
@@ -215,3 +215,35 @@ def test_an_exact_dyadic_real_is_one_gemm(scale, gemm):
     (logits,) = verify.session(model.SerializeToString()).run(None, {"x": x})
     assert np.array_equal(logits, ref)
     assert ("Gemm" in [n.op_type for n in model.graph.node]) == gemm
+
+
+@pytest.mark.parametrize("zp", [0, 3])
+def test_a_wide_state_crosses_the_boundary_as_float64_without_casts(zp):
+    # a state wider than 16 bits (an exact accumulator, stored with zero point zp) is a float64
+    # input and output holding its stored codes exactly: no Cast at either end; streamed it
+    # gives the reference's logits, and its stored codes are the reference's centered ones + zp
+    acc = State("acc", (2,), zp, -(2**30), 2**30, "acc'")
+    step = [
+        Quantize(out="c", src="x", scale="s", zp=0, lo=-128, hi=127, site="c"),
+        Affine(out="acc'", terms=(Term("mul", ("acc",), "one"), Term("mul", ("c",), "M")),
+               shift=0, lo=None, hi=None),
+    ]  # fmt: skip
+    head = [Real(out="logits", terms=(Term("mul", ("acc'",), "half"),))]
+    consts = {"s": np.float32(0.01), "M": np.int64(2**20 + 1), "one": np.int64(1)}
+    consts["half"] = np.float64(0.5)
+    graph = Graph("hand", 2, 2, "acc'", [acc], step, head, consts, {})
+    model = onnx_export.step_model(graph, codes=False)
+    ends = [*model.graph.input, *model.graph.output]
+    types = {v.name: v.type.tensor_type.elem_type for v in ends}
+    assert types["state:acc"] == types["next:acc"] == TensorProto.DOUBLE
+    readers = [n for n in model.graph.node if "state:acc" in n.input]
+    writer = [n for n in model.graph.node if "next:acc" in n.output]
+    assert "Cast" not in [n.op_type for n in readers + writer] and len(writer) == 1
+    x = np.random.default_rng(1).normal(0, 1, (40, 300, 2)).astype(np.float32)
+    logits, _ = verify.stream_onnx(graph, verify.session(model.SerializeToString()), x)
+    ref = intref.run(graph, x)[0]
+    assert np.array_equal(logits, ref) and np.abs(ref).max() > 2**24  # past float32's integers
+    sess = verify.session(model.SerializeToString())
+    nxt = sess.run(["next:acc"], {"x": x[:, 0], "state:acc": np.full((40, 2), float(zp))})[0]
+    centered = intref.step(graph, x[:, 0], intref.init_state(graph, 40))[1]["acc"]
+    assert np.array_equal(nxt, centered + zp)
