@@ -22,6 +22,7 @@ is replaced by what KIND renders from the result files:
     sweep NAME           bench/results/sweeps/NAME.json    per-role / uniform / Pareto tables
     golden NAME          tests/golden/NAME.csv             the same for a golden CI table
     bench                bench/results/performance.json    speed and memory per family
+    threads FILE         performance.json, bench/results/FILE   one thread against two
     mcspeed              bench/results/montecarlo.json     Monte-Carlo throughput per run
     provenance FILE      bench/results/FILE                date, commit, machine, command
 
@@ -664,6 +665,44 @@ def r_bench(root: Path, args: list[str]) -> str:
     )
 
 
+THREADS_CMD = (
+    "OMP_NUM_THREADS=2 python bench/run.py --steps 5 --out bench/results/performance_2threads.json"
+)
+
+
+def r_threads(root: Path, args: list[str]) -> str:
+    """Training speed on one torch thread (performance.json) against two (``args[0]``), and the
+    S4D QAT speed-up against its target (≥ 1.6×)."""
+    one = read_json(root / "bench" / "results" / "performance.json")
+    path = root / "bench" / "results" / args[0]
+    if not path.exists():
+        return missing("the two-thread benchmark", f"`{THREADS_CMD}`")
+    two = read_json(path)
+    header = ["family", "step", "1 thread, samples/s", "2 threads, samples/s", "speed-up"]
+    body = []
+    for fam in (k for k, v in one.items() if isinstance(v, dict) and "recipe" in v):
+        for key, step in (("float_conv_samples_per_s", "float"), ("qat_samples_per_s", "QAT")):
+            a, b = one[fam].get(key), two.get(fam, {}).get(key)
+            up = ratio(b / a) if a and b else "—"
+            body.append(
+                [
+                    f"{fam} (`{one[fam]['recipe'].removesuffix('.yaml')}`)",
+                    step,
+                    fixed(a),
+                    fixed(b),
+                    up,
+                ]
+            )
+    a, b = one["s4d"]["qat_samples_per_s"], two["s4d"]["qat_samples_per_s"]
+    status = "met" if b / a >= 1.6 else "**not met**"
+    load = two.get("load_average")
+    load = f", load average {load['start']:.1f} → {load['end']:.1f}" if load else ""
+    return (
+        table(header, body) + f"\n\nTarget: S4D QAT ≥ 1.6× faster on two threads than on one: "
+        f"{b / a:.2f}×, {status}. Two threads measured at {measured(two['provenance'])}{load}."
+    )
+
+
 MC_CMD = (
     "OMP_NUM_THREADS=1 python bench/montecarlo.py runs/minimalist runs/mgrade_hw "
     "--out bench/results/montecarlo.json"
@@ -786,6 +825,7 @@ KINDS = {
     "search_area": r_search_area,
     "interaction": r_interaction,
     "bench": r_bench,
+    "threads": r_threads,
     "mcspeed": r_mcspeed,
     "provenance": r_provenance,
     "neurobench": r_neurobench,

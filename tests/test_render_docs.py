@@ -232,3 +232,33 @@ def test_an_area_search_renders_beside_the_hand_allocation(root):
     assert "No measurement committed yet for `gone`" in render.render_text(
         block("search_area tiny gone"), root
     )
+
+
+def test_threads_block_sets_two_threads_against_one(root):
+    prov = TINY["provenance"]
+    one = {
+        "s4d": {
+            "recipe": "hetero_4_8.yaml",
+            "float_conv_samples_per_s": 400.0,
+            "qat_samples_per_s": 250.0,
+        },
+        "provenance": prov,
+    }
+    two = {
+        "s4d": {
+            "recipe": "hetero_4_8.yaml",
+            "float_conv_samples_per_s": 600.0,
+            "qat_samples_per_s": 375.0,
+        },
+        "provenance": prov,
+    }
+    results = root / "bench" / "results"
+    (results / "performance.json").write_text(json.dumps(one))
+    assert "OMP_NUM_THREADS=2 python bench/run.py" in render.render_text(
+        block("threads two.json"), root
+    )
+    (results / "two.json").write_text(json.dumps(two))
+    out = render.render_text(block("threads two.json"), root)
+    assert "| s4d (`hetero_4_8`) | float | 400.0 | 600.0 | 1.50× |" in out
+    assert "| s4d (`hetero_4_8`) | QAT | 250.0 | 375.0 | 1.50× |" in out
+    assert "1.50×, **not met**" in out
