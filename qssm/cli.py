@@ -382,7 +382,8 @@ def cmd_map(args) -> dict:
     charge-domain simulator with every non-ideality off checked against the integer reference, and a
     Monte-Carlo over chips with every non-ideality on (the nominal chip), swept over unit
     capacitance, residual comparator offset and comparator noise, with an ablation (each effect
-    alone on, alone off) — per-setting results in OUT/monte_carlo/ (a rerun resumes), report.md,
+    alone on, alone off) — chip batches in --workers processes or as Ray tasks (--executor ray),
+    per-setting results in OUT/monte_carlo/ (a rerun resumes after the last batch), report.md,
     monte_carlo.png; with --spice, ngspice netlists of each layer's MAC column, comparator
     threshold and state bank compared with the behavioural formulas (spice.json, spice/*.cir).
     Models the target cannot run are refused with the reason and the recipe change that fixes
