@@ -26,6 +26,9 @@ def chips(tiny_run, recipe_of, monkeypatch):
     return graph, fit, t, test.x.numpy()[:16], test.y.numpy()[:16], rows
 
 
+BROKEN = r"setting broken, chips [02]–[13]: ValueError"  # whichever batch fails first
+
+
 def counting(monkeypatch) -> list:
     calls, simulate_chips = [], montecarlo.accuracies
     monkeypatch.setattr(
@@ -84,7 +87,7 @@ def test_a_killed_run_resumes_after_its_last_finished_batch(chips, tmp_path, mon
 def test_a_failing_batch_names_its_setting_and_leaves_no_file(chips, tmp_path):
     graph, fit, t, x, y, rows = chips
     bad = [{**rows[0], "id": "broken", "effects": ["sparkles"]}]
-    with pytest.raises(montecarlo.MonteCarloError, match=r"setting broken, chips 0–1: ValueError"):
+    with pytest.raises(montecarlo.MonteCarloError, match=BROKEN):
         montecarlo.run(graph, fit, t, x, y, 4, bad, tmp_path / "mc", pool=montecarlo.executor(2))
     assert not [p for p in (tmp_path / "mc").rglob("*.json")]
 
@@ -96,3 +99,29 @@ def test_a_result_stored_per_setting_is_read_back_without_batches(chips, tmp_pat
     calls = counting(monkeypatch)
     assert montecarlo.run(graph, fit, t, x, y, 3, rows, tmp_path / "mc") == first and not calls
     assert np.isclose(first[0]["mean"], np.mean(first[0]["accuracies"]))
+
+
+def test_ray_tasks_give_the_chips_of_one_process_and_name_a_failing_setting(chips, tmp_path):
+    ray = pytest.importorskip("ray")
+    graph, fit, t, x, y, rows = chips
+    one = montecarlo.run(graph, fit, t, x, y, 5, rows, tmp_path / "one")
+    bad = [{**rows[0], "id": "broken", "effects": ["sparkles"]}]
+    on_ray = montecarlo.executor(kind="ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        got = montecarlo.run(graph, fit, t, x, y, 5, rows, tmp_path / "ray", pool=on_ray)
+        with pytest.raises(montecarlo.MonteCarloError, match=BROKEN):
+            montecarlo.run(graph, fit, t, x, y, 4, bad, tmp_path / "bad", pool=on_ray)
+    finally:
+        ray.shutdown()
+    assert [r["accuracies"] for r in got] == [r["accuracies"] for r in one]
+    assert not [p for p in (tmp_path / "bad").rglob("*.json")]
+
+
+def test_map_to_hw_refuses_no_workers(tmp_path, capsys):
+    from qssm.cli import main
+
+    args = ["map-to-hw", str(tmp_path), "--target", "minimalist_like", "--workers", "0"]
+    assert main(args) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
