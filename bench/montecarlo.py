@@ -1,34 +1,39 @@
 """Monte-Carlo throughput of the switched-capacitor simulator: chip·sequences per second.
 
-    python bench/montecarlo.py RUN_DIR [RUN_DIR ...] [--chips 10] [--sequences 500]
-                               [--target minimalist_like] [--out bench/results/montecarlo.json]
+    python bench/montecarlo.py RUN_DIR [RUN_DIR ...] [--workers 1 2] [--chips 40]
+                               [--sequences 500] [--target minimalist_like]
+                               [--out bench/results/montecarlo.json]
 
 Maps each quantized hardware run RUN_DIR (e.g. `runs/minimalist` of `recipes/minimalist.yaml`,
-`runs/mgrade_hw` of `recipes/mgrade_hw.yaml`) onto the target, then times one chip batch of the
-nominal chip (every non-ideality on) over ``--sequences`` full-length test sequences (784 steps
-for smnist5k), as ``qssm map-to-hw``'s Monte-Carlo runs it (``hwmap.montecarlo.CHIP_BATCH``
-chips at a time).  Reports per run chip_sequences_per_s, the seconds, the CPU seconds the
-process got and chip_sequences_per_cpu_s (on a machine other jobs share, the wall-clock figure
-counts their time too), the 1-minute load average before and after, and the mean accuracy of
-the chips as a sanity figure.  Run it with OMP_NUM_THREADS=1 for the single-core figure.
-``--out`` writes the JSON atomically with its provenance (``bench/provenance.py``);
-``python bench/render_docs.py`` renders it into docs/performance.md.
+`runs/mgrade_hw` of `recipes/mgrade_hw.yaml`) onto the target, then runs ``--chips`` chips of
+the nominal chip (every non-ideality on) over ``--sequences`` full-length test sequences (784
+steps for smnist5k) as ``qssm map-to-hw --workers N``'s Monte-Carlo runs them: chip batches of
+``hwmap.montecarlo.CHIP_BATCH`` chips, in this process (1 worker) or in N worker processes of
+one thread each.  The simulator's kernels are compiled in each worker before its first batch,
+outside the timing.  Per run and worker count it reports the seconds from the first batch's
+start to the last one's end and chip_sequences_per_s over them (the whole machine's
+throughput), the CPU seconds the batches got (all workers together) and
+chip_sequences_per_cpu_s (on a machine other jobs share, the wall-clock figure counts their
+time too), the 1-minute load average before and after, and the mean accuracy of the chips as
+a sanity figure.  ``--out`` writes the JSON atomically with its provenance
+(``bench/provenance.py``); ``python bench/render_docs.py`` renders it into docs/performance.md.
 """
 
 import argparse
 import json
 import os
 import sys
-import time
+import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance, write_json_atomic  # noqa: E402
 
 
-def measure(run_dir: Path, target_name: str, chips: int, sequences: int) -> dict:
-    from hwmap import simulate
+def measure(run_dir: Path, target_name: str, chips: int, sequences: int, workers: int) -> dict:
+    from hwmap import intref, montecarlo, simulate
     from hwmap.lower import lower
     from hwmap.mapping import RANGE_SEQUENCES, map_graph, observed_ranges
     from hwmap.targets import load_target
@@ -42,28 +47,37 @@ def measure(run_dir: Path, target_name: str, chips: int, sequences: int) -> dict
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a starved layer's warning is not the point here
         ranges = observed_ranges(graph, data.train.x.numpy()[:RANGE_SEQUENCES])
-        mapping = map_graph(graph, target, ranges=ranges)
+    fit = partial(map_graph, graph, ranges=ranges)
     x, y = data.test.x.numpy()[:sequences], data.test.y.numpy()[:sequences]
-    every = simulate.NONIDEALITIES
-    simulate.Simulator(graph, mapping, target, every).run(x[:2, :2])  # compile, outside the timing
-    sim = simulate.Simulator(graph, mapping, target, every, list(range(chips)))
+    chip_set = montecarlo.Chips(graph, fit, target, x, y, intref.run(graph, x)[0].argmax(-1))
+    nominal = montecarlo.settings(target, [], [], [], ablation=False)[0]
+    if workers == 1:  # compile here, outside the timing (workers compile as they start)
+        mapping = chip_set.mapping(nominal, target)
+        simulate.Simulator(graph, mapping, target, simulate.NONIDEALITIES).run(x[:2, :2])
     load = os.getloadavg()[0]
-    start, cpu = time.perf_counter(), time.process_time()
-    acc = simulate.accuracy(sim, x, y)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks = montecarlo.batches(nominal, chips, {}, Path(tmp))
+        done = list(montecarlo.executor(workers)(chip_set, tasks))
+    start = min(d["started"] for d in done)
+    seconds = max(d["started"] + d["seconds"] for d in done) - start
+    cpu = sum(d["cpu_seconds"] for d in done)
+    accuracies = [a for d in done for a in d["accuracies"]]
     return {
         "run": str(run_dir),
         "family": graph.family,
         "target": target_name,
+        "workers": workers,
         "chips": chips,
+        "chip_batch": montecarlo.CHIP_BATCH,
         "sequences": sequences,
         "steps": int(x.shape[1]),
-        "seconds": seconds,
+        "seconds": seconds,  # first batch's start to the last one's end
         "chip_sequences_per_s": chips * sequences / seconds,
-        "cpu_seconds": cpu,  # what the process got of the CPU: on a shared machine, the figure
+        "cpu_seconds": cpu,  # what the batches got of the CPU: on a shared machine, the figure
         "chip_sequences_per_cpu_s": chips * sequences / cpu,  # an idle core would give
+        "cpu_count": os.cpu_count(),
         "load_average": {"start": load, "end": os.getloadavg()[0]},
-        "mean_accuracy": float(acc.mean()),
+        "mean_accuracy": sum(accuracies) / len(accuracies),
     }
 
 
@@ -71,14 +85,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     p.add_argument("--target", default="minimalist_like")
-    p.add_argument("--chips", type=int, default=10)
+    p.add_argument("--workers", type=int, nargs="+", default=[1], help="worker counts to time")
+    p.add_argument("--chips", type=int, default=40)
     p.add_argument("--sequences", type=int, default=500)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    results = {}
+    if min(args.workers) < 1 or args.chips < 1 or args.sequences < 1:
+        p.error("--workers, --chips and --sequences must be at least 1")
+    results = []
     for run_dir in args.run_dirs:
-        results[run_dir.name] = measure(run_dir, args.target, args.chips, args.sequences)
-        print(json.dumps(results[run_dir.name], indent=2))
+        for workers in args.workers:
+            row = measure(run_dir, args.target, args.chips, args.sequences, workers)
+            results.append({"name": run_dir.name, **row})
+            print(json.dumps(results[-1], indent=2), flush=True)
     if args.out:
         write_json_atomic(args.out, {"montecarlo": results, "provenance": provenance()})
 

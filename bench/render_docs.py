@@ -23,7 +23,7 @@ is replaced by what KIND renders from the result files:
     golden NAME          tests/golden/NAME.csv             the same for a golden CI table
     bench                bench/results/performance.json    speed and memory per family
     threads FILE         performance.json, bench/results/FILE   one thread against two
-    mcspeed              bench/results/montecarlo.json     Monte-Carlo throughput per run
+    mcspeed              bench/results/montecarlo.json     Monte-Carlo throughput per run, workers
     provenance FILE      bench/results/FILE                date, commit, machine, command
 
 Without RUN arguments a block covers every committed run file.  A block whose file is missing
@@ -704,7 +704,7 @@ def r_threads(root: Path, args: list[str]) -> str:
 
 
 MC_CMD = (
-    "OMP_NUM_THREADS=1 python bench/montecarlo.py runs/minimalist runs/mgrade_hw "
+    "OMP_NUM_THREADS=1 python bench/montecarlo.py runs/minimalist runs/mgrade_hw --workers 1 2 "
     "--out bench/results/montecarlo.json"
 )
 
@@ -714,11 +714,12 @@ def r_mcspeed(root: Path, args: list[str]) -> str:
     if not path.exists():
         return missing("the Monte-Carlo throughput", f"`{MC_CMD}`")
     data = read_json(path)
-    header = ["run", "chips × sequences × steps", "seconds", "chip·sequences/s", "CPU seconds"]
-    header += ["chip·sequences per CPU-second", "load average"]
+    header = ["run", "workers", "chips × sequences × steps", "seconds", "chip·sequences/s"]
+    header += ["CPU seconds", "chip·sequences per CPU-second", "load average"]
     body = [
         [
-            f"`{name}`",
+            f"`{r['name']}`",
+            str(r["workers"]),
             f"{r['chips']} × {r['sequences']:,} × {r['steps']}",
             fixed(r["seconds"]),
             f"**{fixed(r['chip_sequences_per_s'], 0)}**",
@@ -726,7 +727,7 @@ def r_mcspeed(root: Path, args: list[str]) -> str:
             fixed(r["chip_sequences_per_cpu_s"], 0),
             f"{r['load_average']['start']:.1f} → {r['load_average']['end']:.1f}",
         ]
-        for name, r in data["montecarlo"].items()
+        for r in data["montecarlo"]
     ]
     return table(header, body) + f"\n\nMeasured at {measured(data['provenance'])}."
 

@@ -250,12 +250,16 @@ def map_run(
     progress: bool = True,
     keep_failed: bool = False,
     with_spice: bool = False,
+    workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict:
     """``qssm map-to-hw``: everything of ``export_run`` plus mapping.json, arrays.npz, the
     simulator checks and the Monte-Carlo table in verify.json, and report.md (its settings are
     kept in OUT/monte_carlo/, one file each, so a rerun resumes); ``with_spice``: the ngspice
-    cross-check of mapped pieces (spice.json, the netlists in spice/).  Raises VerifyError when
-    a check fails."""
+    cross-check of mapped pieces (spice.json, the netlists in spice/); ``workers``,
+    ``executor``, ``address``: where the Monte-Carlo's chip batches run
+    (:func:`hwmap.montecarlo.executor`).  Raises VerifyError when a check fails."""
     target = load_target(target_path)
     if with_spice:
         spice.require_ngspice()  # before anything is lowered or written
@@ -277,12 +281,11 @@ def map_run(
         if mc_seeds:
             fit = partial(map_graph, graph, ranges=ranges)  # a target → its mapping
             rows = montecarlo.settings(target, units, offsets, noises, ablation)
-            bar = tqdm(total=len(rows), desc="Monte-Carlo", disable=not progress, leave=False)
+            bar = partial(tqdm, desc="Monte-Carlo chip batches", disable=not progress, leave=False)
             mc = montecarlo.run(
                 graph, fit, target, x[:mc_limit], y[:mc_limit], mc_seeds, rows,
-                out / "monte_carlo", lambda row: bar.update(),
+                out / "monte_carlo", bar, montecarlo.executor(workers, executor, address),
             )  # fmt: skip
-            bar.close()
             result["monte_carlo"] = mc
             plot_monte_carlo(mc, stage / "monte_carlo.png")
         verify.gate(result)

@@ -2,16 +2,22 @@
 residual comparator offset, comparator noise, which effects are on), against the integer model
 on the same sequences.
 
-Each setting's result is written atomically to ``<dir>/<setting id>.json`` as soon as it is
-done, so an interrupted Monte-Carlo resumes where it stopped (finished settings are read back,
-not recomputed).  Chips run in batches of ``CHIP_BATCH`` over every sequence; chip s is seed s
-whatever the batching.
+The unit of work is a chip batch of a setting: ``CHIP_BATCH`` chips over every sequence, chip s
+being seed s whatever the batching or the process it ran in.  Each batch is written atomically
+to ``<dir>/batches/<chip digest>/chips-<first>-<last>.json`` when done, and each setting, once
+all its batches are, to ``<dir>/<setting id>.json`` (its batch files are then removed), so an
+interrupted Monte-Carlo resumes where it stopped: finished settings and batches are read back,
+not recomputed.  Batches run in this process, in ``workers`` processes or as Ray tasks
+(``executor``); the results do not depend on where they ran.
 """
 
 import hashlib
 import json
+import shutil
 import time
 import warnings
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,10 @@ from .targets import Target, residual_offset_mv
 CHIP_BATCH = 10
 SEQUENCE_BATCH = 500
 YIELD_POINTS = (2, 4)  # a chip "works" within this many points of the integer model
+
+
+class MonteCarloError(RuntimeError):
+    """A chip batch failed; the message names the setting and its chips."""
 
 
 def settings(target: Target, units, offsets, noises, ablation: bool) -> list[dict]:
@@ -74,49 +84,212 @@ def summary(acc: np.ndarray, ideal: float) -> dict:
     return out
 
 
-def run(graph, fit, target: Target, x, y, chips: int, rows: list[dict], out: Path, progress=None):
+class Chips:
+    """What every chip batch reads: the graph, ``fit`` (a target → its mapping), the nominal
+    target and the sequences with the integer model's predictions ``ref``.  Sent once to each
+    worker process."""
+
+    def __init__(self, graph, fit, target: Target, x, y, ref):
+        self.graph, self.fit, self.target, self.x, self.y, self.ref = graph, fit, target, x, y, ref
+        self.mappings: dict[str, object] = {}
+
+    def mapping(self, s: dict, t: Target):
+        if (m := self.mappings.get(_chip(s))) is None:
+            with warnings.catch_warnings():  # a starved layer is the point of some settings
+                warnings.simplefilter("ignore")
+                m = self.mappings[_chip(s)] = self.fit(t)
+        return m
+
+
+def simulate_batch(chips: Chips, task: dict) -> dict:
+    """One chip batch of one setting, written to ``task["path"]`` when done; any failure is a
+    MonteCarloError naming the setting and the chips (no file is written then)."""
+    s, seeds = task["setting"], task["seeds"]
+    try:
+        t = chip_target(chips.target, s)
+        mapping = chips.mapping(s, t)
+        started, cpu = time.time(), time.process_time()
+        acc, agree = accuracies(
+            chips.graph, mapping, t, s["effects"], seeds, chips.x, chips.y, chips.ref
+        )
+        row = {"key": task["key"], "seeds": seeds, "accuracies": acc.tolist()}
+        row |= {"agreement": agree.tolist(), "started": started, "seconds": time.time() - started}
+        row["cpu_seconds"] = time.process_time() - cpu
+        write_json(task["path"], row)
+    except Exception as err:  # noqa: BLE001 (any failure: one line naming the setting)
+        raise MonteCarloError(
+            f"Monte-Carlo setting {s['id']}, chips {seeds[0]}–{seeds[-1]}: "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    return row | {"path": task["path"]}
+
+
+def serial(chips: Chips, tasks: list[dict]):
+    for task in tasks:
+        yield simulate_batch(chips, task)
+
+
+def processes(workers: int):
+    """Batches in ``workers`` spawned processes, one thread each; results as they finish."""
+
+    def run_in(chips: Chips, tasks: list[dict]):
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(workers, ctx, initializer=_start, initargs=(chips,)) as pool:
+            futures = [pool.submit(_in_worker, task) for task in tasks]
+            try:
+                for done in as_completed(futures):
+                    yield done.result()
+            except BrokenExecutor as err:
+                raise MonteCarloError(f"Monte-Carlo: a worker process died ({err})") from None
+            finally:
+                pool.shutdown(cancel_futures=True)
+
+    return run_in
+
+
+def on_ray(address: str | None):
+    """Batches as Ray tasks of one CPU each (``address``: a cluster; None starts a local Ray)."""
+
+    def run_in(chips: Chips, tasks: list[dict]):
+        try:
+            import ray  # noqa: PLC0415 (optional extra)
+        except ImportError:
+            raise MonteCarloError("the Ray executor needs Ray: pip install 'qssm[ray]'") from None
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            shared, task = ray.put(chips), ray.remote(num_cpus=1)(_on_ray)
+            pending = [task.remote(shared, t) for t in tasks]
+            while pending:
+                ready, pending = ray.wait(pending)
+                try:
+                    yield from ray.get(ready)
+                except ray.exceptions.RayTaskError as err:
+                    raise err.cause from None
+        finally:
+            for p in pending:
+                ray.cancel(p)
+            if started:
+                ray.shutdown()
+
+    return run_in
+
+
+def executor(workers: int = 1, kind: str = "local", address: str | None = None):
+    """How chip batches run, as ``qssm sweep``'s points do: ``kind`` "local" in this process
+    (workers 1) or ``workers`` processes, "ray" as Ray tasks."""
+    if kind == "ray":
+        return on_ray(address)
+    return processes(workers) if workers > 1 else serial
+
+
+_CHIPS: Chips | None = None  # a worker process's inputs, set once by _start
+
+
+def _start(chips: Chips) -> None:
+    """A worker process: one BLAS thread (numba kernels run on one thread anyway), and the
+    simulator's kernels compiled (or loaded from numba's cache) once, before any batch."""
+    global _CHIPS, _THREADS
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 (workers only)
+
+    _THREADS = threadpool_limits(1)
+    _CHIPS = chips
+    t = chips.target
+    simulate.Simulator(chips.graph, chips.fit(t), t, simulate.NONIDEALITIES).run(chips.x[:2, :2])
+
+
+def _in_worker(task: dict) -> dict:
+    return simulate_batch(_CHIPS, task)
+
+
+def _on_ray(chips: Chips, task: dict) -> dict:
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 (workers only)
+
+    with threadpool_limits(1):
+        return simulate_batch(chips, task)
+
+
+def batches(s: dict, chips: int, key: dict, folder: Path) -> list[dict]:
+    """The chip batches of setting ``s`` over chips 0..chips-1, stored in ``folder``."""
+    out = []
+    for first in range(0, chips, CHIP_BATCH):
+        seeds = list(range(first, min(first + CHIP_BATCH, chips)))
+        path = folder / f"chips-{seeds[0]}-{seeds[-1]}.json"
+        out.append({"setting": s, "seeds": seeds, "key": key, "path": str(path)})
+    return out
+
+
+def run(
+    graph, fit, target: Target, x, y, chips: int, rows: list[dict], out: Path,
+    progress=None, pool=serial,
+):  # fmt: skip
     """Every setting of ``rows`` over ``chips`` chips and the sequences x, y; ``fit(target)``
-    maps the graph onto a target.  Results in ``out`` (one JSON per setting; existing ones are
-    reused when they describe the same setting, chips and sequences)."""
+    maps the graph onto a target (picklable where ``pool`` runs other processes).  Results in
+    ``out`` (one JSON per setting; existing ones are reused when they describe the same
+    setting, chips and sequences, and so are finished chip batches).  ``progress(total=N)``
+    makes a progress bar over the N chip batches left to run; ``pool`` is how they run
+    (:func:`executor`)."""
     out.mkdir(parents=True, exist_ok=True)
     logits = intref.run(graph, x)[0]
     ref = logits.argmax(-1)
     ideal = float(np.mean(ref == y))
     model = fingerprint(target, logits, x, y)
-    results, computed = [], {}  # a sweep point that is the nominal chip is computed once
+    results, stored, todo = {}, {}, {}  # todo: a chip → the settings that simulate it
     for s in rows:
-        path = out / f"{s['id']}.json"
         key = {**s, "chips": chips, "sequences": len(x), "fingerprint": model}
+        path = out / f"{s['id']}.json"
         if path.exists():
             done = json.loads(path.read_text())
             if {k: done.get(k) for k in key} == key:
-                results.append(done)
-                computed.setdefault(_chip(s), done)
+                results[s["id"]] = done
+                stored.setdefault(_chip(s), done)
                 continue
-        if (same := computed.get(_chip(s))) is not None:
+        todo.setdefault(_chip(s), []).append((s, key))
+    plan = {}  # a chip no stored setting has → its batches
+    for chip, waiting in todo.items():
+        if chip not in stored:
+            key = {"chip": json.loads(chip), "sequences": len(x), "fingerprint": model}
+            plan[chip] = batches(waiting[0][0], chips, key, out / "batches" / _digest(key))
+    found, tasks = {}, []  # found: a batch's path → its result
+    for task in (t for chip_batches in plan.values() for t in chip_batches):
+        path = Path(task["path"])
+        done = json.loads(path.read_text()) if path.exists() else {}
+        if done.get("key") == task["key"] and done.get("seeds") == task["seeds"]:
+            found[task["path"]] = done
+        else:
+            tasks.append(task)
+    bar = progress(total=len(tasks)) if progress is not None else None
+    for done in pool(Chips(graph, fit, target, x, y, ref), tasks):
+        found[done["path"]] = done
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    for chip, waiting in todo.items():
+        if (same := stored.get(chip)) is None:
+            s, key = waiting[0]
+            same = _setting(key, [found[t["path"]] for t in plan[chip]], ideal, target, s)
+        for s, _ in waiting:
             row = same | {"id": s["id"], "sweep": s["sweep"]}
-            write_json(path, row)
-            results.append(row)
-            if progress is not None:
-                progress(row)
-            continue
-        t = chip_target(target, s)
-        with warnings.catch_warnings():  # a starved layer is the point of some settings
-            warnings.simplefilter("ignore")
-            mapping = fit(t)
-        start = time.perf_counter()
-        acc, agree = accuracies(graph, mapping, t, s["effects"], list(range(chips)), x, y, ref)
-        wall = time.perf_counter() - start
-        row = key | summary(acc, ideal) | {"residual_offset_mv": residual_offset_mv(t.comparator)}
-        row["agreement"] = float(agree.mean())  # predictions equal to the integer model's
-        row |= {"seconds": wall, "chip_sequences_per_s": chips * len(x) / wall}
-        row["accuracies"] = acc.tolist()
-        write_json(path, row)
-        results.append(row)
-        computed[_chip(s)] = row
-        if progress is not None:
-            progress(row)
-    return results
+            write_json(out / f"{s['id']}.json", row)
+            results[s["id"]] = row
+        if chip in plan:  # the setting files hold it all now
+            shutil.rmtree(Path(plan[chip][0]["path"]).parent, ignore_errors=True)
+    return [results[s["id"]] for s in rows]
+
+
+def _setting(key: dict, parts: list[dict], ideal: float, target: Target, s: dict) -> dict:
+    """A setting's row from its chip batches."""
+    acc = np.concatenate([p["accuracies"] for p in parts])
+    agree = np.concatenate([p["agreement"] for p in parts])
+    seconds = sum(p["seconds"] for p in parts)  # the batches' own, wherever they ran
+    t = chip_target(target, s)
+    row = key | summary(acc, ideal) | {"residual_offset_mv": residual_offset_mv(t.comparator)}
+    row["agreement"] = float(agree.mean())  # predictions equal to the integer model's
+    row |= {"seconds": seconds, "chip_sequences_per_s": len(acc) * key["sequences"] / seconds}
+    row["accuracies"] = acc.tolist()
+    return row
 
 
 def fingerprint(target: Target, logits: np.ndarray, x: np.ndarray, y: np.ndarray) -> str:
@@ -135,3 +308,7 @@ def fingerprint(target: Target, logits: np.ndarray, x: np.ndarray, y: np.ndarray
 def _chip(s: dict) -> str:
     """What a setting simulates, without its name."""
     return json.dumps({k: v for k, v in s.items() if k not in ("id", "sweep")}, sort_keys=True)
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

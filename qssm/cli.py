@@ -382,25 +382,37 @@ def cmd_map(args) -> dict:
     charge-domain simulator with every non-ideality off checked against the integer reference, and a
     Monte-Carlo over chips with every non-ideality on (the nominal chip), swept over unit
     capacitance, residual comparator offset and comparator noise, with an ablation (each effect
-    alone on, alone off) — per-setting results in OUT/monte_carlo/ (a rerun resumes), report.md,
+    alone on, alone off) — chip batches in --workers processes or as Ray tasks (--executor ray),
+    per-setting results in OUT/monte_carlo/ (a rerun resumes after the last batch), report.md,
     monte_carlo.png; with --spice, ngspice netlists of each layer's MAC column, comparator
     threshold and state bank compared with the behavioural formulas (spice.json, spice/*.cir).
     Models the target cannot run are refused with the reason and the recipe change that fixes
     it; a verification check that misses its threshold exits 1."""
     from hwmap.export import map_run
+    from hwmap.montecarlo import MonteCarloError
 
-    r = _gated(
-        map_run,
-        args,
-        target_path=args.target,
-        mc_seeds=args.mc_seeds,
-        mc_limit=args.mc_limit,
-        units=args.mc_units,
-        offsets=args.mc_offsets,
-        noises=args.mc_noises,
-        ablation=not args.no_mc_ablation,
-        with_spice=args.spice,
-    )
+    if args.workers < 1:
+        raise RunError("--workers must be at least 1")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
+    try:
+        r = _gated(
+            map_run,
+            args,
+            target_path=args.target,
+            mc_seeds=args.mc_seeds,
+            mc_limit=args.mc_limit,
+            units=args.mc_units,
+            offsets=args.mc_offsets,
+            noises=args.mc_noises,
+            ablation=not args.no_mc_ablation,
+            with_spice=args.spice,
+            workers=args.workers,
+            executor=args.executor,
+            address=args.address,
+        )
+    except MonteCarloError as err:  # finished chip batches stay: a rerun resumes after them
+        raise CheckFailed(str(err)) from None
     t, ideal = r["mapping"]["totals"], r["verify"]["sim_ideal_vs_intref"]
     print(
         f"{t['capacitance_pf']:.1f} pF, {t['area_mm2']:.4f} mm², "
@@ -678,6 +690,14 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--no-mc-ablation", action="store_true", help="skip the ablation (each effect alone)"
     )
+    m.add_argument("--workers", type=int, default=1, help="chip batches in parallel processes")
+    m.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: run chip batches as Ray tasks (pip install 'qssm[ray]')",
+    )
+    m.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     m.add_argument(
         "--spice",
         action="store_true",
