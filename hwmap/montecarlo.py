@@ -276,6 +276,10 @@ def run(
             results[s["id"]] = row
         if chip in plan:  # the setting files hold it all now
             shutil.rmtree(Path(plan[chip][0]["path"]).parent, ignore_errors=True)
+    try:  # no batch left: no empty folder either
+        (out / "batches").rmdir()
+    except OSError:  # absent, or holding another run's batches
+        pass
     return [results[s["id"]] for s in rows]
 
 

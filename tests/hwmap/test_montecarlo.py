@@ -55,9 +55,7 @@ def test_two_worker_processes_give_the_chips_of_one(chips, tmp_path):
         acc, _ = montecarlo.accuracies(graph, fit(tr), tr, s["effects"], list(range(5)), x, y, ref)
         assert r["accuracies"] == acc.tolist()
     assert all(len(set(r["accuracies"])) > 1 for r in one[2:])  # chips of 20 mV and 10 mV differ
-    assert not (tmp_path / "two" / "batches").exists() or not any(
-        (tmp_path / "two" / "batches").iterdir()
-    )
+    assert not (tmp_path / "two" / "batches").exists()  # the setting files hold it all
 
 
 def test_a_killed_run_resumes_after_its_last_finished_batch(chips, tmp_path, monkeypatch):
