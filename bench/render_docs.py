@@ -641,27 +641,36 @@ BENCH_ROWS = [
 ]
 
 
+def families(data: dict) -> list[str]:
+    """The model families of a bench file (its records with a recipe)."""
+    return [k for k, v in data.items() if isinstance(v, dict) and "recipe" in v]
+
+
+def load(data: dict) -> str:
+    """ ", load average A → B" of a bench file, or nothing where it has none."""
+    la = data.get("load_average")
+    return f", load average {la['start']:.1f} → {la['end']:.1f}" if la else ""
+
+
 def r_bench(root: Path, args: list[str]) -> str:
     path = root / "bench" / "results" / "performance.json"
     if not path.exists():
         return missing("the benchmark", f"`{BENCH_CMD}`")
     data = read_json(path)
-    families = [k for k, v in data.items() if isinstance(v, dict) and "recipe" in v]
-    header = ["figure", *(f"{f} (`{data[f]['recipe'].removesuffix('.yaml')}`)" for f in families)]
+    fams = families(data)
+    header = ["figure", *(f"{f} (`{data[f]['recipe'].removesuffix('.yaml')}`)" for f in fams)]
     body = []
     for key, label, digits in BENCH_ROWS:
         cells = []
-        for f in families:
+        for f in fams:
             v = data[f]
             for part in key.split("."):  # "a.b": field b of the record a
                 v = v.get(part) if isinstance(v, dict) else None
             cells.append(ratio(v) if digits is None else fixed(v, digits))
         body.append([label, *cells])
-    load = data.get("load_average")
-    load = f", load average {load['start']:.1f} → {load['end']:.1f}" if load else ""
     return (
         table(header, body) + f"\n\nBatch {data.get('batch')}, median of {data.get('steps')} "
-        f"timed steps after a warm-up; measured at {measured(data['provenance'])}{load}."
+        f"timed steps after a warm-up; measured at {measured(data['provenance'])}{load(data)}."
     )
 
 
@@ -680,7 +689,7 @@ def r_threads(root: Path, args: list[str]) -> str:
     two = read_json(path)
     header = ["family", "step", "1 thread, samples/s", "2 threads, samples/s", "speed-up"]
     body = []
-    for fam in (k for k, v in one.items() if isinstance(v, dict) and "recipe" in v):
+    for fam in families(one):
         for key, step in (("float_conv_samples_per_s", "float"), ("qat_samples_per_s", "QAT")):
             a, b = one[fam].get(key), two.get(fam, {}).get(key)
             up = ratio(b / a) if a and b else "—"
@@ -695,11 +704,9 @@ def r_threads(root: Path, args: list[str]) -> str:
             )
     a, b = one["s4d"]["qat_samples_per_s"], two["s4d"]["qat_samples_per_s"]
     status = "met" if b / a >= 1.6 else "**not met**"
-    load = two.get("load_average")
-    load = f", load average {load['start']:.1f} → {load['end']:.1f}" if load else ""
     return (
         table(header, body) + f"\n\nTarget: S4D QAT ≥ 1.6× faster on two threads than on one: "
-        f"{b / a:.2f}×, {status}. Two threads measured at {measured(two['provenance'])}{load}."
+        f"{b / a:.2f}×, {status}. Two threads measured at {measured(two['provenance'])}{load(two)}."
     )
 
 

@@ -423,26 +423,18 @@ NODES = {  # the ops' primitives (see hwmap.ops) as ONNX nodes
     "rint": lambda e, v: e.apply("Cast", e.apply("Round", v), to=DOUBLE),  # half to even
 }
 
-FOLD = {  # the same primitives over numpy arrays in the ONNX graph's dtypes (float64, float32)
+FOLD = {  # the integer reference's primitives over numpy arrays, in the ONNX graph's dtypes
+    **{p: f for p, f in intref.NUMPY.items() if p not in ("arange", "halves")},  # (not folded)
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
     "div": np.divide,
     "neg": np.negative,
-    **{p: getattr(np, p) for p in ("exp", "sqrt", "abs", "sign", "floor", "clip", "matmul")},
-    "sum_last": lambda v: v.sum(-1),
-    "sum_keep": lambda v: v.sum(-1, keepdims=True),
-    "shr": lambda v, shift: np.floor(v * 2.0**-shift),
+    "shr": lambda v, shift: np.floor(v * 2.0**-shift),  # codes are float64 here
     "float": lambda v: v,
     "codes": lambda v: v,
     "gather": lambda t, i: t[i.astype(np.int64)],
     "positive": lambda v: (v > 0).astype(np.float64),
-    "unsqueeze_last": lambda v: v[..., None],
-    "drop_last": lambda v: v[..., :-1],
-    "concat_last": lambda a, b: np.concatenate([a, b], -1),
-    "slice_last": lambda v, a, c: v[..., a:c],
-    "f32": lambda v: v.astype(np.float32),
-    "rint": np.rint,
 }
 
 

@@ -139,14 +139,19 @@ def cmd_quantize(args) -> dict:
     return m
 
 
+def _check_ray(args) -> None:
+    """--executor ray needs Ray installed."""
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
+
+
 def _check_sweep(args, recipe) -> None:
     if recipe.sweep is None:
         raise RecipeError(f"{args.recipe}: no `sweep` section; see recipes/sweeps/")
     check_points(recipe, args.recipe)
     if args.check and not Path(args.check).is_file():
         raise RunError(f"--check {args.check}: no such golden table")
-    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
+    _check_ray(args)
 
 
 SEARCH_KEYS = ("budget_kib", "budget_reduction", "bits", "act_bits", "short_epochs")
@@ -212,8 +217,7 @@ def _check_search(args, recipe) -> None:
         raise RunError("--finalists must not be negative (0: the best estimate is chosen)")
     if args.validate < 0 or (args.validate_epochs or 1) < 1:
         raise RunError("--validate and --validate-epochs must not be negative (epochs ≥ 1)")
-    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
+    _check_ray(args)
     old = _out(args, recipe) / "search.json"
     if old.exists() and not args.force and read_json(old) != _search_record(args):
         raise RunError(
@@ -393,8 +397,7 @@ def cmd_map(args) -> dict:
 
     if args.workers < 1:
         raise RunError("--workers must be at least 1")
-    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise RunError("--executor ray needs Ray: pip install 'qssm[ray]'")
+    _check_ray(args)
     try:
         r = _gated(
             map_run,
@@ -489,6 +492,18 @@ def _run_args(p: argparse.ArgumentParser, recipe_help: str, from_run: bool = Tru
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _pool_args(p: argparse.ArgumentParser, units: str) -> None:
+    """--workers, --executor and --address: where the ``units`` of a command run."""
+    p.add_argument("--workers", type=int, default=1, help=f"{units} in parallel processes")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help=f"ray: run {units} as Ray tasks (pip install 'qssm[ray]')",
+    )
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+
+
 def _hw_args(p: argparse.ArgumentParser) -> None:
     """The arguments of the commands that write RUN_DIR/hw (export, map-to-hw)."""
     p.add_argument("run_dir", help="a run dir written by `qssm quantize`")
@@ -568,14 +583,7 @@ def parser() -> argparse.ArgumentParser:
         "qssm sweep --recipe sweeps/sdigits_s4d --check tests/golden/sdigits_s4d.csv",
     )
     _run_args(s, "recipe YAML with `quant` and `sweep` sections")
-    s.add_argument("--workers", type=int, default=1, help="points in parallel processes")
-    s.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: run points as Ray tasks (pip install 'qssm[ray]')",
-    )
-    s.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    _pool_args(s, "points")
     s.add_argument("--check", metavar="GOLDEN_CSV", help="compare with a golden results table")
 
     h = _command(
@@ -643,14 +651,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument(
         "--validate-epochs", type=int, help="QAT epochs of --validate (default: qat.epochs)"
     )
-    h.add_argument("--workers", type=int, default=1, help="points in parallel processes")
-    h.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: run points as Ray tasks (pip install 'qssm[ray]')",
-    )
-    h.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    _pool_args(h, "points")
 
     x = _command(
         sub,
@@ -690,14 +691,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--no-mc-ablation", action="store_true", help="skip the ablation (each effect alone)"
     )
-    m.add_argument("--workers", type=int, default=1, help="chip batches in parallel processes")
-    m.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: run chip batches as Ray tasks (pip install 'qssm[ray]')",
-    )
-    m.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    _pool_args(m, "chip batches")
     m.add_argument(
         "--spice",
         action="store_true",
