@@ -69,7 +69,9 @@ def build(recipe_file: str, quantized: bool, batch: int):
     from qssm.models.backbone import Classifier
     from qssm.quant.wrap import wrap
     from qssm.recipe import load_recipe
+    from qssm.train import keep_freed_memory
 
+    keep_freed_memory()  # as qssm's training loop (qssm.train.fit) runs
     recipe = load_recipe(ROOT / "recipes" / recipe_file)
     torch.manual_seed(0)
     model = Classifier(recipe.model_dict(), 1, 10)

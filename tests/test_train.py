@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,3 +105,39 @@ def test_distillation_loss_against_hand_computed_values():
     p = torch.log_softmax(s / DISTILL_T, -1)
     kl = DISTILL_T**2 * (-torch.log(torch.tensor(3.0)) - p.mean())
     torch.testing.assert_close(loss_fn(s, y[:1], t, 1.0), kl)
+
+
+HEAP = """
+import ctypes, sys, torch
+from qssm import train
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    assert train.keep_freed_memory()
+before = libc.mallinfo2()
+t = torch.empty(2**22)  # 16 MiB
+during = libc.mallinfo2()
+del t
+after = libc.mallinfo2()
+print(during.hblkhd - before.hblkhd, after.fordblks - before.fordblks)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt (Linux)")
+def test_keep_freed_memory_keeps_a_freed_tensor_in_the_heap():
+    """glibc's own accounting (mallinfo2) of a 16 MiB tensor: with keep_freed_memory it comes
+    from the heap and its 16 MiB stay there, free, once it is deleted; without, it is mapped
+    on its own and unmapped again (fresh processes: the setting is process-wide)."""
+
+    def run(mode: str) -> tuple[int, int]:
+        cmd = [sys.executable, "-c", HEAP, mode]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        mapped, freed = map(int, out.split())
+        return mapped, freed
+
+    assert run("keep") == (0, pytest.approx(2**24, abs=2**16))
+    mapped, freed = run("default")
+    assert mapped >= 2**24 and freed < 2**16

@@ -87,13 +87,13 @@ def _scan_backward(z, cand, h, gh, gz, gcand):
     Bsz, L, H = z.shape
     one = np.ones(1, h.dtype)[0]
     for b in numba.prange(Bsz):
-        carry = np.zeros(H, dtype=h.dtype)  # ∂L/∂h_t through h_{t+1}
+        carry = np.full(H, -(one - one))  # ∂L/∂h_t through h_{t+1}; −0 + g is g, signs too
         zeros = np.zeros(H, dtype=h.dtype)
         for t in range(L - 1, -1, -1):
             zt, ct, gt, gzt, gct = z[b, t], cand[b, t], gh[b, t], gz[b, t], gcand[b, t]
             hp = h[b, t - 1] if t > 0 else zeros
             for j in range(H):
-                g = gt[j] + carry[j] if t < L - 1 else gt[j]
+                g = gt[j] + carry[j]
                 carry[j] = g * (one - zt[j])
                 gzt[j] = -(g * hp[j]) + g * ct[j]
                 gct[j] = g * zt[j]
@@ -107,22 +107,39 @@ def elementwise(kernel, *tensors: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@numba.njit(inline="always")
+def hard_sigmoid_value(x, zero, half, one, four):
+    """clamp(x / 4 + ½, 0, 1), as torch computes it: divide, add, clamp."""
+    return min(max(x / four + half, zero), one)
+
+
+@numba.njit(inline="always")
+def hard_sigmoid_grad(x, g, zero, half, one, four):
+    """where(0 ≤ x / 4 + ½ ≤ 1, g, 0) / 4: the clamp's, the add's and the division's gradients
+    as autograd applies them."""
+    p = x / four + half
+    return (g if (p >= zero) & (p <= one) else zero) / four
+
+
+@numba.njit(inline="always")
+def window_grad(x, g, zero, one):
+    """The comparator's straight-through gradient g · [|x| < 1] (g · 0 keeps the sign of a
+    zero)."""
+    return g * (one if abs(x) < one else zero)
+
+
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def hard_sigmoid_forward(x, out):
-    """out = clamp(x / 4 + ½, 0, 1), as torch computes it: divide, add, clamp."""
     zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=x.dtype)
     for i in numba.prange(x.size):
-        out[i] = min(max(x[i] / four + half, zero), one)
+        out[i] = hard_sigmoid_value(x[i], zero, half, one, four)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def hard_sigmoid_backward(x, g, out):
-    """out = where(0 ≤ x / 4 + ½ ≤ 1, g, 0) / 4: the clamp's, the add's and the division's
-    gradients as autograd applies them."""
     zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=x.dtype)
     for i in numba.prange(x.size):
-        p = x[i] / four + half
-        out[i] = (g[i] if (p >= zero) & (p <= one) else zero) / four
+        out[i] = hard_sigmoid_grad(x[i], g[i], zero, half, one, four)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -135,10 +152,75 @@ def heaviside_forward(x, out):
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def heaviside_backward(x, g, out):
-    """out = g · [|x| < 1], the straight-through window (g · 0 keeps the sign of a zero)."""
     zero, one = np.array([0, 1], dtype=x.dtype)
     for i in numba.prange(x.size):
-        out[i] = g[i] * (one if abs(x[i]) < one else zero)
+        out[i] = window_grad(x[i], g[i], zero, one)
+
+
+class HardGRUScan(torch.autograd.Function):
+    """The hardware minGRU layer after its projections, as one autograd node: hard-sigmoid gate
+    z = clamp(pre / 4 + ½, 0, 1), the recurrence h_t = (1 − z_t) h_{t−1} + z_t h̃_t and the
+    comparator [h_t > 0] — pre, h̃ (B, L, H) → binary outputs (B, L, H).  The same operations
+    on the same values as ``Heaviside(gru_scan(hard_sigmoid(pre), h̃))`` forward and backward,
+    so values and gradients are bit-identical, in one pass each way instead of three; saved:
+    pre, h̃ and the states."""
+
+    @staticmethod
+    def forward(ctx, pre, cand):
+        dtype = torch.promote_types(pre.dtype, cand.dtype)
+        pre_, cand_ = as_array(pre.to(dtype)), as_array(cand.to(dtype))
+        h, out = torch.empty(pre.shape, dtype=dtype), torch.empty(pre.shape, dtype=dtype)
+        numba_threads()
+        _hard_forward(pre_, cand_, h.numpy(), out.numpy())
+        ctx.save_for_backward(pre, cand, h)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        pre, cand, h = ctx.saved_tensors
+        gpre, gcand = torch.empty_like(h), torch.empty_like(h)
+        numba_threads()
+        _hard_backward(
+            as_array(pre.to(h.dtype)), as_array(cand.to(h.dtype)), h.numpy(),
+            as_array(gout.to(h.dtype)), gpre.numpy(), gcand.numpy(),
+        )  # fmt: skip
+        return gpre.to(pre.dtype), gcand.to(cand.dtype)
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _hard_forward(pre, cand, h, out):
+    Bsz, L, H = pre.shape
+    zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=h.dtype)
+    for b in numba.prange(Bsz):
+        prev = np.zeros(H, dtype=h.dtype)
+        for t in range(L):
+            pt, ct, ht, ot = pre[b, t], cand[b, t], h[b, t], out[b, t]
+            for j in range(H):
+                z = hard_sigmoid_value(pt[j], zero, half, one, four)
+                prev[j] = (one - z) * prev[j] + z * ct[j]
+                ht[j] = prev[j]
+                ot[j] = one if prev[j] > zero else zero
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _hard_backward(pre, cand, h, gout, gpre, gcand):
+    """The comparator's window, :func:`_scan_backward`'s step and the hard sigmoid's gradient,
+    per element."""
+    Bsz, L, H = pre.shape
+    zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=h.dtype)
+    for b in numba.prange(Bsz):
+        carry = np.full(H, -zero)  # ∂L/∂h_t through h_{t+1}; −0 + g is g, zeros' signs too
+        zeros = np.zeros(H, dtype=h.dtype)
+        for t in range(L - 1, -1, -1):
+            pt, ct, ht, gt = pre[b, t], cand[b, t], h[b, t], gout[b, t]
+            gpt, gct, hp = gpre[b, t], gcand[b, t], h[b, t - 1] if t > 0 else zeros
+            for j in range(H):
+                z = hard_sigmoid_value(pt[j], zero, half, one, four)
+                g = window_grad(ht[j], gt[j], zero, one) + carry[j]
+                carry[j] = g * (one - z)
+                gct[j] = g * z
+                gz = -(g * hp[j]) + g * ct[j]
+                gpt[j] = hard_sigmoid_grad(pt[j], gz, zero, half, one, four)
 
 
 class CausalConv(torch.autograd.Function):

@@ -6,7 +6,8 @@
 2023): h_t = exp(a*_t) · Σ_{k≤t} b_k exp(-a*_k) with a*_t = Σ_{k≤t} log(1 - z_k) and b_k = z_k h̃_k.
 Since b_k takes both signs, its positive and negative parts are scanned separately.
 ``"recurrent"`` mode is the step form, run as one fused kernel (:func:`~.kernels.gru_scan`,
-bit-identical to the step loop :func:`gate_scan` in values and gradients).
+bit-identical to the step loop :func:`gate_scan` in values and gradients; the hardware variant's
+gate, recurrence and comparator together as :class:`~.kernels.HardGRUScan`).
 
 The hardware variant uses a hard-sigmoid gate and emits binary outputs through a comparator
 (Heaviside forward, straight-through hard-tanh-window gradient); the state itself stays analog.
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .kernels import gru_scan
+from .kernels import HardGRUScan, gru_scan
 from .tags import tag
 
 LOG_FLOOR = -1e4  # stands in for log(0): exp(LOG_FLOOR) == 0 and gradients stay finite
@@ -114,4 +115,6 @@ class MinGRU(nn.Module):
             return self.output(log_scan(log_keep, z * cand))
         if mode != "recurrent":
             raise ValueError(f"unknown mode {mode!r}; use 'parallel' or 'recurrent'")
-        return self.output(gru_scan(self.gate(pre_z), cand))
+        if self.hardware:
+            return HardGRUScan.apply(pre_z, cand)
+        return gru_scan(self.gate(pre_z), cand)

@@ -9,9 +9,10 @@ all its steps (a chip's mismatch and offsets)."""
 import torch
 from torch import nn
 
-from ..models.kernels import gru_scan
+from ..models.kernels import HardGRUScan, gru_scan
 from ..models.mingru import Heaviside, MinGRU, gate_scan
-from .kernels.mingru import QuantGateScan
+from .kernels import fakequant
+from .kernels.mingru import AtMost, HardGateScan, QuantGateScan
 from .layers import Quantized, QuantLinear, Stored, act_site
 from .quantizers import Site
 
@@ -61,14 +62,16 @@ class QuantMinGRU(Quantized, nn.Module):
             x = x + static * torch.randn(x.shape[0], 1, x.shape[-1], device=x.device)
         return x
 
-    def _at_most_one(self, z: torch.Tensor) -> torch.Tensor:
+    def _at_most_one(self, z: torch.Tensor | None) -> torch.Tensor:
         """The hardware gate switches k units of a bank: z = k·s ≤ 1, so its top code is
-        ⌊1/s⌋ — rounding the clamped 1 could give ⌊1/s + ½⌋·s > 1."""
+        ⌊1/s⌋ — rounding the clamped 1 could give ⌊1/s + ½⌋·s > 1.  z = None: the cap ⌊1/s⌋·s
+        itself."""
         quantizer = self._quantizer("gate")
         if quantizer is None or quantizer.calibrating:
             return z
         scale = quantizer.qparams()[0]
-        return torch.minimum(z, torch.floor(1 / scale) * scale)
+        cap = torch.floor(1 / scale) * scale
+        return cap if z is None else AtMost.apply(z, cap)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         return Heaviside.apply(self._noisy(h, "out")) if self.hardware else self.q("output", h)
@@ -81,6 +84,9 @@ class QuantMinGRU(Quantized, nn.Module):
             )
         pre_z = self._noisy(self.Wz(x), "gate")  # (B, L, D)
         cand = self.q("cand", self._noisy(self.Wh(x), "cand"))
+        fused = self._fused(pre_z, cand)
+        if fused is not None:
+            return fused
         z = self.q("gate", self.gate(pre_z))
         if self.hardware:
             z = self._at_most_one(z)
@@ -90,6 +96,27 @@ class QuantMinGRU(Quantized, nn.Module):
         if quantizer.calibrating:
             return self.output(self.step_loop(1 - z, z * cand))
         return self.output(QuantGateScan.apply(z, cand, *quantizer.qparams()))
+
+    def _fused(self, pre_z: torch.Tensor, cand: torch.Tensor) -> torch.Tensor | None:
+        """The hardware layer's gate, analog recurrence and comparator as one kernel
+        (:class:`HardGRUScan`, or :class:`HardGateScan` with the gate on a per-tensor grid):
+        the same values and gradients as the separate nodes of :meth:`forward`.  None where
+        those are needed: not the hardware variant, noise while training, a quantized state,
+        a calibrating gate, or a gate grid the kernel does not take (not float32 per-tensor,
+        a zero point with a gradient)."""
+        noisy = self.noise is not None and self.training
+        if not self.hardware or noisy or self._quantizer("state") is not None:
+            return None
+        quantizer = self._quantizer("gate")
+        if quantizer is None:
+            return HardGRUScan.apply(pre_z, cand)
+        if quantizer.calibrating:
+            return None
+        scale, zp, qmin, qmax = quantizer.qparams()
+        if not fakequant.applies(pre_z, scale, zp) or cand.dtype != pre_z.dtype or zp.requires_grad:
+            return None
+        cap = self._at_most_one(None)
+        return HardGateScan.apply(pre_z, cand, scale, zp, cap, qmin, qmax)
 
     def step_loop(self, keep: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
         """h_t = Q(keep_t h_{t-1} + write_t) one step at a time: for calibration (Brevitas sees

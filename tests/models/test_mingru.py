@@ -13,9 +13,11 @@ def test_parallel_scan_equals_step_float64(hardware):
     # hardware: compare analog states (the comparator output is binary); the scan floors 1 - z at
     # 1e-6 where the hard-sigmoid gate saturates, so it agrees to 1e-6 relative there
     tol = 1e-5 if hardware else 1e-9
+    step = gru_scan(gru.gate(gru.Wz(x)), gru.Wh(x))  # the recurrent mode's states
     if hardware:
+        assert torch.equal(gru(x, "recurrent"), (step > 0).double())
         gru.output = lambda h: h
-    torch.testing.assert_close(gru(x, "parallel"), gru(x, "recurrent"), rtol=tol, atol=tol)
+    torch.testing.assert_close(gru(x, "parallel"), step, rtol=tol, atol=tol)
 
 
 def test_log_scan_against_loop_with_mixed_signs():
@@ -155,3 +157,22 @@ def test_recurrent_model_matches_the_step_loop(hardware):
         results.append([y.detach()] + [p.grad.clone() for p in gru.parameters()])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_hardware_layer_is_bit_identical_to_its_pieces(dtype):
+    """HardGRUScan against hard sigmoid → gru_scan → comparator as three nodes (each tested
+    against torch ops above): outputs and both gradients bit for bit, zeros' signs included;
+    pre-activations beyond ±2 saturate the gate (gradient stopped) and states cross the
+    comparator's window."""
+    from qssm.models.kernels import HardGRUScan
+
+    g = torch.Generator().manual_seed(5)
+    pre = (3 * torch.randn(3, 60, 7, generator=g, dtype=dtype)).requires_grad_()
+    cand = (2 * torch.randn(3, 60, 7, generator=g, dtype=dtype)).requires_grad_()
+    fast = _values_and_grads(HardGRUScan.apply, pre, cand)
+    ref = _values_and_grads(lambda p, c: Heaviside.apply(gru_scan(hard_sigmoid(p), c)), pre, cand)
+    for a, b in zip(fast, ref, strict=True):
+        assert a.dtype == dtype and torch.equal(a, b)
+        assert torch.equal(a.signbit(), b.signbit())
+    assert (ref[1] == 0).any() and (ref[1] != 0).any() and (ref[2] != 0).any()

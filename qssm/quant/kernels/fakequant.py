@@ -15,6 +15,7 @@ import numba
 import numpy as np
 import torch
 
+from ...models.kernels import numba_threads
 from . import code_dtype
 
 
@@ -30,6 +31,7 @@ def forward(x, scale, zero_point, qmin: int, qmax: int) -> tuple[torch.Tensor, t
     out = torch.empty_like(x_)
     codes = torch.empty(x_.shape, dtype=code_dtype(qmin - 1, qmax + 1))
     s, z = np.float32(scale.item()), np.float32(zero_point.item())
+    numba_threads()
     _forward(x_.numpy().ravel(), s, z, np.float32(qmin), np.float32(qmax), out.numpy().ravel(),
              codes.numpy().ravel())  # fmt: skip
     return out, codes
@@ -41,25 +43,26 @@ def backward(g, x, scale, zero_point, codes, qmin: int, qmax: int, needs: tuple[
     parts = [torch.empty_like(g_) for _ in range(4)]  # g·[in], g·(code − z), −g·s·[in]·x/s², …
     s, z = np.float32(scale.item()), np.float32(zero_point.item())
     arrays = [t.numpy().ravel() for t in (g_, x.detach().contiguous(), codes, *parts)]
+    numba_threads()
     _backward(*arrays, s, z, np.float32(qmin), np.float32(qmax), needs[1], needs[2])
     gx, by_code, by_x, gz = parts
     gs = by_code.sum_to_size(scale.shape) + by_x.sum_to_size(scale.shape) if needs[1] else None
     return gx if needs[0] else None, gs, gz.sum_to_size(zero_point.shape) if needs[2] else None
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, parallel=True, error_model="numpy")
 def _forward(x, s, z, qmin, qmax, out, codes):
     lo, hi = qmin - np.float32(1), qmax + np.float32(1)
-    for i in range(x.size):
+    for i in numba.prange(x.size):
         r = np.rint(x[i] / s + z)
         out[i] = (min(max(r, qmin), qmax) - z) * s
         codes[i] = min(max(r, lo), hi)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, parallel=True, error_model="numpy")
 def _backward(g, x, codes, gx, by_code, by_x, gz, s, z, qmin, qmax, scale_grad, zp_grad):
     one = np.float32(1)
-    for i in range(g.size):
+    for i in numba.prange(g.size):
         r = np.float32(codes[i])
         inside = one if (r >= qmin) & (r <= qmax) else np.float32(0)
         gi = g[i]

@@ -4,7 +4,13 @@ import numba
 import numpy as np
 import torch
 
-from ...models.kernels import as_array, numba_threads
+from ...models.kernels import (
+    as_array,
+    hard_sigmoid_grad,
+    hard_sigmoid_value,
+    numba_threads,
+    window_grad,
+)
 from . import code_dtype
 
 
@@ -87,7 +93,7 @@ def _qscan_backward(z, cand, scale, zp, qrange, R, gh, gz, gcand, gscale):
     zero = qmin - qmin
     one = zero + 1
     for b in numba.prange(Bsz):
-        carry = np.zeros(H, dtype=z.dtype)  # ∂L/∂h_t through h_{t+1}
+        carry = np.full(H, -zero)  # ∂L/∂h_t through h_{t+1}; −0 + g is g, zeros' signs too
         gs = gscale[b]
         for t in range(L - 1, -1, -1):
             zt, ct, Rt, gt = z[b, t], cand[b, t], R[b, t], gh[b, t]
@@ -95,7 +101,7 @@ def _qscan_backward(z, cand, scale, zp, qrange, R, gh, gz, gcand, gscale):
             gzt, gct = gz[b, t], gcand[b, t]
             for j in range(H):
                 hp = (min(max(Rp[j], qmin), qmax) - zp[j]) * scale[j] if t > 0 else zero
-                g = gt[j] + carry[j] if t < L - 1 else gt[j]
+                g = gt[j] + carry[j]
                 keep = one - zt[j]
                 p = keep * hp + zt[j] * ct[j]
                 code = min(max(Rt[j], qmin), qmax)
@@ -105,3 +111,157 @@ def _qscan_backward(z, cand, scale, zp, qrange, R, gh, gz, gcand, gscale):
                 carry[j] = gp * keep
                 gzt[j] = -(gp * hp) + gp * ct[j]
                 gct[j] = gp * zt[j]
+
+
+class AtMost(torch.autograd.Function):
+    """min(z, cap) for a tensor z and a one-element cap, as one numba pass each way instead of
+    torch.minimum's dozen (its backward alone makes eq, div, where, masked_fill, gt/lt twice
+    over the whole tensor).  Values and gradients are torch.minimum's bit for bit: a tie
+    (z = cap) sends half the gradient each way; the cap's gradient is torch's ``sum_to_size``
+    of the same per-element terms."""
+
+    @staticmethod
+    def forward(ctx, z, cap):
+        out = torch.empty_like(z, memory_format=torch.contiguous_format)
+        c = cap.detach().to(z.dtype).reshape(1).numpy()
+        numba_threads()
+        _at_most_forward(as_array(z).reshape(-1), c, out.numpy().reshape(-1))
+        ctx.save_for_backward(z, cap)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        z, cap = ctx.saved_tensors
+        gz = torch.empty_like(z, memory_format=torch.contiguous_format)
+        need = ctx.needs_input_grad[1]
+        gc = torch.empty_like(gz) if need else gz[:0]
+        c = cap.detach().to(z.dtype).reshape(1).numpy()
+        numba_threads()
+        flat = (as_array(t).reshape(-1) for t in (z, g.to(z.dtype)))
+        _at_most_backward(*flat, c, gz.numpy().reshape(-1), gc.numpy().reshape(-1), need)
+        return gz, gc.sum_to_size(cap.shape).to(cap.dtype) if need else None
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _at_most_forward(z, cap, out):
+    """out = min(z, cap), NaN where z or cap is NaN (as torch.minimum)."""
+    c = cap[0]
+    for i in numba.prange(z.size):
+        out[i] = c if (z[i] > c) | (c != c) else z[i]
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _at_most_backward(z, g, cap, gz, gc, cap_grad):
+    """torch.minimum's backward: gz = where(z = c, g / 2, g) with 0 where z > c; gc the same
+    with 0 where z < c."""
+    c = cap[0]
+    two = np.ones(1, g.dtype)[0] + 1
+    zero = two - two
+    for i in numba.prange(z.size):
+        share = g[i] / two if z[i] == c else g[i]
+        gz[i] = zero if z[i] > c else share
+        if cap_grad:
+            gc[i] = zero if z[i] < c else share
+
+
+class HardGateScan(torch.autograd.Function):
+    """The hardware minGRU layer after its projections with its gate on a per-tensor grid, as
+    one autograd node: z = min(fake_quant(clamp(pre / 4 + ½, 0, 1)), cap), the analog
+    recurrence h_t = (1 − z_t) h_{t−1} + z_t h̃_t and the comparator [h_t > 0] — pre, h̃ (B, L,
+    H) float32 → binary outputs (B, L, H); scale, zero point and cap one element each.
+
+    The same float32 operations on the same values as the five nodes it replaces (hard sigmoid,
+    :class:`~qssm.quant.quantizers.FakeQuant`, :class:`AtMost`, ``gru_scan``, comparator), so
+    values and gradients are bit-identical, in one pass each way; the scale's and the cap's
+    gradients stay torch's ``sum_to_size`` of the same per-element terms.  Saved: pre, h̃, the
+    states and the gate's codes clipped to one past the range.  The zero point gets no
+    gradient (the caller keeps the five nodes when it would need one)."""
+
+    @staticmethod
+    def forward(ctx, pre, cand, scale, zp, cap, qmin, qmax):
+        h, out = torch.empty(pre.shape), torch.empty(pre.shape)
+        codes = torch.empty(pre.shape, dtype=code_dtype(qmin - 1, qmax + 1))
+        numba_threads()
+        grid = _grid(scale, zp, cap, qmin, qmax)
+        arrays = (codes.numpy(), h.numpy(), out.numpy())
+        _hard_gate_forward(as_array(pre), as_array(cand), grid, *arrays)
+        ctx.save_for_backward(pre, cand, h, codes, scale, zp, cap)
+        ctx.q = (qmin, qmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        pre, cand, h, codes, scale, zp, cap = ctx.saved_tensors
+        parts = [torch.empty_like(h) for _ in range(5)]  # gpre, gcand, by code, by x, cap
+        numba_threads()
+        _hard_gate_backward(
+            as_array(pre), as_array(cand), h.numpy(), codes.numpy(), _grid(scale, zp, cap, *ctx.q),
+            as_array(gout.float()), *(p.numpy() for p in parts),
+        )  # fmt: skip
+        gpre, gcand, by_code, by_x, by_cap = parts
+        gscale = by_code.sum_to_size(scale.shape) + by_x.sum_to_size(scale.shape)
+        gcap = by_cap.sum_to_size(cap.shape) if ctx.needs_input_grad[4] else None
+        return gpre, gcand, gscale, None, gcap, None, None
+
+
+def _grid(scale, zp, cap, qmin, qmax) -> np.ndarray:
+    """scale, zero point, cap, qmin, qmax, qmin − 1, qmax + 1 as float32."""
+    values = [t.detach().item() for t in (scale, zp, cap)] + [qmin, qmax, qmin - 1, qmax + 1]
+    return np.array(values, dtype=np.float32)
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _hard_gate_forward(pre, cand, grid, R, h, out):
+    """Per element: the hard sigmoid, fake_quant's x / s, + zp, round half to even, clamp, − zp,
+    × s (R: the rounded code clipped to one past the range), min with the cap (NaN if the cap
+    is NaN), the recurrence step and the comparator."""
+    Bsz, L, H = pre.shape
+    zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=np.float32)
+    s, zp, c, qmin, qmax, lo, hi = grid[0], grid[1], grid[2], grid[3], grid[4], grid[5], grid[6]
+    for b in numba.prange(Bsz):
+        prev = np.zeros(H, dtype=np.float32)
+        for t in range(L):
+            pt, ct, Rt, ht, ot = pre[b, t], cand[b, t], R[b, t], h[b, t], out[b, t]
+            for j in range(H):
+                r = np.rint(hard_sigmoid_value(pt[j], zero, half, one, four) / s + zp)
+                Rt[j] = min(max(r, lo), hi)
+                zq = (min(max(r, qmin), qmax) - zp) * s
+                z = c if (zq > c) | (c != c) else zq
+                prev[j] = (one - z) * prev[j] + z * ct[j]
+                ht[j] = prev[j]
+                ot[j] = one if prev[j] > zero else zero
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, by_code, by_x, by_cap):
+    """Per element, backwards in time: the comparator's window, the recurrence step (as
+    ``gru_scan``'s backward), AtMost's split of a tie, fake_quant's straight-through gradient
+    and its scale terms (as ``fakequant._backward``), the hard sigmoid's gradient."""
+    Bsz, L, H = pre.shape
+    zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=np.float32)
+    two = one + one
+    s, zp, c, qmin, qmax = grid[0], grid[1], grid[2], grid[3], grid[4]
+    for b in numba.prange(Bsz):
+        carry = np.full(H, -zero)  # ∂L/∂h_t through h_{t+1}; −0 + g is g, zeros' signs too
+        zeros = np.zeros(H, dtype=np.float32)
+        for t in range(L - 1, -1, -1):
+            pt, ct, ht, Rt, gt = pre[b, t], cand[b, t], h[b, t], R[b, t], gout[b, t]
+            gpt, gct, bzt = gpre[b, t], gcand[b, t], by_cap[b, t]
+            bct, bxt, hp = by_code[b, t], by_x[b, t], h[b, t - 1] if t > 0 else zeros
+            for j in range(H):
+                hs = hard_sigmoid_value(pt[j], zero, half, one, four)
+                r = np.float32(Rt[j])
+                code = min(max(r, qmin), qmax)
+                zq = (code - zp) * s
+                z = c if (zq > c) | (c != c) else zq
+                g = window_grad(ht[j], gt[j], zero, one) + carry[j]
+                carry[j] = g * (one - z)
+                gct[j] = g * z
+                gz = -(g * hp[j]) + g * ct[j]
+                share = gz / two if zq == c else gz
+                gq = zero if zq > c else share
+                bzt[j] = zero if zq < c else share
+                inside = one if (r >= qmin) & (r <= qmax) else zero
+                bct[j] = gq * (code - zp)
+                bxt[j] = (-(gq * s * inside) * hs) / (s * s)
+                gpt[j] = hard_sigmoid_grad(pt[j], gq * inside, zero, half, one, four)

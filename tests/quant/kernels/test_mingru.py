@@ -61,3 +61,67 @@ def test_quant_gate_scan_matches_fake_quant_loop(dtype, per_channel):
     torch.testing.assert_close(fast[1], loop[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast[2], loop[2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast[3], loop[3], rtol=1e-4, atol=1e-3 * loop[3].abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cap_grad", [False, True])
+def test_at_most_is_torch_minimum(dtype, cap_grad):
+    """AtMost against torch.minimum with a one-element cap: values and both gradients bit for
+    bit, with ties (half the gradient each way), values above and below, a NaN and -0."""
+    from qssm.quant.kernels.mingru import AtMost
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.rand(4, 50, 6, generator=g, dtype=dtype)
+    z[0, :10] = 0.75  # ties with the cap
+    z[1, 0, 0] = float("nan")
+    z = z.requires_grad_()
+    cap = torch.tensor(0.75, dtype=dtype, requires_grad=cap_grad)
+    w = torch.randn(4, 50, 6, generator=g, dtype=dtype)
+    w[2, 0, 0] = -0.0
+    results = []
+    for fn in (AtMost.apply, torch.minimum):
+        out = fn(z, cap)
+        inputs = (z, cap) if cap_grad else (z,)
+        results.append((out, *torch.autograd.grad((out * w).sum(), inputs)))
+    for got, want in zip(*results, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
+        assert torch.equal(got.isnan(), want.isnan())
+    assert (results[0][1][0, :10] == w[0, :10] / 2).all()  # a tie sends half each way
+
+
+@pytest.mark.parametrize("gate", [{"bits": 6, "granularity": "per_tensor"}, {"enabled": False}])
+def test_fused_hardware_layer_is_bit_identical_to_its_nodes(gate, monkeypatch):
+    """The hardware minGRU with an analog state runs as one kernel (HardGateScan with its gate
+    on a per-tensor grid, HardGRUScan without one); against the separate nodes (hard sigmoid,
+    the gate's fake-quant, the cap, gru_scan, comparator): outputs and every parameter's
+    gradient — weights, biases, the gate's scale — bit for bit, with gates at the cap."""
+    from qssm.models.kernels import HardGRUScan, gru_scan
+    from qssm.quant.kernels.mingru import HardGateScan
+
+    torch.manual_seed(1)
+    quant = {
+        "default": {"bits": 4},
+        "targets": [{"roles": ["gru.gate"], **gate}, {"roles": ["gru.state"], "enabled": False}],
+    }
+    m = quantized(MinGRU(3, 6, hardware=True), quant, 3 * torch.randn(8, 40, 3), "recurrent")
+    x = 3 * torch.randn(4, 40, 3)  # pre-activations beyond ±2: gates at 0 and at the cap
+
+    def nodes():
+        z = m._at_most_one(m.q("gate", m.gate(m.Wz(x))))
+        return m.output(gru_scan(z, m.q("cand", m.Wh(x))))
+
+    calls = []
+    for cls in (HardGateScan, HardGRUScan):
+        spy = lambda *a, cls=cls, apply=cls.apply: calls.append(cls) or apply(*a)  # noqa: E731
+        monkeypatch.setattr(cls, "apply", spy)
+    fused = grads(m, lambda: m(x, "recurrent"))
+    assert calls == [HardGateScan if "bits" in gate else HardGRUScan]
+    (y, g), (y_ref, g_ref) = fused, grads(m, nodes)
+    assert torch.equal(y, y_ref) and g.keys() == g_ref.keys()
+    assert ("bits" in gate) == any("qz.gate" in k for k in g)  # the gate's scale learns
+    for name in g:
+        assert torch.equal(g[name], g_ref[name]), name
+    if "bits" in gate:
+        gates = m._at_most_one(m.q("gate", m.gate(m.Wz(x))))
+        assert (gates == m._at_most_one(None)).any() and (gates == 0).any()
