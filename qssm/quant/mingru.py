@@ -11,7 +11,6 @@ from torch import nn
 
 from ..models.kernels import HardGRUScan, gru_scan
 from ..models.mingru import Heaviside, MinGRU, gate_scan
-from .kernels import fakequant
 from .kernels.mingru import AtMost, HardGateScan, QuantGateScan
 from .layers import Quantized, QuantLinear, Stored, act_site
 from .quantizers import Site
@@ -102,7 +101,8 @@ class QuantMinGRU(Quantized, nn.Module):
         (:class:`HardGRUScan`, or :class:`HardGateScan` with the gate on a per-tensor grid):
         the same values and gradients as the separate nodes of :meth:`forward`.  None where
         those are needed: not the hardware variant, noise while training, a quantized state,
-        a calibrating gate, or a gate grid the kernel does not take (not float32 per-tensor,
+        a calibrating gate, a gate whose quantizer is observed (forward hooks: the lowering
+        records its codes), or a gate grid the kernel does not take (not float32 per-tensor,
         a zero point with a gradient)."""
         noisy = self.noise is not None and self.training
         if not self.hardware or noisy or self._quantizer("state") is not None:
@@ -110,10 +110,11 @@ class QuantMinGRU(Quantized, nn.Module):
         quantizer = self._quantizer("gate")
         if quantizer is None:
             return HardGRUScan.apply(pre_z, cand)
-        if quantizer.calibrating:
+        if quantizer.calibrating or quantizer._forward_hooks:
             return None
         scale, zp, qmin, qmax = quantizer.qparams()
-        if not fakequant.applies(pre_z, scale, zp) or cand.dtype != pre_z.dtype or zp.requires_grad:
+        float32 = {pre_z.dtype, cand.dtype, scale.dtype, zp.dtype} == {torch.float32}
+        if not float32 or scale.numel() != 1 or zp.numel() != 1 or zp.requires_grad:
             return None
         cap = self._at_most_one(None)
         return HardGateScan.apply(pre_z, cand, scale, zp, cap, qmin, qmax)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from brevitas.core.quant.int import RescalingIntQuant
 from brevitas.core.restrict_val import FloatRestrictValue
 from brevitas.core.scaling.int_scaling import PowerOfTwoIntScaling
 from brevitas.core.stats import NegativeMinOrZero
@@ -189,8 +190,13 @@ class SiteQuantizer(nn.Module):
 
     @property
     def calibrating(self) -> bool:
-        """True inside ``calibration_mode`` (Brevitas passes values through, collects stats)."""
-        return any(getattr(m, "observer_only", False) for m in self.quant.act_quant.modules())
+        """True inside ``calibration_mode`` (Brevitas passes values through, collects stats):
+        one of Brevitas' modules that have an ``observer_only`` flag has it set (the modules
+        looked up once; ``calibration_mode`` only sets flags that exist)."""
+        if "_flagged" not in self.__dict__:
+            modules = self.quant.act_quant.modules()
+            self.__dict__["_flagged"] = [m for m in modules if hasattr(m, "observer_only")]
+        return any(m.observer_only for m in self.__dict__["_flagged"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:  # Brevitas passes x through and collects statistics
@@ -220,10 +226,19 @@ class SiteQuantizer(nn.Module):
                 yield 1, OFFSET_BITS, None, True
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """(scale, zero point, min code, max code); scale and zero point broadcast like the site."""
-        probe = self.quant(torch.zeros(self.site.shape, dtype=self.dtype))
+        """(scale, zero point, min code, max code); scale and zero point broadcast like the site.
+        Brevitas' own scale and zero point of a probe: for its RescalingIntQuant the two modules
+        that make them, called as its forward calls them (the same values, the same autograd
+        graph) without rounding the probe and wrapping it in a QuantTensor."""
         qmin, qmax = int_range(self.spec.bit_width, self.signed, self.spec.narrow)
-        return probe.scale, probe.zero_point, qmin, qmax
+        x = torch.zeros(self.site.shape, dtype=self.dtype)
+        quant = self.quant.act_quant.fused_activation_quant_proxy.tensor_quant
+        if type(quant) is not RescalingIntQuant:
+            probe = self.quant(x)
+            return probe.scale, probe.zero_point, qmin, qmax
+        bit_width = quant.msb_clamp_bit_width_impl()
+        scale = quant.scaling_impl(x, quant.int_scaling_impl(bit_width))
+        return scale, quant.zero_point_impl(x, scale, bit_width), qmin, qmax
 
     @property
     def dtype(self) -> torch.dtype:

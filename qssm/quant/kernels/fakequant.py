@@ -18,11 +18,14 @@ import torch
 from ...models.kernels import numba_threads
 from . import code_dtype
 
+SMALL = 2**16  # elements below which torch's ops beat starting the kernels' threads
+
 
 def applies(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> bool:
-    """The kernels take float32 tensors with one scale and one zero point."""
+    """The kernels take float32 tensors of at least ``SMALL`` elements with one scale and one
+    zero point."""
     dtypes = {x.dtype, scale.dtype, zero_point.dtype} == {torch.float32}
-    return dtypes and scale.numel() == 1 and zero_point.numel() == 1
+    return dtypes and scale.numel() == 1 and zero_point.numel() == 1 and x.numel() >= SMALL
 
 
 def forward(x, scale, zero_point, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ makes for other scales): values and every gradient bit for bit, signs of zero in
 import pytest
 import torch
 
+from qssm.quant.kernels import fakequant
 from qssm.quant.quantizers import fake_quant
 
 
@@ -29,14 +30,15 @@ def test_per_tensor_kernel_equals_torch_arithmetic_bit_for_bit(zero_point, qrang
     torch.manual_seed(0)
     qmin, qmax = qrange
     s0 = 0.37 if qmax < 100 else 0.011
-    x = torch.randn(6, 50, 4) * (qmax - qmin) * s0 / 3
+    x = torch.randn(6, 50, 220) * (qmax - qmin) * s0 / 3  # ≥ fakequant.SMALL: the kernels
     x[0, :20, 0] = (torch.arange(20) - 10 + 0.5 - zero_point) * s0  # ties: half to even
     x[1, :2, 0] = torch.tensor([1e9, -1e9])  # clamped
-    g = torch.randn(6, 50, 4)
+    g = torch.randn(6, 50, 220)
     g[2, :10] = 0.0
     xs = x.clone().requires_grad_()
     s = torch.tensor(s0, requires_grad=True)
     z = torch.tensor(zero_point, requires_grad=True)
+    assert fakequant.applies(xs, s, z)
     y = fake_quant(xs, s, z, qmin, qmax)
     y.backward(g)
     ref = torch_fake_quant(x, torch.tensor(s0), torch.tensor(zero_point), qmin, qmax, g)
