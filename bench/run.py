@@ -101,11 +101,13 @@ def train_step_seconds(model, x, y, mode: str, steps: int, warm: bool = False) -
 
 def qat_breakdown_ms(model, x, y, steps: int) -> dict:
     """Milliseconds per QAT step (medians over ``steps`` steps, the model warm) in the
-    recurrence's autograd node forward and backward (S4DScan, QuantGateScan, GRUScan), in the
-    fake-quantizers of every other site (FakeQuant) forward and backward, and in the rest
-    (layers, loss, optimizer): each node's forward and backward timed as it runs."""
-    from qssm.models.kernels import GRUScan
-    from qssm.quant.kernels.mingru import QuantGateScan
+    recurrence's autograd node forward and backward (S4DScan, QuantGateScan, GRUScan, and the
+    hardware minGRU's HardGRUScan / HardGateScan, which hold its gate, the gate's quantizer and
+    its comparator too), in the fake-quantizers of every other site (FakeQuant) forward and
+    backward, and in the rest (layers, loss, optimizer): each node's forward and backward timed
+    as it runs."""
+    from qssm.models.kernels import GRUScan, HardGRUScan
+    from qssm.quant.kernels.mingru import HardGateScan, QuantGateScan
     from qssm.quant.kernels.s4d import S4DScan
     from qssm.quant.quantizers import FakeQuant
 
@@ -130,6 +132,8 @@ def qat_breakdown_ms(model, x, y, steps: int) -> dict:
         (S4DScan, "scan"),
         (QuantGateScan, "scan"),
         (GRUScan, "scan"),
+        (HardGRUScan, "scan"),
+        (HardGateScan, "scan"),
         (FakeQuant, "fakequant"),
     )
     for cls, kind in nodes:
