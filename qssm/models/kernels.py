@@ -1,4 +1,5 @@
-"""numba kernels of the minGRU: its recurrence, its hardware gate and its comparator.
+"""Fast autograd nodes of the float models: the minGRU's recurrence, its hardware gate and
+comparator (numba kernels), and mGRADE's delay convolution (torch convolutions).
 
     h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
 
@@ -14,13 +15,15 @@ innermost loop over the H channels of one timestep — independent recurrences, 
 memory, so it vectorizes with no transposed copies.
 
 The elementwise kernels (hard sigmoid, comparator, and their gradients) make one pass over a
-tensor where torch makes two to five, with the same operations on the same values.
+tensor where torch makes two to five, with the same operations on the same values;
+:class:`HardGRUScan` makes the hardware layer's gate, recurrence and comparator one pass.
 ``tests/models/test_mingru.py`` checks every kernel bit for bit against the torch ops.
 """
 
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # numba's OpenMP layer would share libgomp with torch and reset torch's thread count
 numba.config.THREADING_LAYER = "workqueue"
@@ -225,10 +228,13 @@ def _hard_backward(pre, cand, h, gout, gpre, gcand):
 
 class CausalConv(torch.autograd.Function):
     """y[b, t, h] = Σ_j k[h, j] u[b, t − j, h], u (B, L, H), k (H, J): forward as torch's
-    depthwise ``conv1d`` computes it (the ops of ``qssm.models.mgrade.causal_conv``), backward
-    as two numba kernels in the (B, L, H) layout — torch's depthwise convolution backward was
-    most of an mGRADE training step.  ∂L/∂u[b, s, h] = Σ_j k[h, j] g[b, s + j, h] and
-    ∂L/∂k[h, j] = Σ_{b, t} g[b, t, h] u[b, t − j, h] (summed in float64)."""
+    depthwise ``conv1d`` computes it (the ops of ``qssm.models.mgrade.causal_conv``); backward
+    as two more forward convolutions, which oneDNN runs several times faster than torch's
+    depthwise convolution backward (most of an mGRADE training step) or a loop over the taps:
+    ∂L/∂u[b, s, h] = Σ_j k[h, j] g[b, s + j, h] correlates g with the kernel, and
+    ∂L/∂k[h, j] = Σ_{b, t} g[b, t, h] u[b, t − j, h] correlates u with each sequence's g as a
+    kernel of its own (B·H groups), summed over the batch.  Gradients equal autograd's to float
+    rounding (another summation order)."""
 
     @staticmethod
     def forward(ctx, u, kernel, conv):
@@ -239,46 +245,15 @@ class CausalConv(torch.autograd.Function):
     def backward(ctx, g):
         u, kernel = ctx.saved_tensors
         dtype = torch.promote_types(u.dtype, kernel.dtype)
-        u_, g_ = as_array(u.to(dtype)), as_array(g.to(dtype))
-        k_ = as_array(kernel.to(dtype).t())  # (J, H)
+        (Bsz, L, H), J = u.shape, kernel.shape[-1]
+        g_ = g.to(dtype).transpose(1, 2)  # (B, H, L)
         gu = gk = None
-        numba_threads()
         if ctx.needs_input_grad[0]:
-            gu = torch.empty(u.shape, dtype=dtype)
-            _conv_grad_input(g_, k_, gu.numpy())
-            gu = gu.to(u.dtype)
+            k = kernel.detach().to(dtype).unsqueeze(1)  # (H, 1, J)
+            gu = F.conv1d(F.pad(g_, (0, J - 1)), k, groups=H).transpose(1, 2).to(u.dtype)
         if ctx.needs_input_grad[1]:
-            partial = np.zeros((u.shape[0], *k_.shape))  # (B, J, H), one slice per sequence
-            _conv_grad_kernel(g_, u_, partial)
-            gk = torch.from_numpy(partial.sum(0)).t().to(kernel.dtype)
+            x = F.pad(u.detach().to(dtype).transpose(1, 2), (J - 1, 0))  # u[t − (J − 1)]
+            x, w = x.reshape(1, Bsz * H, L + J - 1), g_.reshape(Bsz * H, 1, L)
+            out = F.conv1d(x, w, groups=Bsz * H).reshape(Bsz, H, J)  # output j' is lag J − 1 − j'
+            gk = out.sum(0).flip(-1).to(kernel.dtype)
         return gu, gk, None
-
-
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def _conv_grad_input(g, k, gu):
-    """gu[b, s] = Σ_{j < L − s} k[j] ⊙ g[b, s + j]; g, gu (B, L, H), k (J, H)."""
-    Bsz, L, H = g.shape
-    J = k.shape[0]
-    for b in numba.prange(Bsz):
-        for s in range(L):
-            acc = gu[b, s]
-            acc[:] = 0
-            for j in range(min(J, L - s)):
-                gt, kj = g[b, s + j], k[j]
-                for h in range(H):
-                    acc[h] += kj[h] * gt[h]
-
-
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def _conv_grad_kernel(g, u, partial):
-    """partial[b, j] = Σ_{t ≥ j} g[b, t] ⊙ u[b, t − j] in float64; g, u (B, L, H)."""
-    Bsz, L, H = g.shape
-    J = partial.shape[1]
-    for b in numba.prange(Bsz):
-        acc = partial[b]
-        for t in range(L):
-            gt = g[b, t]
-            for j in range(min(J, t + 1)):
-                ut, aj = u[b, t - j], acc[j]
-                for h in range(H):
-                    aj[h] += gt[h] * ut[h]

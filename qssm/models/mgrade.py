@@ -28,8 +28,9 @@ def interpolated_kernel(weight, delay, max_delay: int, sigma: float) -> torch.Te
 
 def causal_conv(u: torch.Tensor, kernel: torch.Tensor, torch_backward: bool = False):
     """Depthwise causal convolution: u (B, L, H), kernel (H, J) with index j delay j →
-    (B, L, H).  Forward: torch's conv1d.  Backward: numba kernels (:class:`.kernels.CausalConv`,
-    gradients equal to float rounding), or with ``torch_backward`` torch's own, several times
+    (B, L, H).  Forward: torch's conv1d.  Backward: two more forward convolutions
+    (:class:`.kernels.CausalConv`, gradients equal to float rounding), or with
+    ``torch_backward`` torch's own, several times
     slower — the hardware family keeps it: its binary comparators turn a float-rounding change
     of one gradient into different trained bits, and its golden table
     (tests/golden/sdigits_mgrade_hw.csv) is reproduced bit for bit."""
