@@ -103,7 +103,8 @@ class QuantMinGRU(Quantized, nn.Module):
         those are needed: not the hardware variant, noise while training, a quantized state,
         a calibrating gate, a gate whose quantizer is observed (forward hooks: the lowering
         records its codes), or a gate grid the kernel does not take (not float32 per-tensor,
-        a zero point with a gradient)."""
+        a zero point with a gradient).  (The standard layer's four quantized sites fused the
+        same way measured no faster than its separate nodes at width 16.)"""
         noisy = self.noise is not None and self.training
         if not self.hardware or noisy or self._quantizer("state") is not None:
             return None
@@ -116,8 +117,7 @@ class QuantMinGRU(Quantized, nn.Module):
         float32 = {pre_z.dtype, cand.dtype, scale.dtype, zp.dtype} == {torch.float32}
         if not float32 or scale.numel() != 1 or zp.numel() != 1 or zp.requires_grad:
             return None
-        cap = self._at_most_one(None)
-        return HardGateScan.apply(pre_z, cand, scale, zp, cap, qmin, qmax)
+        return HardGateScan.apply(pre_z, cand, scale, zp, self._at_most_one(None), qmin, qmax)
 
     def step_loop(self, keep: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
         """h_t = Q(keep_t h_{t-1} + write_t) one step at a time: for calibration (Brevitas sees

@@ -53,12 +53,28 @@ def backward(g, x, scale, zero_point, codes, qmin: int, qmax: int, needs: tuple[
     return gx if needs[0] else None, gs, gz.sum_to_size(zero_point.shape) if needs[2] else None
 
 
+@numba.njit(inline="always")
+def quantize(x, s, z, qmin, qmax):
+    """(round(x / s + z), the fake-quantized value (clamp(that, qmin, qmax) − z) · s)."""
+    r = np.rint(x / s + z)
+    return r, (min(max(r, qmin), qmax) - z) * s
+
+
+@numba.njit(inline="always")
+def quantize_grads(g, x, r, s, z, qmin, qmax):
+    """The straight-through gradients at one element with incoming gradient g and rounded code
+    r (clipped no further than one past the range): (∂L/∂x = g·[inside], the scale's two terms
+    g·(code − z) and −(g·s·[inside])·x / (s·s), [inside])."""
+    inside = np.float32(1) if (r >= qmin) & (r <= qmax) else np.float32(0)
+    by_code = g * (min(max(r, qmin), qmax) - z)
+    return g * inside, by_code, (-(g * s * inside) * x) / (s * s), inside
+
+
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _forward(x, s, z, qmin, qmax, out, codes):
     lo, hi = qmin - np.float32(1), qmax + np.float32(1)
     for i in numba.prange(x.size):
-        r = np.rint(x[i] / s + z)
-        out[i] = (min(max(r, qmin), qmax) - z) * s
+        r, out[i] = quantize(x[i], s, z, qmin, qmax)
         codes[i] = min(max(r, lo), hi)
 
 
@@ -66,12 +82,10 @@ def _forward(x, s, z, qmin, qmax, out, codes):
 def _backward(g, x, codes, gx, by_code, by_x, gz, s, z, qmin, qmax, scale_grad, zp_grad):
     one = np.float32(1)
     for i in numba.prange(g.size):
-        r = np.float32(codes[i])
-        inside = one if (r >= qmin) & (r <= qmax) else np.float32(0)
-        gi = g[i]
-        gx[i] = gi * inside
+        gx[i], code_term, x_term, inside = quantize_grads(
+            g[i], x[i], np.float32(codes[i]), s, z, qmin, qmax
+        )
         if scale_grad:
-            by_code[i] = gi * (min(max(r, qmin), qmax) - z)
-            by_x[i] = (-(gi * s * inside) * x[i]) / (s * s)
+            by_code[i], by_x[i] = code_term, x_term
         if zp_grad:
-            gz[i] = gi * s * (inside - one)
+            gz[i] = g[i] * s * (inside - one)

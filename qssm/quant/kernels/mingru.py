@@ -12,6 +12,7 @@ from ...models.kernels import (
     window_grad,
 )
 from . import code_dtype
+from .fakequant import quantize, quantize_grads
 
 
 class QuantGateScan(torch.autograd.Function):
@@ -223,9 +224,9 @@ def _hard_gate_forward(pre, cand, grid, R, h, out):
         for t in range(L):
             pt, ct, Rt, ht, ot = pre[b, t], cand[b, t], R[b, t], h[b, t], out[b, t]
             for j in range(H):
-                r = np.rint(hard_sigmoid_value(pt[j], zero, half, one, four) / s + zp)
+                hs = hard_sigmoid_value(pt[j], zero, half, one, four)
+                r, zq = quantize(hs, s, zp, qmin, qmax)
                 Rt[j] = min(max(r, lo), hi)
-                zq = (min(max(r, qmin), qmax) - zp) * s
                 z = c if (zq > c) | (c != c) else zq
                 prev[j] = (one - z) * prev[j] + z * ct[j]
                 ht[j] = prev[j]
@@ -261,7 +262,5 @@ def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, by_code, by_x,
                 share = gz / two if zq == c else gz
                 gq = zero if zq > c else share
                 bzt[j] = zero if zq < c else share
-                inside = one if (r >= qmin) & (r <= qmax) else zero
-                bct[j] = gq * (code - zp)
-                bxt[j] = (-(gq * s * inside) * hs) / (s * s)
-                gpt[j] = hard_sigmoid_grad(pt[j], gq * inside, zero, half, one, four)
+                ghs, bct[j], bxt[j], _ = quantize_grads(gq, hs, r, s, zp, qmin, qmax)
+                gpt[j] = hard_sigmoid_grad(pt[j], ghs, zero, half, one, four)
