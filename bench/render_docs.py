@@ -365,6 +365,18 @@ TARGETS = [
         20,
         True,
     ),
+] + [
+    (
+        "speed",
+        "performance.json",
+        f"`{recipe}`: {step} training step ≥ 600 samples/s (one thread)",
+        lambda r, family=family, key=key: r[family][key],
+        "{:.0f} samples/s",
+        600,
+        False,
+    )
+    for family, recipe in (("mingru_hw", "minimalist"), ("mgrade", "mgrade_8"))
+    for step, key in (("float", "float_conv_samples_per_s"), ("QAT", "qat_samples_per_s"))
 ]
 
 
