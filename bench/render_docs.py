@@ -716,13 +716,20 @@ def r_threads(root: Path, args: list[str]) -> str:
             )
     a, b = one["s4d"]["qat_samples_per_s"], two["s4d"]["qat_samples_per_s"]
     status = "met" if b / a >= 1.6 else "**not met**"
+
+    def ms(data: dict, key: str) -> float | None:
+        return data["s4d"].get("qat_step_ms", {}).get(key.removeprefix("qat_step_ms."))
+
     parts = [  # where the S4D QAT step's time goes on one thread and on two
-        [label.removeprefix("QAT step: "), fixed(t1), fixed(t2), ratio(t1 / t2) if t2 else "—"]
+        [
+            label.removeprefix("QAT step: "),
+            fixed(t1),
+            fixed(t2),
+            ratio(t1 / t2) if t1 and t2 else "—",
+        ]
         for key, label, _ in BENCH_ROWS
         if key.startswith("qat_step_ms.") and key != "qat_step_ms.float"
-        for t1, t2 in [
-            (one["s4d"]["qat_step_ms"].get(key[12:]), two["s4d"]["qat_step_ms"].get(key[12:]))
-        ]
+        for t1, t2 in [(ms(one, key), ms(two, key))]
     ]
     return (
         table(header, body) + f"\n\nTarget: S4D QAT ≥ 1.6× faster on two threads than on one: "

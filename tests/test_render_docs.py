@@ -241,6 +241,7 @@ def test_threads_block_sets_two_threads_against_one(root):
             "recipe": "hetero_4_8.yaml",
             "float_conv_samples_per_s": 400.0,
             "qat_samples_per_s": 250.0,
+            "qat_step_ms": {"float": 160.0, "scan_forward": 30.0, "rest": 12.0},
         },
         "provenance": prov,
     }
@@ -249,6 +250,7 @@ def test_threads_block_sets_two_threads_against_one(root):
             "recipe": "hetero_4_8.yaml",
             "float_conv_samples_per_s": 600.0,
             "qat_samples_per_s": 375.0,
+            "qat_step_ms": {"float": 100.0, "scan_forward": 12.0, "rest": 12.0},
         },
         "provenance": prov,
     }
@@ -262,3 +264,6 @@ def test_threads_block_sets_two_threads_against_one(root):
     assert "| s4d (`hetero_4_8`) | float | 400.0 | 600.0 | 1.50× |" in out
     assert "| s4d (`hetero_4_8`) | QAT | 250.0 | 375.0 | 1.50× |" in out
     assert "1.50×, **not met**" in out
+    assert "| recurrence node, forward | 30.0 | 12.0 | 2.50× |" in out  # the parts, per thread
+    assert "| the rest (layers, loss, optimizer) | 12.0 | 12.0 | 1.00× |" in out
+    assert "| recurrence node, backward | — | — | — |" in out
