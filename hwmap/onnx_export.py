@@ -66,8 +66,8 @@ class Val(Symbolic):
     reads it: a product ``x · c`` (``scaled``), the float64 view of a float32 tensor (``f32``),
     a node ``make`` writes.  Known where it applies: ``bound`` (integer values, |v| ≤ bound),
     ``stacked`` ((stack, k): this is stack[k]), ``gemm`` ((x, B, C): this is x·B + C, exact),
-    ``negated`` (a node holding −this), ``code`` (a tensor of an integer type holding these
-    integers)."""
+    ``negated`` (a node holding −this), ``code`` ((tensor, numpy type, lo, hi): an integer
+    tensor whose values clipped to [lo, hi] are these)."""
 
     def __init__(
         self,
@@ -521,11 +521,21 @@ RULES = {"f32": _f32, "rint": _rint, "clip": _clip, "mul": _mul, "div": _div, "n
 
 def _lut(e: Emitter, op) -> Val | None:
     """One table, codes in reach of Gather's negative indices: Gather by the code itself, the
-    table's rows rolled by the offset."""
+    table's rows rolled by the offset; codes held by an 8-bit tensor before their clip
+    (``Val.code``): Gather by that tensor from a table over its type's every code, the clip's."""
     src, table = e.get(op.src), np.asarray(e.consts[op.table], np.float64)
-    if not src.node or op.channels != 1 or not op.offset <= 0 <= op.offset + len(table):
+    if not src.node or op.channels != 1:
         return None
-    index = e.node("Cast", [next(v for v in (src.code, src.f32, src) if v is not None)], to=INT64)
+    if src.code is not None and op.offset <= src.code[2] and src.code[3] < op.offset + len(table):
+        q, np_type, lo, hi = src.code
+        codes = np.arange(np.iinfo(np_type).min, np.iinfo(np_type).max + 1)
+        every = np.empty(len(codes))
+        every[codes % len(codes)] = table[np.clip(codes, lo, hi) - op.offset]  # c < 0 from the end
+        index = e.node("Cast", [q], to=INT64)
+        return Val(e, e.node("Gather", [e.init(f"{op.table}:{np_type.__name__}", every), index]))
+    if not op.offset <= 0 <= op.offset + len(table):
+        return None
+    index = e.node("Cast", [src.f32 if src.f32 is not None else src], to=INT64)
     rolled = e.init(f"{op.table}:rolled", np.roll(table, op.offset))
     return Val(e, e.node("Gather", [rolled, index], axis=0))
 
@@ -673,18 +683,28 @@ def _paired(e: Emitter, t: Val, m: int) -> Val:
 
 def _requantized(e: Emitter, op, v: Val) -> Val | None:
     """``op.rounded(v)`` of float32 v, rint(v / scale) clipped to [lo, hi], as one
-    QuantizeLinear where the scale is per tensor and [lo, hi] the whole range of a Q/DQ type
-    (it divides, rounds half to even and saturates); read as codes through DequantizeLinear,
-    or by an index as they are."""
-    onnx_type = EXACT_TYPES.get((op.lo, op.hi))
+    QuantizeLinear to the 8-bit type holding [lo, hi] where the scale is per tensor (it divides,
+    rounds half to even and saturates to the type): the codes are its output clipped to
+    [lo, hi], read through DequantizeLinear (and a Clip, unless [lo, hi] is the whole type) or
+    by a ``Lut`` over every code of the type."""
     scale = np.asarray(e.consts[op.out_scale], np.float32)
-    if onnx_type is None or scale.ndim or v.dtype != np.float32 or e.qonnx:
+    np_type, _, _ = code_type(min(op.lo, 0), max(op.hi, 0))
+    if np.iinfo(np_type).bits != 8 or scale.ndim or v.dtype != np.float32 or e.qonnx:
         return None
-    zero = e.typed_zero(onnx_type, 0)
-    q = e.node("QuantizeLinear", [v, e.init(f"{op.out_scale}:f32", scale), zero])
-    dq = lambda: e.node("DequantizeLinear", [q, e.init("c/one_f32", np.float32(1)), zero])  # noqa: E731
+    q = e.node(
+        "QuantizeLinear", [v, e.init(f"{op.out_scale}:f32", scale), e.zero_point(np_type, 0)]
+    )
+    whole = (op.lo, op.hi) == (np.iinfo(np_type).min, np.iinfo(np_type).max)
+
+    def codes() -> str:
+        c = e.node("DequantizeLinear", [q, *e.unit_scale(np_type, 0)])
+        return (
+            c if whole else e.node("Clip", [c, *(e.scalar(b, np.float32) for b in (op.lo, op.hi))])
+        )
+
     bound = max(-op.lo, op.hi)
-    return Val(e, f32=Val(e, dtype=np.float32, make=dq, bound=bound), bound=bound, code=q)
+    f32 = Val(e, dtype=np.float32, make=codes, bound=bound)
+    return Val(e, f32=f32, bound=bound, code=(q, np_type, op.lo, op.hi))
 
 
 # ------------------------------------------------------------------------------------- graphs
@@ -708,8 +728,7 @@ def _site_outputs(e: Emitter, graph: Graph) -> list[onnx.ValueInfoProto]:
     outputs = []
     for op in intref.site_ops(graph):
         name = f"code:{op.site}"
-        v = e.get(op.out)
-        code = v.code if v.code is not None else e.lift(v)
+        code = e.lift(e.get(op.out))
         e.nodes.append(helper.make_node("Cast", [code], [name], to=TensorProto.INT32))
         outputs.append(_value(name, TensorProto.INT32, ["batch", *env[op.out].shape[1:]]))
     return outputs

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from hwmap import intref, onnx_export, verify
 from hwmap.graph import Format, Graph, State
 from hwmap.lower import lower
-from hwmap.ops import Affine, Float32Readout, Float32Update, Quantize, Real, Term
+from hwmap.ops import Affine, Float32Readout, Float32Update, Lut, Quantize, Real, Term
 from qssm.runs import load_data, load_run_model
 
 
@@ -333,28 +333,41 @@ def test_the_readout_halving_by_pairing_matmuls_keeps_the_reference_order(modes,
         assert (np.floor(w + 0.5) != np.rint(w)).any() and (np.abs(w) > 8).any()
 
 
-@pytest.mark.parametrize("lo, hi", [(-8, 7), (0, 15), (-128, 127), (-7, 7)])
+@pytest.mark.parametrize("lo, hi", [(-8, 7), (0, 15), (-128, 127), (-7, 7), (0, 255), (-9, 300)])
 def test_requantizing_by_quantizelinear_divides_rounds_to_even_and_saturates(lo, hi):
-    # rint(v / s) clipped to [lo, hi] (a Float32Update's rounding) as one QuantizeLinear to a
-    # type of just that range, on ties and their float32 neighbours: × (1 / s) or rounding
-    # halves up would give other codes; a range no type has is left to the op's own nodes
+    # rint(v / s) clipped to [lo, hi] (a Float32Update's rounding) as one QuantizeLinear to the
+    # 8-bit type holding [lo, hi] and a Clip unless that is the whole type, on ties and their
+    # float32 neighbours (× (1 / s) or rounding halves up would give other codes); a Lut reads
+    # the saturated codes through a table over the type, clipped as the reference clips; past
+    # 8 bits the op's own nodes
     s = np.float32(0.497314453125)
     op = Float32Update(
         out="y", terms=(), shift=0, lo=lo, hi=hi, factors=(), scales=(), out_scale="s"
     )
-    e = onnx_export.Emitter({"s": s}, name_ops=False)
+    lut = Lut(out="z", src="y", table="T", offset=lo - 2, channels=1)
+    consts = {"s": s, "T": np.random.default_rng(1).normal(0, 1, hi - lo + 5)}
+    e = onnx_export.Emitter(consts, name_ops=False)
     codes = onnx_export._requantized(e, op, e.get("x"))
-    if (lo, hi) == (-7, 7):
+    if hi > 255:
         assert codes is None
         return
+    e.set(codes, "y")
+    e.op(lut)
+    e.output(e.get("z"), "z")
     e.output(codes, "y")
-    ties = ((np.arange(lo - 4, hi + 5, dtype=np.float32) + 0.5) * s).astype(np.float32)
+    ties = ((np.arange(lo - 150, hi + 151, dtype=np.float32) + 0.5) * s).astype(np.float32)
     x = np.concatenate([ties, np.nextafter(ties, np.float32(-1e9)), np.nextafter(ties, 1e9)])
     x = np.random.default_rng(0).permuted(np.resize(x, (len(x) // 8 + 1) * 8)).reshape(-1, 8)
-    out, kinds = _run(e, {"x": (TensorProto.FLOAT, (8,))}, {"y": (TensorProto.DOUBLE, (8,))},
-                      {"x": x})  # fmt: skip
-    ref = op.rounded(intref.Numpy({"x": x}, {"s": s}), x)
-    assert np.array_equal(out["y"], ref) and kinds == ["QuantizeLinear", "DequantizeLinear", "Cast"]
+    double = (TensorProto.DOUBLE, (8,))
+    out, kinds = _run(e, {"x": (TensorProto.FLOAT, (8,))}, {"z": double, "y": double}, {"x": x})
+    env = {"x": x}
+    env["y"] = op.rounded(intref.Numpy(env, consts), x)
+    ref = env["y"]
+    assert np.array_equal(out["y"], ref) and np.array_equal(
+        out["z"], lut.eval(intref.Numpy(env, consts))
+    )
+    assert kinds.count("QuantizeLinear") == 1 and "Div" not in kinds and "Round" not in kinds
+    assert ("Clip" in kinds) == ((lo, hi) not in ((-128, 127), (0, 255)))
     assert (np.clip(np.rint(x * (np.float32(1) / s)), lo, hi) != ref).any()
     assert (np.clip(np.floor(x / s + np.float32(0.5)), lo, hi) != ref).any()
-    assert ref.min() == lo and ref.max() == hi and (np.abs(x / s) > max(-lo, hi) + 1).any()
+    assert ref.min() == lo and ref.max() == hi and (np.abs(x / s) > 130).any()
