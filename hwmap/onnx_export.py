@@ -180,7 +180,7 @@ class Emitter:
                 self.memo[key] = self.node(
                     "QuantizeLinear", [stack.f32, *self.unit_scale(np_type, zp)]
                 )
-            take = [self.memo[key], self.scalar(k, np.int64)]
+            take = [self.memo[key], self.scalar(k, np.int32)]  # int32: see _s4d
             self.nodes.append(helper.make_node("Gather", take, [out], axis=0))
             return
         f = self.lift(self.f32(value))
@@ -606,7 +606,9 @@ def _stack(a, b, rank: int) -> np.ndarray:
 
 def _s4d(e: Emitter, ops: list) -> int:
     """Two ``Float32Update`` ops over the same inputs (an S4D state's real and imaginary parts)
-    as one over a leading axis of 2 (the first op's constants, then the second's); a
+    as one over a leading axis of 2 (the first op's constants, then the second's), each part
+    taken by a Gather with an int32 index (with int64 ones onnxruntime fuses the two Gathers into
+    a Split and two Squeezes, which cost more); a
     ``Float32Readout`` of both that follows reads the stacked state (one product for both),
     its halving sum over a power-of-two number of modes a Split and an Add per halving (a
     ReduceSum over an axis of 2 costs onnxruntime more, at batch 1 and far more at 64).
@@ -642,7 +644,7 @@ def _s4d(e: Emitter, ops: list) -> int:
     else:
         x = e.codes(e.clip(e.rint(v), a.lo, a.hi))  # (2, B, …), a float64 view of float32 codes
     for k, op in enumerate((a, b)):
-        take = lambda k=k: e.node("Gather", [x.f32, e.scalar(k, np.int64)], axis=0)  # noqa: E731
+        take = lambda k=k: e.node("Gather", [x.f32, e.scalar(k, np.int32)], axis=0)  # noqa: E731
         part = Val(e, dtype=np.float32, make=take, bound=x.bound)
         e.set(Val(e, f32=part, bound=x.bound, stacked=(x, k)), op.out)
     r = ops[2] if len(ops) > 2 else None
