@@ -606,12 +606,12 @@ def _stack(a, b, rank: int) -> np.ndarray:
 
 def _s4d(e: Emitter, ops: list) -> int:
     """Two ``Float32Update`` ops over the same inputs (an S4D state's real and imaginary parts)
-    as one over a leading axis of 2 (the first op's constants, then the second's), each part
-    taken by a Gather with an int32 index (with int64 ones onnxruntime fuses the two Gathers into
-    a Split and two Squeezes, which cost more); a
-    ``Float32Readout`` of both that follows reads the stacked state (one product for both),
-    its halving sum over a power-of-two number of modes a Split and an Add per halving (a
-    ReduceSum over an axis of 2 costs onnxruntime more, at batch 1 and far more at 64).
+    as one over a leading axis of 2 (the first op's constants, then the second's); a
+    ``Float32Readout`` of both that follows reads the stacked state (one product for both), its
+    halving sum over a power-of-two number of modes one pairing MatMul per halving (``_paired``),
+    its rounding one QuantizeLinear (``_requantized``).  The stack's parts are taken by Gathers
+    with int32 indices: onnxruntime costs a Split more than two Gathers, and it fuses Gathers
+    with int64 indices into a Split and Squeezes.
     Returns how many ops it wrote (0: none)."""
     from .ops import Float32Readout, Float32Update
 
@@ -658,7 +658,7 @@ def _s4d(e: Emitter, ops: list) -> int:
     e.hint = r.out
     f, g = stack(r.factors[0], r.factors[1]), stack(r.scales[0], r.scales[1])
     p = f * (e.f32(x) * g)
-    t = reduce(add, e.halves(p, axis=0))  # (1, B, …, modes)
+    t = reduce(add, (e.apply("Gather", p, e.scalar(k, np.int32), axis=0) for k in (0, 1)))
     finite = 2 * r.modes * x.bound * np.abs(f.value * g.value.astype(np.float64)).max() < 2.0**127
     for m in (r.modes >> k for k in range(r.modes.bit_length() - 1)):  # second half onto first
         t = _paired(e, t, m) if finite and m <= PAIRING_LIMIT else reduce(add, e.halves(t))
