@@ -5,9 +5,10 @@ timestep for the small S4D).  Here the step's ops become one generated Python fu
 loops over float64 arrays holding exact integers (the arithmetic of the ONNX graph, see
 ``hwmap.ops``), compiled by numba: every op's result is one loop nest over its elements (shapes
 are known when the source is written), its inputs' elementwise arithmetic, slices and
-concatenations read in place, so a step allocates only the ops' results and writes the next
-state into arrays the caller holds.  ``tests/hwmap/test_compiled.py`` checks it against the
-interpreter code for code; ``bench/run.py`` measures it.
+concatenations read in place, so a step allocates only the ops' results.  ``CompiledStream``
+holds the states in one buffer whose two rows the step reads and writes in turn, so a call
+passes three arguments however many states there are.  ``tests/hwmap/test_compiled.py`` checks
+it against the interpreter code for code; ``bench/run.py`` measures it.
 """
 
 import numpy as np
@@ -54,6 +55,19 @@ class Src(Symbolic):
 def stored(b: "Numba", name: str, shape: tuple, dtype: str) -> Src:
     """An array variable (or a scalar one, shape ())."""
     return Src(b, shape, dtype, lambda i: f"{name}[{', '.join(i)}]" if i else name, name)
+
+
+def flat(b: "Numba", name: str, shape: tuple, dtype: str) -> Src:
+    """A tensor of ``shape`` held row-major by the 1-d array ``name`` of any layout; float32
+    read as float32 whatever the array holds."""
+    strides = [int(np.prod(shape[a + 1 :])) for a in range(len(shape))]
+
+    def render(index):
+        at = [f"{s} * ({i})" for i, s, n in zip(index, strides, shape, strict=True) if n > 1]
+        text = f"{name}[{' + '.join(at) or '0'}]"
+        return f"np.{dtype}({text})"
+
+    return Src(b, shape, dtype, render)
 
 
 class Numba:
@@ -207,26 +221,44 @@ class Numba:
         return self.rint(self.get(src) / self.get(scale))
 
 
-def generate(ops: list, consts: dict, inputs: dict[str, tuple], outputs: list[str]):
+def generate(ops: list, consts: dict, inputs: dict[str, tuple], outputs: list[str], held=()):
     """``ops`` as one numba-compiled function ``f(*inputs, *outputs)`` that writes the tensors
     ``outputs`` into arrays it is given; ``inputs``: name → (shape, dtype name) of the arrays it
-    reads (codes and reals float64, the float input ``x`` float32).  Returns (function, its
-    source, the outputs' (shape, dtype))."""
+    reads (codes and reals float64, the float input ``x`` float32).  With ``held`` (pairs of an
+    input and an output of one shape: a state and its next value), those are no arguments but
+    slots of one float64 buffer ``s`` (2, n), read from row k and written into row 1 − k, and
+    every other input is passed as a 1-d array of its elements: ``f(*inputs, s, k)``, three
+    arrays to unbox per call however many states there are.  Returns (function, its source,
+    the outputs' (shape, dtype), the held pairs' (offset, size) in a row)."""
     import numba
 
     b = Numba(consts, inputs)
     outs = {name: f"out{k}" for k, name in enumerate(outputs)}
+    head, slots, nexts = [], [], dict(held)
+    for name, nxt in held:  # views of the buffer's two rows
+        shape, at = inputs[name][0], sum(slots[-1]) if slots else 0
+        slots.append((at, int(np.prod(shape))))
+        for var, row in ((b.args[name], "k"), (outs[nxt], "1 - k")):
+            head.append(f"    {var} = s[{row}, {at}:{sum(slots[-1])}].reshape({shape})")
+    rest = [name for name in inputs if name not in nexts]
+    for name in rest if held else []:
+        shape, dtype = inputs[name]
+        b.vals[name], n = flat(b, b.args[name], shape, dtype), int(np.prod(shape))
+        head.append(f"    if {b.args[name]}.size != {n}:  # would read past the array")
+        head.append(f"        raise ValueError('{name}: expected {n} values')")
     for op in ops:
         b.let(op.eval(b), op.out, outs.get(op.out))
     for name in outputs:
         if name not in {op.out for op in ops}:  # an output the ops do not write: copied
             b.let(b.get(name), into=outs[name])
     specs = [(b.vals[name].shape, b.vals[name].dtype) for name in outputs]
-    body = "".join(f"{line}\n" for line in b.lines)
-    code = f"def f({', '.join([*b.args.values(), *outs.values()])}):\n{body}"
+    args = [b.args[name] for name in rest] + (["s", "k"] if held else [])
+    args += [outs[name] for name in outputs if name not in nexts.values()]
+    body = "".join(f"{line}\n" for line in head + b.lines)
+    code = f"def f({', '.join(args)}):\n{body}"
     scope: dict = {"np": np, **b.globals}
     exec(code, scope)  # generated from the ops, nothing external
-    return numba.njit(cache=False, error_model="numpy")(scope["f"]), code, specs
+    return numba.njit(cache=False, error_model="numpy")(scope["f"]), code, specs, slots
 
 
 def compile_ops(ops: list, consts: dict, inputs: list[str], outputs: list[str]):
@@ -240,7 +272,7 @@ def compile_ops(ops: list, consts: dict, inputs: list[str], outputs: list[str]):
         key = tuple((a.shape, a.dtype.name) for a in arrays)
         if key not in compiled:
             shapes = dict(zip(inputs, key, strict=True))
-            fn, sources[key], specs = generate(ops, consts, shapes, outputs)
+            fn, sources[key], specs, _ = generate(ops, consts, shapes, outputs)
             compiled[key] = fn, specs
         fn, specs = compiled[key]
         outs = [np.empty(shape, dtype) for shape, dtype in specs]
@@ -251,31 +283,47 @@ def compile_ops(ops: list, consts: dict, inputs: list[str], outputs: list[str]):
 
 
 class CompiledStream:
-    """``intref.Stream`` with the step compiled: the same states, the same codes.  The next
-    state is written into a second set of arrays; the two sets swap every step."""
+    """``intref.Stream`` with the step compiled: the same states, the same codes.  The states
+    are slots of one buffer of two rows, read from one row and written into the other, the
+    rows swapping every step: a step passes the compiled function three arguments."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
         inputs = {"x": ((1, graph.d_input), "float32")}
         inputs |= {s.name: ((1, *s.shape), "float64") for s in graph.states}
         nexts = [s.next for s in graph.states]
-        self._step, self.source, specs = generate(graph.step, graph.consts, inputs, nexts)
+        held = [(s.name, s.next) for s in graph.states]
+        self._step, self.source, specs, slots = generate(
+            graph.step, graph.consts, inputs, nexts, held
+        )
         for s, (shape, _) in zip(graph.states, specs, strict=True):
             if shape != (1, *s.shape):
                 raise ValueError(f"state {s.name}: its next value has shape {shape}, not {s.shape}")
+        self._buffer = np.zeros((2, sum(size for _, size in slots)))
+        self._views = [  # per row: the states as arrays (1, …) over it
+            tuple(
+                row[at : at + size].reshape(1, *s.shape)
+                for s, (at, size) in zip(graph.states, slots, strict=True)
+            )
+            for row in self._buffer
+        ]
         self.reset()
         self(np.zeros(graph.d_input, dtype=np.float32))  # compile now
         self.reset()
 
     def reset(self) -> None:
-        self.state = tuple(np.zeros((1, *s.shape)) for s in self.graph.states)
-        self._next = tuple(np.empty_like(v) for v in self.state)
+        self._buffer[:] = 0.0
+        self._row = 0
+        self.state = self._views[0]
 
     def __call__(self, x_t: np.ndarray) -> tuple:
         """x_t (d_input,) → the new state (1, …) per state; the arrays are reused two steps on
         (copy them to keep them)."""
-        self._step(np.asarray(x_t, dtype=np.float32).reshape(1, -1), *self.state, *self._next)
-        self.state, self._next = self._next, self.state
+        if type(x_t) is not np.ndarray or x_t.ndim != 1:
+            x_t = np.asarray(x_t, dtype=np.float32).reshape(-1)
+        self._step(x_t, self._buffer, self._row)
+        self._row = 1 - self._row
+        self.state = self._views[self._row]
         return self.state
 
     def codes(self) -> dict[str, np.ndarray]:

@@ -46,6 +46,14 @@ def code_type(lo: int, hi: int):
     raise ValueError(f"codes in [{lo}, {hi}] need more than 32 bits")
 
 
+EXACT_TYPES = {  # Q/DQ types by their whole range: saturating to it is clipping codes to it
+    (-8, 7): TensorProto.INT4,
+    (0, 15): TensorProto.UINT4,
+    (-128, 127): TensorProto.INT8,
+    (0, 255): TensorProto.UINT8,
+    (-(2**15), 2**15 - 1): TensorProto.INT16,
+    (0, 2**16 - 1): TensorProto.UINT16,
+}
 TABLE_LIMIT = 2**18  # the most elements a table (below) may hold
 DOUBLE, FLOAT, INT64 = TensorProto.DOUBLE, TensorProto.FLOAT, TensorProto.INT64
 DTYPES = {DOUBLE: np.dtype(np.float64), FLOAT: np.dtype(np.float32), INT64: np.dtype(np.int64)}
@@ -58,7 +66,8 @@ class Val(Symbolic):
     reads it: a product ``x · c`` (``scaled``), the float64 view of a float32 tensor (``f32``),
     a node ``make`` writes.  Known where it applies: ``bound`` (integer values, |v| ≤ bound),
     ``stacked`` ((stack, k): this is stack[k]), ``gemm`` ((x, B, C): this is x·B + C, exact),
-    ``negated`` (a node holding −this)."""
+    ``negated`` (a node holding −this), ``code`` ((tensor, numpy type, lo, hi): an integer
+    tensor whose values clipped to [lo, hi] are these)."""
 
     def __init__(
         self,
@@ -75,11 +84,12 @@ class Val(Symbolic):
         stacked=None,
         gemm=None,
         negated=None,
+        code=None,
     ):
         self.e, self.name, self.value, self.table = e, name, value, table
         self.dtype = np.dtype(dtype if value is None else value.dtype)
         self.scaled, self.f32, self.make, self.bound = scaled, f32, make, bound
-        self.stacked, self.gemm, self.negated = stacked, gemm, negated
+        self.stacked, self.gemm, self.negated, self.code = stacked, gemm, negated, code
 
     @property
     def node(self) -> bool:
@@ -139,6 +149,13 @@ class Emitter:
         z = np.asarray(zp, dtype=np_type)
         return self.init(f"c/zp_{z.dtype.name}_{zp}", z)
 
+    def typed_zero(self, onnx_type: int, zp: int) -> str:
+        """A zero point of an ONNX integer type (also the 4-bit ones numpy has no type for)."""
+        name = f"{self.prefix}c/zp_t{onnx_type}_{zp}"
+        if name not in self.inits:
+            self.inits[name] = helper.make_tensor(name, onnx_type, [], [zp])
+        return name
+
     def unit_scale(self, np_type, zp: int) -> list[str]:
         """Scale 1 and the zero point: the parameters of a Q/DQ pair over stored codes."""
         return [self.init("c/one_f32", np.float32(1)), self.zero_point(np_type, zp)]
@@ -163,7 +180,7 @@ class Emitter:
                 self.memo[key] = self.node(
                     "QuantizeLinear", [stack.f32, *self.unit_scale(np_type, zp)]
                 )
-            take = [self.memo[key], self.scalar(k, np.int64)]
+            take = [self.memo[key], self.scalar(k, np.int32)]  # int32: see _s4d
             self.nodes.append(helper.make_node("Gather", take, [out], axis=0))
             return
         f = self.lift(self.f32(value))
@@ -290,13 +307,18 @@ class Emitter:
             code = self.quant(self.node("Div", [x, s]), zp, np_type, hint, dequant=False)
             v = self.node("Sub", [code, self.init(f"c/f{zp}", np.float32(zp))])
             return self.apply("Cast", v, to=DOUBLE)
-        code = self.node("QuantizeLinear", [x, s, z])
         if not (self.table and self.index is None and hi - lo < 256):
-            return self.from_code(code, zp, np_type, hint)
+            return self.from_code(self.node("QuantizeLinear", [x, s, z]), zp, np_type, hint)
         # the table's index: the stored code clipped, as int64; row i holds code lo + i
         qlo, qhi = lo + zp, hi + zp
-        bounds = [self.scalar(q, np_type) for q in (qlo, qhi)]
-        index = self.node("Cast", [self.node("Clip", [code, *bounds])], to=INT64)
+        exact = EXACT_TYPES.get((qlo, qhi))
+        if exact is not None:  # QuantizeLinear to a type of just that range clips
+            code = self.node("QuantizeLinear", [x, s, self.typed_zero(exact, zp)])
+            index = self.node("Cast", [code], to=INT64)
+        else:
+            code = self.node("QuantizeLinear", [x, s, z])
+            bounds = [self.scalar(q, np_type) for q in (qlo, qhi)]
+            index = self.node("Cast", [self.node("Clip", [code, *bounds])], to=INT64)
         index = self.node("Reshape", [index, self.init("c/flat", np.int64([-1]))])
         roll = qlo  # Gather reads negative indices from the end: rows rolled by the lowest code
         if not qlo <= 0 <= qhi + 1:
@@ -306,18 +328,16 @@ class Emitter:
 
     def halves(self, v: Val, axis: int = -1) -> tuple[Val, Val]:
         """The two halves of the last axis (or ``axis``); of a Gemm not yet written, one Gemm
-        whose second half is negated (the second half is then the negation of a node, which
+        per half, the second negated (the second half is then the negation of a node, which
         GLU's sigmoid takes the negation of)."""
         if not v.node:
             a, g = np.split(v.value, 2, axis=axis)
             return Val(self, value=a, table=v.table), Val(self, value=g, table=v.table)
         if v.name is None and v.gemm is not None and axis == -1:
             x, b, c = v.gemm
-            n = b.shape[1] // 2
-            sign = np.where(np.arange(2 * n) < n, 1.0, -1.0)  # exact: the Gemm is exact
-            a, ng = self.halves(
-                Val(self, self.node("Gemm", [x, self.const(b * sign), self.const(c * sign)]))
-            )
+            n = b.shape[1] // 2  # exact as the Gemm is; two cost less than one and a Split
+            a = Val(self, self.node("Gemm", [x, self.const(b[:, :n]), self.const(c[:n])]))
+            ng = Val(self, self.node("Gemm", [x, self.const(-b[:, n:]), self.const(-c[n:])]))
             return a, Val(self, make=lambda: self.node("Neg", [ng]), negated=ng)
         a, g = self.tmp(self.hint), self.tmp(self.hint)
         split = helper.make_node("Split", [self.lift(v)], [a, g], axis=axis, num_outputs=2)
@@ -501,9 +521,19 @@ RULES = {"f32": _f32, "rint": _rint, "clip": _clip, "mul": _mul, "div": _div, "n
 
 def _lut(e: Emitter, op) -> Val | None:
     """One table, codes in reach of Gather's negative indices: Gather by the code itself, the
-    table's rows rolled by the offset."""
+    table's rows rolled by the offset; codes held by an 8-bit tensor before their clip
+    (``Val.code``): Gather by that tensor from a table over its type's every code, the clip's."""
     src, table = e.get(op.src), np.asarray(e.consts[op.table], np.float64)
-    if not src.node or op.channels != 1 or not op.offset <= 0 <= op.offset + len(table):
+    if not src.node or op.channels != 1:
+        return None
+    if src.code is not None and op.offset <= src.code[2] and src.code[3] < op.offset + len(table):
+        q, np_type, lo, hi = src.code
+        codes = np.arange(np.iinfo(np_type).min, np.iinfo(np_type).max + 1)
+        every = np.empty(len(codes))
+        every[codes % len(codes)] = table[np.clip(codes, lo, hi) - op.offset]  # c < 0 from the end
+        index = e.node("Cast", [q], to=INT64)
+        return Val(e, e.node("Gather", [e.init(f"{op.table}:{np_type.__name__}", every), index]))
+    if not op.offset <= 0 <= op.offset + len(table):
         return None
     index = e.node("Cast", [src.f32 if src.f32 is not None else src], to=INT64)
     rolled = e.init(f"{op.table}:rolled", np.roll(table, op.offset))
@@ -577,9 +607,11 @@ def _stack(a, b, rank: int) -> np.ndarray:
 def _s4d(e: Emitter, ops: list) -> int:
     """Two ``Float32Update`` ops over the same inputs (an S4D state's real and imaginary parts)
     as one over a leading axis of 2 (the first op's constants, then the second's); a
-    ``Float32Readout`` of both that follows reads the stacked state (one product for both),
-    its halving sum over a power-of-two number of modes a Split and an Add per halving (a
-    ReduceSum over an axis of 2 costs onnxruntime more, at batch 1 and far more at 64).
+    ``Float32Readout`` of both that follows reads the stacked state (one product for both), its
+    halving sum over a power-of-two number of modes one pairing MatMul per halving (``_paired``),
+    its rounding one QuantizeLinear (``_requantized``).  The stack's parts are taken by Gathers
+    with int32 indices: onnxruntime costs a Split more than two Gathers, and it fuses Gathers
+    with int64 indices into a Split and Squeezes.
     Returns how many ops it wrote (0: none)."""
     from .ops import Float32Readout, Float32Update
 
@@ -612,7 +644,7 @@ def _s4d(e: Emitter, ops: list) -> int:
     else:
         x = e.codes(e.clip(e.rint(v), a.lo, a.hi))  # (2, B, …), a float64 view of float32 codes
     for k, op in enumerate((a, b)):
-        take = lambda k=k: e.node("Gather", [x.f32, e.scalar(k, np.int64)], axis=0)  # noqa: E731
+        take = lambda k=k: e.node("Gather", [x.f32, e.scalar(k, np.int32)], axis=0)  # noqa: E731
         part = Val(e, dtype=np.float32, make=take, bound=x.bound)
         e.set(Val(e, f32=part, bound=x.bound, stacked=(x, k)), op.out)
     r = ops[2] if len(ops) > 2 else None
@@ -624,15 +656,57 @@ def _s4d(e: Emitter, ops: list) -> int:
     ):
         return 2
     e.hint = r.out
-    p = stack(r.factors[0], r.factors[1]) * (e.f32(x) * stack(r.scales[0], r.scales[1]))
-    t = reduce(add, e.halves(p, axis=0))  # (1, B, …, modes)
-    for _ in range(r.modes.bit_length() - 1):  # the second half onto the first
-        t = reduce(add, e.halves(t))
+    f, g = stack(r.factors[0], r.factors[1]), stack(r.scales[0], r.scales[1])
+    p = f * (e.f32(x) * g)
+    t = reduce(add, (e.apply("Gather", p, e.scalar(k, np.int32), axis=0) for k in (0, 1)))
+    finite = 2 * r.modes * x.bound * np.abs(f.value * g.value.astype(np.float64)).max() < 2.0**127
+    for m in (r.modes >> k for k in range(r.modes.bit_length() - 1)):  # second half onto first
+        t = _paired(e, t, m) if finite and m <= PAIRING_LIMIT else reduce(add, e.halves(t))
     t = e.apply("Reshape", t, e.init(f"c/shape{shape[:-1]}", np.int64([-1, *shape[:-1]])))
     last = dataclasses.replace(r, terms=r.terms[-1:], factors=r.factors[-1:], scales=r.scales[-1:])
     (skip,) = last.products(e)  # the last term's product (D·u)
-    e.set(r.rounded(e, t + skip), r.out)
+    v = t + skip
+    e.set(_requantized(e, r, v) or r.rounded(e, v), r.out)
     return 3
+
+
+PAIRING_LIMIT = 64  # the most modes a pairing MatMul halves (its cost grows as their square)
+
+
+def _paired(e: Emitter, t: Val, m: int) -> Val:
+    """t[…, :m/2] + t[…, m/2:] of finite float32 t as one MatMul by a 0/1 matrix with two ones
+    per column: each output sums a, b and exact zeros in some order, so it is the one rounding
+    of a + b the Add makes (only a zero's sign may differ, which no code can tell)."""
+    h = m // 2
+    pairs = np.zeros((m, h), np.float32)
+    pairs[np.arange(h), np.arange(h)] = pairs[np.arange(h, m), np.arange(h)] = 1
+    return e.apply("MatMul", t, e.init(f"c/pairs{m}", pairs))
+
+
+def _requantized(e: Emitter, op, v: Val) -> Val | None:
+    """``op.rounded(v)`` of float32 v, rint(v / scale) clipped to [lo, hi], as one
+    QuantizeLinear to the 8-bit type holding [lo, hi] where the scale is per tensor (it divides,
+    rounds half to even and saturates to the type): the codes are its output clipped to
+    [lo, hi], read through DequantizeLinear (and a Clip, unless [lo, hi] is the whole type) or
+    by a ``Lut`` over every code of the type."""
+    scale = np.asarray(e.consts[op.out_scale], np.float32)
+    np_type, _, _ = code_type(min(op.lo, 0), max(op.hi, 0))
+    if np.iinfo(np_type).bits != 8 or scale.ndim or v.dtype != np.float32 or e.qonnx:
+        return None
+    q = e.node(
+        "QuantizeLinear", [v, e.init(f"{op.out_scale}:f32", scale), e.zero_point(np_type, 0)]
+    )
+    whole = (op.lo, op.hi) == (np.iinfo(np_type).min, np.iinfo(np_type).max)
+
+    def codes() -> str:
+        c = e.node("DequantizeLinear", [q, *e.unit_scale(np_type, 0)])
+        return (
+            c if whole else e.node("Clip", [c, *(e.scalar(b, np.float32) for b in (op.lo, op.hi))])
+        )
+
+    bound = max(-op.lo, op.hi)
+    f32 = Val(e, dtype=np.float32, make=codes, bound=bound)
+    return Val(e, f32=f32, bound=bound, code=(q, np_type, op.lo, op.hi))
 
 
 # ------------------------------------------------------------------------------------- graphs

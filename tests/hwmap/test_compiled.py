@@ -70,3 +70,23 @@ def test_compiled_float32_arithmetic_equals_numpy_on_random_near_ties():
     x1, y = fn(*(v.astype(np.float64) for v in inputs.values()))
     assert np.array_equal(x1, env["x1"]) and np.array_equal(y, env["y"])
     assert len(np.unique(env["y"])) > 3  # the readout is not saturated
+
+
+def test_compiled_stream_reads_any_one_dimensional_input_and_checks_its_size(tiny_run, recipe_of):
+    """The step reads x_t in place from a 1-d array of any dtype and strides (as float32, as
+    the interpreter casts it), converts anything else, and refuses a wrong length."""
+    graph = lower(load_run_model(tiny_run("s4d"))[0])
+    fast = CompiledStream(graph)
+    seq = load_data(recipe_of("s4d")).test.x.numpy()[0].astype(np.float64) * 1.001
+    wide = np.repeat(seq, 3, axis=1)  # column k::3 is a strided view of seq's values
+    for feed in (seq, wide[:, ::3], seq.tolist()):
+        slow = intref.Stream(graph)
+        fast.reset()
+        for t in range(len(seq)):
+            slow(seq[t])
+            state = fast(feed[t])
+            assert all(np.array_equal(v, slow.state[k]) for k, v in fast.codes().items())
+        assert all(np.array_equal(a, b) for a, b in zip(state, fast.state, strict=True))
+        assert np.array_equal(fast.logits(), slow.logits())
+    with pytest.raises(ValueError, match="x: expected"):
+        fast(np.zeros(graph.d_input + 1, dtype=np.float32))
