@@ -65,6 +65,7 @@ def machine(threads: int | None = None) -> dict:
         "memory_gib": memory_gib,
         "threads": threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "platform": platform.platform(),
         "versions": versions,
     }

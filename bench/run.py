@@ -34,6 +34,9 @@ commit and the command line.  ``bench/results/performance.json`` is the committe
 ``python bench/render_docs.py`` renders into docs/performance.md.
 """
 
+import qssm  # noqa: F401  (before torch: its OpenMP threads' spin, Brevitas' optional warning)
+
+# isort: split
 import argparse
 import json
 import os
@@ -47,8 +50,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-import qssm  # noqa: F401  (silences Brevitas' optional-kernel warning before it is imported)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance, write_json_atomic  # noqa: E402

@@ -2,6 +2,7 @@
 found by name outside the checkout, the version and the license."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,3 +68,15 @@ def test_a_built_wheel_ships_the_recipes_and_finds_them_by_name(tmp_path):
         check=True,
     )
     assert version.stdout.strip() == f"qssm {qssm.__version__}"
+
+
+def test_import_sets_a_short_openmp_spin_unless_the_environment_has_one():
+    """``import qssm`` gives libgomp (torch's OpenMP, loaded after it) a short spin before its
+    idle threads sleep, and keeps a value the environment already has."""
+    code = "import os, qssm; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    run = lambda env: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert run(env) == "1000"
+    assert run({**env, "GOMP_SPINCOUNT": "5"}) == "5"
