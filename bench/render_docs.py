@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- render: (?P<spec>[^>]*?) -->\n(?P<body>.*?)<!-- /render -->", re.S)
-BENCH_CMD = "OMP_NUM_THREADS=1 python bench/run.py --steps 5 --out bench/results/performance.json"
+BENCH_CMD = "OMP_NUM_THREADS=1 python bench/run.py --steps 9 --out bench/results/performance.json"
 
 
 class RenderError(Exception):
@@ -687,7 +687,7 @@ def r_bench(root: Path, args: list[str]) -> str:
 
 
 THREADS_CMD = (
-    "OMP_NUM_THREADS=2 python bench/run.py --steps 5 --out bench/results/performance_2threads.json"
+    "OMP_NUM_THREADS=2 python bench/run.py --steps 9 --out bench/results/performance_2threads.json"
 )
 
 
