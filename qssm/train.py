@@ -28,11 +28,12 @@ def keep_freed_memory() -> bool:
 
     torch has no caching allocator on the CPU: every (B, L, H) activation and gradient of a
     step is a fresh malloc of megabytes, which glibc serves with mmap and returns to the system
-    when freed, so the next step takes a page fault for every 4 KiB it writes — a third of a
-    minGRU QAT step on a virtual machine (docs/performance.md).  Serving blocks under 32 MiB
-    from the heap and never trimming the heap's top below 1 GiB keeps them mapped; the peak
-    resident memory is the same, it is only not handed back between steps.  Process-wide and
-    idempotent; returns False (changing nothing) where the C library has no ``mallopt``."""
+    when freed, so the next step takes a page fault for every 4 KiB it writes — up to a third
+    of a minGRU QAT step on a virtual machine (docs/performance.md).  Serving blocks under
+    32 MiB from the heap and never trimming the heap's top below 1 GiB keeps them mapped; the
+    memory is not handed back between steps, so the peak resident memory grows a little (the
+    S4D QAT bench: 0.76 → 0.89 GiB).  Process-wide and idempotent; returns False (changing
+    nothing) where the C library has no ``mallopt``."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):
