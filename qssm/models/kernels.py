@@ -53,14 +53,19 @@ class GRUScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gh):
-        z, cand, h = ctx.saved_tensors
-        gz, gcand = torch.empty_like(h), torch.empty_like(h)
-        numba_threads()
-        _scan_backward(
-            as_array(z.to(h.dtype)), as_array(cand.to(h.dtype)), h.numpy(),
-            as_array(gh.to(h.dtype)), gz.numpy(), gcand.numpy(),
-        )  # fmt: skip
-        return gz.to(z.dtype), gcand.to(cand.dtype)
+        return _scan_grads(_scan_backward, *ctx.saved_tensors, gh)
+
+
+def _scan_grads(kernel, first, cand, h, g) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂L/∂first, ∂L/∂h̃) of a scan node from its backward ``kernel(first, h̃, states, g,
+    ∂first, ∂h̃)``, run in the states' dtype."""
+    g_first, g_cand = torch.empty_like(h), torch.empty_like(h)
+    numba_threads()
+    kernel(
+        as_array(first.to(h.dtype)), as_array(cand.to(h.dtype)), h.numpy(),
+        as_array(g.to(h.dtype)), g_first.numpy(), g_cand.numpy(),
+    )  # fmt: skip
+    return g_first.to(first.dtype), g_cand.to(cand.dtype)
 
 
 def gru_scan(z: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
@@ -180,14 +185,7 @@ class HardGRUScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout):
-        pre, cand, h = ctx.saved_tensors
-        gpre, gcand = torch.empty_like(h), torch.empty_like(h)
-        numba_threads()
-        _hard_backward(
-            as_array(pre.to(h.dtype)), as_array(cand.to(h.dtype)), h.numpy(),
-            as_array(gout.to(h.dtype)), gpre.numpy(), gcand.numpy(),
-        )  # fmt: skip
-        return gpre.to(pre.dtype), gcand.to(cand.dtype)
+        return _scan_grads(_hard_backward, *ctx.saved_tensors, gout)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
