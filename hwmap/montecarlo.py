@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qssm.cluster import ray_session
 from qssm.io import write_json
 
 from . import intref, ops, simulate, targets
@@ -151,27 +152,19 @@ def on_ray(address: str | None):
     """Batches as Ray tasks of one CPU each (``address``: a cluster; None starts a local Ray)."""
 
     def run_in(chips: Chips, tasks: list[dict]):
-        try:
-            import ray  # noqa: PLC0415 (optional extra)
-        except ImportError:
-            raise MonteCarloError("the Ray executor needs Ray: pip install 'qssm[ray]'") from None
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        try:
+        with ray_session(address, MonteCarloError) as ray:
             shared, task = ray.put(chips), ray.remote(num_cpus=1)(_on_ray)
             pending = [task.remote(shared, t) for t in tasks]
-            while pending:
-                ready, pending = ray.wait(pending)
-                try:
-                    yield from ray.get(ready)
-                except ray.exceptions.RayTaskError as err:
-                    raise err.cause from None
-        finally:
-            for p in pending:
-                ray.cancel(p)
-            if started:
-                ray.shutdown()
+            try:
+                while pending:
+                    ready, pending = ray.wait(pending)
+                    try:
+                        yield from ray.get(ready)
+                    except ray.exceptions.RayTaskError as err:
+                        raise err.cause from None
+            finally:
+                for p in pending:
+                    ray.cancel(p)
 
     return run_in
 
@@ -190,10 +183,10 @@ _CHIPS: Chips | None = None  # a worker process's inputs, set once by _start
 def _start(chips: Chips) -> None:
     """A worker process: one BLAS thread (numba kernels run on one thread anyway), and the
     simulator's kernels compiled (or loaded from numba's cache) once, before any batch."""
-    global _CHIPS, _THREADS
+    global _CHIPS
     from threadpoolctl import threadpool_limits  # noqa: PLC0415 (workers only)
 
-    _THREADS = threadpool_limits(1)
+    threadpool_limits(1)  # kept until restored: for the worker's life
     _CHIPS = chips
     t = chips.target
     simulate.Simulator(chips.graph, chips.fit(t), t, simulate.NONIDEALITIES).run(chips.x[:2, :2])

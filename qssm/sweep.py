@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .cluster import ray_session
 from .data import Dataset, Split
 from .io import atomic_write, read_json, write_json
 from .models.backbone import Classifier
@@ -220,14 +221,7 @@ def one_thread():
 
 
 def _run_ray(sweep_dir: Path, todo: list[dict], address: str | None, bar) -> list[dict]:
-    try:
-        import ray  # noqa: PLC0415 (optional extra)
-    except ImportError:
-        raise RuntimeError("the Ray executor needs Ray: pip install 'qssm[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(address) as ray:
         task = ray.remote(num_cpus=1)(run_point)
         pending = [task.remote(str(sweep_dir), p) for p in todo]
         rows = []
@@ -236,9 +230,6 @@ def _run_ray(sweep_dir: Path, todo: list[dict], address: str | None, bar) -> lis
             rows += ray.get(ready)
             bar.update(len(ready))
         return rows
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def to_csv(rows: list[dict]) -> str:
