@@ -9,7 +9,7 @@ import yaml
 from hwmap.targets import load_target
 from qssm.cli import _chip, main
 from qssm.io import read_json
-from qssm.recipe import parse_recipe
+from qssm.recipe import parse_recipe, recipe_path
 from qssm.search import Config, Search, Space, measure_footprint, moves, spearman
 
 RECIPE = {
@@ -157,6 +157,8 @@ def test_neighbours_are_one_move_away_on_the_tight_set(space):
                 assert projected.bits[g] == child.bits[g]
 
 
+MINIMALIST_QUANT = yaml.safe_load(recipe_path("minimalist").read_text())["quant"]
+
 # A hardware family: the budget can be a target's capacitor area (the tiny MINIMALIST minGRU)
 RECIPE_HW = {
     "name": "search_hw_tiny",
@@ -164,20 +166,7 @@ RECIPE_HW = {
     "data": {"name": "sdigits"},
     "model": {"family": "mingru_hw", "d_model": 16, "n_layers": 1, "pool": "mean"},
     "float": {"epochs": 2, "batch_size": 32, "lr": 0.01, "mode": "recurrent"},
-    "quant": {
-        "default": {"bits": 2, "observer": "mse", "granularity": "per_channel"},
-        "targets": [
-            {"roles": ["encoder.bias", "decoder.bias", "gru.bz", "gru.bh"], "bits": 6},
-            {"roles": ["gru.gate"], "bits": 6, "granularity": "per_tensor"},
-            {"roles": ["gru.state", "gru.cand"], "enabled": False},
-            {
-                "roles": ["act.input", "act.output", "decoder.weight"],
-                "bits": 8,
-                "observer": "percentile",
-                "granularity": "per_tensor",
-            },
-        ],
-    },
+    "quant": MINIMALIST_QUANT,  # the MINIMALIST recipe's bits
     "ptq": {"calibration_batches": 2},
     "qat": {"epochs": 1, "batch_size": 32},
     "eval": {"batch_size": 400},

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from hwmap import montecarlo, simulate
 from hwmap.intref import Numpy, init_state, step
@@ -13,7 +14,7 @@ from hwmap.lower import lower
 from hwmap.mapping import map_graph, unit_sigma
 from hwmap.targets import leak_fraction, load_target, swing
 from hwmap.verify import sim_ideal_vs_intref
-from qssm.recipe import parse_recipe
+from qssm.recipe import parse_recipe, recipe_path
 from qssm.runs import load_data, load_run_model, open_run, quantize_run
 from qssm.sweep import one_thread
 
@@ -192,6 +193,8 @@ def test_unknown_nonideality_is_refused(tiny_run, recipe_of):
         simulate.Simulator(graph, mapping, t, on=["gremlins"])
 
 
+MINIMALIST_QUANT = yaml.safe_load(recipe_path("minimalist").read_text())["quant"]
+
 GOLDEN_MC = Path(__file__).resolve().parents[1] / "golden" / "sdigits_mingru_hw_mc.csv"
 GOLDEN_COLUMNS = ("id", "chips", "sequences", "ideal", "mean", "p50", "yield_4", "agreement")
 GOLDEN_RECIPE = {  # a small hardware minGRU on sdigits (near chance: the table's sensitive
@@ -201,20 +204,7 @@ GOLDEN_RECIPE = {  # a small hardware minGRU on sdigits (near chance: the table'
     "data": {"name": "sdigits", "options": {"limit_train": 512, "limit_test": 64}},
     "model": {"family": "mingru_hw", "d_model": 16, "n_layers": 2},
     "float": {"epochs": 12, "batch_size": 32, "lr": 0.01, "mode": "recurrent"},
-    "quant": {
-        "default": {"bits": 2, "observer": "mse", "granularity": "per_channel"},
-        "targets": [
-            {"roles": ["encoder.bias", "decoder.bias", "gru.bz", "gru.bh"], "bits": 6},
-            {"roles": ["gru.gate"], "bits": 6, "granularity": "per_tensor"},
-            {"roles": ["gru.state", "gru.cand"], "enabled": False},
-            {
-                "roles": ["act.input", "act.output", "decoder.weight"],
-                "bits": 8,
-                "observer": "percentile",
-                "granularity": "per_tensor",
-            },
-        ],
-    },
+    "quant": MINIMALIST_QUANT,  # the MINIMALIST recipe's bits
     "ptq": {"calibration_batches": 4, "batch_size": 32},
     "qat": {"epochs": 2, "batch_size": 32},
     "eval": {"batch_size": 64},
