@@ -198,11 +198,8 @@ class Space:
 
     def bits_of(self, config: Config) -> int:
         """The footprint (``footprint.total_bits``) of ``config``."""
-        elements = self.elements(config.structure)
-        total = self._fixed[config.structure]
-        for group, b in zip(self.groups, config.bits, strict=True):
-            total += b * sum(elements.get(r, 0) for r in group)
-        return total
+        n = self.group_elements(config.structure)
+        return int(self._fixed[config.structure] + np.dot(config.bits, n))
 
     def chip_of(self, quant: dict) -> dict | None:
         """``chip``'s figures of ``quant`` on its calibrated model (None: the target cannot map
@@ -243,12 +240,15 @@ class Space:
         idx = [self.widths.index(b) for b in config.bits]
         return float(base + table[np.arange(len(idx)), idx].sum())
 
+    def group_elements(self, structure) -> np.ndarray:
+        """How many stored elements each group of ``structure`` holds."""
+        elements = self.elements(structure)
+        return np.array([sum(elements.get(r, 0) for r in g) for g in self.groups])
+
     def totals(self, structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every width index per group of ``structure`` (rows), with its footprint in bits and
         its area in mm² (0 without a ``chip``)."""
-        w = np.array(self.widths)
-        elements = self.elements(structure)
-        n = np.array([sum(elements.get(r, 0) for r in g) for g in self.groups])
+        w, n = np.array(self.widths), self.group_elements(structure)
         idx = np.array(list(itertools.product(range(len(w)), repeat=len(n))))
         bits = self._fixed[structure] + w[idx] @ n
         area = np.zeros(len(idx))
@@ -264,7 +264,7 @@ class Space:
         out = []
         for s in self.structures:
             idx, bits, area = self.totals(s)
-            n = np.array([sum(self.elements(s).get(r, 0) for r in g) for g in self.groups])
+            n = self.group_elements(s)
             nxt = np.minimum(idx + 1, top)
             raise_bits = (w[nxt] - w[idx]) * n  # 0 at the top width or for an empty group
             up = bits[:, None] + raise_bits <= budget_bits
