@@ -118,15 +118,18 @@ def summarize_run(run: Path) -> dict:
         result["verify"] = _prune(_read_json(verify))
     if (run / "hw" / "mapping.json").exists():
         result["mapping"] = _read_json(run / "hw" / "mapping.json")["totals"]
-    result["provenance"] = {
-        "collected": now(),
-        **git_commit(),
-        "run_finished": _mtime(run / "metrics.json"),
-        "verify_written": _mtime(verify) if verify.exists() else None,
-        "command": command_line(),
-        "machine": machine(),  # of the collection; collect where the run ran
-    }
+    written = _mtime(verify) if verify.exists() else None
+    result["provenance"] = _provenance(run / "metrics.json", verify_written=written)
     return result
+
+
+def _provenance(finished: Path, machine_too: bool = True, **written) -> dict:
+    """When and at which commit a file was collected, when the run's ``finished`` file (and
+    the ``written`` ones) were written, the command, and (``machine_too``) the machine of the
+    collection: collect where the run ran."""
+    out = {"collected": now(), **git_commit(), "run_finished": _mtime(finished), **written}
+    out["command"] = command_line()
+    return out | {"machine": machine()} if machine_too else out
 
 
 def _number(text: str):
@@ -148,12 +151,7 @@ def summarize_sweep(run: Path) -> dict:
         "recipe": name,
         **_recipe_info(run),
         "rows": rows,
-        "provenance": {
-            "collected": now(),
-            **git_commit(),
-            "run_finished": _mtime(run / "results.csv"),
-            "command": command_line(),
-        },
+        "provenance": _provenance(run / "results.csv", machine_too=False),
     }
 
 
@@ -163,13 +161,7 @@ def summarize_neurobench(run: Path) -> dict:
         raise CollectError(f"{run}: no neurobench.json; run `qssm eval {run} --neurobench` first")
     return {
         **_read_json(path),
-        "provenance": {
-            "collected": now(),
-            **git_commit(),
-            "run_finished": _mtime(path),  # when the NeuroBench measurement was written
-            "command": command_line(),
-            "machine": machine(),
-        },
+        "provenance": _provenance(path),  # run_finished: the NeuroBench measurement
     }
 
 
