@@ -99,7 +99,8 @@ class QuantMinGRU(Quantized, nn.Module):
     def _fused(self, pre_z: torch.Tensor, cand: torch.Tensor) -> torch.Tensor | None:
         """The hardware layer's gate, analog recurrence and comparator as one kernel
         (:class:`HardGRUScan`, or :class:`HardGateScan` with the gate on a per-tensor grid):
-        the same values and gradients as the separate nodes of :meth:`forward`.  None where
+        the same values and gradients as the separate nodes of :meth:`forward` (the gate's
+        scale's: the same terms, summed in the kernel).  None where
         those are needed: not the hardware variant, noise while training, a quantized state,
         a calibrating gate, a gate whose quantizer is observed (forward hooks: the lowering
         records its codes), or a gate grid the kernel does not take (not float32 per-tensor,

@@ -81,8 +81,11 @@ def test_per_step_form_equals_brevitas_values_and_gradients(signed, symmetric, g
     fast.pow(2).sum().backward()
     grads_fast = [x_test.grad.clone()] + [p.grad.clone() for p in q.parameters()]
     assert torch.equal(ref, fast)
-    for a, b in zip(grads_ref, grads_fast, strict=True):
-        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(grads_ref[0], grads_fast[0])
+    for a, b in zip(grads_ref[1:], grads_fast[1:], strict=True):  # the scale's parameters:
+        # FakeQuant sums their terms in float64, Brevitas in float32, and the terms (code − z)
+        # and −x/s nearly cancel, so the two agree to float32's cancellation error
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_minmax_calibration_matches_hand_computed_scale():

@@ -5,10 +5,12 @@ dozen backward; on the (B, L, H) activations of a QAT step that was a tenth of t
 kernels make the same float32 operations on the same values in the same order — x / s, + z,
 round half to even, clamp, − z, × s forward; g·[inside], g·(code − z), −(g·s·[inside])·x /
 (s·s) and g·s·([inside] − 1) backward — so values and elementwise gradients are bit-identical;
-the scale's and zero point's gradients stay torch's ``sum_to_size`` of those products, summed as
-before.  Saved for the backward pass: the rounded codes clipped to one past the range (int8 up
-to 7 bits, int16 above), from which the kernel rebuilds the code and the clamp mask.
-``tests/quant/kernels/test_fakequant.py`` checks them against the torch arithmetic bit for bit.
+the scale's and zero point's gradients are those products summed in float64 (in fixed chunks,
+whatever the thread count) and rounded once, as FakeQuant's torch ops sum them.  Saved for the
+backward pass: the rounded codes clipped to one past the range (int8 up to 7 bits, int16
+above), from which the kernel rebuilds the code and the clamp mask.
+``tests/quant/kernels/test_fakequant.py`` checks them against the torch arithmetic bit for bit
+and the sums against float64 sums of its terms.
 """
 
 import numba
@@ -19,6 +21,7 @@ from ...models.kernels import numba_threads
 from . import code_dtype
 
 SMALL = 2**16  # elements below which torch's ops beat starting the kernels' threads
+CHUNK = 2**14  # elements per partial sum of the scale's and zero point's gradients
 
 
 def applies(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> bool:
@@ -43,14 +46,14 @@ def forward(x, scale, zero_point, qmin: int, qmax: int) -> tuple[torch.Tensor, t
 def backward(g, x, scale, zero_point, codes, qmin: int, qmax: int, needs: tuple[bool, ...]):
     """(∂L/∂x, ∂L/∂scale, ∂L/∂zero point) where ``needs`` asks for them."""
     g_ = g.contiguous()
-    parts = [torch.empty_like(g_) for _ in range(4)]  # g·[in], g·(code − z), −g·s·[in]·x/s², …
+    gx = torch.empty_like(g_)
+    sums = torch.zeros((-(-g_.numel() // CHUNK), 2), dtype=torch.float64)
     s, z = np.float32(scale.item()), np.float32(zero_point.item())
-    arrays = [t.numpy().ravel() for t in (g_, x.detach().contiguous(), codes, *parts)]
+    arrays = [t.numpy().ravel() for t in (g_, x.detach().contiguous(), codes, gx)]
     numba_threads()
-    _backward(*arrays, s, z, np.float32(qmin), np.float32(qmax), needs[1], needs[2])
-    gx, by_code, by_x, gz = parts
-    gs = by_code.sum_to_size(scale.shape) + by_x.sum_to_size(scale.shape) if needs[1] else None
-    return gx if needs[0] else None, gs, gz.sum_to_size(zero_point.shape) if needs[2] else None
+    _backward(*arrays, sums.numpy(), s, z, np.float32(qmin), np.float32(qmax), *needs[1:3])
+    gs, gz = (sums[:, k].sum().to(scale.dtype).reshape(scale.shape) for k in (0, 1))
+    return gx if needs[0] else None, gs if needs[1] else None, gz if needs[2] else None
 
 
 @numba.njit(inline="always")
@@ -79,13 +82,51 @@ def _forward(x, s, z, qmin, qmax, out, codes):
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _backward(g, x, codes, gx, by_code, by_x, gz, s, z, qmin, qmax, scale_grad, zp_grad):
+def _backward(g, x, codes, gx, sums, s, z, qmin, qmax, scale_grad, zp_grad):
+    """gx elementwise; sums (chunks, 2) float64: the scale's and the zero point's terms summed
+    per chunk of CHUNK elements, so the sums do not depend on the thread count."""
+    n = g.size
+    for c in numba.prange(sums.shape[0]):
+        part = slice(c * CHUNK, min(c * CHUNK + CHUNK, n))
+        terms = np.empty((3, part.stop - part.start), dtype=np.float32)
+        _chunk(g[part], x[part], codes[part], s, z, qmin, qmax, gx[part], terms)
+        if scale_grad:
+            sums[c, 0] = sum64(terms[0]) + sum64(terms[1])
+        if zp_grad:
+            sums[c, 1] = sum64(terms[2])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _chunk(g, x, codes, s, z, qmin, qmax, gx, terms):
+    """gx and the per-element terms of one chunk: g·(code − z), −(g·s·[inside])·x / (s·s) and
+    g·s·([inside] − 1).  (A loop of its own: inside the parallel one it does not vectorize.)"""
     one = np.float32(1)
-    for i in numba.prange(g.size):
-        gx[i], code_term, x_term, inside = quantize_grads(
+    for i in range(g.size):
+        gx[i], terms[0, i], terms[1, i], inside = quantize_grads(
             g[i], x[i], np.float32(codes[i]), s, z, qmin, qmax
         )
-        if scale_grad:
-            by_code[i], by_x[i] = code_term, x_term
-        if zp_grad:
-            gz[i] = g[i] * s * (inside - one)
+        terms[2, i] = g[i] * s * (inside - one)
+
+
+def total(t: torch.Tensor) -> float:
+    """Σ t in float64 (a contiguous float32 tensor)."""
+    return sum64(t.numpy().reshape(-1))
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def sum64(a):
+    """Σ a in float64, reassociated here only (so it vectorizes); the terms stay as computed."""
+    flat = a.reshape(-1)
+    total = 0.0
+    for i in range(flat.size):
+        total += np.float64(flat[i])
+    return total
+
+
+@numba.njit(inline="always")
+def flush(block, total):
+    """total += block (float32 partial sums into float64 ones), block = 0."""
+    for k in range(block.shape[0]):
+        for j in range(block.shape[1]):
+            total[k, j] += np.float64(block[k, j])
+            block[k, j] = np.float32(0)

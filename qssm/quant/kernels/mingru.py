@@ -12,7 +12,9 @@ from ...models.kernels import (
     window_grad,
 )
 from . import code_dtype
-from .fakequant import quantize, quantize_grads
+from .fakequant import flush, quantize, quantize_grads, total
+
+BLOCK = 16  # timesteps a backward kernel sums a scale's terms over in float32
 
 
 class QuantGateScan(torch.autograd.Function):
@@ -86,7 +88,7 @@ def _qscan_backward(z, cand, scale, zp, qrange, R, gh, gz, gcand, gscale):
     """BPTT of :func:`_qscan_forward` with fake_quant's straight-through gradients.  With
     g = ∂L/∂h_t, p = keep_t h_{t−1} + write_t and [inside] = (r ∈ [qmin, qmax]): ∂L/∂p =
     g·[inside]; ∂L/∂scale += g·((code − zp) − [inside]·p / scale), summed per sequence and
-    channel in gscale (B, H), float64; ∂L/∂keep_t = ∂L/∂p · h_{t−1}, ∂L/∂write_t = ∂L/∂p,
+    channel over BLOCK timesteps in the state's dtype, then in gscale (B, H), float64; ∂L/∂keep_t = ∂L/∂p · h_{t−1}, ∂L/∂write_t = ∂L/∂p,
     ∂L/∂h_{t−1} += ∂L/∂p · keep_t, ∂L/∂z = −∂L/∂keep + ∂L/∂write · h̃, ∂L/∂h̃ = ∂L/∂write · z.
     Elementwise in the inputs' dtype, as autograd of the loop."""
     Bsz, L, H = z.shape
@@ -95,7 +97,8 @@ def _qscan_backward(z, cand, scale, zp, qrange, R, gh, gz, gcand, gscale):
     one = zero + 1
     for b in numba.prange(Bsz):
         carry = np.full(H, -zero)  # ∂L/∂h_t through h_{t+1}; −0 + g is g, zeros' signs too
-        gs = gscale[b]
+        block = np.zeros((1, H), dtype=z.dtype)  # the scale's terms over BLOCK steps
+        gs = block[0]
         for t in range(L - 1, -1, -1):
             zt, ct, Rt, gt = z[b, t], cand[b, t], R[b, t], gh[b, t]
             Rp = R[b, t - 1] if t > 0 else Rt  # codes of h_{t−1} (unused at t = 0: h_{−1} = 0)
@@ -112,14 +115,16 @@ def _qscan_backward(z, cand, scale, zp, qrange, R, gh, gz, gcand, gscale):
                 carry[j] = gp * keep
                 gzt[j] = -(gp * hp) + gp * ct[j]
                 gct[j] = gp * zt[j]
+            if t % BLOCK == 0:
+                flush(block, gscale[b : b + 1])
 
 
 class AtMost(torch.autograd.Function):
     """min(z, cap) for a tensor z and a one-element cap, as one numba pass each way instead of
     torch.minimum's dozen (its backward alone makes eq, div, where, masked_fill, gt/lt twice
     over the whole tensor).  Values and gradients are torch.minimum's bit for bit: a tie
-    (z = cap) sends half the gradient each way; the cap's gradient is torch's ``sum_to_size``
-    of the same per-element terms."""
+    (z = cap) sends half the gradient each way; the cap's gradient is the sum of the same
+    per-element terms in float64 (:func:`~.fakequant.total`)."""
 
     @staticmethod
     def forward(ctx, z, cap):
@@ -140,7 +145,7 @@ class AtMost(torch.autograd.Function):
         numba_threads()
         flat = (as_array(t).reshape(-1) for t in (z, g.to(z.dtype)))
         _at_most_backward(*flat, c, gz.numpy().reshape(-1), gc.numpy().reshape(-1), need)
-        return gz, gc.sum_to_size(cap.shape).to(cap.dtype) if need else None
+        return gz, torch.tensor(total(gc), dtype=cap.dtype).reshape(cap.shape) if need else None
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -173,10 +178,11 @@ class HardGateScan(torch.autograd.Function):
 
     The same float32 operations on the same values as the five nodes it replaces (hard sigmoid,
     :class:`~qssm.quant.quantizers.FakeQuant`, :class:`AtMost`, ``gru_scan``, comparator), so
-    values and gradients are bit-identical, in one pass each way; the scale's and the cap's
-    gradients stay torch's ``sum_to_size`` of the same per-element terms.  Saved: pre, h̃, the
-    states and the gate's codes clipped to one past the range.  The zero point gets no
-    gradient (the caller keeps the five nodes when it would need one)."""
+    values and elementwise gradients are bit-identical, in one pass each way; the scale's and
+    the cap's gradients are the same per-element terms, summed in the kernel (float32 over a
+    few timesteps, then float64: far closer to the exact sum than torch's float32 sum).
+    Saved: pre, h̃, the states and the gate's codes clipped to one past the range.  The zero
+    point gets no gradient (the caller keeps the five nodes when it would need one)."""
 
     @staticmethod
     def forward(ctx, pre, cand, scale, zp, cap, qmin, qmax):
@@ -193,16 +199,15 @@ class HardGateScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gout):
         pre, cand, h, codes, scale, zp, cap = ctx.saved_tensors
-        parts = [torch.empty_like(h) for _ in range(5)]  # gpre, gcand, by code, by x, cap
+        gpre, gcand = torch.empty_like(h), torch.empty_like(h)
+        sums = torch.empty((h.shape[0], 2), dtype=torch.float64)  # the scale's, the cap's
         numba_threads()
         _hard_gate_backward(
             as_array(pre), as_array(cand), h.numpy(), codes.numpy(), _grid(scale, zp, cap, *ctx.q),
-            as_array(gout.float()), *(p.numpy() for p in parts),
+            as_array(gout.float()), gpre.numpy(), gcand.numpy(), sums.numpy(),
         )  # fmt: skip
-        gpre, gcand, by_code, by_x, by_cap = parts
-        gscale = by_code.sum_to_size(scale.shape) + by_x.sum_to_size(scale.shape)
-        gcap = by_cap.sum_to_size(cap.shape) if ctx.needs_input_grad[4] else None
-        return gpre, gcand, gscale, None, gcap, None, None
+        gscale, gcap = (sums[:, k].sum().to(torch.float32).reshape(scale.shape) for k in (0, 1))
+        return gpre, gcand, gscale, None, gcap if ctx.needs_input_grad[4] else None, None, None
 
 
 def _grid(scale, zp, cap, qmin, qmax) -> np.ndarray:
@@ -234,10 +239,14 @@ def _hard_gate_forward(pre, cand, grid, R, h, out):
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, by_code, by_x, by_cap):
+def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, sums):
     """Per element, backwards in time: the comparator's window, the recurrence step (as
     ``gru_scan``'s backward), AtMost's split of a tie, fake_quant's straight-through gradient
-    and its scale terms (as ``fakequant._backward``), the hard sigmoid's gradient."""
+    (as ``fakequant._backward``), the hard sigmoid's gradient.  sums (B, 2): the scale's and
+    the cap's gradient per sequence.  The scale's two terms per element, g·(code − zp) and
+    −g·s·[inside]·x / s², nearly cancel; their float32 sum is exact to its own rounding, and it
+    is summed per channel in float32 over BLOCK timesteps, then in float64 (accumulators that
+    stay in registers: writing the terms out for torch to sum took most of the time)."""
     Bsz, L, H = pre.shape
     zero, half, one, four = np.array([0, 0.5, 1, 4], dtype=np.float32)
     two = one + one
@@ -245,10 +254,12 @@ def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, by_code, by_x,
     for b in numba.prange(Bsz):
         carry = np.full(H, -zero)  # ∂L/∂h_t through h_{t+1}; −0 + g is g, zeros' signs too
         zeros = np.zeros(H, dtype=np.float32)
+        block = np.zeros((2, H), dtype=np.float32)  # the scale's and the cap's terms
+        by_scale, by_cap = block[0], block[1]
+        total = np.zeros((2, H))
         for t in range(L - 1, -1, -1):
             pt, ct, ht, Rt, gt = pre[b, t], cand[b, t], h[b, t], R[b, t], gout[b, t]
-            gpt, gct, bzt = gpre[b, t], gcand[b, t], by_cap[b, t]
-            bct, bxt, hp = by_code[b, t], by_x[b, t], h[b, t - 1] if t > 0 else zeros
+            gpt, gct, hp = gpre[b, t], gcand[b, t], h[b, t - 1] if t > 0 else zeros
             for j in range(H):
                 hs = hard_sigmoid_value(pt[j], zero, half, one, four)
                 r = np.float32(Rt[j])
@@ -261,6 +272,10 @@ def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, by_code, by_x,
                 gz = -(g * hp[j]) + g * ct[j]
                 share = gz / two if zq == c else gz
                 gq = zero if zq > c else share
-                bzt[j] = zero if zq < c else share
-                ghs, bct[j], bxt[j], _ = quantize_grads(gq, hs, r, s, zp, qmin, qmax)
+                by_cap[j] += zero if zq < c else share
+                ghs, by_code, by_x, _ = quantize_grads(gq, hs, r, s, zp, qmin, qmax)
+                by_scale[j] += by_code + by_x
                 gpt[j] = hard_sigmoid_grad(pt[j], ghs, zero, half, one, four)
+            if t % BLOCK == 0:
+                flush(block, total)
+        sums[b, 0], sums[b, 1] = total[0].sum(), total[1].sum()

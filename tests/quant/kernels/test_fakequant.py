@@ -1,5 +1,6 @@
 """The per-tensor fake-quant kernels against torch's IntQuant arithmetic (the ops FakeQuant
-makes for other scales): values and every gradient bit for bit, signs of zero included."""
+makes for other scales): values and elementwise gradients bit for bit, signs of zero included;
+the scale's and zero point's gradients against float64 sums of the same terms."""
 
 import pytest
 import torch
@@ -10,13 +11,13 @@ from qssm.quant.quantizers import fake_quant
 
 def torch_fake_quant(x, s, z, qmin, qmax, g):
     """Brevitas' IntQuant in torch ops and its straight-through gradients, term by term:
-    (value, ∂L/∂x, ∂L/∂s, ∂L/∂z) for the output gradient g."""
+    (value, ∂L/∂x, ∂L/∂s, ∂L/∂z) for the output gradient g, the sums in float64 rounded once."""
     r = torch.round(x / s + z)
     codes = torch.clamp(r, qmin, qmax)
     inside = r == codes
     through = g * s * inside
-    gs = (g * (codes - z)).sum_to_size(s.shape) + (-through * x / (s * s)).sum_to_size(s.shape)
-    gz = (g * s * (inside.float() - 1)).sum_to_size(z.shape)
+    gs = ((g * (codes - z)).double() + (-through * x / (s * s)).double()).sum().float()
+    gz = (g * s * (inside.float() - 1)).double().sum().float()
     return (codes - z) * s, g * inside, gs, gz
 
 
@@ -46,3 +47,28 @@ def test_per_tensor_kernel_equals_torch_arithmetic_bit_for_bit(zero_point, qrang
         assert torch.equal(bits(a), bits(b))
     inside = (torch.round(x / s0 + zero_point) >= qmin) & (torch.round(x / s0 + zero_point) <= qmax)
     assert inside.any() and not inside.all()  # both gradient branches exercised
+
+
+def test_kernel_sums_do_not_depend_on_the_thread_count():
+    """The scale's gradient is summed in fixed chunks: one thread and two give the same bits,
+    and it is closer to the exact sum than torch's float32 sum of the same terms."""
+    torch.manual_seed(3)
+    x, g = torch.randn(64, 784, 16) * 3, torch.randn(64, 784, 16)
+    s, z = torch.tensor(0.05), torch.tensor(0.0)
+    threads = torch.get_num_threads()
+    try:
+        got = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out, codes = fakequant.forward(x, s, z, -128, 127)
+            got.append(fakequant.backward(g, x, s, z, codes, -128, 127, (True, True, False))[1])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(bits(got[0]), bits(got[1]))
+    r = torch.round(x / s)
+    inside = (r >= -128) & (r <= 127)
+    terms = (g * r.clamp(-128, 127)).double() + (-(g * s * inside) * x / (s * s)).double()
+    exact = terms.sum()  # float64: exact to far below float32's resolution here
+    f32 = ((g * r.clamp(-128, 127)).sum() + (-(g * s * inside) * x / (s * s)).sum()).double()
+    assert (got[0].double() - exact).abs() <= (f32 - exact).abs()
+    assert (got[0].double() - exact).abs() <= exact.abs() * 2**-24
