@@ -17,6 +17,8 @@ chip_sequences_per_cpu_s (on a machine other jobs share, the wall-clock figure c
 time too), the 1-minute load average before and after, and the mean accuracy of the chips as
 a sanity figure.  ``--out`` writes the JSON atomically with its provenance
 (``bench/provenance.py``); ``python bench/render_docs.py`` renders it into docs/performance.md.
+``throughput`` also gives ``bench/run.py``'s Monte-Carlo figure, on an untrained model over
+random input, in every bench run.
 """
 
 import argparse
@@ -32,23 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance, write_json_atomic  # noqa: E402
 
 
-def measure(run_dir: Path, target_name: str, chips: int, sequences: int, workers: int) -> dict:
+def throughput(graph, target, train_x, x, y, chips: int, workers: int) -> dict:
+    """Chip·sequences per second of the nominal chip (every non-ideality on) of ``graph``
+    mapped onto ``target`` as ``qssm map-to-hw`` maps it (voltage ranges observed on
+    ``train_x``), over ``chips`` chips and the sequences ``x`` (labels ``y``), in chip batches
+    run as ``qssm map-to-hw --workers N`` runs them.  The simulator's kernels are compiled
+    before the timing (in this process for 1 worker, as each worker starts for more)."""
     from hwmap import intref, montecarlo, simulate
-    from hwmap.lower import lower
     from hwmap.mapping import RANGE_SEQUENCES, map_graph, observed_ranges
-    from hwmap.targets import load_target
-    from qssm.recipe import load_recipe
-    from qssm.runs import load_data, load_run_model
 
-    graph = lower(load_run_model(run_dir)[0])
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    data = load_data(recipe)
-    target = load_target(target_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a starved layer's warning is not the point here
-        ranges = observed_ranges(graph, data.train.x.numpy()[:RANGE_SEQUENCES])
+        ranges = observed_ranges(graph, train_x[:RANGE_SEQUENCES])
     fit = partial(map_graph, graph, ranges=ranges)
-    x, y = data.test.x.numpy()[:sequences], data.test.y.numpy()[:sequences]
     chip_set = montecarlo.Chips(graph, fit, target, x, y, intref.run(graph, x)[0].argmax(-1))
     nominal = montecarlo.settings(target, [], [], [], ablation=False)[0]
     if workers == 1:  # compile here, outside the timing (workers compile as they start)
@@ -63,22 +61,36 @@ def measure(run_dir: Path, target_name: str, chips: int, sequences: int, workers
     cpu = sum(d["cpu_seconds"] for d in done)
     accuracies = [a for d in done for a in d["accuracies"]]
     return {
-        "run": str(run_dir),
         "family": graph.family,
-        "target": target_name,
+        "target": target.name,
         "workers": workers,
         "chips": chips,
         "chip_batch": montecarlo.CHIP_BATCH,
-        "sequences": sequences,
+        "sequences": len(x),
         "steps": int(x.shape[1]),
         "seconds": seconds,  # first batch's start to the last one's end
-        "chip_sequences_per_s": chips * sequences / seconds,
+        "chip_sequences_per_s": chips * len(x) / seconds,
         "cpu_seconds": cpu,  # what the batches got of the CPU: on a shared machine, the figure
-        "chip_sequences_per_cpu_s": chips * sequences / cpu,  # an idle core would give
+        "chip_sequences_per_cpu_s": chips * len(x) / cpu,  # an idle core would give
         "cpu_count": os.cpu_count(),
         "load_average": {"start": load, "end": os.getloadavg()[0]},
         "mean_accuracy": sum(accuracies) / len(accuracies),
     }
+
+
+def measure(run_dir: Path, target_name: str, chips: int, sequences: int, workers: int) -> dict:
+    """:func:`throughput` of the trained run ``run_dir`` on its own data: ranges observed on
+    its training sequences, the first ``sequences`` test sequences simulated."""
+    from hwmap.lower import lower
+    from hwmap.targets import load_target
+    from qssm.recipe import load_recipe
+    from qssm.runs import load_data, load_run_model
+
+    graph = lower(load_run_model(run_dir)[0])
+    data = load_data(load_recipe(run_dir / "recipe.yaml"))
+    x, y = data.test.x.numpy()[:sequences], data.test.y.numpy()[:sequences]
+    row = throughput(graph, load_target(target_name), data.train.x.numpy(), x, y, chips, workers)
+    return {"run": str(run_dir), **row, "target": target_name}
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Where a measurement came from, and how result files are written.
 
-Shared by ``bench/run.py`` and ``bench/collect.py``: every committed result file under
-``bench/results/`` carries a ``provenance`` record (date, machine, library versions, git commit,
-command line) and is written atomically (a temporary file in the same folder, then a rename), so
-an interrupted write never leaves a half file behind.
+Shared by ``bench/run.py``, ``bench/montecarlo.py`` and ``bench/collect.py``: every committed
+result file under ``bench/results/`` carries a ``provenance`` record (date, machine, library
+versions, git commit, command line) and is written atomically (a temporary file in the same
+folder, then a rename), so an interrupted write never leaves a half file behind.
 """
 
 import datetime

@@ -24,6 +24,7 @@ is replaced by what KIND renders from the result files:
     bench                bench/results/performance.json    speed and memory per family
     threads FILE         performance.json, bench/results/FILE   one thread against two
     mcspeed              bench/results/montecarlo.json     Monte-Carlo throughput per run, workers
+    mcbench              bench/results/performance.json    Monte-Carlo throughput per mapped family
     provenance FILE      bench/results/FILE                date, commit, machine, command
 
 Without RUN arguments a block covers every committed run file.  A block whose file is missing
@@ -653,9 +654,10 @@ BENCH_ROWS = [
 ]
 
 
-def families(data: dict) -> list[str]:
-    """The model families of a bench file (its records with a recipe)."""
-    return [k for k, v in data.items() if isinstance(v, dict) and "recipe" in v]
+def families(data: dict, figure: str = "qat_samples_per_s") -> list[str]:
+    """The model families of a bench file with ``figure`` (the training figures, or
+    ``montecarlo``: bench/run.py times mgrade_hw's Monte-Carlo only)."""
+    return [k for k, v in data.items() if isinstance(v, dict) and "recipe" in v and figure in v]
 
 
 def load(data: dict) -> str:
@@ -768,6 +770,42 @@ def r_mcspeed(root: Path, args: list[str]) -> str:
     return table(header, body) + f"\n\nMeasured at {measured(data['provenance'])}."
 
 
+def r_mcbench(root: Path, args: list[str]) -> str:
+    """bench/run.py's Monte-Carlo figure per family that maps onto the chip (a bench file
+    written before bench/run.py measured it says so)."""
+    path = root / "bench" / "results" / "performance.json"
+    data = read_json(path) if path.exists() else {}
+    fams = families(data, "montecarlo")
+    if not fams:
+        return missing("the Monte-Carlo figure of `bench/run.py`", f"`{BENCH_CMD}`")
+    header = ["family", "target", "chips × sequences × steps", "seconds", "chip·sequences/s"]
+    header += ["CPU ms per chip·sequence", "load average"]
+    body = []
+    for f in fams:
+        r = data[f]["montecarlo"]
+        la = r.get("load_average")
+        body.append(
+            [
+                f"{f} (`{data[f]['recipe'].removesuffix('.yaml')}`)",
+                f"`{r.get('target')}`",
+                f"{r.get('chips')} × {num(r.get('sequences'))} × {r.get('steps')}",
+                fixed(r.get("seconds")),
+                f"**{fixed(r.get('chip_sequences_per_s'), 0)}**",
+                fixed(r.get("cpu_ms_per_chip_sequence"), 2),
+                f"{la['start']:.1f} → {la['end']:.1f}" if la else "—",
+            ]
+        )
+    return (
+        "`bench/run.py` times the simulator on the calibrated, untrained model of each family "
+        "that maps onto the chip, over random input (the simulator's work depends on the "
+        "model's shape and the sequences' length, not on the weights): the nominal chip, one "
+        "process, its kernels compiled before the timing. Its chip batches hold fewer sequences "
+        "than `bench/montecarlo.py`'s above, so a step's fixed costs are shared by fewer rows.\n\n"
+        + table(header, body)
+        + f"\n\nMeasured at {measured(data['provenance'])}{load(data)} (the whole bench run)."
+    )
+
+
 def r_provenance(root: Path, args: list[str]) -> str:
     if len(args) != 1:
         raise RenderError("provenance takes one file under bench/results")
@@ -864,6 +902,7 @@ KINDS = {
     "bench": r_bench,
     "threads": r_threads,
     "mcspeed": r_mcspeed,
+    "mcbench": r_mcbench,
     "provenance": r_provenance,
     "neurobench": r_neurobench,
 }

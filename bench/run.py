@@ -27,6 +27,19 @@ the shipped recipes, on smnist5k-shaped input:
 Each figure is the median over timed steps after one warm-up step.  Weights are untrained (speed
 does not depend on them); quantizers are calibrated on one batch.
 
+For the families that map onto the switched-capacitor chip (MAPPED: the hardware minGRU of
+recipes/minimalist.yaml and, with this figure only, the hardware mGRADE of recipes/mgrade_hw.yaml),
+``montecarlo`` holds the Monte-Carlo simulator's throughput: the calibrated quantized model
+lowered and mapped onto the minimalist_like target as ``qssm map-to-hw`` maps it (voltage ranges
+observed on random input), then MC_BATCHES chip batches of hwmap.montecarlo.CHIP_BATCH nominal
+chips (every non-ideality on) over MC_SEQUENCES random full-length sequences in this process, its
+kernels compiled before the timing (bench/montecarlo.py's ``throughput``; bench/montecarlo.py
+times trained runs and worker counts).  The simulator's work depends on the model's shape and the
+sequences' length, not on the weights' values, so untrained weights and random input time it as
+a trained model on its data would (one first-layer input pixel gives at most 256 distinct MAC
+rows either way): chip_sequences_per_s, chip_sequences_per_cpu_s and cpu_ms_per_chip_sequence
+(this process's CPU time, which other processes on the same cores change less).
+
 ``load_average`` records the 1-minute load average at the start and the end of the run.
 ``--out FILE`` also writes the JSON to FILE (atomically: a temporary file, then a rename) with
 its provenance: date, machine (CPU model, cores, memory, thread count), library versions, git
@@ -52,10 +65,24 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from montecarlo import throughput  # noqa: E402
 from provenance import provenance, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"s4d": "hetero_4_8.yaml", "mingru_hw": "minimalist.yaml", "mgrade": "mgrade_8.yaml"}
+MAPPED = {"mingru_hw": "minimalist.yaml", "mgrade_hw": "mgrade_hw.yaml"}  # + the Monte-Carlo
+FAMILIES = [*RECIPES, *(f for f in MAPPED if f not in RECIPES)]  # mgrade_hw: Monte-Carlo only
+MC_TARGET, MC_BATCHES, MC_SEQUENCES = "minimalist_like", 2, 64
+STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A line on stderr (stdout stays the JSON) with the seconds since the start."""
+    print(
+        f"bench/run.py {time.perf_counter() - STARTED:6.1f} s: {message}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def float_mode(family: str) -> str:
@@ -223,17 +250,15 @@ def optimized_nodes(path: Path, out: Path) -> int:
     return len(onnx.load(out).graph.node)
 
 
-def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
+def integer_figures(graph, batch: int, steps: int, tmp: Path) -> dict:
     """Streaming latency and whole-sequence throughput of the integer reference and of
-    onnxruntime, on the lowered model."""
+    onnxruntime, on the lowered model ``graph``."""
     import numpy as np
     import onnx
 
     from hwmap import intref, onnx_export, verify
     from hwmap.compiled import CompiledStream
-    from hwmap.lower import lower
 
-    graph = lower(model)
     paths = {"step": tmp / "step_deploy.onnx", "sequence": tmp / "sequence_deploy.onnx"}
     onnx_export.save_onnx(onnx_export.step_model(graph, codes=False), paths["step"])
     onnx_export.save_onnx(onnx_export.sequence_model(graph, codes=False), paths["sequence"])
@@ -279,6 +304,25 @@ def integer_figures(model, batch: int, steps: int, tmp: Path) -> dict:
     }
 
 
+def montecarlo_figures(graph) -> dict:
+    """The Monte-Carlo simulator's throughput on the lowered model ``graph`` (module docstring):
+    bench/montecarlo.py's ``throughput`` over random input; no accuracy (random labels)."""
+    import numpy as np
+
+    from hwmap.montecarlo import CHIP_BATCH
+    from hwmap.targets import load_target
+
+    chips = MC_BATCHES * CHIP_BATCH
+    progress(f"{graph.family}: Monte-Carlo, {chips} chips × {MC_SEQUENCES} sequences")
+    rng = np.random.default_rng(0)
+    train_x, x = rng.random((2, MC_SEQUENCES, 784, 1), dtype=np.float32)
+    y = rng.integers(0, 10, MC_SEQUENCES)
+    row = throughput(graph, load_target(MC_TARGET), train_x, x, y, chips, workers=1)
+    del row["mean_accuracy"]  # of random labels
+    row["cpu_ms_per_chip_sequence"] = 1e3 * row["cpu_seconds"] / (chips * MC_SEQUENCES)
+    return row
+
+
 def peak_rss_child(family: str, batch: int) -> tuple[float, float]:
     """(QAT peak, whole-process peak) in GiB of a fresh process doing two QAT steps."""
     here = str(Path(__file__).parent)
@@ -310,12 +354,21 @@ def peak_rss_kib() -> int:
 
 
 def measure(family: str, batch: int, steps: int, tmp: Path) -> dict:
+    from hwmap.lower import lower
+
+    if family not in RECIPES:  # the Monte-Carlo figure only
+        progress(f"{family}: building and calibrating {MAPPED[family]}")
+        graph = lower(build(MAPPED[family], True, batch)[0])
+        return {"recipe": MAPPED[family], "montecarlo": montecarlo_figures(graph)}
+    progress(f"{family}: float and QAT training steps ({RECIPES[family]})")
     float_model, x, y = build(RECIPES[family], False, batch)
     float_s = train_step_seconds(float_model, x, y, float_mode(family), steps)
     qat_model, x, y = build(RECIPES[family], True, batch)
     qat_s = train_step_seconds(qat_model, x, y, "recurrent", steps)
+    progress(f"{family}: QAT peak memory (a child process)")
     qat_peak, process_peak = peak_rss_child(family, batch)
-    return {
+    progress(f"{family}: QAT step breakdown, streaming and whole sequences")
+    row = {
         "recipe": RECIPES[family],
         "float_conv_samples_per_s": batch / float_s,
         "qat_samples_per_s": batch / qat_s,
@@ -324,8 +377,12 @@ def measure(family: str, batch: int, steps: int, tmp: Path) -> dict:
         "qat_peak_rss_gib": qat_peak,
         "process_peak_rss_gib": process_peak,
         "fakequant_step_latency_us": step_latency_us(qat_model, steps),
-        **integer_figures(qat_model, batch, steps, tmp),
     }
+    graph = lower(qat_model)
+    row |= integer_figures(graph, batch, steps, tmp)
+    if family in MAPPED:
+        row["montecarlo"] = montecarlo_figures(graph)
+    return row
 
 
 def main() -> None:
@@ -333,7 +390,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON")
     p.add_argument("--steps", type=int, default=3, help="timed steps per figure (median)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--families", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     p.add_argument(
         "--out", type=Path, help="also write the JSON, with provenance, to this file (atomic)"
     )
@@ -367,8 +424,14 @@ def main() -> None:
     ]
     print(f"batch {args.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'figure':32s} " + " ".join(f"{f:>12s}" for f in args.families))
+
+    def cells(values) -> str:
+        return " ".join(f"{'—':>12s}" if v is None else f"{v:12.2f}" for v in values)
+
     for k in keys:
-        print(f"{k:32s} " + " ".join(f"{result[f][k]:12.2f}" for f in args.families))
+        print(f"{k:32s} " + cells(result[f].get(k) for f in args.families))
+    mc = (result[f].get("montecarlo", {}).get("chip_sequences_per_s") for f in args.families)
+    print(f"{'montecarlo_chip_sequences_per_s':32s} " + cells(mc))
     print(json.dumps(result))
 
 

@@ -267,3 +267,37 @@ def test_threads_block_sets_two_threads_against_one(root):
     assert "| recurrence node, forward | 30.0 | 12.0 | 2.50× |" in out  # the parts, per thread
     assert "| the rest (layers, loss, optimizer) | 12.0 | 12.0 | 1.00× |" in out
     assert "| recurrence node, backward | — | — | — |" in out
+
+
+def test_mcbench_block_renders_the_mapped_families_and_the_bench_table_keeps_its_own(root):
+    """bench/run.py's Monte-Carlo figure per mapped family (mgrade_hw has only that figure, so
+    the training table has no column for it); a bench file from before it says so."""
+    trained = {"recipe": "hetero_4_8.yaml", "float_conv_samples_per_s": 400.0}
+    trained["qat_samples_per_s"] = 250.0
+    mc = {"target": "minimalist_like", "chips": 20, "sequences": 64, "steps": 784}
+    mc |= {"seconds": 2.5, "chip_sequences_per_s": 20 * 64 / 2.5, "cpu_seconds": 2.496}
+    mc |= {"cpu_ms_per_chip_sequence": 1e3 * 2.496 / (20 * 64)}
+    mc["load_average"] = {"start": 1.04, "end": 1.16}
+    old = {"s4d": trained, "provenance": TINY["provenance"], "batch": 64, "steps": 9}
+    path = root / "bench" / "results" / "performance.json"
+    path.write_text(json.dumps(old))
+    out = render.render_text(block("mcbench") + block("bench"), root)
+    assert "No measurement committed yet for the Monte-Carlo figure of `bench/run.py`" in out
+    assert render.BENCH_CMD in out
+    assert "| figure | s4d (`hetero_4_8`) |\n" in out  # the bench table as before
+    new = old | {
+        "mingru_hw": {**trained, "recipe": "minimalist.yaml", "montecarlo": mc},
+        "mgrade_hw": {"recipe": "mgrade_hw.yaml", "montecarlo": mc | {"load_average": None}},
+    }
+    path.write_text(json.dumps(new))
+    out = render.render_text(block("mcbench") + block("bench"), root)
+    assert "| `minimalist_like` | 20 × 64 × 784 | 2.5 | **512** | 1.95 | 1.0 → 1.2 |" in out
+    assert "| mingru_hw (`minimalist`) |" in out
+    assert (
+        "| mgrade_hw (`mgrade_hw`) | `minimalist_like` | 20 × 64 × 784 | 2.5 | **512** | 1.95 | — |"
+        in out
+    )
+    assert "| figure | s4d (`hetero_4_8`) | mingru_hw (`minimalist`) |\n" in out  # no mgrade_hw
+    assert "No measurement" not in out
+    path.unlink()
+    assert render.BENCH_CMD in render.render_text(block("mcbench"), root)
