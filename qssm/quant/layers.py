@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.mgrade import causal_conv, interpolated_kernel
+from .kernels.delay import DelayLine
 from .quantizers import Site, SiteQuantizer, quantize_complex
 
 
@@ -165,5 +166,9 @@ class QuantDelayConv(Quantized, nn.Module):
         return torch.einsum("ht,htj->hj", weight, onehot)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, L, H) → (B, L, H), causal."""
+        """u (B, L, H) → (B, L, H), causal.  Integer delays run as a sparse delay line
+        (:class:`~.kernels.delay.DelayLine`), except where the layer keeps torch's convolution
+        backward (the hardware family, for its bit-exact golden table)."""
+        if self.integer_delays and not self.torch_backward:
+            return DelayLine.apply(u, self.q("weight", self.weight), self.taps())
         return causal_conv(u, self.kernel(), self.torch_backward)

@@ -88,8 +88,9 @@ def _qscan_backward(z, cand, scale, zp, qrange, R, gh, gz, gcand, gscale):
     """BPTT of :func:`_qscan_forward` with fake_quant's straight-through gradients.  With
     g = ∂L/∂h_t, p = keep_t h_{t−1} + write_t and [inside] = (r ∈ [qmin, qmax]): ∂L/∂p =
     g·[inside]; ∂L/∂scale += g·((code − zp) − [inside]·p / scale), summed per sequence and
-    channel over BLOCK timesteps in the state's dtype, then in gscale (B, H), float64; ∂L/∂keep_t = ∂L/∂p · h_{t−1}, ∂L/∂write_t = ∂L/∂p,
-    ∂L/∂h_{t−1} += ∂L/∂p · keep_t, ∂L/∂z = −∂L/∂keep + ∂L/∂write · h̃, ∂L/∂h̃ = ∂L/∂write · z.
+    channel over BLOCK timesteps in the state's dtype, then in gscale (B, H), float64;
+    ∂L/∂keep_t = ∂L/∂p · h_{t−1}, ∂L/∂write_t = ∂L/∂p, ∂L/∂h_{t−1} += ∂L/∂p · keep_t,
+    ∂L/∂z = −∂L/∂keep + ∂L/∂write · h̃, ∂L/∂h̃ = ∂L/∂write · z.
     Elementwise in the inputs' dtype, as autograd of the loop."""
     Bsz, L, H = z.shape
     qmin, qmax = qrange[0], qrange[1]
