@@ -148,9 +148,8 @@ class FakeQuant(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin: int, qmax: int):
         ctx.q = (qmin, qmax)
         if fakequant.applies(x, scale, zero_point):  # one numba pass, the same values
-            out, codes = fakequant.forward(x, scale, zero_point, qmin, qmax)
-            ctx.save_for_backward(x, scale, zero_point, codes)
-            return out
+            ctx.save_for_backward(x, scale, zero_point)
+            return fakequant.forward(x, scale, zero_point, qmin, qmax)
         r = (x / scale).add_(zero_point).round_()
         codes = torch.clamp(r, qmin, qmax)
         ctx.save_for_backward(x, scale, zero_point, r == codes, codes)
@@ -158,7 +157,7 @@ class FakeQuant(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        if len(ctx.saved_tensors) == 4:
+        if len(ctx.saved_tensors) == 3:
             return (
                 *fakequant.backward(g, *ctx.saved_tensors, *ctx.q, ctx.needs_input_grad),
                 None,

@@ -6,9 +6,9 @@ kernels make the same float32 operations on the same values in the same order �
 round half to even, clamp, − z, × s forward; g·[inside], g·(code − z), −(g·s·[inside])·x /
 (s·s) and g·s·([inside] − 1) backward — so values and elementwise gradients are bit-identical;
 the scale's and zero point's gradients are those products summed in float64 (in fixed chunks,
-whatever the thread count) and rounded once, as FakeQuant's torch ops sum them.  Saved for the
-backward pass: the rounded codes clipped to one past the range (int8 up to 7 bits, int16
-above), from which the kernel rebuilds the code and the clamp mask.
+whatever the thread count) and rounded once, as FakeQuant's torch ops sum them.  Nothing is
+saved but the input: the backward kernel recomputes each code (the same float32 operations on
+the same value) and its clamp mask, which costs less than writing and reading them.
 ``tests/quant/kernels/test_fakequant.py`` checks them against the torch arithmetic bit for bit
 and the sums against float64 sums of its terms.
 """
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from ...models.kernels import numba_threads
-from . import code_dtype
 
 SMALL = 2**16  # elements below which torch's ops beat starting the kernels' threads
 CHUNK = 2**14  # elements per partial sum of the scale's and zero point's gradients
@@ -31,25 +30,24 @@ def applies(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> b
     return dtypes and scale.numel() == 1 and zero_point.numel() == 1 and x.numel() >= SMALL
 
 
-def forward(x, scale, zero_point, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fake-quantized x, the saved codes)."""
+def forward(x, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
+    """The fake-quantized x."""
     x_ = x.detach().contiguous()
     out = torch.empty_like(x_)
-    codes = torch.empty(x_.shape, dtype=code_dtype(qmin - 1, qmax + 1))
     s, z = np.float32(scale.item()), np.float32(zero_point.item())
     numba_threads()
-    _forward(x_.numpy().ravel(), s, z, np.float32(qmin), np.float32(qmax), out.numpy().ravel(),
-             codes.numpy().ravel())  # fmt: skip
-    return out, codes
+    _forward(x_.numpy().ravel(), s, z, np.float32(qmin), np.float32(qmax), out.numpy().ravel())
+    return out
 
 
-def backward(g, x, scale, zero_point, codes, qmin: int, qmax: int, needs: tuple[bool, ...]):
-    """(∂L/∂x, ∂L/∂scale, ∂L/∂zero point) where ``needs`` asks for them."""
+def backward(g, x, scale, zero_point, qmin: int, qmax: int, needs: tuple[bool, ...]):
+    """(∂L/∂x, ∂L/∂scale, ∂L/∂zero point) where ``needs`` asks for them, from the forward
+    pass's input x (the codes are recomputed: the same float32 operations, the same codes)."""
     g_ = g.contiguous()
     gx = torch.empty_like(g_)
     sums = torch.zeros((-(-g_.numel() // CHUNK), 2), dtype=torch.float64)
     s, z = np.float32(scale.item()), np.float32(zero_point.item())
-    arrays = [t.numpy().ravel() for t in (g_, x.detach().contiguous(), codes, gx)]
+    arrays = [t.numpy().ravel() for t in (g_, x.detach().contiguous(), gx)]
     numba_threads()
     _backward(*arrays, sums.numpy(), s, z, np.float32(qmin), np.float32(qmax), *needs[1:3])
     gs, gz = (sums[:, k].sum().to(scale.dtype).reshape(scale.shape) for k in (0, 1))
@@ -74,38 +72,38 @@ def quantize_grads(g, x, r, s, z, qmin, qmax):
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _forward(x, s, z, qmin, qmax, out, codes):
-    lo, hi = qmin - np.float32(1), qmax + np.float32(1)
+def _forward(x, s, z, qmin, qmax, out):
     for i in numba.prange(x.size):
-        r, out[i] = quantize(x[i], s, z, qmin, qmax)
-        codes[i] = min(max(r, lo), hi)
+        _, out[i] = quantize(x[i], s, z, qmin, qmax)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _backward(g, x, codes, gx, sums, s, z, qmin, qmax, scale_grad, zp_grad):
+def _backward(g, x, gx, sums, s, z, qmin, qmax, scale_grad, zp_grad):
     """gx elementwise; sums (chunks, 2) float64: the scale's and the zero point's terms summed
     per chunk of CHUNK elements, so the sums do not depend on the thread count."""
     n = g.size
     for c in numba.prange(sums.shape[0]):
         part = slice(c * CHUNK, min(c * CHUNK + CHUNK, n))
-        terms = np.empty((3, part.stop - part.start), dtype=np.float32)
-        _chunk(g[part], x[part], codes[part], s, z, qmin, qmax, gx[part], terms)
+        terms = np.empty((2, part.stop - part.start), dtype=np.float32)
+        _chunk(g[part], x[part], s, z, qmin, qmax, gx[part], terms)
         if scale_grad:
-            sums[c, 0] = sum64(terms[0]) + sum64(terms[1])
+            sums[c, 0] = sum64(terms[0])
         if zp_grad:
-            sums[c, 1] = sum64(terms[2])
+            sums[c, 1] = sum64(terms[1])
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _chunk(g, x, codes, s, z, qmin, qmax, gx, terms):
-    """gx and the per-element terms of one chunk: g·(code − z), −(g·s·[inside])·x / (s·s) and
-    g·s·([inside] − 1).  (A loop of its own: inside the parallel one it does not vectorize.)"""
+def _chunk(g, x, s, z, qmin, qmax, gx, terms):
+    """gx and the per-element terms of one chunk: the scale's, g·(code − z) − (g·s·[inside])·x
+    / (s·s) (two terms that nearly cancel: their float32 sum is exact to its own rounding), and
+    the zero point's, g·s·([inside] − 1).  (A loop of its own: inside the parallel one it does
+    not vectorize.)"""
     one = np.float32(1)
     for i in range(g.size):
-        gx[i], terms[0, i], terms[1, i], inside = quantize_grads(
-            g[i], x[i], np.float32(codes[i]), s, z, qmin, qmax
-        )
-        terms[2, i] = g[i] * s * (inside - one)
+        r, _ = quantize(x[i], s, z, qmin, qmax)
+        gx[i], by_code, by_x, inside = quantize_grads(g[i], x[i], r, s, z, qmin, qmax)
+        terms[0, i] = by_code + by_x
+        terms[1, i] = g[i] * s * (inside - one)
 
 
 def total(t: torch.Tensor) -> float:
