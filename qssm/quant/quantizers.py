@@ -243,7 +243,15 @@ class SiteQuantizer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(iter(self.parameters()), torch.zeros(())).dtype
+        """Its parameters' dtype (the default dtype before it has any).  The first parameter is
+        looked up once: walking the modules on every call was a millisecond per QAT step."""
+        first = self.__dict__.get("_first")
+        if first is None:
+            first = next(iter(self.parameters()), None)
+        if first is None:
+            return torch.get_default_dtype()
+        self.__dict__["_first"] = first
+        return first.dtype
 
     def stepper(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Per-step quantizer for a recurrence: identity while calibrating, else fake_quant."""
