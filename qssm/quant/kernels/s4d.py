@@ -66,32 +66,32 @@ class S4DScan(torch.autograd.Function):
         qmin, qmax = ctx.q
         cplx = A.is_complex()
         full = (*A.shape, 2 if cplx else 1)
-        params = [_parts_first(t, full, torch.float64) for t in (A, B, C, scale, zp)]
+        params = [_parts_first(t, full, torch.float32) for t in (A, B, C, scale, zp)]
         u_, gy_ = (t.detach().permute(1, 2, 0).contiguous().numpy() for t in (u, gy))  # (L, H, B)
         numba_threads()
         gu = np.empty_like(u_)
-        carry = np.zeros((*params[0].shape, u.shape[0]))  # ∂L/∂x_t through x_{t+1}, (H, P, n, B)
-        x = np.empty_like(carry)  # the state at the step the kernel is at
-        q = float(qmin), float(qmax)
-        _states(blocks[-1][-1].numpy(), params[4], params[3], *q, x)
-        sums = np.zeros((4, *params[0].shape))
+        carry = np.zeros((*params[0].shape, u.shape[0]), dtype=np.float32)  # (H, P, n, B)
+        q = np.float32(qmin), np.float32(qmax)
+        sums = np.zeros((3, *params[0].shape))
         t0 = sum(len(b) for b in blocks)
         for i in range(len(blocks) - 1, -1, -1):  # blocks in reverse: time runs backwards
             R = blocks[i].numpy()
             t0 -= len(R)
             before = blocks[i - 1][-1].numpy() if i > 0 else R[0]  # the codes of x_{t0−1}
-            _s4d_backward(R, before, t0, u_, *params, *q, gy_, carry, x, sums, gu)
-        gA, gB, gC, SX = (  # (H, P, n) → complex or real (H, n)
+            _s4d_backward(R, before, t0, u_, *params, *q, gy_, carry, sums, gu)
+        gA, gB, gC = (  # (H, P, n) → complex or real (H, n)
             torch.view_as_complex(torch.from_numpy(g).movedim(1, -1).contiguous())
             if cplx
             else torch.from_numpy(g)[:, 0]
             for g in sums
         )
-        # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·x/s − Σ gp·p/s, and
-        # Σ gp·conj(p) = conj(Ā)·gA + conj(B̄)·gB since p = Ā x_{t−1} + B̄ u_t
-        A64, B64 = A.detach().to(gA.dtype), B.detach().to(gB.dtype)
+        # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·conj(x)/s −
+        # Σ gp·conj(p)/s.  With gx = g·conj(C) + carry, carry_t = gp_{t+1}·conj(Ā) and
+        # p = Ā x_{t−1} + B̄ u_t (x_{−1} = 0), the first is (conj(C)·gC + conj(Ā)·gA)/s, the
+        # second (conj(Ā)·gA + conj(B̄)·gB)/s: the Ā terms cancel
+        B64, C64 = B.detach().to(gB.dtype), C.detach().to(gC.dtype)
         s = scale.detach().double().reshape(scale.shape[: A.ndim]) if cplx else scale.double()
-        gscale = (SX - A64.conj() * gA - B64.conj() * gB).real / s
+        gscale = (C64.conj() * gC - B64.conj() * gB).real / s
         gscale = gscale.reshape(gscale.shape + (1,) * (scale.ndim - gscale.ndim))
         gscale = gscale.sum_to_size(scale.shape).to(scale.dtype)
         gu = torch.from_numpy(gu).permute(2, 0, 1)
@@ -162,81 +162,67 @@ def _halving_sum(terms):
     return terms[0]
 
 
-@numba.njit(cache=True, fastmath=True)
-def _states(R, zp, scale, qmin, qmax, x):
-    """The states (H, P, n, B) of the codes R, in float64, as :func:`_s4d_backward` rebuilds
-    them."""
-    H, P, n, Bsz = R.shape
-    for h in range(H):
-        for p in range(P):
-            for j in range(n):
-                z, s = zp[h, p, j], scale[h, p, j]
-                for b in range(Bsz):
-                    x[h, p, j, b] = (min(max(np.float64(R[h, p, j, b]), qmin), qmax) - z) * s
-
-
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, x, sums, gu):
-    """BPTT of S4DScan over one block of timesteps t0 … t0+T−1, backwards, in float64; channels
+def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, sums, gu):
+    """BPTT of S4DScan over one block of timesteps t0 … t0+T−1, backwards, in float32; channels
     run in parallel, the innermost loops over the batch.
 
     R (T, H, P, n, B) the block's saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real),
     ``before`` (H, P, n, B) the codes of step t0 − 1 (unused at t0 = 0: x_{−1} = 0);
-    u, gy, gu (L, H, B) float32 (∂L/∂u summed in float64, then rounded once);
-    A, B, C, scale, zp (H, P, n).  Updated in place: ``carry`` (H, P, n, B), ∂L/∂x_t through
-    x_{t+1}, handed from block to block; ``x`` (H, P, n, B), the state x_t of the step about to
-    be processed (on entry x_{t0+T−1}; each step leaves x_{t−1}, rebuilt from the codes of step
-    t − 1, for the next); ``sums`` (4, H, P, n), the parts of ∂L/∂Ā, ∂L/∂B̄, ∂L/∂C and
-    SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient convention); ``gu`` rows
-    t0 … t0+T−1: ∂L/∂u.  fastmath: sums may be reassociated (gradients are compared to float
+    u, gy, gu (L, H, B) float32; A, B, C, scale, zp (H, P, n) float32.  Each state x_t and
+    x_{t−1} is rebuilt from its codes where it is used, with the forward's float32 operations
+    (the same values).  Updated in place: ``carry`` (H, P, n, B) float32, ∂L/∂x_t through
+    x_{t+1}, handed from block to block; ``sums`` (3, H, P, n) float64, the parts of ∂L/∂Ā,
+    ∂L/∂B̄ and ∂L/∂C (torch's complex-gradient convention): each step's sum over the batch is
+    taken in float32, then added in float64; ``gu`` rows t0 … t0+T−1: ∂L/∂u, summed over the
+    modes in float32.  fastmath: sums may be reassociated (gradients are compared to float
     tolerance, not bit for bit)."""
     T, H, P, n, Bsz = R.shape
-    k = float(P)  # the readout is 2·Re(C x) for complex modes
+    k = np.float32(P)  # the readout is 2·Re(C x) for complex modes
+    zero = np.float32(0)
     for h in numba.prange(H):
-        g, gut = np.empty(Bsz), np.empty(Bsz)
+        g = np.empty(Bsz, dtype=np.float32)
         for i in range(T - 1, -1, -1):
             t = t0 + i
-            ahead = 1.0 if t > 0 else 0.0  # x_{−1} = 0
+            ahead = np.float32(1) if t > 0 else zero  # x_{−1} = 0
             Rp = R[i - 1] if i > 0 else before  # codes of x_{t−1}
-            ut = u[t, h]
+            ut, gut = u[t, h], gu[t, h]
             for b in range(Bsz):
-                g[b] = k * np.float64(gy[t, h, b])
-                gut[b] = 0.0
+                g[b] = k * gy[t, h, b]
+                gut[b] = zero
             for j in range(n):
                 a0, b0, c0 = A[h, 0, j], B[h, 0, j], C[h, 0, j]
                 s0, z0 = scale[h, 0, j], zp[h, 0, j]
-                Rr, Qr, cr, xr = R[i, h, 0, j], Rp[h, 0, j], carry[h, 0, j], x[h, 0, j]
-                sA0 = sA1 = sB0 = sB1 = sC0 = sC1 = sX0 = sX1 = 0.0
+                Rr, Qr, cr = R[i, h, 0, j], Rp[h, 0, j], carry[h, 0, j]
+                sA0 = sA1 = sB0 = sB1 = sC0 = sC1 = zero
                 if P == 1:
                     for b in range(Bsz):
-                        r0, x0 = np.float64(Rr[b]), xr[b]
-                        p0 = ahead * (min(max(np.float64(Qr[b]), qmin), qmax) - z0) * s0
+                        r0 = np.float32(Rr[b])
+                        x0 = (min(max(r0, qmin), qmax) - z0) * s0
+                        p0 = ahead * ((min(max(np.float32(Qr[b]), qmin), qmax) - z0) * s0)
                         gx0 = g[b] * c0 + cr[b]
                         sC0 += g[b] * x0
-                        sX0 += gx0 * x0
-                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
+                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else zero  # clamp's gradient
                         sA0 += gp0 * p0
-                        sB0 += gp0 * np.float64(ut[b])
+                        sB0 += gp0 * ut[b]
                         gut[b] += gp0 * b0
                         cr[b] = gp0 * a0
-                        xr[b] = p0
                 else:
                     a1, b1, c1 = A[h, 1, j], B[h, 1, j], C[h, 1, j]
                     s1, z1 = scale[h, 1, j], zp[h, 1, j]
-                    Ri, Qi, ci, xi = R[i, h, 1, j], Rp[h, 1, j], carry[h, 1, j], x[h, 1, j]
+                    Ri, Qi, ci = R[i, h, 1, j], Rp[h, 1, j], carry[h, 1, j]
                     for b in range(Bsz):
-                        r0, r1, gg, uu = np.float64(Rr[b]), np.float64(Ri[b]), g[b], ut[b]
-                        x0, x1, uu = xr[b], xi[b], np.float64(uu)
-                        p0 = ahead * (min(max(np.float64(Qr[b]), qmin), qmax) - z0) * s0
-                        p1 = ahead * (min(max(np.float64(Qi[b]), qmin), qmax) - z1) * s1
+                        r0, r1, gg, uu = np.float32(Rr[b]), np.float32(Ri[b]), g[b], ut[b]
+                        x0 = (min(max(r0, qmin), qmax) - z0) * s0
+                        x1 = (min(max(r1, qmin), qmax) - z1) * s1
+                        p0 = ahead * ((min(max(np.float32(Qr[b]), qmin), qmax) - z0) * s0)
+                        p1 = ahead * ((min(max(np.float32(Qi[b]), qmin), qmax) - z1) * s1)
                         gx0 = gg * c0 + cr[b]  # g·conj(C) + carry
                         gx1 = -gg * c1 + ci[b]
                         sC0 += gg * x0  # g·conj(x)
                         sC1 -= gg * x1
-                        sX0 += gx0 * x0 + gx1 * x1  # gx·conj(x)
-                        sX1 += gx1 * x0 - gx0 * x1
-                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
-                        gp1 = gx1 if (r1 >= qmin) & (r1 <= qmax) else 0.0
+                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else zero  # clamp's gradient
+                        gp1 = gx1 if (r1 >= qmin) & (r1 <= qmax) else zero
                         sA0 += gp0 * p0 + gp1 * p1  # gp·conj(x_{t−1})
                         sA1 += gp1 * p0 - gp0 * p1
                         sB0 += gp0 * uu
@@ -244,15 +230,9 @@ def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, x
                         gut[b] += gp0 * b0 + gp1 * b1  # Re(gp·conj(B̄))
                         cr[b] = gp0 * a0 + gp1 * a1  # gp·conj(Ā)
                         ci[b] = gp1 * a0 - gp0 * a1
-                        xr[b], xi[b] = p0, p1
                     sums[0, h, 1, j] += sA1
                     sums[1, h, 1, j] += sB1
                     sums[2, h, 1, j] += sC1
-                    sums[3, h, 1, j] += sX1
                 sums[0, h, 0, j] += sA0
                 sums[1, h, 0, j] += sB0
                 sums[2, h, 0, j] += sC0
-                sums[3, h, 0, j] += sX0
-            gu_t = gu[t, h]
-            for b in range(Bsz):
-                gu_t[b] = gut[b]
