@@ -61,7 +61,7 @@ def test_s4d_scan_matches_step_loop(real, quant):
     m = quantized(
         S4D(4, 8, real=real, dt_min=0.01, dt_max=0.3), quant, torch.randn(8, 40, 4), "recurrent"
     )
-    u = 3 * torch.randn(3, 40, 4)  # wider than calibration: some state codes clamp
+    u = 3 * torch.randn(3, 41, 4)  # wider than calibration: some clamp; blocks 16, 16, 9
 
     def loop():
         A, B, C, D = m.quantized()
@@ -90,7 +90,7 @@ def test_kernel_sums_modes_in_the_readout_order():
 
 @pytest.mark.parametrize("real", [False, True])
 def test_float32_backward_stays_near_a_float64_bptt(real):
-    """784 steps with long memory (|Ā| up to 0.9995) and some states clamping: the kernel's
+    """785 steps with long memory (|Ā| up to 0.9995) and some states clamping: the kernel's
     float32 backward against torch's autograd of the same straight-through BPTT in float64,
     through the forward's own codes: every gradient within 1e-6 of its largest element (float32
     arithmetic with every sum over time in float64 stays under 4e-7 here)."""
@@ -98,7 +98,7 @@ def test_float32_backward_stays_near_a_float64_bptt(real):
     from qssm.quant.kernels.s4d import S4DScan
 
     g = torch.Generator().manual_seed(0)
-    H, n, Bsz, L, qmin, qmax = 2, 4, 3, 784, -128, 127
+    H, n, Bsz, L, qmin, qmax = 2, 4, 3, 785, -128, 127  # 49 blocks of 16 steps and one of 1
     dt = torch.logspace(-3, -1, n, dtype=torch.float64).expand(H, n)
     B = torch.randn(H, n, generator=g, dtype=torch.float64) * dt
     C = torch.randn(H, n, generator=g, dtype=torch.float64)
