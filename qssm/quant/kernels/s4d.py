@@ -37,7 +37,11 @@ class S4DScan(torch.autograd.Function):
     rounded codes before clamping, clipped to one past the range (int8 up to 7 bits, int16
     above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of
     a few MB come back from the allocator's free lists step after step; one 100 MB array would
-    be a fresh mapping whose pages fault in on every training step.)"""
+    be a fresh mapping whose pages fault in on every training step.)
+
+    Backward: BPTT with Brevitas' straight-through estimator, a numba kernel per block in
+    reverse (:func:`_s4d_backward`), in float32 with the parameter sums totalled in float64:
+    gradients within float32 rounding of a float64 BPTT, not bit-identical to it."""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
