@@ -7,7 +7,8 @@ import torch
 from ...models.kernels import numba_threads
 from . import code_dtype
 
-CHUNK = 16  # timesteps per block of saved codes (2 MB at batch 64, 16 bits)
+CHUNK = 16  # timesteps per block of saved codes (2 MB at batch 64, 16 bits); even: the
+# backward takes the steps in pairs, so only the last block may have odd length
 
 
 def _parts_first(t: torch.Tensor, full: tuple[int, int, int], dtype) -> np.ndarray:
@@ -200,7 +201,7 @@ def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, s
         for i in range(T - 1 + T % 2, 0, -2):  # steps t and t − 1
             t = t0 + i
             R1 = R[min(i, T - 1)]  # codes of x_t (at i = T, any: its gradient is zero)
-            R2, R3 = R[i - 1], R[i - 2] if i > 1 else before  # codes of x_{t−1}, x_{t−2}
+            R2, R3 = R[i - 1], (R[i - 2] if i > 1 else before)  # codes of x_{t−1}, x_{t−2}
             ahead = np.float32(1) if t > 1 else zero  # x_{−1} = 0
             u1, u2, gu1, gu2 = u[t, h], u[t - 1, h], gu[t, h], gu[t - 1, h]
             for b in range(Bsz):
