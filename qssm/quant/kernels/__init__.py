@@ -6,7 +6,7 @@ L = 784 that costs seconds per batch and gigabytes.  These functions run the sam
 arithmetic — the same operations on the same values in the same order, so the state codes are
 bit-identical (for S4D a numba kernel, ``s4d``; for minGRU torch ops under ``no_grad``,
 ``mingru``) — keep only the integer state codes (int8 up to 7 bits, int16 above), and run a
-hand-written backward-through-time (for S4D a numba kernel, one pass over time in float64) with
+hand-written backward-through-time (for S4D a numba kernel, one pass over time in float32) with
 the straight-through estimator of Brevitas' ``IntQuant``: the gradient passes the rounding
 unchanged, the clamp where the code is inside [qmin, qmax], and the scale gets
 ∂x/∂s = (code − zp) − [inside]·p/s.

@@ -7,7 +7,8 @@ import torch
 from ...models.kernels import numba_threads
 from . import code_dtype
 
-CHUNK = 16  # timesteps per block of saved codes (2 MB at batch 64, 16 bits)
+CHUNK = 16  # timesteps per block of saved codes (2 MB at batch 64, 16 bits); even: the
+# backward takes the steps in pairs, so only the last block may have odd length
 
 
 def _parts_first(t: torch.Tensor, full: tuple[int, int, int], dtype) -> np.ndarray:
@@ -37,7 +38,11 @@ class S4DScan(torch.autograd.Function):
     rounded codes before clamping, clipped to one past the range (int8 up to 7 bits, int16
     above), from which the backward kernel rebuilds each state and its clamp mask.  (Blocks of
     a few MB come back from the allocator's free lists step after step; one 100 MB array would
-    be a fresh mapping whose pages fault in on every training step.)"""
+    be a fresh mapping whose pages fault in on every training step.)
+
+    Backward: BPTT with Brevitas' straight-through estimator, a numba kernel per block in
+    reverse (:func:`_s4d_backward`), in float32 with the parameter sums totalled in float64:
+    gradients within float32 rounding of a float64 BPTT, not bit-identical to it."""
 
     @staticmethod
     def forward(ctx, u, A, B, C, scale, zp, qmin, qmax):
@@ -66,35 +71,38 @@ class S4DScan(torch.autograd.Function):
         qmin, qmax = ctx.q
         cplx = A.is_complex()
         full = (*A.shape, 2 if cplx else 1)
-        params = [_parts_first(t, full, torch.float64) for t in (A, B, C, scale, zp)]
-        u_, gy_ = (t.detach().permute(1, 2, 0).contiguous().numpy() for t in (u, gy))  # (L, H, B)
+        params = [_parts_first(t, full, torch.float32) for t in (A, B, C, scale, zp)]
+        Bsz, L, H = u.shape
+        u_, gy_ = (np.zeros((L + 1, H, Bsz), dtype=np.float32) for _ in range(2))  # (L+1, H, B)
+        for t, a in ((u, u_), (gy, gy_)):  # row L, zero: a step past the end (see the kernel)
+            torch.from_numpy(a)[:L].copy_(t.detach().permute(1, 2, 0))
         numba_threads()
         gu = np.empty_like(u_)
-        carry = np.zeros((*params[0].shape, u.shape[0]))  # ∂L/∂x_t through x_{t+1}, (H, P, n, B)
-        x = np.empty_like(carry)  # the state at the step the kernel is at
-        q = float(qmin), float(qmax)
-        _states(blocks[-1][-1].numpy(), params[4], params[3], *q, x)
-        sums = np.zeros((4, *params[0].shape))
-        t0 = sum(len(b) for b in blocks)
+        carry = np.zeros((*params[0].shape, Bsz), dtype=np.float32)  # (H, P, n, B)
+        q = np.float32(qmin), np.float32(qmax)
+        sums = np.zeros((3, *params[0].shape))
+        t0 = L
         for i in range(len(blocks) - 1, -1, -1):  # blocks in reverse: time runs backwards
             R = blocks[i].numpy()
             t0 -= len(R)
             before = blocks[i - 1][-1].numpy() if i > 0 else R[0]  # the codes of x_{t0−1}
-            _s4d_backward(R, before, t0, u_, *params, *q, gy_, carry, x, sums, gu)
-        gA, gB, gC, SX = (  # (H, P, n) → complex or real (H, n)
+            _s4d_backward(R, before, t0, u_, *params, *q, gy_, carry, sums, gu)
+        gA, gB, gC = (  # (H, P, n) → complex or real (H, n)
             torch.view_as_complex(torch.from_numpy(g).movedim(1, -1).contiguous())
             if cplx
             else torch.from_numpy(g)[:, 0]
             for g in sums
         )
-        # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·x/s − Σ gp·p/s, and
-        # Σ gp·conj(p) = conj(Ā)·gA + conj(B̄)·gB since p = Ā x_{t−1} + B̄ u_t
-        A64, B64 = A.detach().to(gA.dtype), B.detach().to(gB.dtype)
+        # ∂x/∂s = (code − zp) − [inside]·p/s summed against ∂L/∂x: Σ gx·conj(x)/s −
+        # Σ gp·conj(p)/s.  With gx = g·conj(C) + carry, carry_t = gp_{t+1}·conj(Ā) and
+        # p = Ā x_{t−1} + B̄ u_t (x_{−1} = 0), the first is (conj(C)·gC + conj(Ā)·gA)/s, the
+        # second (conj(Ā)·gA + conj(B̄)·gB)/s: the Ā terms cancel
+        B64, C64 = B.detach().to(gB.dtype), C.detach().to(gC.dtype)
         s = scale.detach().double().reshape(scale.shape[: A.ndim]) if cplx else scale.double()
-        gscale = (SX - A64.conj() * gA - B64.conj() * gB).real / s
+        gscale = (C64.conj() * gC - B64.conj() * gB).real / s
         gscale = gscale.reshape(gscale.shape + (1,) * (scale.ndim - gscale.ndim))
         gscale = gscale.sum_to_size(scale.shape).to(scale.dtype)
-        gu = torch.from_numpy(gu).permute(2, 0, 1)
+        gu = torch.from_numpy(gu)[:L].permute(2, 0, 1)
         return gu, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gscale, None, None, None
 
 
@@ -163,96 +171,99 @@ def _halving_sum(terms):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _states(R, zp, scale, qmin, qmax, x):
-    """The states (H, P, n, B) of the codes R, in float64, as :func:`_s4d_backward` rebuilds
-    them."""
-    H, P, n, Bsz = R.shape
-    for h in range(H):
-        for p in range(P):
-            for j in range(n):
-                z, s = zp[h, p, j], scale[h, p, j]
-                for b in range(Bsz):
-                    x[h, p, j, b] = (min(max(np.float64(R[h, p, j, b]), qmin), qmax) - z) * s
+def _state(code, qmin, qmax, zp, scale):
+    """A state part from its code, with the forward's float32 operations (the same value)."""
+    return (min(max(np.float32(code), qmin), qmax) - zp) * scale
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, x, sums, gu):
-    """BPTT of S4DScan over one block of timesteps t0 … t0+T−1, backwards, in float64; channels
-    run in parallel, the innermost loops over the batch.
+def _s4d_backward(R, before, t0, u, A, B, C, scale, zp, qmin, qmax, gy, carry, sums, gu):
+    """BPTT of S4DScan over one block of timesteps t0 … t0+T−1, backwards, two steps at a time,
+    in float32; channels run in parallel, the innermost loops over the batch.
 
     R (T, H, P, n, B) the block's saved codes (P = 2: real/imaginary parts; P = 1: S4D-Real),
     ``before`` (H, P, n, B) the codes of step t0 − 1 (unused at t0 = 0: x_{−1} = 0);
-    u, gy, gu (L, H, B) float32 (∂L/∂u summed in float64, then rounded once);
-    A, B, C, scale, zp (H, P, n).  Updated in place: ``carry`` (H, P, n, B), ∂L/∂x_t through
-    x_{t+1}, handed from block to block; ``x`` (H, P, n, B), the state x_t of the step about to
-    be processed (on entry x_{t0+T−1}; each step leaves x_{t−1}, rebuilt from the codes of step
-    t − 1, for the next); ``sums`` (4, H, P, n), the parts of ∂L/∂Ā, ∂L/∂B̄, ∂L/∂C and
-    SX = Σ ∂L/∂x_t · conj(x_t) (torch's complex-gradient convention); ``gu`` rows
-    t0 … t0+T−1: ∂L/∂u.  fastmath: sums may be reassociated (gradients are compared to float
-    tolerance, not bit for bit)."""
+    u, gy, gu (L+1, H, B) float32, row L of u and gy zero; A, B, C, scale, zp (H, P, n)
+    float32.  Each state is rebuilt from its codes (:func:`_state`), once per pair of steps
+    for the step both use.  A block of odd length (only the last one: CHUNK is even) starts one
+    step past its end, at step L, whose zero output gradient and carry give nothing but a
+    zero row L of ``gu``.  Updated in place: ``carry`` (H, P, n, B) float32, ∂L/∂x_t through
+    x_{t+1}, handed from block to block; ``sums`` (3, H, P, n) float64, the parts of ∂L/∂Ā,
+    ∂L/∂B̄ and ∂L/∂C (torch's complex-gradient convention): each pair of steps' sum over the
+    batch is taken in float32, then added in float64; ``gu`` rows t0 … t0+T−1: ∂L/∂u, summed
+    over the modes in float32.  fastmath: sums may be reassociated (gradients are compared to
+    float tolerance, not bit for bit)."""
     T, H, P, n, Bsz = R.shape
-    k = float(P)  # the readout is 2·Re(C x) for complex modes
+    k = np.float32(P)  # the readout is 2·Re(C x) for complex modes
+    zero = np.float32(0)
     for h in numba.prange(H):
-        g, gut = np.empty(Bsz), np.empty(Bsz)
-        for i in range(T - 1, -1, -1):
+        g1, g2 = np.empty(Bsz, dtype=np.float32), np.empty(Bsz, dtype=np.float32)
+        for i in range(T - 1 + T % 2, 0, -2):  # steps t and t − 1
             t = t0 + i
-            ahead = 1.0 if t > 0 else 0.0  # x_{−1} = 0
-            Rp = R[i - 1] if i > 0 else before  # codes of x_{t−1}
-            ut = u[t, h]
+            R1 = R[min(i, T - 1)]  # codes of x_t (at i = T, any: its gradient is zero)
+            R2, R3 = R[i - 1], (R[i - 2] if i > 1 else before)  # codes of x_{t−1}, x_{t−2}
+            ahead = np.float32(1) if t > 1 else zero  # x_{−1} = 0
+            u1, u2, gu1, gu2 = u[t, h], u[t - 1, h], gu[t, h], gu[t - 1, h]
             for b in range(Bsz):
-                g[b] = k * np.float64(gy[t, h, b])
-                gut[b] = 0.0
+                g1[b], g2[b] = k * gy[t, h, b], k * gy[t - 1, h, b]
+                gu1[b], gu2[b] = zero, zero
             for j in range(n):
                 a0, b0, c0 = A[h, 0, j], B[h, 0, j], C[h, 0, j]
                 s0, z0 = scale[h, 0, j], zp[h, 0, j]
-                Rr, Qr, cr, xr = R[i, h, 0, j], Rp[h, 0, j], carry[h, 0, j], x[h, 0, j]
-                sA0 = sA1 = sB0 = sB1 = sC0 = sC1 = sX0 = sX1 = 0.0
+                w0 = ahead * s0  # the scale of x_{t−2}
+                Q1, Q2, Q3, cr = R1[h, 0, j], R2[h, 0, j], R3[h, 0, j], carry[h, 0, j]
+                sA0 = sA1 = sB0 = sB1 = sC0 = sC1 = zero
                 if P == 1:
                     for b in range(Bsz):
-                        r0, x0 = np.float64(Rr[b]), xr[b]
-                        p0 = ahead * (min(max(np.float64(Qr[b]), qmin), qmax) - z0) * s0
-                        gx0 = g[b] * c0 + cr[b]
-                        sC0 += g[b] * x0
-                        sX0 += gx0 * x0
-                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
-                        sA0 += gp0 * p0
-                        sB0 += gp0 * np.float64(ut[b])
-                        gut[b] += gp0 * b0
-                        cr[b] = gp0 * a0
-                        xr[b] = p0
+                        r1, r2 = np.float32(Q1[b]), np.float32(Q2[b])
+                        x1, x2 = _state(r1, qmin, qmax, z0, s0), _state(r2, qmin, qmax, z0, s0)
+                        x3 = _state(Q3[b], qmin, qmax, z0, w0)
+                        gx = g1[b] * c0 + cr[b]
+                        gp = gx if (r1 >= qmin) & (r1 <= qmax) else zero  # clamp's gradient
+                        gx = g2[b] * c0 + gp * a0  # step t − 1
+                        hp = gx if (r2 >= qmin) & (r2 <= qmax) else zero
+                        sA0 += gp * x2 + hp * x3
+                        sB0 += gp * u1[b] + hp * u2[b]
+                        sC0 += g1[b] * x1 + g2[b] * x2
+                        gu1[b] += gp * b0
+                        gu2[b] += hp * b0
+                        cr[b] = hp * a0
                 else:
                     a1, b1, c1 = A[h, 1, j], B[h, 1, j], C[h, 1, j]
                     s1, z1 = scale[h, 1, j], zp[h, 1, j]
-                    Ri, Qi, ci, xi = R[i, h, 1, j], Rp[h, 1, j], carry[h, 1, j], x[h, 1, j]
+                    w1 = ahead * s1
+                    V1, V2, V3, ci = R1[h, 1, j], R2[h, 1, j], R3[h, 1, j], carry[h, 1, j]
                     for b in range(Bsz):
-                        r0, r1, gg, uu = np.float64(Rr[b]), np.float64(Ri[b]), g[b], ut[b]
-                        x0, x1, uu = xr[b], xi[b], np.float64(uu)
-                        p0 = ahead * (min(max(np.float64(Qr[b]), qmin), qmax) - z0) * s0
-                        p1 = ahead * (min(max(np.float64(Qi[b]), qmin), qmax) - z1) * s1
+                        r1, r2 = np.float32(Q1[b]), np.float32(Q2[b])  # real parts
+                        i1, i2 = np.float32(V1[b]), np.float32(V2[b])  # imaginary parts
+                        x1, x2 = _state(r1, qmin, qmax, z0, s0), _state(r2, qmin, qmax, z0, s0)
+                        y1, y2 = _state(i1, qmin, qmax, z1, s1), _state(i2, qmin, qmax, z1, s1)
+                        x3, y3 = (
+                            _state(Q3[b], qmin, qmax, z0, w0),
+                            _state(V3[b], qmin, qmax, z1, w1),
+                        )
+                        gg, hh = g1[b], g2[b]
                         gx0 = gg * c0 + cr[b]  # g·conj(C) + carry
                         gx1 = -gg * c1 + ci[b]
-                        sC0 += gg * x0  # g·conj(x)
-                        sC1 -= gg * x1
-                        sX0 += gx0 * x0 + gx1 * x1  # gx·conj(x)
-                        sX1 += gx1 * x0 - gx0 * x1
-                        gp0 = gx0 if (r0 >= qmin) & (r0 <= qmax) else 0.0  # clamp's gradient
-                        gp1 = gx1 if (r1 >= qmin) & (r1 <= qmax) else 0.0
-                        sA0 += gp0 * p0 + gp1 * p1  # gp·conj(x_{t−1})
-                        sA1 += gp1 * p0 - gp0 * p1
-                        sB0 += gp0 * uu
-                        sB1 += gp1 * uu
-                        gut[b] += gp0 * b0 + gp1 * b1  # Re(gp·conj(B̄))
-                        cr[b] = gp0 * a0 + gp1 * a1  # gp·conj(Ā)
-                        ci[b] = gp1 * a0 - gp0 * a1
-                        xr[b], xi[b] = p0, p1
+                        gp0 = gx0 if (r1 >= qmin) & (r1 <= qmax) else zero  # clamp's gradient
+                        gp1 = gx1 if (i1 >= qmin) & (i1 <= qmax) else zero
+                        gx0 = hh * c0 + (gp0 * a0 + gp1 * a1)  # step t − 1: carry gp·conj(Ā)
+                        gx1 = -hh * c1 + (gp1 * a0 - gp0 * a1)
+                        hp0 = gx0 if (r2 >= qmin) & (r2 <= qmax) else zero
+                        hp1 = gx1 if (i2 >= qmin) & (i2 <= qmax) else zero
+                        sA0 += (gp0 * x2 + gp1 * y2) + (hp0 * x3 + hp1 * y3)  # gp·conj(x_{t−1})
+                        sA1 += (gp1 * x2 - gp0 * y2) + (hp1 * x3 - hp0 * y3)
+                        sB0 += gp0 * u1[b] + hp0 * u2[b]
+                        sB1 += gp1 * u1[b] + hp1 * u2[b]
+                        sC0 += gg * x1 + hh * x2  # g·conj(x)
+                        sC1 -= gg * y1 + hh * y2
+                        gu1[b] += gp0 * b0 + gp1 * b1  # Re(gp·conj(B̄))
+                        gu2[b] += hp0 * b0 + hp1 * b1
+                        cr[b] = hp0 * a0 + hp1 * a1
+                        ci[b] = hp1 * a0 - hp0 * a1
                     sums[0, h, 1, j] += sA1
                     sums[1, h, 1, j] += sB1
                     sums[2, h, 1, j] += sC1
-                    sums[3, h, 1, j] += sX1
                 sums[0, h, 0, j] += sA0
                 sums[1, h, 0, j] += sB0
                 sums[2, h, 0, j] += sC0
-                sums[3, h, 0, j] += sX0
-            gu_t = gu[t, h]
-            for b in range(Bsz):
-                gu_t[b] = gut[b]

@@ -34,7 +34,8 @@ def assert_same(fast, loop):
     for name in g_fast:
         atol = 1e-5
         if "scaling_impl" in name:  # a scale's gradient sums every element of every step; the
-            # loop does it in float32 with cancellation, the kernel in float64
+            # loop does it in float32 with cancellation, the kernel each step in float32 and
+            # the steps in float64
             atol += 1e-3 * g_loop[name].abs().max().item()
         torch.testing.assert_close(g_fast[name], g_loop[name], rtol=1e-4, atol=atol, msg=name)
 
@@ -60,7 +61,7 @@ def test_s4d_scan_matches_step_loop(real, quant):
     m = quantized(
         S4D(4, 8, real=real, dt_min=0.01, dt_max=0.3), quant, torch.randn(8, 40, 4), "recurrent"
     )
-    u = 3 * torch.randn(3, 40, 4)  # wider than calibration: some state codes clamp
+    u = 3 * torch.randn(3, 41, 4)  # wider than calibration: some clamp; blocks 16, 16, 9
 
     def loop():
         A, B, C, D = m.quantized()
@@ -85,3 +86,70 @@ def test_kernel_sums_modes_in_the_readout_order():
             left = left + v
         differs += left.item() != halving_sum(t).item()
     assert differs > 5
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_float32_backward_stays_near_a_float64_bptt(real):
+    """785 steps with long memory (|Ā| up to 0.9995) and some states clamping: the kernel's
+    float32 backward against torch's autograd of the same straight-through BPTT in float64,
+    through the forward's own codes: every gradient within 1e-6 of its largest element (the
+    kernel's float32 arithmetic reaches 4e-7 here)."""
+    from qssm.models.s4d import recurrence
+    from qssm.quant.kernels.s4d import S4DScan
+
+    g = torch.Generator().manual_seed(0)
+    H, n, Bsz, L, qmin, qmax = 2, 4, 3, 785, -128, 127  # 49 blocks of 16 steps and one of 1
+    dt = torch.logspace(-3, -1, n, dtype=torch.float64).expand(H, n)
+    B = torch.randn(H, n, generator=g, dtype=torch.float64) * dt
+    C = torch.randn(H, n, generator=g, dtype=torch.float64)
+    if real:
+        A = torch.exp(-0.5 * dt)
+    else:
+        A = torch.exp(dt * torch.complex(torch.tensor(-0.5), torch.pi * torch.arange(n)))
+        B, C = B * (1 + 1j), C * (1 - 0.5j)
+    u = torch.randn(Bsz, L, H, generator=g, dtype=torch.float64)
+    states = []
+    recurrence(u, A, B, C, states=states)  # the float recurrence: scales that clamp its peaks
+    parts = torch.stack(states) if real else torch.view_as_real(torch.stack(states))
+    peak = parts.abs().amax((0, 1)).reshape(H, n, -1)[..., :1]  # per element, both parts
+    scale = 2.0 ** torch.floor(torch.log2(0.8 * peak / qmax))  # powers of two, as hetero_4_8
+    scale = scale[..., 0] if real else scale
+    zp = torch.zeros_like(scale)
+
+    leaves = [t.float() if t.is_floating_point() else t.to(torch.complex64) for t in (u, A, B, C)]
+    leaves = [t.requires_grad_() for t in (*leaves, scale.float())]
+    y = S4DScan.apply(*leaves, zp.float(), qmin, qmax)
+    codes = torch.cat(y.grad_fn.saved_tensors[6:]).double()  # (L, H, P, n, B)
+    clamped = ((codes < qmin) | (codes > qmax)).double().mean().item()
+    assert 1e-4 < clamped < 0.05
+    gy = torch.randn(y.shape, generator=g)
+    threads, runs = torch.get_num_threads(), []
+    try:  # channels run in parallel, each summed on its own: the same bits on one thread or two
+        for k in (1, 2):
+            torch.set_num_threads(k)
+            y = S4DScan.apply(*leaves, zp.float(), qmin, qmax)
+            runs.append(torch.autograd.grad(y, leaves, gy))
+    finally:
+        torch.set_num_threads(threads)
+    kernel = runs[0]
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+    ref = [
+        t.detach().to(w.dtype).requires_grad_()
+        for t, w in zip(leaves, (u, A, B, C, scale), strict=True)
+    ]
+    s = ref[4][..., None] if real else ref[4]  # (H, n, 1) against the parts (B, H, n, P)
+    codes = iter(codes.permute(0, 4, 1, 3, 2).unbind())  # per step (B, H, n, P)
+
+    def step(p):  # Brevitas' fake-quant (zp = 0) with the forward's rounding
+        v = (p[..., None] if real else torch.view_as_real(p)) / s
+        r = v + (next(codes) - v).detach()  # round's straight-through gradient
+        x = r.clamp(qmin, qmax) * s
+        return x[..., 0] if real else torch.view_as_complex(x)
+
+    y_ref = recurrence(*ref[:4], step=step)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max().item())
+    expected = torch.autograd.grad(y_ref, ref, gy.double())
+    for name, got, want in zip(("u", "A", "B", "C", "scale"), kernel, expected, strict=True):
+        err = (got.to(want.dtype) - want).abs().max() / want.abs().max()
+        assert err < 1e-6, f"{name}: {err.item():.2e}"
