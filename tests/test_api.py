@@ -65,7 +65,9 @@ def test_own_model_ptq_qat_save_reload_and_cli_eval(tmp_path):
     ptq = q.metrics["ptq"]["accuracy"]
     _train(q.model, data, epochs=2, mode="recurrent", lr=2e-3)  # QAT in the user's loop
     qat = qssm.evaluate(q.model, data.test)["accuracy"]
-    assert qat > 0.2 and qat >= ptq - 0.05, (ptq, qat)
+    # above chance (0.1) and not below PTQ by more than the noise of 128 test sequences (about
+    # ±4 points at this accuracy; two epochs move it by a few sequences either way)
+    assert qat > 0.2 and qat >= ptq - 0.1, (ptq, qat)
 
     fp = qssm.footprint(q)
     # by hand: the S4D stores Ā at 8 bits (2 layers × 8 channels × 4 modes × re/im), the state

@@ -100,11 +100,11 @@ class QuantMinGRU(Quantized, nn.Module):
         """The hardware layer's gate, analog recurrence and comparator as one kernel
         (:class:`HardGRUScan`, or :class:`HardGateScan` with the gate on a per-tensor grid):
         the same values and gradients as the separate nodes of :meth:`forward` (the gate's
-        scale's: the same terms, summed in the kernel).  None where
-        those are needed: not the hardware variant, noise while training, a quantized state,
-        a calibrating gate, a gate whose quantizer is observed (forward hooks: the lowering
-        records its codes), or a gate grid the kernel does not take (not float32 per-tensor,
-        a zero point with a gradient).  (The standard layer's four quantized sites fused the
+        scale's: the same terms, summed in the kernel).  None where those are needed: not the
+        hardware variant, noise while training, a quantized state, a calibrating gate, a gate
+        whose quantizer is observed (forward hooks: the lowering records its codes), or a
+        gate grid the kernel does not take (not float32 per-tensor, a zero point with a
+        gradient).  (The standard layer's four quantized sites fused the
         same way measured no faster than its separate nodes at width 16.)"""
         noisy = self.noise is not None and self.training
         if not self.hardware or noisy or self._quantizer("state") is not None:

@@ -64,7 +64,8 @@ def quantize(x, s, z, qmin, qmax):
 @numba.njit(inline="always")
 def quantize_grads(g, x, r, s, z, qmin, qmax):
     """The straight-through gradients at one element with incoming gradient g and rounded code
-    r (clipped no further than one past the range): (∂L/∂x = g·[inside], the scale's two terms
+    r (unclipped, or clipped no further than one past the range): (∂L/∂x = g·[inside], the
+    scale's two terms
     g·(code − z) and −(g·s·[inside])·x / (s·s), [inside])."""
     inside = np.float32(1) if (r >= qmin) & (r <= qmax) else np.float32(0)
     by_code = g * (min(max(r, qmin), qmax) - z)

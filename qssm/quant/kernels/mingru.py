@@ -207,7 +207,9 @@ class HardGateScan(torch.autograd.Function):
             as_array(pre), as_array(cand), h.numpy(), codes.numpy(), _grid(scale, zp, cap, *ctx.q),
             as_array(gout.float()), gpre.numpy(), gcand.numpy(), sums.numpy(),
         )  # fmt: skip
-        gscale, gcap = (sums[:, k].sum().to(torch.float32).reshape(scale.shape) for k in (0, 1))
+        gscale, gcap = (
+            sums[:, k].sum().to(t.dtype).reshape(t.shape) for k, t in enumerate((scale, cap))
+        )
         return gpre, gcand, gscale, None, gcap if ctx.needs_input_grad[4] else None, None, None
 
 
