@@ -60,6 +60,16 @@ def test_a_scalar_input_becomes_a_table_over_its_codes(zp, lo, hi):
     assert ("Clip" in kinds) == ((lo + zp, hi + zp) not in onnx_export.EXACT_TYPES)
 
 
+def _readout(scales: tuple[str, str, str], out_scale: str, M: int) -> Float32Readout:
+    """The S4D readout y = Σ h0·x_re' + Σ h1·x_im' + D·v over M modes, on 4-bit codes."""
+    return Float32Readout(
+        out="y", terms=(Term("dot", ("xr'", "h0"), "M"), Term("dot", ("xi'", "h1"), "M"),
+                        Term("mul", ("v",), "M")),
+        shift=0, lo=-8, hi=7, factors=("h0", "h1", "D"), scales=scales, out_scale=out_scale,
+        modes=M,
+    )  # fmt: skip
+
+
 def _s4d_layer(H: int, M: int, pow2: bool, rng):
     """Two state updates (the inputs xr, xi, u) and their readout (+ v), with constants
     that make float32 ties in every other mode: with powers of two x·1.5 rounds half to even,
@@ -108,13 +118,7 @@ def _s4d_layer(H: int, M: int, pow2: bool, rng):
         )  # fmt: skip
         for p in ("r", "i")
     ]
-    readout = Float32Readout(
-        out="y", terms=(Term("dot", ("xr'", "h0"), "M"), Term("dot", ("xi'", "h1"), "M"),
-                        Term("mul", ("v",), "M")),
-        shift=0, lo=-8, hi=7, factors=("h0", "h1", "D"), scales=("gr0", "gi1", "su"),
-        out_scale="one", modes=M,
-    )  # fmt: skip
-    return c, [*updates, readout]
+    return c, [*updates, _readout(("gr0", "gi1", "su"), "one", M)]
 
 
 @pytest.mark.parametrize("pow2", [True, False])
@@ -288,12 +292,7 @@ def _identity_then_readout(H: int, M: int, scale: float, rng, B: int = 400):
         )  # fmt: skip
         for x in ("xr", "xi")
     ]
-    readout = Float32Readout(
-        out="y", terms=(Term("dot", ("xr'", "h0"), "M"), Term("dot", ("xi'", "h1"), "M"),
-                        Term("mul", ("v",), "M")),
-        shift=0, lo=-8, hi=7, factors=("h0", "h1", "D"), scales=("one", "one", "one"),
-        out_scale="s", modes=M,
-    )  # fmt: skip
+    readout = _readout(("one", "one", "one"), "s", M)
     x = rng.choice([-1, 0, 0, 0, 1], (2, B, H, M))
     signs = rng.permuted(np.broadcast_to([64, 64, -64, -64], (2, B, H, 4)), axis=-1)
     x[np.broadcast_to(big[:, None], x.shape)] = signs.ravel()
