@@ -107,11 +107,6 @@ def _chunk(g, x, s, z, qmin, qmax, gx, terms):
         terms[1, i] = g[i] * s * (inside - one)
 
 
-def total(t: torch.Tensor) -> float:
-    """Σ t in float64 (a contiguous float32 tensor)."""
-    return sum64(t.numpy().reshape(-1))
-
-
 @numba.njit(cache=True, fastmath={"reassoc"})
 def sum64(a):
     """Σ a in float64, reassociated here only (so it vectorizes); the terms stay as computed."""
@@ -120,12 +115,3 @@ def sum64(a):
     for i in range(flat.size):
         total += np.float64(flat[i])
     return total
-
-
-@numba.njit(inline="always")
-def flush(block, total):
-    """total += block (float32 partial sums into float64 ones), block = 0."""
-    for k in range(block.shape[0]):
-        for j in range(block.shape[1]):
-            total[k, j] += np.float64(block[k, j])
-            block[k, j] = np.float32(0)

@@ -12,7 +12,7 @@ from ...models.kernels import (
     window_grad,
 )
 from . import code_dtype
-from .fakequant import flush, quantize, quantize_grads, total
+from .fakequant import quantize, quantize_grads, sum64
 
 BLOCK = 16  # timesteps a backward kernel sums a scale's terms over in float32
 
@@ -125,7 +125,7 @@ class AtMost(torch.autograd.Function):
     torch.minimum's dozen (its backward alone makes eq, div, where, masked_fill, gt/lt twice
     over the whole tensor).  Values and gradients are torch.minimum's bit for bit: a tie
     (z = cap) sends half the gradient each way; the cap's gradient is the sum of the same
-    per-element terms in float64 (:func:`~.fakequant.total`)."""
+    per-element terms in float64 (:func:`total`)."""
 
     @staticmethod
     def forward(ctx, z, cap):
@@ -259,7 +259,7 @@ def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, sums):
         zeros = np.zeros(H, dtype=np.float32)
         block = np.zeros((2, H), dtype=np.float32)  # the scale's and the cap's terms
         by_scale, by_cap = block[0], block[1]
-        total = np.zeros((2, H))
+        running = np.zeros((2, H))  # the float64 sums
         for t in range(L - 1, -1, -1):
             pt, ct, ht, Rt, gt = pre[b, t], cand[b, t], h[b, t], R[b, t], gout[b, t]
             gpt, gct, hp = gpre[b, t], gcand[b, t], h[b, t - 1] if t > 0 else zeros
@@ -280,5 +280,19 @@ def _hard_gate_backward(pre, cand, h, R, grid, gout, gpre, gcand, sums):
                 by_scale[j] += by_code + by_x
                 gpt[j] = hard_sigmoid_grad(pt[j], ghs, zero, half, one, four)
             if t % BLOCK == 0:
-                flush(block, total)
-        sums[b, 0], sums[b, 1] = total[0].sum(), total[1].sum()
+                flush(block, running)
+        sums[b, 0], sums[b, 1] = running[0].sum(), running[1].sum()
+
+
+def total(t: torch.Tensor) -> float:
+    """Σ t in float64 (a contiguous float32 tensor)."""
+    return sum64(t.numpy().reshape(-1))
+
+
+@numba.njit(inline="always")
+def flush(block, sums):
+    """sums += block (float32 partial sums into float64 ones), block = 0."""
+    for k in range(block.shape[0]):
+        for j in range(block.shape[1]):
+            sums[k, j] += np.float64(block[k, j])
+            block[k, j] = np.float32(0)
